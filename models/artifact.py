@@ -1,0 +1,212 @@
+"""The stored model format: the one module that writes and reads seqserve models.
+
+A seqserve model is a BentoML model (``bentoml.models.create``) whose folder holds
+
+* ``weights.pt`` — the ``state_dict`` only, loaded with ``weights_only=True`` (never a pickled module);
+* ``seqserve.json`` — the :class:`ModelCard`: everything needed to rebuild and serve the network
+  (registry name and hyper-parameters, features, labels, lookback/horizon/quantiles, normalisation),
+  plus test metrics, baselines, a fingerprint of the training data and library versions.
+
+BentoML's own labels and metadata carry a short summary so ``bentoml models list`` is readable, and
+the label ``seqserve`` marks our models among others in the store. Every save is a new version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+import torch
+from torch import nn
+
+from models.registry import create_model
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+WEIGHTS_FILE = "weights.pt"
+CARD_FILE = "seqserve.json"
+SEQSERVE_LABEL = "seqserve"
+TASKS = ("classify", "forecast")
+
+
+class ArtifactError(RuntimeError):
+    """A stored model is missing, of an unknown format, corrupt, or does not match its metadata."""
+
+
+@dataclass
+class ModelCard:
+    """Everything stored next to the weights. Round-trips through JSON."""
+
+    task: str  # "classify" or "forecast"
+    model_name: str  # registry name, e.g. "gru_classifier"
+    hparams: dict[str, Any]  # create_model(model_name, **hparams)
+    features: list[str]  # input channel names, in order (forecast: targets first)
+    labels: list[str] = field(default_factory=list)  # classify: class names, index = logit position
+    targets: list[str] = field(default_factory=list)  # forecast: forecast channels
+    lookback: int | None = None  # forecast: history steps the model reads
+    horizon: int | None = None  # forecast: steps it predicts
+    quantiles: list[float] = field(default_factory=list)  # forecast: quantile levels (0.5 included)
+    max_length: int | None = None  # classify: longest training sequence
+    normalization: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"test": {...}, "baselines": {name: {...}}}
+    data: dict[str, Any] = field(default_factory=dict)  # source, fingerprint, sizes
+    training: dict[str, Any] = field(default_factory=dict)  # epochs, seed, device, timings
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    weights_sha256: str = ""  # checked on load: damaged weights are refused, not served
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def arch(self) -> str:
+        return self.hparams.get("cell", self.model_name.split("_")[0])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ModelCard":
+        version = raw.get("schema_version")
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ArtifactError(
+                f"unknown schema_version {version!r}; this seqserve reads {list(SUPPORTED_SCHEMA_VERSIONS)}"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in raw]
+        if missing:
+            raise ArtifactError(f"model card is missing {', '.join(missing)}")
+        card = cls(**{k: v for k, v in raw.items() if k in known})
+        if card.task not in TASKS:
+            raise ArtifactError(f"unknown task {card.task!r}; expected one of {', '.join(TASKS)}")
+        return card
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from the store, in eval mode on ``device``."""
+
+    tag: str  # "name:version"
+    card: ModelCard
+    module: nn.Module
+    device: torch.device
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in every card, to explain differences between machines."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "bentoml": bentoml.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a model card")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_artifact(name: str, module: nn.Module, card: ModelCard) -> str:
+    """Store ``module``'s weights and ``card`` as a new version of ``name``; return the tag ``name:version``."""
+    card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    card.versions = card.versions or library_versions()
+    summary = {
+        "schema_version": card.schema_version,
+        "task": card.task,
+        "arch": card.arch,
+        **{f"test_{k}": v for k, v in card.metrics.get("test", {}).items() if isinstance(v, (int, float))},
+    }
+    labels = {SEQSERVE_LABEL: "true", "task": card.task, "arch": card.arch}
+    with bentoml.models.create(name, labels=labels, metadata=summary) as stored:
+        folder = Path(stored.path)
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        torch.save(state, folder / WEIGHTS_FILE)
+        card.weights_sha256 = _sha256(folder / WEIGHTS_FILE)
+        (folder / CARD_FILE).write_text(card.to_json())
+        return str(stored.tag)
+
+
+def read_card(tag: str) -> tuple[str, ModelCard, Path]:
+    """Resolve ``tag`` in the store and read its card; return (full tag, card, model folder)."""
+    try:
+        stored = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        known = ", ".join(info.tag for info in list_artifacts()) or "none"
+        raise ArtifactError(f"no model {tag!r} in the BentoML store; seqserve models there: {known}") from None
+    folder = Path(stored.path)
+    card_path = folder / CARD_FILE
+    if not card_path.exists():
+        raise ArtifactError(f"{stored.tag} is not a seqserve model: {CARD_FILE} is missing")
+    try:
+        raw = json.loads(card_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{stored.tag}: {CARD_FILE} is not valid JSON ({err})") from None
+    try:
+        card = ModelCard.from_dict(raw)
+    except ArtifactError as err:
+        raise ArtifactError(f"{stored.tag}: {err}") from None
+    return str(stored.tag), card, folder
+
+
+def load_artifact(tag: str, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuild the stored model ``tag`` on ``device``; refuse unknown formats and damaged or mismatched weights."""
+    full_tag, card, folder = read_card(tag)
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise ArtifactError(f"{full_tag}: weights file {WEIGHTS_FILE} is missing")
+    if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
+        raise ArtifactError(f"{full_tag}: weights are corrupt (sha256 does not match the one stored at save time)")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files
+        raise ArtifactError(f"{full_tag}: weights cannot be read ({type(err).__name__}: {err})") from None
+    try:
+        module = create_model(card.model_name, **card.hparams)
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"{full_tag}: cannot rebuild {card.model_name!r} from its metadata: {err}") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ArtifactError(f"{full_tag}: metadata does not match the weights: {err}") from None
+    device = torch.device(device)
+    module.to(device).eval()
+    for sub in module.modules():
+        if isinstance(sub, nn.RNNBase):
+            sub.flatten_parameters()  # contiguous cuDNN weights after .to(cuda)
+    return LoadedModel(full_tag, card, module, device)
+
+
+@dataclass
+class ArtifactInfo:
+    """One stored seqserve model, for listings."""
+
+    tag: str
+    card: ModelCard
+
+
+def list_artifacts() -> list[ArtifactInfo]:
+    """Every seqserve model version in the store, newest first; models that cannot be read are skipped."""
+    found = []
+    for stored in bentoml.models.list():
+        if stored.info.labels.get(SEQSERVE_LABEL) != "true":
+            continue
+        try:
+            _, card, _ = read_card(str(stored.tag))
+        except ArtifactError:
+            continue
+        found.append(ArtifactInfo(str(stored.tag), card))
+    return sorted(found, key=lambda info: info.card.created, reverse=True)
