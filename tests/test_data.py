@@ -1,0 +1,527 @@
+"""Tests for the data layer: file readers, built-in datasets, forecasting windows."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.data import (DataError, SequenceDataset, SeriesCollection, check_compatible, fingerprint,
+                           read_classification, read_series)
+from training.datasets import CLASSIFICATION_DATASETS, FORECAST_DATASETS, load_classification, load_series
+from training.windows import make_windows, split_by_time, split_points, train_series
+
+
+def long_frame():
+    """Two samples (lengths 3 and 2), rows shuffled, string labels."""
+    return pd.DataFrame({
+        "sample_id": ["b", "a", "b", "a", "b"],
+        "step": [2, 1, 0, 0, 1],
+        "label": ["walk", "run", "walk", "run", "walk"],
+        "x": [3.0, 11.0, 1.0, 10.0, 2.0],
+        "y": [30.0, 110.0, 10.0, 100.0, 20.0],
+    })
+
+
+def write_csv(tmp_path, df, name="data.csv"):
+    path = tmp_path / name
+    df.to_csv(path, index=False)
+    return path
+
+
+# ----------------------------------------------------------------------------- classification files
+
+
+def test_read_classification_csv(tmp_path):
+    ds = read_classification(write_csv(tmp_path, long_frame()))
+    assert isinstance(ds, SequenceDataset) and len(ds) == 2
+    assert ds.feature_names == ["x", "y"]
+    assert ds.label_names == ["run", "walk"]
+    # samples keep the order of first appearance; steps are sorted within a sample
+    np.testing.assert_array_equal(ds.sequences[0], [[1, 10], [2, 20], [3, 30]])
+    np.testing.assert_array_equal(ds.sequences[1], [[10, 100], [11, 110]])
+    assert ds.sequences[0].dtype == np.float32
+    assert ds.labels.tolist() == [1, 0] and ds.labels.dtype == np.int64
+    assert ds.source.startswith("file:") and ds.source.endswith("data.csv")
+
+
+def test_parquet_matches_csv(tmp_path):
+    df = long_frame()
+    df.to_parquet(tmp_path / "data.parquet")
+    from_csv = read_classification(write_csv(tmp_path, df))
+    from_parquet = read_classification(tmp_path / "data.parquet")
+    assert fingerprint(from_csv) == fingerprint(from_parquet)
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    df = long_frame().assign(label=[10, 2, 10, 2, 10])
+    ds = read_classification(write_csv(tmp_path, df))
+    assert ds.label_names == ["2", "10"]
+    assert ds.labels.tolist() == [1, 0]
+
+
+def test_label_names_map_test_set(tmp_path):
+    df = long_frame().assign(label=["walk"] * 5)  # a test set may hold one class only
+    ds = read_classification(write_csv(tmp_path, df), label_names=["jump", "run", "walk"])
+    assert ds.label_names == ["jump", "run", "walk"]
+    assert ds.labels.tolist() == [2, 2]
+
+
+def test_unknown_label_in_test_set(tmp_path):
+    path = write_csv(tmp_path, long_frame(), "test.csv")
+    with pytest.raises(DataError, match=r"test\.csv.*'walk'.*not one of.*\['run', 'swim'\]"):
+        read_classification(path, label_names=["run", "swim"])
+
+
+def test_custom_column_names(tmp_path):
+    df = long_frame().rename(columns={"sample_id": "id", "step": "t", "label": "y_true"})
+    ds = read_classification(write_csv(tmp_path, df), id_col="id", time_col="t", label_col="y_true")
+    assert [len(s) for s in ds.sequences] == [3, 2]
+
+
+def test_datetime_steps_are_sorted(tmp_path):
+    df = long_frame().assign(step=["2024-01-03", "2024-01-02", "2024-01-01", "2024-01-01", "2024-01-02"])
+    ds = read_classification(write_csv(tmp_path, df))
+    np.testing.assert_array_equal(ds.sequences[0][:, 0], [1, 2, 3])
+
+
+@pytest.mark.parametrize("name", ["missing.csv", "missing.npz"])
+def test_file_not_found(tmp_path, name):
+    with pytest.raises(DataError, match=rf"{name}: file not found"):
+        read_classification(tmp_path / name)
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_text("x")
+    with pytest.raises(DataError, match=r"data\.xlsx: unsupported file type '\.xlsx'; supported: \.csv, \.parquet"):
+        read_classification(path)
+
+
+def test_missing_column_lists_existing(tmp_path):
+    path = write_csv(tmp_path, long_frame().drop(columns="label"))
+    with pytest.raises(DataError, match=r"data\.csv: missing column 'label'; the file has columns "
+                                        r"\['sample_id', 'step', 'x', 'y'\]"):
+        read_classification(path)
+
+
+def test_non_numeric_feature(tmp_path):
+    df = long_frame().assign(x=["1", "2", "oops", "4", "5"])
+    with pytest.raises(DataError, match=r"data\.csv: column 'x' is not numeric \(row 3 has 'oops'\)"):
+        read_classification(write_csv(tmp_path, df))
+
+
+def test_no_feature_columns(tmp_path):
+    path = write_csv(tmp_path, long_frame()[["sample_id", "step", "label"]])
+    with pytest.raises(DataError, match=r"data\.csv: no feature columns"):
+        read_classification(path)
+
+
+@pytest.mark.parametrize("bad, kind", [(np.nan, "missing"), (np.inf, "infinite")])
+def test_nan_or_inf_feature_names_sample_and_step(tmp_path, bad, kind):
+    df = long_frame()
+    df.loc[4, "y"] = bad  # sample 'b', step 1
+    with pytest.raises(DataError, match=rf"data\.csv: column 'y' is {kind}.* at sample 'b' step 1 \(row 5\)"):
+        read_classification(write_csv(tmp_path, df))
+
+
+def test_label_changes_within_sample(tmp_path):
+    df = long_frame()
+    df.loc[0, "label"] = "run"
+    with pytest.raises(DataError, match=r"data\.csv: column 'label': the label changes within sample 'b'"):
+        read_classification(write_csv(tmp_path, df))
+
+
+def test_single_class(tmp_path):
+    df = long_frame().assign(label="walk")
+    with pytest.raises(DataError, match=r"data\.csv: only one class \('walk'\).*at least 2"):
+        read_classification(write_csv(tmp_path, df))
+
+
+def test_duplicate_step(tmp_path):
+    df = long_frame()
+    df.loc[4, "step"] = 2  # sample 'b' now has step 2 twice
+    with pytest.raises(DataError, match=r"data\.csv: column 'step': duplicate step at sample 'b' step 2"):
+        read_classification(write_csv(tmp_path, df))
+
+
+def test_missing_id(tmp_path):
+    df = long_frame()
+    df.loc[1, "sample_id"] = None
+    with pytest.raises(DataError, match=r"data\.csv: column 'sample_id' is empty in row 2"):
+        read_classification(write_csv(tmp_path, df))
+
+
+def test_empty_files(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match=r"empty\.csv: file is empty"):
+        read_classification(tmp_path / "empty.csv")
+    (tmp_path / "header.csv").write_text("sample_id,step,label,x\n")
+    with pytest.raises(DataError, match=r"header\.csv: file is empty \(no data rows\)"):
+        read_classification(tmp_path / "header.csv")
+
+
+# ----------------------------------------------------------------------------- NPZ
+
+
+def test_npz_nan_padding(tmp_path):
+    X = np.full((3, 4, 2), np.nan)
+    X[0, :4], X[1, :2], X[2, :1] = 1.0, 2.0, 3.0
+    np.savez(tmp_path / "d.npz", X=X, y=np.array([0, 1, 1]), feature_names=np.array(["a", "b"]))
+    ds = read_classification(tmp_path / "d.npz")
+    assert [len(s) for s in ds.sequences] == [4, 2, 1]
+    assert ds.feature_names == ["a", "b"] and ds.label_names == ["0", "1"]
+    assert all(np.isfinite(s).all() and s.dtype == np.float32 for s in ds.sequences)
+
+
+def test_npz_lengths_and_2d_x(tmp_path):
+    X = np.arange(12, dtype=np.float64).reshape(3, 4)  # (N, T): one feature
+    np.savez(tmp_path / "d.npz", X=X, y=np.array(["cat", "dog", "cat"]), lengths=np.array([4, 3, 1]))
+    ds = read_classification(tmp_path / "d.npz")
+    assert [s.shape for s in ds.sequences] == [(4, 1), (3, 1), (1, 1)]
+    assert ds.feature_names == ["f0"] and ds.labels.tolist() == [0, 1, 0]
+
+
+def test_npz_nan_inside_sequence(tmp_path):
+    X = np.ones((2, 5, 1))
+    X[1, 2, 0] = np.nan
+    np.savez(tmp_path / "d.npz", X=X, y=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"d\.npz: feature 'f0' is missing \(NaN\) at sample index 1 step 2 "
+                                        r"\(only padding"):
+        read_classification(tmp_path / "d.npz")
+
+
+def test_npz_missing_arrays(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 3)))
+    with pytest.raises(DataError, match=r"d\.npz: missing array\(s\) \['y'\].*found \['X'\]"):
+        read_classification(tmp_path / "d.npz")
+
+
+def test_npz_length_mismatch(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.ones((3, 4)), y=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"d\.npz: X has 3 samples but y has shape \(2,\)"):
+        read_classification(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("bad", [0, 5])
+def test_npz_lengths_out_of_range(tmp_path, bad):
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 4)), y=np.array([0, 1]), lengths=np.array([4, bad]))
+    with pytest.raises(DataError, match=rf"d\.npz: lengths\[1\] = {bad} is out of range.*between 1 and T = 4"):
+        read_classification(tmp_path / "d.npz")
+
+
+def test_npz_object_labels_refused(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 4)), y=np.array(["a", None], dtype=object))
+    with pytest.raises(DataError, match=r"d\.npz: could not load arrays"):
+        read_classification(tmp_path / "d.npz")
+
+
+# ----------------------------------------------------------------------------- compatibility
+
+
+def test_check_compatible(tmp_path):
+    train = read_classification(write_csv(tmp_path, long_frame(), "train.csv"))
+    check_compatible(train, train)
+    test = read_classification(write_csv(tmp_path, long_frame().drop(columns="y"), "test.csv"))
+    with pytest.raises(DataError, match=r"train has 2 features, test has 1.*train\.csv.*test\.csv"):
+        check_compatible(train, test)
+    renamed = read_classification(write_csv(tmp_path, long_frame().rename(columns={"y": "z"}), "t2.csv"))
+    with pytest.raises(DataError, match=r"different names.*\['x', 'y'\].*\['x', 'z'\]"):
+        check_compatible(train, renamed)
+
+
+# ----------------------------------------------------------------------------- series files
+
+
+def series_frame():
+    """Two monthly series ('b' first in the file, rows out of order) with one covariate."""
+    months = pd.date_range("2020-01-01", periods=4, freq="MS").strftime("%Y-%m-%d").tolist()
+    return pd.DataFrame({
+        "series_id": ["b"] * 4 + ["a"] * 4,
+        "timestamp": months[::-1] + months,
+        "value": [4.0, 3.0, 2.0, 1.0, 10.0, 20.0, 30.0, 40.0],
+        "price": [0.4, 0.3, 0.2, 0.1, 1.0, 2.0, 3.0, 4.0],
+    })
+
+
+def test_read_series(tmp_path):
+    col = read_series(write_csv(tmp_path, series_frame(), "sales.csv"))
+    assert isinstance(col, SeriesCollection)
+    assert col.series_ids == ["b", "a"]
+    assert col.target_names == ["value"] and col.covariate_names == ["price"]
+    np.testing.assert_array_equal(col.series[0], np.array([[1, 0.1], [2, 0.2], [3, 0.3], [4, 0.4]], np.float32))
+    assert col.series[1].dtype == np.float32
+    assert col.season == 12
+    assert col.source.endswith("sales.csv")
+
+
+def test_read_series_parquet_with_datetimes_and_targets_first(tmp_path):
+    df = series_frame().assign(timestamp=lambda d: pd.to_datetime(d["timestamp"]))
+    df = df[["price", "series_id", "timestamp", "value"]]  # targets come first whatever the file order
+    df.to_parquet(tmp_path / "s.parquet")
+    col = read_series(tmp_path / "s.parquet", targets=["value"])
+    assert col.target_names == ["value"] and col.covariate_names == ["price"]
+    np.testing.assert_array_equal(col.series[1][:, 0], [10, 20, 30, 40])
+
+
+def test_read_series_without_ids_is_one_series(tmp_path):
+    df = series_frame()[lambda d: d.series_id == "a"].drop(columns="series_id")
+    col = read_series(write_csv(tmp_path, df, "shop.csv"))
+    assert col.series_ids == ["shop"] and col.series[0].shape == (4, 2)
+
+
+def test_read_series_single_column(tmp_path):
+    (tmp_path / "y.csv").write_text("sales\n3\n1\n2\n")
+    col = read_series(tmp_path / "y.csv")
+    assert col.target_names == ["sales"] and col.covariate_names == []
+    np.testing.assert_array_equal(col.series[0][:, 0], [3, 1, 2])  # file order
+    assert col.season is None
+
+
+def test_read_series_several_targets(tmp_path):
+    df = series_frame().rename(columns={"value": "units"})
+    col = read_series(write_csv(tmp_path, df), targets=["price", "units"])
+    assert col.target_names == ["price", "units"] and col.covariate_names == []
+
+
+@pytest.mark.parametrize("freq, season", [("30min", 48), ("h", 24), ("D", 7), ("W-SUN", 52), ("MS", 12),
+                                          ("ME", 12), ("QS", 4), ("YS", None), ("17min", None)])
+def test_season_inferred_from_timestamps(tmp_path, freq, season):
+    stamps = pd.date_range("2021-01-01", periods=10, freq=freq).astype(str)
+    df = pd.DataFrame({"timestamp": stamps, "value": np.arange(10.0)})
+    assert read_series(write_csv(tmp_path, df)).season == season
+
+
+def test_numeric_timestamps_have_no_season(tmp_path):
+    df = pd.DataFrame({"timestamp": [3, 1, 2], "value": [30.0, 10.0, 20.0]})
+    col = read_series(write_csv(tmp_path, df))
+    assert col.season is None
+    np.testing.assert_array_equal(col.series[0][:, 0], [10, 20, 30])
+
+
+def test_series_duplicate_timestamp(tmp_path):
+    df = series_frame()
+    df.loc[5, "timestamp"] = df.loc[4, "timestamp"]
+    with pytest.raises(DataError, match=r"data\.csv: column 'timestamp': duplicate timestamp at series 'a' "
+                                        r"timestamp '2020-01-01'.*repeated in row 6"):
+        read_series(write_csv(tmp_path, df))
+
+
+def test_series_missing_value_column(tmp_path):
+    df = series_frame().rename(columns={"value": "sales"})
+    with pytest.raises(DataError, match=r"data\.csv: missing column 'value'; the file has columns "
+                                        r"\['series_id', 'timestamp', 'sales', 'price'\]; pass targets="):
+        read_series(write_csv(tmp_path, df))
+
+
+def test_series_missing_time_column(tmp_path):
+    df = series_frame().drop(columns="timestamp")
+    with pytest.raises(DataError, match=r"data\.csv: missing column 'timestamp'"):
+        read_series(write_csv(tmp_path, df))
+
+
+def test_series_nan_value(tmp_path):
+    df = series_frame()
+    df.loc[6, "value"] = np.nan
+    with pytest.raises(DataError, match=r"data\.csv: column 'value' is missing \(NaN\) at series 'a' "
+                                        r"timestamp '2020-03-01' \(row 7\)"):
+        read_series(write_csv(tmp_path, df))
+
+
+def test_series_non_numeric_covariate(tmp_path):
+    df = series_frame().assign(city="Rome")
+    with pytest.raises(DataError, match=r"data\.csv: column 'city' is not numeric"):
+        read_series(write_csv(tmp_path, df))
+
+
+def test_series_bad_timestamps(tmp_path):
+    df = series_frame().assign(timestamp="soon")
+    with pytest.raises(DataError, match=r"data\.csv: column 'timestamp' must hold numbers or dates"):
+        read_series(write_csv(tmp_path, df))
+
+
+def test_series_unsupported_and_missing(tmp_path):
+    with pytest.raises(DataError, match=r"x\.npz: unsupported file type '\.npz'; supported: \.csv, \.parquet, \.pq"):
+        (tmp_path / "x.npz").write_bytes(b"")
+        read_series(tmp_path / "x.npz")
+    with pytest.raises(DataError, match=r"nope\.csv: file not found"):
+        read_series(tmp_path / "nope.csv")
+
+
+# ----------------------------------------------------------------------------- built-ins
+
+
+@pytest.mark.parametrize("name", list(CLASSIFICATION_DATASETS))
+def test_builtin_classification_is_valid(name):
+    train, test = load_classification(name)
+    assert CLASSIFICATION_DATASETS[name]
+    assert train.source == f"builtin:{name}/train" and test.source == f"builtin:{name}/test"
+    assert train.label_names == test.label_names and len(train.label_names) >= 2
+    assert set(train.labels.tolist()) == set(range(train.n_classes))
+    check_compatible(train, test)
+    for ds in (train, test):
+        assert ds.labels.dtype == np.int64 and len(ds.labels) == len(ds.sequences)
+        for s in ds.sequences:
+            assert s.dtype == np.float32 and s.ndim == 2 and s.shape[1] == ds.n_features
+            assert len(s) >= 1 and np.isfinite(s).all()
+
+
+@pytest.mark.parametrize("name, n_train, n_test, n_features, lengths", [
+    ("synthetic", 300, 150, 2, (20, 60)),
+    ("gunpoint", 50, 150, 1, (150, 150)),
+    ("italypower", 67, 1029, 1, (24, 24)),
+    ("japanesevowels", 270, 370, 12, (7, 29)),
+    ("basicmotions", 40, 40, 6, (100, 100)),
+])
+def test_builtin_classification_shapes(name, n_train, n_test, n_features, lengths):
+    train, test = load_classification(name)
+    assert (len(train), len(test), train.n_features) == (n_train, n_test, n_features)
+    all_lengths = [len(s) for s in train.sequences + test.sequences]
+    assert (min(all_lengths), max(all_lengths)) == lengths
+
+
+def test_builtin_label_names():
+    assert load_classification("gunpoint")[0].label_names == ["1", "2"]
+    assert load_classification("japanesevowels")[0].label_names == [str(i) for i in range(1, 10)]
+    assert load_classification("basicmotions")[0].label_names == ["Badminton", "Running", "Standing", "Walking"]
+
+
+@pytest.mark.parametrize("name, n_series, length, season", [
+    ("synthetic", 3, 600, 24), ("co2", 1, 2284, 52), ("airline", 1, 144, 12)])
+def test_builtin_series(name, n_series, length, season):
+    col = load_series(name)
+    assert FORECAST_DATASETS[name] and col.source == f"builtin:{name}"
+    assert len(col.series) == len(col.series_ids) == n_series
+    assert col.season == season and col.n_targets == 1
+    for s in col.series:
+        assert s.shape == (length, 1) and s.dtype == np.float32 and np.isfinite(s).all()
+
+
+def test_builtin_values():
+    assert load_series("airline").series[0][:3, 0].tolist() == [112, 118, 132]
+    co2 = load_series("co2").series[0][:, 0]
+    assert 310 < co2.min() < co2.max() < 380  # ppm, gaps interpolated
+    scales = [np.abs(s).mean() for s in load_series("synthetic").series]
+    assert scales[2] / scales[0] > 500
+
+
+def test_unknown_builtin_lists_names():
+    with pytest.raises(DataError, match=r"unknown classification dataset 'mnist'; built-in: synthetic, gunpoint"):
+        load_classification("mnist")
+    with pytest.raises(DataError, match=r"unknown forecasting dataset 'm4'; built-in: synthetic, co2, airline"):
+        load_series("m4")
+
+
+def test_builtins_do_not_import_slow_modules():
+    code = ("import sys; from training.datasets import load_classification, load_series; "
+            "load_classification('gunpoint'); load_series('co2'); "
+            "print([m for m in ('aeon.datasets', 'numba', 'statsmodels.datasets') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def ramp_collection(lengths=(30, 45)):
+    """Series whose target is the step index and covariate is -index: easy to check windows."""
+    series = [np.stack([np.arange(n), -np.arange(n)], axis=1).astype(np.float32) for n in lengths]
+    return SeriesCollection(series, [f"s{i}" for i in range(len(lengths))], ["y"], ["x"], None, "test")
+
+
+def test_make_windows_shapes_and_content():
+    col = ramp_collection()
+    w = make_windows(col, lookback=5, horizon=3)
+    n = (30 - 5 - 3 + 1) + (45 - 5 - 3 + 1)
+    assert w.inputs.shape == (n, 5, 2) and w.targets.shape == (n, 3, 1) and len(w) == n
+    assert w.inputs.dtype == w.targets.dtype == np.float32
+    for k in (0, n - 1, 30):
+        start = w.start[k]
+        np.testing.assert_array_equal(w.inputs[k, :, 0], np.arange(start - 5, start))
+        np.testing.assert_array_equal(w.inputs[k, :, 1], -np.arange(start - 5, start))
+        np.testing.assert_array_equal(w.targets[k, :, 0], np.arange(start, start + 3))
+    assert w.series_index.tolist() == [0] * 23 + [1] * 38
+
+
+def test_make_windows_stride_and_short_series():
+    w = make_windows(ramp_collection((30, 4)), lookback=5, horizon=3, stride=10)
+    assert w.start.tolist() == [5, 15, 25] and set(w.series_index.tolist()) == {0}
+    empty = make_windows(ramp_collection((4,)), lookback=5, horizon=3)
+    assert empty.inputs.shape == (0, 5, 2) and empty.targets.shape == (0, 3, 1)
+    with pytest.raises(ValueError, match="horizon must be a positive integer"):
+        make_windows(ramp_collection(), lookback=5, horizon=0)
+
+
+@pytest.mark.parametrize("col", [ramp_collection((100, 57, 200)), load_series("co2"), load_series("synthetic")],
+                         ids=["ramps", "co2", "synthetic"])
+def test_split_by_time_has_no_leakage(col):
+    lookback, horizon = 12, 6
+    train, val, test = split_by_time(col, lookback=lookback, horizon=horizon)
+    for i, s in enumerate(col.series):
+        val_start, test_start = split_points(len(s), horizon=horizon)
+        tr_end = train.start[train.series_index == i] + horizon - 1  # last target step of each window
+        va = val.start[val.series_index == i]
+        te = test.start[test.series_index == i]
+        assert tr_end.size and va.size and te.size
+        assert tr_end.max() < va.min() and va.max() + horizon - 1 < te.min() == test_start
+        assert tr_end.max() < val_start
+        assert te.max() + horizon == len(s)  # the test part reaches the end of the series
+        assert len(s) - test_start == max(horizon, round(0.2 * len(s)))
+    for w in (train, val, test):
+        assert w.inputs.shape[1:] == (lookback, len(col.column_names))
+        assert w.targets.shape[1:] == (horizon, col.n_targets)
+
+
+def test_split_by_time_too_short_names_series():
+    col = ramp_collection((200, 30))
+    with pytest.raises(DataError, match=r"series 's1' has 30 steps but needs at least 60: lookback 24 "
+                                        r"\+ horizon 12 for one training window, plus 12 validation and 12 test"):
+        split_by_time(col, lookback=24, horizon=12)
+
+
+def test_train_series_is_the_training_part():
+    col = ramp_collection((100, 57))
+    parts = train_series(col, horizon=6)
+    train, _, _ = split_by_time(col, lookback=12, horizon=6)
+    for i, part in enumerate(parts):
+        np.testing.assert_array_equal(part, col.series[i][: len(part)])
+        last_target = (train.start[train.series_index == i] + 6).max()
+        assert last_target == len(part)  # training targets use exactly the training part
+
+
+def test_split_without_validation():
+    train, val, test = split_by_time(ramp_collection((100,)), lookback=10, horizon=5, val_fraction=0)
+    assert len(val) == 0 and len(train) and len(test)
+    assert (train.start + 5 - 1).max() < test.start.min()
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def tiny_dataset():
+    seqs = [np.array([[1.0, 2.0]], np.float32), np.array([[3.0, 4.0], [5.0, 6.0]], np.float32)]
+    return SequenceDataset(seqs, np.array([0, 1]), ["a", "b"], ["x", "y"], "file:one.csv")
+
+
+def test_fingerprint_is_stable():
+    ds = tiny_dataset()
+    # a constant: the fingerprint must not change between runs, machines or versions
+    assert fingerprint(ds) == "2e88ea040fbc67c222793fd720225246080db9f5a3dfc175a693a4f715705f16"
+
+
+def test_fingerprint_tracks_content_not_source():
+    ds = tiny_dataset()
+    base = fingerprint(ds)
+    assert len(base) == 64
+    ds.source = "file:elsewhere.parquet"
+    assert fingerprint(ds) == base
+    ds.label_names = ["a", "c"]
+    assert fingerprint(ds) != base
+    ds = tiny_dataset()
+    ds.sequences[1][1, 0] = 5.5
+    assert fingerprint(ds) != base
+    assert fingerprint(load_series("synthetic")) == fingerprint(load_series("synthetic"))
+    assert fingerprint(load_classification("synthetic")[0]) == fingerprint(load_classification("synthetic")[0])
+    with pytest.raises(TypeError):
+        fingerprint([1, 2])

@@ -1,0 +1,214 @@
+"""``seqserve-train``: train a classifier or forecaster and store it; list stored models.
+
+    seqserve-train classify --dataset gunpoint --arch gru --name gunpoint-gru
+    seqserve-train classify --data train.csv --test-data test.csv --arch lstm --name my-clf
+    seqserve-train forecast --data sales.parquet --arch gru --horizon 12 --quantiles 0.1,0.5,0.9 --name sales-gru
+    seqserve-train list
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from models import CELLS
+from models.artifact import ArtifactError, list_artifacts
+from models.device import resolve_device
+from training import datasets, report
+from training.classify import NetworkOptions, RunResult, stratified_split, train_classifier
+from training.data import DataError, SequenceDataset, read_classification, read_series
+from training.forecast import train_forecaster
+from training.loop import TrainConfig
+
+
+def _quantiles(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--quantiles takes numbers like 0.1,0.5,0.9, got {text!r}") from None
+    if any(not 0 < q < 1 for q in values):
+        raise argparse.ArgumentTypeError(f"every quantile must lie strictly between 0 and 1, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """Flags every training task has: data source, network, optimisation, output."""
+    data = parser.add_argument_group("data")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="a built-in dataset (see the list below)")
+    source.add_argument("--data", type=Path, help="your training data: CSV, Parquet or (classify) NPZ")
+
+    net = parser.add_argument_group("network")
+    net.add_argument("--arch", choices=sorted(CELLS), default="gru", help="recurrent cell type (default: gru)")
+    net.add_argument("--hidden-size", type=_positive_int, default=64, help="hidden units per layer (default: 64)")
+    net.add_argument("--num-layers", type=_positive_int, default=2, help="stacked recurrent layers (default: 2)")
+    net.add_argument("--dropout", type=float, default=0.1, help="dropout between layers and before the head (default: 0.1)")
+    net.add_argument("--bidirectional", action="store_true", help="read sequences in both directions")
+
+    opt = parser.add_argument_group("optimisation")
+    defaults = TrainConfig()
+    opt.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help=f"maximum epochs (default: {defaults.epochs})")
+    opt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help=f"(default: {defaults.batch_size})")
+    opt.add_argument("--lr", type=float, default=defaults.lr, help=f"peak AdamW learning rate of the one-cycle schedule (default: {defaults.lr})")
+    opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help=f"AdamW weight decay (default: {defaults.weight_decay})")
+    opt.add_argument("--patience", type=_positive_int, default=defaults.patience, help=f"stop after this many epochs without a better validation loss (default: {defaults.patience})")
+    opt.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help=f"gradient clipping norm (default: {defaults.clip_norm})")
+    opt.add_argument("--val-fraction", type=_fraction, default=None, help="share of the training data held out for early stopping (default: 0.2 classify, 0.1 forecast)")
+    opt.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a CPU run exactly (default: 0)")
+    opt.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = CUDA when present)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--name", required=True, help="model name in the BentoML store; every run adds a new version")
+    out.add_argument("--report", type=Path, default=None, help="folder for metrics.json and plots (default: runs/<name>-<time>)")
+    out.add_argument("--dry-run", action="store_true", help="one epoch of two batches: checks data and settings in seconds")
+    out.add_argument("--no-save", action="store_true", help="train and report, but do not store the model")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqserve-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{classify,forecast,list}")
+
+    clf = commands.add_parser(
+        "classify",
+        help="train a many-to-one sequence classifier",
+        description="Train a GRU/LSTM/RNN sequence classifier and store it.",
+        epilog="built-in datasets: " + "; ".join(f"{k} ({v})" for k, v in datasets.CLASSIFICATION_DATASETS.items()),
+    )
+    _add_common(clf)
+    clf.add_argument("--test-data", type=Path, help="held-out test file (default: 20%% of --data, stratified)")
+    clf.add_argument("--id-col", default="sample_id", help="column naming the sequence a row belongs to (default: sample_id)")
+    clf.add_argument("--time-col", default="step", help="column ordering rows within a sequence (default: step)")
+    clf.add_argument("--label-col", default="label", help="column holding the class label (default: label)")
+
+    fc = commands.add_parser(
+        "forecast",
+        help="train a multi-horizon time-series forecaster",
+        description="Train a GRU/LSTM/RNN forecaster (history -> next H steps) and store it.",
+        epilog="built-in datasets: " + "; ".join(f"{k} ({v})" for k, v in datasets.FORECAST_DATASETS.items()),
+    )
+    _add_common(fc)
+    fc.add_argument("--horizon", type=_positive_int, default=12, help="steps to forecast (default: 12)")
+    fc.add_argument("--lookback", type=_positive_int, default=None, help="history steps the model reads (default: 2 seasons, at least 2x horizon)")
+    fc.add_argument("--quantiles", type=_quantiles, default=[], help="comma-separated quantile levels, e.g. 0.1,0.5,0.9 (0.5 is always added)")
+    fc.add_argument("--season", type=_positive_int, default=None, help="seasonal period for the seasonal naive baseline and MASE (default: the dataset's, else inferred)")
+    fc.add_argument("--test-fraction", type=_fraction, default=0.2, help="last share of every series kept for testing (default: 0.2)")
+    fc.add_argument("--id-col", default="series_id", help="column naming the series a row belongs to (default: series_id)")
+    fc.add_argument("--time-col", default="timestamp", help="column ordering rows in time (default: timestamp)")
+    fc.add_argument("--target", action="append", default=None, help="column to forecast; repeat for several (default: value); other numeric columns are past covariates")
+
+    commands.add_parser("list", help="list stored seqserve models", description="List every seqserve model version in the BentoML store.")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        epochs=1 if args.dry_run else args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        clip_norm=args.clip_norm,
+        seed=args.seed,
+        max_batches=2 if args.dry_run else None,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+def _network(args: argparse.Namespace) -> NetworkOptions:
+    return NetworkOptions(args.arch, args.hidden_size, args.num_layers, args.dropout, args.bidirectional)
+
+
+def _report_dir(args: argparse.Namespace) -> Path:
+    return args.report or Path("runs") / f"{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _split_file_dataset(data: SequenceDataset, seed: int) -> tuple[SequenceDataset, SequenceDataset]:
+    """No --test-data: keep 20% of every class for testing."""
+    keep, held = stratified_split(data.labels, 0.2, seed)
+
+    def subset(rows, part):
+        return SequenceDataset([data.sequences[i] for i in rows], data.labels[rows], data.label_names, data.feature_names, f"{data.source} ({part})")
+
+    return subset(keep, "80% train split"), subset(held, "20% test split")
+
+
+def run_classify(args: argparse.Namespace) -> RunResult:
+    if args.dataset:
+        train, test = datasets.load_classification(args.dataset)
+    else:
+        columns = {"id_col": args.id_col, "time_col": args.time_col, "label_col": args.label_col}
+        train = read_classification(args.data, **columns)
+        if args.test_data:
+            test = read_classification(args.test_data, **columns, label_names=train.label_names)
+        else:
+            train, test = _split_file_dataset(train, args.seed)
+    return train_classifier(
+        train, test, name=args.name, network=_network(args), config=_config(args), device=resolve_device(args.device),
+        report_dir=_report_dir(args), val_fraction=args.val_fraction or 0.2, save=not args.no_save,
+    )
+
+
+def run_forecast(args: argparse.Namespace) -> RunResult:
+    if args.dataset:
+        collection = datasets.load_series(args.dataset)
+    else:
+        collection = read_series(args.data, id_col=args.id_col, time_col=args.time_col, targets=args.target)
+    season = args.season or collection.season or 1
+    lookback = args.lookback or max(2 * season, 2 * args.horizon, 24)
+    return train_forecaster(
+        collection, name=args.name, network=_network(args), config=_config(args), device=resolve_device(args.device),
+        report_dir=_report_dir(args), lookback=lookback, horizon=args.horizon, quantiles=args.quantiles,
+        season=args.season, test_fraction=args.test_fraction, val_fraction=args.val_fraction or 0.1, save=not args.no_save,
+    )
+
+
+def run_list() -> None:
+    rows = [("model", "task", "arch", "test metrics", "created")]
+    for info in list_artifacts():
+        test = info.card.metrics.get("test", {})
+        keys = ("accuracy", "macro_f1") if info.card.task == "classify" else ("mase", "mae")
+        metrics = " ".join(f"{k}={test[k]:.3f}" for k in keys if k in test)
+        rows.append((info.tag, info.card.task, info.card.arch, metrics, info.card.created))
+    if len(rows) == 1:
+        print("no seqserve models in the store; train one with `seqserve-train classify --dataset synthetic --name demo`")
+        return
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(f"{str(cell):<{w}}" for cell, w in zip(row, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "list":
+            run_list()
+            return 0
+        result = run_classify(args) if args.command == "classify" else run_forecast(args)
+    except (DataError, ArtifactError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.format_table(result.test, result.baselines))
+    print(f"report: {result.report_dir}")
+    print(f"stored: {result.tag}" if result.tag else "not stored (--no-save)")
+    return 0

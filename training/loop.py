@@ -1,0 +1,134 @@
+"""The training loop shared by both tasks: AdamW, one-cycle schedule, gradient clipping, early stopping.
+
+A task supplies ``make_batch(indices) -> batch`` and ``loss_fn(model, batch) -> scalar``; the loop
+knows nothing about classification or forecasting.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; every field has a CLI flag of the same name."""
+
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    patience: int = 25  # epochs without a better validation loss before stopping
+    min_delta: float = 1e-4  # smaller improvements do not count as better (a solved task stops early)
+    clip_norm: float = 1.0
+    seed: int = 0
+    max_batches: int | None = None  # per epoch; set by --dry-run
+    progress: bool = True
+
+
+@dataclass
+class History:
+    """What happened during training, stored in the model card and plotted in the report."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "epochs_run": len(self.train_loss),
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def seed_everything(seed: int) -> None:
+    """Make a CPU run repeatable: same seed, same data order, same weights."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fit(
+    model: nn.Module,
+    n_train: int,
+    n_val: int,
+    make_batch: Callable[[np.ndarray, bool], Any],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    config: TrainConfig,
+) -> History:
+    """Train ``model`` in place and leave it holding the weights of its best validation epoch.
+
+    ``make_batch(indices, is_train)`` builds a batch from training (``is_train``) or validation rows.
+    """
+    rng = np.random.default_rng(config.seed)
+    steps_per_epoch = _count_batches(n_train, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
+    )
+    history = History()
+    best_state = copy.deepcopy(model.state_dict())
+    started = time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress, leave=False)
+    for epoch in bar:
+        model.train()
+        losses = []
+        for indices in _batches(rng.permutation(n_train), config)[:steps_per_epoch]:
+            loss = loss_fn(model, make_batch(indices, True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        history.train_loss.append(float(np.mean(losses)))
+        history.val_loss.append(evaluate_loss(model, n_val, make_batch, loss_fn, config))
+        if history.val_loss[-1] < history.best_val_loss - config.min_delta:
+            history.best_val_loss, history.best_epoch = history.val_loss[-1], epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", val=f"{history.val_loss[-1]:.4f}", best=history.best_epoch)
+        if epoch + 1 - history.best_epoch >= config.patience:
+            history.stopped_early = True
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    history.seconds = time.perf_counter() - started
+    log.info("trained %d epochs in %.1fs; best epoch %d", len(history.train_loss), history.seconds, history.best_epoch)
+    return history
+
+
+@torch.no_grad()
+def evaluate_loss(model, n_val, make_batch, loss_fn, config: TrainConfig) -> float:
+    """Mean validation loss, weighted by batch size."""
+    model.eval()
+    total, count = 0.0, 0
+    for indices in _batches(np.arange(n_val), config):
+        total += loss_fn(model, make_batch(indices, False)).item() * len(indices)
+        count += len(indices)
+    return total / max(count, 1)
+
+
+def _batches(order: np.ndarray, config: TrainConfig) -> list[np.ndarray]:
+    return [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+
+
+def _count_batches(n: int, config: TrainConfig) -> int:
+    full = -(-n // config.batch_size)
+    return min(full, config.max_batches) if config.max_batches else full

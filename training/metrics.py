@@ -1,0 +1,77 @@
+"""Test metrics and the naive baselines every model is compared with.
+
+Classification: accuracy and macro-F1, against always predicting the majority class.
+Forecasting: MAE, RMSE, sMAPE (in percent) and MASE, against the naive (last value) and seasonal naive
+forecasts. MASE divides each window's MAE by the in-sample MAE of the seasonal naive forecast on that
+series' training part (Hyndman & Koehler 2006; the M4 definition), so 1.0 means "as good as seasonal
+naive was in-sample".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(y_true == y_pred))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Unweighted mean of per-class F1 over all ``n_classes`` (a class never predicted nor present scores 0)."""
+    scores = []
+    for c in range(n_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, n_classes)}
+
+
+def majority_class_baseline(y_train: np.ndarray, y_test: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Metrics of always answering the most frequent training class."""
+    majority = np.bincount(y_train, minlength=n_classes).argmax()
+    return classification_metrics(y_test, np.full_like(y_test, majority), n_classes)
+
+
+def mase_scale(train_part: np.ndarray, season: int) -> np.ndarray:
+    """In-sample MAE of the seasonal naive forecast, per channel: ``(T, K) -> (K,)``.
+
+    Falls back to lag 1 when the training part is not longer than one season.
+    """
+    lag = season if len(train_part) > season else 1
+    scale = np.mean(np.abs(train_part[lag:] - train_part[:-lag]), axis=0)
+    return np.where(scale > 0, scale, 1.0)  # a flat training part: fall back to plain MAE
+
+
+def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) -> dict[str, float]:
+    """Metrics over windows: ``y_true``/``y_pred`` (N, H, K), ``scale`` (N, K) each window's MASE scale."""
+    error = y_pred - y_true
+    denominator = np.abs(y_true) + np.abs(y_pred)
+    smape = np.where(denominator > 0, 2 * np.abs(error) / np.where(denominator > 0, denominator, 1), 0.0)
+    return {
+        "mae": float(np.mean(np.abs(error))),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "smape": float(100 * np.mean(smape)),
+        "mase": float(np.mean(np.abs(error) / scale[:, None, :])),
+    }
+
+
+def naive_forecast(series: list[np.ndarray], series_index: np.ndarray, start: np.ndarray, horizon: int, n_targets: int) -> np.ndarray:
+    """Repeat the last observed value: ``(N, H, K)``."""
+    last = np.stack([series[s][t - 1, :n_targets] for s, t in zip(series_index, start)])
+    return np.repeat(last[:, None, :], horizon, axis=1)
+
+
+def seasonal_naive_forecast(
+    series: list[np.ndarray], series_index: np.ndarray, start: np.ndarray, horizon: int, n_targets: int, season: int
+) -> np.ndarray:
+    """Repeat the last observed season: step h (0-based) of a window starting at t is ``y[t - m + h % m]``."""
+    steps = np.arange(horizon) % season - season  # offsets from t, all negative
+    out = np.empty((len(start), horizon, n_targets), dtype=np.float32)
+    for row, (s, t) in enumerate(zip(series_index, start)):
+        out[row] = series[s][t + steps, :n_targets]
+    return out

@@ -1,0 +1,142 @@
+"""Forecasting windows and the train / validation / test split in time.
+
+A window is ``lookback`` steps of every column (targets, then covariates) as input and the
+next ``horizon`` steps of the target columns as the answer. ``split_by_time`` cuts each
+series into three parts along time::
+
+    |<------------- train ------------->|<--- val --->|<--- test --->|
+    0                               val_start     test_start         T
+
+A window belongs to the part that holds ALL its forecast (target) steps. Its inputs may
+reach back into earlier parts - that is standard and leaks nothing - but no training or
+validation target ever lies in the test part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.data import DataError, SeriesCollection
+
+
+@dataclass
+class Windows:
+    """Training examples cut from a SeriesCollection.
+
+    Attributes
+    ----------
+    inputs : (N, lookback, C) float32 - all columns, targets first, then covariates.
+    targets : (N, horizon, n_targets) float32 - the next ``horizon`` steps of the targets.
+    series_index : (N,) int64 - which series each window came from.
+    start : (N,) int64 - index in its series of the first forecast step.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    series_index: np.ndarray
+    start: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def make_windows(collection: SeriesCollection, lookback: int, horizon: int, *, stride: int = 1) -> Windows:
+    """Every window (every ``stride`` steps) over every series; series too short give none."""
+    _check_sizes(lookback, horizon, stride)
+    ranges = [(lookback, len(s) - horizon) for s in collection.series]  # first forecast step, both ends
+    return _cut(collection, lookback, horizon, ranges, stride)
+
+
+def split_points(length: int, *, horizon: int, test_fraction: float = 0.2,
+                 val_fraction: float = 0.1) -> tuple[int, int]:
+    """Return (val_start, test_start) for a series of ``length`` steps.
+
+    The test part is the last ``test_fraction`` of the series and the validation part the
+    ``val_fraction`` before it, each at least ``horizon`` steps long so that it holds a
+    whole window (validation may be turned off with ``val_fraction=0``).
+    """
+    if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
+        raise ValueError(f"need 0 < test_fraction, 0 <= val_fraction and test_fraction + val_fraction < 1; "
+                         f"got test_fraction={test_fraction}, val_fraction={val_fraction}")
+    n_test = max(horizon, round(length * test_fraction))
+    n_val = max(horizon, round(length * val_fraction)) if val_fraction > 0 else 0
+    return length - n_test - n_val, length - n_test
+
+
+def split_by_time(collection: SeriesCollection, *, lookback: int, horizon: int, test_fraction: float = 0.2,
+                  val_fraction: float = 0.1) -> tuple[Windows, Windows, Windows]:
+    """Split every series in time and return (train, val, test) windows (stride 1).
+
+    Per series (see ``split_points``): training windows forecast steps before
+    ``val_start``, validation windows steps in ``[val_start, test_start)`` and test windows
+    steps from ``test_start`` to the end. Raises DataError naming the series when one is
+    too short for at least one training window and the validation and test parts.
+    Use ``train_series`` for the matching in-sample training part of each series.
+    """
+    _check_sizes(lookback, horizon, 1)
+    train, val, test = [], [], []
+    for sid, s in zip(collection.series_ids, collection.series):
+        val_start, test_start = split_points(len(s), horizon=horizon, test_fraction=test_fraction,
+                                             val_fraction=val_fraction)
+        if val_start - horizon < lookback:
+            n_val, n_test = test_start - val_start, len(s) - test_start
+            raise DataError(
+                f"{collection.source}: series {sid!r} has {len(s)} steps but needs at least "
+                f"{lookback + horizon + n_val + n_test}: lookback {lookback} + horizon {horizon} for one "
+                f"training window, plus {n_val} validation and {n_test} test steps; "
+                f"use a shorter lookback/horizon or drop the series")
+        train.append((lookback, val_start - horizon))
+        val.append((val_start, test_start - horizon))
+        test.append((test_start, len(s) - horizon))
+    return tuple(_cut(collection, lookback, horizon, ranges, 1) for ranges in (train, val, test))
+
+
+def train_series(collection: SeriesCollection, *, horizon: int, test_fraction: float = 0.2,
+                 val_fraction: float = 0.1) -> list[np.ndarray]:
+    """The in-sample training part ``series[:val_start]`` of each series, (T_train, C) each.
+
+    Uses the same cut as ``split_by_time`` with the same arguments. Use it to fit
+    normalisation and to compute the MASE scale without looking at validation or test data.
+    """
+    parts = []
+    for s in collection.series:
+        val_start, _ = split_points(len(s), horizon=horizon, test_fraction=test_fraction,
+                                    val_fraction=val_fraction)
+        parts.append(s[:max(val_start, 0)])
+    return parts
+
+
+def _check_sizes(lookback: int, horizon: int, stride: int) -> None:
+    for name, value in (("lookback", lookback), ("horizon", horizon), ("stride", stride)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _cut(collection: SeriesCollection, lookback: int, horizon: int,
+         ranges: list[tuple[int, int]], stride: int) -> Windows:
+    """Cut windows whose first forecast step runs from ``first`` to ``last`` (inclusive) per series."""
+    n_targets = collection.n_targets
+    inputs, targets, index, starts = [], [], [], []
+    for i, (s, (first, last)) in enumerate(zip(collection.series, ranges)):
+        start = np.arange(first, last + 1, stride)  # (n,) first forecast step of each window
+        if start.size == 0:
+            continue
+        steps_in = start[:, None] + np.arange(-lookback, 0)  # (n, lookback)
+        steps_out = start[:, None] + np.arange(horizon)  # (n, horizon)
+        inputs.append(s[steps_in])  # (n, lookback, C)
+        targets.append(s[steps_out, :n_targets])  # (n, horizon, n_targets)
+        index.append(np.full(start.size, i))
+        starts.append(start)
+    n_columns = len(collection.target_names) + len(collection.covariate_names)
+    return Windows(
+        inputs=_concat(inputs, (0, lookback, n_columns), np.float32),
+        targets=_concat(targets, (0, horizon, n_targets), np.float32),
+        series_index=_concat(index, (0,), np.int64),
+        start=_concat(starts, (0,), np.int64),
+    )
+
+
+def _concat(parts: list[np.ndarray], empty_shape: tuple, dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(empty_shape, dtype)
