@@ -1,0 +1,84 @@
+"""The seqserve HTTP service: batched /classify and /forecast over stored recurrent models.
+
+Run it with ``bentoml serve service.app:SeqServe``. This file only maps HTTP to
+``service.served.ServedModels`` and errors to 4xx answers; the work happens there and in
+``service.inference``. Settings come from ``SEQSERVE_*`` environment variables (``service.config``).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import bentoml
+import torch
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.config import Settings
+from service.inference import InstanceError
+from service.metrics import observe_batch
+from service.schemas import ClassifyInstance, ClassifyResult, ForecastInstance, ForecastResult
+from service.served import RequestError, ServedModels
+
+SETTINGS = Settings.from_env()  # read at import for the decorator (workers, threads)
+
+
+def _json(body) -> Response:
+    # Answers are already plain lists and dicts; skipping BentoML's per-field pydantic
+    # serialisation of the response is a measurable share of a small request's cost.
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+def _error(err: Exception) -> JSONResponse:
+    return JSONResponse({"error": str(err)}, status_code=400)
+
+
+async def list_models(request: Request) -> Response:
+    """GET /models: every served model with its task, architecture, features, labels and test metrics."""
+    return _json(bentoml.get_current_service().served.describe())
+
+
+# BentoML APIs answer POST; GET /models is a plain route mounted beside them.
+extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+
+
+@bentoml.service(
+    name="seqserve",
+    workers=SETTINGS.workers,
+    envs=[{"name": "OMP_NUM_THREADS", "value": str(SETTINGS.torch_threads)}],
+    traffic={"timeout": 60},
+    # A tracing span per request costs about a third of the throughput of a small model; keep
+    # tracing for everything else, and turn it back on by editing this list if you need it.
+    tracing={"excluded_urls": ["/classify", "/forecast"]},
+)
+@bentoml.asgi_app(extra_routes, path="/")
+class SeqServe:
+    """Serves every stored seqserve model (or those in ``SEQSERVE_MODELS``) with adaptive batching."""
+
+    def __init__(self) -> None:
+        settings = Settings.from_env()
+        torch.set_num_threads(settings.torch_threads)
+        self.served = ServedModels(settings, on_batch=observe_batch)
+        # Everything loaded so far lives for the whole process: keep the garbage collector from
+        # walking it again and again (gen-2 passes over torch's objects stall requests 100+ ms).
+        gc.collect()
+        gc.freeze()
+
+    @bentoml.api(route="/classify")
+    async def classify(self, instances: list[ClassifyInstance]) -> list[ClassifyResult]:
+        """Classify sequences: one answer per instance, in order."""
+        try:
+            return _json(await self.served.answer("classify", instances))
+        except (InstanceError, RequestError) as err:
+            return _error(err)
+
+    @bentoml.api(route="/forecast")
+    async def forecast(self, instances: list[ForecastInstance]) -> list[ForecastResult]:
+        """Forecast the next steps of each history, in that history's own scale."""
+        try:
+            return _json(await self.served.answer("forecast", instances))
+        except (InstanceError, RequestError) as err:
+            return _error(err)

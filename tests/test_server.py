@@ -1,0 +1,71 @@
+"""One real ``bentoml serve`` on 127.0.0.1: concurrent requests are batched and answer exactly as the model does."""
+
+import asyncio
+import re
+
+import httpx
+import numpy as np
+import pytest
+
+from models.artifact import load_artifact
+from service.inference import classify_batch
+from tests import tiny_models
+from tests.server import running_server
+
+
+@pytest.fixture(scope="module")
+def server():
+    clf, fc = tiny_models.store_classifier("real-clf"), tiny_models.store_forecaster("real-fc")
+    with running_server({"SEQSERVE_MODELS": f"{clf},{fc}"}) as url:
+        yield url, clf
+
+
+async def fire(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=64)) as client:
+        return await asyncio.gather(*(client.post("/classify", json=body) for body in bodies))
+
+
+def batch_totals(url: str, tag: str) -> tuple[float, float]:
+    """(instances, forward passes) that went through ``tag``'s batcher, from seqserve_batch_size on /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+
+    def value(kind: str) -> float:
+        return float(re.search(rf'seqserve_batch_size_{kind}\{{model="{re.escape(tag)}"\}} (\S+)', text).group(1))
+
+    return value("sum"), value("count")
+
+
+def test_concurrent_requests_are_batched_and_answers_equal_direct_model_calls(server):
+    url, tag = server
+    rng = np.random.default_rng(0)
+    seqs = [rng.normal(size=(int(n), 3)).astype(np.float32) for n in rng.integers(1, 50, size=200)]
+    bad = {"instances": [{"sequence": [[1.0, 2.0]]}]}  # wrong feature count, sent among the good ones
+    bodies = []
+    for i, s in enumerate(seqs):
+        bodies.append({"instances": [{"sequence": s.tolist()}]})
+        if i % 10 == 0:
+            bodies.append(bad)
+    responses = asyncio.run(fire(url, bodies))
+
+    model = load_artifact(tag)
+    good = iter(seqs)
+    for body, response in zip(bodies, responses):
+        if body is bad:
+            assert response.status_code == 400 and "instances[0].sequence" in response.json()["error"]
+            continue
+        assert response.status_code == 200, response.text
+        expected = classify_batch(model, [next(good)])[0]  # alone: a batch of one
+        answer = response.json()[0]
+        assert answer["label"] == expected["label"]
+        for label, p in expected["probabilities"].items():
+            assert abs(answer["probabilities"][label] - p) < 1e-5
+
+    instances, passes = batch_totals(url, tag)
+    assert instances == 200  # every good instance went through the batcher, no bad one did
+    assert passes < instances, f"no forward pass merged two requests ({passes} passes for {instances} instances)"
+
+
+def test_models_and_metrics_endpoints(server):
+    url, tag = server
+    assert tag in {m["tag"] for m in httpx.get(f"{url}/models").json()}
+    assert "bentoml_service_request_total" in httpx.get(f"{url}/metrics").text
