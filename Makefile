@@ -1,0 +1,25 @@
+# Everything runs from a project-local virtual environment made on first use.
+VENV ?= .venv
+PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 3000
+PY := $(VENV)/bin/python
+
+.PHONY: setup serve test train-defaults
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[all]"
+	touch $@
+
+train-defaults: setup
+	$(PY) -m training.defaults
+
+serve: train-defaults
+	$(VENV)/bin/bentoml serve service.app:SeqServe --host $(HOST) --port $(PORT)
+
+test: setup
+	$(PY) -m pytest
