@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         for run, code, output, seconds in pool.map(train, DEFAULT_RUNS):
             name = run[run.index("--name") + 1]
-            print(f"\n== {name} ({run[0]} on {run[run.index('--dataset') + 1]}, {seconds:.0f}s)\n{output.strip()}", flush=True)
+            print(f"\n== {name} ({run[0]} on {run[run.index('--dataset') + 1]}, {seconds:.0f}s)\n{output.strip(chr(10))}", flush=True)
             failed += code != 0
     return 1 if failed else 0
 
