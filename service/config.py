@@ -10,6 +10,7 @@
 | SEQSERVE_MAX_WAIT_MS | 0 | extra wait for more instances when a batch is not full |
 | SEQSERVE_MAX_INSTANCES | 256 | most instances in one request |
 | SEQSERVE_MAX_LENGTH | 4096 | most steps in one sequence or history |
+| SEQSERVE_ACCESS_LOG | 0 | 1 logs a line per request |
 
 Why one torch thread per worker: on a 2-core machine torch's default (one thread per core) makes a
 batch-1 server fall to about 1 request/s as soon as the other core is busy, because the intra-op
@@ -59,6 +60,7 @@ class Settings:
     max_wait_ms: float
     max_instances: int
     max_length: int
+    access_log: bool
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -72,4 +74,5 @@ class Settings:
             max_wait_ms=_float("SEQSERVE_MAX_WAIT_MS", 0.0),
             max_instances=_int("SEQSERVE_MAX_INSTANCES", 256),
             max_length=_int("SEQSERVE_MAX_LENGTH", 4096),
+            access_log=os.environ.get("SEQSERVE_ACCESS_LOG", "0").strip().lower() in ("1", "true", "yes"),
         )
