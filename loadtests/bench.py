@@ -1,0 +1,253 @@
+"""``python -m loadtests bench``: seqserve next to the model's own speed and three other servers, in one run.
+
+In one run, back to back, with the same single-sequence /classify request (64 steps x 8 features,
+GRU 2x64, 5 classes):
+
+1. model only — in-process forward passes at batch 1, 8, 32, 64;
+2. HTTP+JSON ceiling — a plain ASGI endpoint that parses the same body and returns a constant;
+3. plain BentoML — an adaptive-batching service as the BentoML docs write it;
+4. no batching — a plain ASGI endpoint that runs the model once per request;
+5. seqserve itself.
+
+Every server gets one worker and one torch thread. Load comes from ``wrk`` (C, one thread), whose own
+CPU use is measured and reported, so the generator is seen not to be the bottleneck. Machines here are
+shared and noisy: the ratios (seqserve ÷ plain BentoML, seqserve ÷ ceiling) are the headline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+HPARAMS = {"n_features": 8, "n_classes": 5, "hidden_size": 64, "num_layers": 2, "bidirectional": False, "dropout": 0.0}
+STEPS = 64
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %f %f %f %d\\n", summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def store_bench_model() -> str:
+    """The benchmark's model, stored through models.artifact like any trained model."""
+    import torch
+
+    from models import create_model
+    from models.artifact import ModelCard, save_artifact
+
+    torch.manual_seed(0)
+    model = create_model("gru_classifier", **HPARAMS)
+    card = ModelCard(
+        task="classify", model_name="gru_classifier", hparams=HPARAMS,
+        features=[f"f{i}" for i in range(8)], labels=[f"class{i}" for i in range(5)], max_length=STEPS,
+    )
+    return save_artifact("bench-gru", model, card)
+
+
+def model_only(tag: str, batch_sizes=(1, 8, 32, 64), seconds: float = 2.0) -> list[dict]:
+    """Sequences per second of the bare forward pass, in this process with one torch thread."""
+    import torch
+
+    from models.artifact import load_artifact
+
+    torch.set_num_threads(1)
+    module = load_artifact(tag).module
+    rows = []
+    for batch in batch_sizes:
+        x = torch.randn(batch, STEPS, 8)
+        with torch.inference_mode():
+            module(x)  # warm-up
+            calls, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                module(x)
+                calls += 1
+        elapsed = time.perf_counter() - started
+        rows.append({"batch": batch, "sequences_per_s": calls * batch / elapsed, "ms_per_pass": 1000 * elapsed / calls})
+    return rows
+
+
+def request_body() -> str:
+    sequence = np.random.default_rng(1).uniform(-1, 1, size=(STEPS, 8)).round(6).tolist()
+    return json.dumps({"instances": [{"sequence": sequence}]})
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], ready_path: str, port: int, timeout: float = 120):
+    """Start a server process group on 127.0.0.1, wait until ``ready_path`` answers, stop it by PID after."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
+            try:
+                if httpx.get(url + ready_path, timeout=1).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(command)} not ready within {timeout}s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
+    """One wrk run (1 thread); also how much CPU wrk itself used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    match = re.search(r"RESULT (\d+) (\S+) (\S+) (\S+) (\d+)", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    requests, duration, p50, p99, errors = match.groups()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "connections": connections,
+        "requests_per_s": int(requests) / float(duration),
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+        "errors": int(errors),
+        "generator_cpu_pct": 100 * cpu / float(duration),
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def targets(tag: str) -> list[tuple[str, list[str], dict, str, str]]:
+    """(label, command, env, ready path, request path) for every server, in the order they run."""
+    py = sys.executable
+    uvicorn = [py, "-m", "uvicorn", "loadtests.baselines.plain_http:app", "--host", "127.0.0.1", "--no-access-log", "--port"]
+    bentoml = [py, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port"]
+    return [
+        ("HTTP+JSON ceiling (parse only)", uvicorn, {"BENCH_MODEL": tag}, "/parse-only", "/parse-only"),
+        ("plain BentoML batchable", bentoml[:-1] + ["loadtests.baselines.plain_bentoml:PlainBatchable", "--port"], {"BENCH_MODEL": tag}, "/readyz", "/classify"),
+        ("no batching (plain ASGI)", uvicorn, {"BENCH_MODEL": tag}, "/parse-only", "/classify"),
+        ("seqserve", bentoml[:-1] + ["service.app:SeqServe", "--port"], {"SEQSERVE_MODELS": tag}, "/readyz", "/classify"),
+    ]
+
+
+def run(concurrency: list[int], seconds: int) -> dict:
+    tag = store_bench_model()
+    results: dict = {"model_only": model_only(tag), "servers": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "post.lua"
+        body = request_body()
+        script.write_text(
+            "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+            f"wrk.body = [==[{body}]==]\n{WRK_REPORT}"
+        )
+        for label, command, env, ready, path in targets(tag):
+            port = free_port()
+            print(f"… {label}", file=sys.stderr, flush=True)
+            with server(command + [str(port)], env, ready, port) as url:
+                check = httpx.post(url + path, content=body, headers={"content-type": "application/json"}, timeout=10)
+                check.raise_for_status()
+                wrk(url + path, script, 16, 2)  # warm-up
+                results["servers"][label] = [wrk(url + path, script, c, seconds) for c in concurrency]
+    return results
+
+
+def markdown(results: dict, seconds: int) -> str:
+    lines = ["### Model only (in-process forward, 1 torch thread)", "", "| batch | sequences/s | ms per pass |", "|---:|---:|---:|"]
+    lines += [f"| {r['batch']} | {r['sequences_per_s']:,.0f} | {r['ms_per_pass']:.2f} |" for r in results["model_only"]]
+    lines += ["", f"### Servers (1 worker, 1 torch thread; wrk 1 thread, {seconds}s per cell)", ""]
+    lines += ["| server | conns | req/s | p50 ms | p99 ms | errors | wrk CPU % |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, rows in results["servers"].items():
+        for r in rows:
+            lines.append(
+                f"| {label} | {r['connections']} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                f"| {r['errors']} | {r['generator_cpu_pct']:.0f} |"
+            )
+    servers = results["servers"]
+    ours = {r["connections"]: r for r in servers.get("seqserve", [])}
+    lines += ["", "### Ratios", "", "| conns | seqserve ÷ plain BentoML | seqserve ÷ ceiling | p50 seqserve − no batching (ms) |", "|---:|---:|---:|---:|"]
+    for c, r in ours.items():
+        def other(label, key="requests_per_s"):
+            return next(x[key] for x in servers[label] if x["connections"] == c)
+
+        lines.append(
+            f"| {c} | {r['requests_per_s'] / other('plain BentoML batchable'):.2f}× "
+            f"| {r['requests_per_s'] / other('HTTP+JSON ceiling (parse only)'):.2f}× "
+            f"| {r['p50_ms'] - other('no batching (plain ASGI)', 'p50_ms'):+.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import bentoml
+    import torch
+
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}, "
+        f"bentoml {bentoml.__version__}, {subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.split(' Copyright')[0]}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run (default: 10)")
+    parser.add_argument("--concurrency", default="1,16,64", help="connection counts (default: 1,16,64)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for results.json and table.md")
+    parser.add_argument("--no-update", action="store_true", help="do not rewrite loadtests/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("error: the benchmark needs wrk (a C load generator): apt-get install wrk", file=sys.stderr)
+        return 2
+    # A private model store: the benchmark never touches the user's models.
+    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="seqserve-bench-")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    results = run(concurrency, args.seconds)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    table = markdown(results, args.seconds)
+    results.update({"machine": machine(), "date": when})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "table.md").write_text(table + "\n")
+    print(table)
+    if not args.no_update:
+        header = (
+            "# Benchmarks\n\nThe latest `python -m loadtests bench` (see `loadtests/bench.py` for what each row is).\n\n"
+            f"- date: {when}\n- machine: {results['machine']}\n- request: one sequence of {STEPS} steps x 8 features, GRU 2x64, 5 classes\n\n"
+        )
+        (ROOT / "loadtests" / "BENCHMARKS.md").write_text(header + table + "\n")
+    return 0
