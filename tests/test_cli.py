@@ -52,6 +52,17 @@ def test_forecast_dry_run_on_synthetic_with_quantiles(capsys, tmp_path):
     assert card.arch == "lstm" and card.data["season"] == 24
 
 
+def test_the_same_seed_repeats_a_cpu_run_exactly(capsys, tmp_path):
+    tags = []
+    for run_index in range(2):
+        code, out, err = run(capsys, "classify", "--dataset", "synthetic", "--name", "seeded", "--seed", "7", "--dry-run", "--report", str(tmp_path / str(run_index)))
+        assert code == 0, err
+        tags.append(stored_tag(out))
+    first, second = (load_artifact(tag) for tag in tags)
+    assert first.tag != second.tag  # a new version each run...
+    assert first.card.weights_sha256 == second.card.weights_sha256  # ...with identical weights
+
+
 def test_no_save_stores_nothing(capsys, tmp_path):
     before = len(list_artifacts())
     code, out, _ = run(capsys, "classify", "--dataset", "synthetic", "--name", "unsaved", "--dry-run", "--no-save", "--report", str(tmp_path))

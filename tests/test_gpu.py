@@ -1,0 +1,38 @@
+"""The CUDA path: models load onto the GPU and answer like on the CPU. Skipped cleanly without a GPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.artifact import load_artifact
+from models.device import resolve_device
+from service.inference import classify_batch, forecast_batch
+from tests import tiny_models
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+def test_auto_is_cpu_without_a_gpu_and_cuda_is_refused_clearly():
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+
+
+@needs_gpu
+def test_batched_inference_on_the_gpu_matches_the_cpu():
+    clf, fc = tiny_models.store_classifier("gpu-clf"), tiny_models.store_forecaster("gpu-fc")
+    rng = np.random.default_rng(0)
+    seqs = [rng.normal(size=(n, 3)).astype(np.float32) for n in (3, 40, 17, 1)]
+    cpu, gpu = load_artifact(clf, "cpu"), load_artifact(clf, "cuda")
+    assert next(gpu.module.parameters()).is_cuda
+    for a, b in zip(classify_batch(cpu, seqs), classify_batch(gpu, seqs)):
+        assert a["label"] == b["label"]
+        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)
+    histories = [rng.normal(size=(12, 1)).astype(np.float32) * 100 for _ in range(8)]
+    for a, b in zip(forecast_batch(load_artifact(fc, "cpu"), histories), forecast_batch(load_artifact(fc, "cuda"), histories)):
+        np.testing.assert_allclose(a["forecast"], b["forecast"], rtol=1e-3, atol=1e-2)
