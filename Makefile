@@ -23,3 +23,11 @@ serve: train-defaults
 
 test: setup
 	$(PY) -m pytest
+
+# Load tests need a running service or start one themselves (see README, "Load tests").
+.PHONY: loadtest bench
+loadtest: train-defaults
+	$(PY) -m loadtests run --users 64 --spawn-rate 16 --duration 60s
+
+bench: setup
+	$(PY) -m loadtests bench

@@ -27,12 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import numpy as np
+
+from loadtests.server import free_port, running_process
 
 ROOT = Path(__file__).resolve().parent.parent
 HPARAMS = {"n_features": 8, "n_classes": 5, "hidden_size": 64, "num_layers": 2, "bidirectional": False, "dropout": 0.0}
@@ -89,37 +90,6 @@ def request_body() -> str:
     return json.dumps({"instances": [{"sequence": sequence}]})
 
 
-@contextmanager
-def server(command: list[str], env: dict[str, str], ready_path: str, port: int, timeout: float = 120):
-    """Start a server process group on 127.0.0.1, wait until ``ready_path`` answers, stop it by PID after."""
-    process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
-            try:
-                if httpx.get(url + ready_path, timeout=1).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{' '.join(command)} not ready within {timeout}s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
-
-
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
     """One wrk run (1 thread); also how much CPU wrk itself used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -143,23 +113,15 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def targets(tag: str) -> list[tuple[str, list[str], dict, str, str]]:
     """(label, command, env, ready path, request path) for every server, in the order they run."""
     py = sys.executable
     uvicorn = [py, "-m", "uvicorn", "loadtests.baselines.plain_http:app", "--host", "127.0.0.1", "--no-access-log", "--port"]
     bentoml = [py, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port"]
     return [
-        ("HTTP+JSON ceiling (parse only)", uvicorn, {"BENCH_MODEL": tag}, "/parse-only", "/parse-only"),
+        ("HTTP+JSON ceiling (parse only)", uvicorn, {"BENCH_MODEL": tag}, "/healthz", "/parse-only"),
         ("plain BentoML batchable", bentoml[:-1] + ["loadtests.baselines.plain_bentoml:PlainBatchable", "--port"], {"BENCH_MODEL": tag}, "/readyz", "/classify"),
-        ("no batching (plain ASGI)", uvicorn, {"BENCH_MODEL": tag}, "/parse-only", "/classify"),
+        ("no batching (plain ASGI)", uvicorn, {"BENCH_MODEL": tag}, "/healthz", "/classify"),
         ("seqserve", bentoml[:-1] + ["service.app:SeqServe", "--port"], {"SEQSERVE_MODELS": tag}, "/readyz", "/classify"),
     ]
 
@@ -177,7 +139,7 @@ def run(concurrency: list[int], seconds: int) -> dict:
         for label, command, env, ready, path in targets(tag):
             port = free_port()
             print(f"… {label}", file=sys.stderr, flush=True)
-            with server(command + [str(port)], env, ready, port) as url:
+            with running_process(command + [str(port)], port=port, ready_path=ready, env={**env, "OMP_NUM_THREADS": "1"}) as url:
                 check = httpx.post(url + path, content=body, headers={"content-type": "application/json"}, timeout=10)
                 check.raise_for_status()
                 wrk(url + path, script, 16, 2)  # warm-up

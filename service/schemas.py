@@ -87,6 +87,9 @@ class ModelInfo(BaseModel):
     horizon: int | None = Field(default=None, description="Steps forecast (forecasters).", examples=[12])
     quantiles: list[float] = Field(default_factory=list, description="Quantile levels (forecasters).", examples=[[0.1, 0.5, 0.9]])
     max_length: int = Field(description="Longest sequence or history accepted.", examples=[4096])
+    train_max_length: int | None = Field(
+        default=None, description="Longest sequence seen in training (classifiers).", examples=[29]
+    )
     metrics: dict = Field(description="Test metrics and baselines from training.", examples=[{"test": {"accuracy": 0.97}}])
     created: str = Field(description="When the model was trained (UTC).", examples=["2026-11-21T06:00:00+00:00"])
     device: str = Field(description="Where the model runs.", examples=["cpu"])

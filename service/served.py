@@ -122,6 +122,7 @@ class ServedModels:
                     "horizon": card.horizon,
                     "quantiles": card.quantiles,
                     "max_length": self.limits.max_length,
+                    "train_max_length": card.max_length,
                     "metrics": card.metrics,
                     "created": card.created,
                     "device": str(self.device),

@@ -10,7 +10,7 @@ import pytest
 from models.artifact import load_artifact
 from service.inference import classify_batch
 from tests import tiny_models
-from tests.server import running_server
+from loadtests.server import running_server
 
 
 @pytest.fixture(scope="module")

@@ -52,4 +52,14 @@ async def classify(request: Request) -> Response:
     return Response(json.dumps(answer), media_type="application/json")
 
 
-app = Starlette(routes=[Route("/parse-only", parse_only, methods=["POST"]), Route("/classify", classify, methods=["POST"])])
+async def healthz(request: Request) -> Response:
+    return Response("ok")
+
+
+app = Starlette(
+    routes=[
+        Route("/parse-only", parse_only, methods=["POST"]),
+        Route("/classify", classify, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+)

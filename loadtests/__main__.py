@@ -1,0 +1,34 @@
+"""``python -m loadtests run …`` (a headless locust run with thresholds) or ``python -m loadtests bench …``."""
+
+import sys
+
+USAGE = """usage: python -m loadtests {run,bench} [options]
+
+  run     headless locust run against seqserve, summary and thresholds (loadtests/runner.py)
+  bench   seqserve next to the model's own speed and other servers (loadtests/bench.py)
+
+`python -m loadtests run --help` lists run's options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "run":
+        from loadtests.runner import main as run
+
+        return run(rest)
+    if command == "bench":
+        try:
+            from loadtests.bench import main as bench
+        except ModuleNotFoundError as err:
+            if err.name != "loadtests.bench":
+                raise
+            print("python -m loadtests bench: not built yet (loadtests/bench.py is missing)", file=sys.stderr)
+            return 2
+        return bench(rest)
+    print(USAGE, file=sys.stderr if command not in ("-h", "--help") else sys.stdout)
+    return 0 if command in ("-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

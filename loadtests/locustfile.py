@@ -1,0 +1,105 @@
+"""Locust scenarios for seqserve: /classify and /forecast with realistic requests, every answer checked.
+
+    locust --config loadtests/locust.conf                # web UI on http://127.0.0.1:8089
+    python -m loadtests run --users 64 --duration 60s    # headless, with thresholds (loadtests/runner.py)
+
+Requests are built from GET /models, read once per process when a test starts: the right feature count,
+lengths from short to long, 1 to --max-instances instances per request, each naming one of the served
+models of its task. A light task sends a malformed request and expects the 400 that names the instance.
+"""
+
+import logging
+
+import gevent
+import numpy as np
+import requests
+from locust import FastHttpUser, between, events, task
+from locust.exception import StopUser
+
+from loadtests.payloads import bad_body, check_answers, request_body, served
+
+log = logging.getLogger(__name__)
+MODELS: list[dict] = []  # what GET /models answered when the test started
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser):
+    parser.add_argument("--max-instances", type=int, default=8, help="Most instances in one request (default 8)")
+    parser.add_argument("--models", default="", help="Comma-separated names or tags to load (default: all served)")
+
+
+@events.test_start.add_listener
+def read_models(environment, **kwargs):
+    """Read the served models; without them a headless run stops at once, a web UI run starts no users."""
+    try:
+        response = requests.get(f"{environment.host}/models", timeout=10)
+        response.raise_for_status()
+        MODELS[:] = response.json()
+    except (requests.RequestException, ValueError) as err:
+        log.error("cannot read %s/models: %s; is seqserve running there?", environment.host, err)
+        MODELS.clear()
+        if environment.parsed_options.headless:
+            environment.process_exit_code = 2
+            gevent.spawn(environment.runner.quit)  # not from inside the start this handler is part of
+
+
+class SeqServeUser(FastHttpUser):
+    """A client of ``/{task_name}``: mostly single instances, some multi-instance requests, a few bad ones."""
+
+    abstract = True
+    host = "http://127.0.0.1:3000"
+    wait_time = between(0.0, 0.1)
+    task_name = ""  # "classify" or "forecast"
+
+    def on_start(self):
+        options = self.environment.parsed_options
+        wanted = [m.strip() for m in options.models.split(",") if m.strip()]
+        self.entries = served(MODELS, self.task_name, wanted)
+        if not self.entries:
+            among = f" among {wanted}" if wanted else ""
+            log.warning("no %s model served%s; %s stops", self.task_name, among, type(self).__name__)
+        self.most = max(2, options.max_instances)
+        self.rng = np.random.default_rng()
+
+    def served_models(self) -> list[dict]:
+        if not self.entries:
+            raise StopUser()  # from a task, quietly (locust logs a traceback for one raised in on_start)
+        return self.entries
+
+    def post(self, n_instances: int, name: str):
+        body, asked = request_body(self.rng, self.task_name, self.served_models(), n_instances)
+        with self.client.post(f"/{self.task_name}", json=body, name=name, catch_response=True) as resp:
+            problem = check_answers(self.task_name, asked, resp.status_code, resp.text or "")
+            if problem:
+                resp.failure(problem)
+            else:
+                resp.success()
+
+    @task(6)
+    def one_instance(self):
+        self.post(1, f"/{self.task_name} [1]")
+
+    @task(3)
+    def several_instances(self):
+        self.post(int(self.rng.integers(2, self.most + 1)), f"/{self.task_name} [2-{self.most}]")
+
+    @task(1)
+    def bad_request(self):
+        """A step with one feature too many: the service must answer 400 and name the instance."""
+        entries = self.served_models()
+        body = bad_body(self.task_name, entries[int(self.rng.integers(len(entries)))])
+        name = f"/{self.task_name} [bad]"
+        with self.client.post(f"/{self.task_name}", json=body, name=name, catch_response=True) as resp:
+            text = resp.text or ""
+            if resp.status_code == 400 and "instances[" in text:
+                resp.success()
+            else:
+                resp.failure(f"expected a 400 naming instances[0], got HTTP {resp.status_code}: {text[:200]}")
+
+
+class ClassifyUser(SeqServeUser):
+    task_name = "classify"
+
+
+class ForecastUser(SeqServeUser):
+    task_name = "forecast"

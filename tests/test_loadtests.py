@@ -1,0 +1,151 @@
+"""Load tests: the payload builder, the answer checks and the /metrics parser, then one short real run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from loadtests import payloads
+from loadtests.runner import ROOT, batch_size_line, batch_sizes, parse_duration, subtract
+from tests import tiny_models
+
+CLF = {
+    "tag": "clf:v1", "task": "classify", "features": ["x", "y", "z"], "labels": ["walk", "run", "sit"],
+    "lookback": None, "horizon": None, "quantiles": [], "max_length": 4096,
+}
+FC = {
+    "tag": "fc:v2", "task": "forecast", "features": ["value"], "labels": [],
+    "lookback": 12, "horizon": 3, "quantiles": [0.1, 0.5, 0.9], "max_length": 30,
+}
+FC2 = {**FC, "tag": "fc2:v1", "features": ["a", "b"]}
+MODELS = [CLF, FC, FC2]
+
+
+def test_served_filters_by_task_and_by_names_or_tags():
+    assert payloads.served(MODELS, "classify") == [CLF]
+    assert payloads.served(MODELS, "forecast", ["fc2", "clf"]) == [FC2]
+    assert payloads.served(MODELS, "forecast", ["fc:v2"]) == [FC]
+
+
+def test_classify_bodies_have_the_models_feature_count_and_lengths_up_to_the_cap():
+    rng = np.random.default_rng(0)
+    body, asked = payloads.request_body(rng, "classify", [CLF], 200)
+    lengths = [len(i["sequence"]) for i in body["instances"]]
+    assert asked == [CLF] * 200 and {i["model"] for i in body["instances"]} == {"clf"}
+    assert all(len(step) == 3 for i in body["instances"] for step in i["sequence"])
+    assert min(lengths) < 10 and 80 < max(lengths) <= payloads.DEFAULT_CLASSIFY_STEPS
+    capped = payloads.classify_instance(rng, {**CLF, "train_max_length": 4})
+    assert 1 <= len(capped["sequence"]) <= 8
+
+
+def test_forecast_bodies_are_flat_for_one_channel_and_between_lookback_and_the_cap():
+    body, asked = payloads.request_body(np.random.default_rng(0), "forecast", [FC, FC2], 100)
+    assert {e["tag"] for e in asked} == {"fc:v2", "fc2:v1"}
+    for instance, entry in zip(body["instances"], asked):
+        assert instance["model"] == entry["tag"].split(":")[0]
+        assert 12 <= len(instance["history"]) <= 30  # 3x lookback is 36, but max_length is 30
+        first = instance["history"][0]
+        assert isinstance(first, float) if entry is FC else len(first) == 2
+
+
+def test_bad_body_has_one_feature_too_many():
+    assert len(payloads.bad_body("classify", CLF)["instances"][0]["sequence"][0]) == 4
+    assert len(payloads.bad_body("forecast", FC)["instances"][0]["history"]) == 12
+
+
+def classification(**changes):
+    probabilities = {"walk": 0.2, "run": 0.7, "sit": 0.1}
+    return {"model": "clf:v1", "label": "run", "label_index": 1, "probabilities": probabilities} | changes
+
+
+def forecast(**changes):
+    q = {"0.1": [1.0, 2.0, 3.0], "0.5": [1.5, 2.5, 3.5], "0.9": [2.0, 3.0, 4.0]}
+    return {"model": "fc:v2", "horizon": 3, "forecast": q["0.5"], "quantiles": q} | changes
+
+
+def check(task, answers, asked, status=200):
+    return payloads.check_answers(task, asked, status, json.dumps(answers))
+
+
+def test_checks_accept_right_answers():
+    walk = classification(label="walk", label_index=0, probabilities={"walk": 0.5, "run": 0.4, "sit": 0.1})
+    assert check("classify", [classification(), walk], [CLF, CLF]) is None
+    assert check("forecast", [forecast(), forecast(quantiles=None)], [FC, {**FC, "quantiles": []}]) is None
+
+
+@pytest.mark.parametrize(
+    "task, answer, reason",
+    [
+        ("classify", classification(model="other:v1"), "model is 'other:v1', asked 'clf'"),
+        ("classify", classification(probabilities={"walk": 0.2, "run": 0.7, "sit": 0.2}), "sum to 1.100000"),
+        ("classify", classification(label="walk", label_index=0), "label 'walk' is not the most probable"),
+        ("classify", classification(label_index=2), "label_index 2 does not point at label 'run'"),
+        ("classify", classification(probabilities={"a": 1.0}), "probabilities are for ['a']"),
+        ("forecast", forecast(forecast=[1.5, 2.5]), "horizon 3 with 2 steps; the model forecasts 3"),
+        ("forecast", forecast(quantiles={"0.1": [1, 3, 3], "0.5": [1.5, 2.5, 3.5], "0.9": [2, 3, 4]}), "0.1 is above"),
+        ("forecast", forecast(forecast=[1.5, 2.5, 9.0]), "forecast differs from quantile 0.5"),
+        ("forecast", forecast(quantiles={"0.5": [1.5, 2.5, 3.5]}), "quantile levels ['0.5']"),
+    ],
+)
+def test_checks_reject_wrong_answers_with_the_reason(task, answer, reason):
+    problem = check(task, [answer], [CLF if task == "classify" else FC])
+    assert problem.startswith("answer 0: ") and reason in problem
+
+
+def test_checks_reject_wrong_status_count_and_body():
+    assert check("classify", [classification()], [CLF, CLF]).startswith("expected a list of 2 answers")
+    assert payloads.check_answers("classify", [CLF], 503, "overloaded") == "HTTP 503: overloaded"
+    assert payloads.check_answers("classify", [CLF], 200, "<html>").startswith("body is not JSON")
+
+
+METRICS = """# HELP seqserve_batch_size Instances merged into one forward pass
+# TYPE seqserve_batch_size histogram
+{buckets}
+# HELP bentoml_service_request_total Total number of requests
+# TYPE bentoml_service_request_total counter
+bentoml_service_request_total{{endpoint="/classify",http_response_code="200"}} 12.0
+"""
+
+
+def metrics(model: str, cumulative: list[int], total: float) -> str:
+    """A /metrics page with one model's seqserve_batch_size histogram (buckets 1, 2, 4, +Inf)."""
+    bounds = ["1.0", "2.0", "4.0", "+Inf"]
+    lines = [f'seqserve_batch_size_bucket{{le="{le}",model="{model}"}} {n}' for le, n in zip(bounds, cumulative)]
+    lines += [f'seqserve_batch_size_sum{{model="{model}"}} {total}']
+    lines += [f'seqserve_batch_size_count{{model="{model}"}} {cumulative[-1]}']
+    return METRICS.format(buckets="\n".join(lines))
+
+
+def test_batch_size_histogram_is_parsed_subtracted_and_summarised():
+    before = batch_sizes(metrics("clf:v1", [5, 5, 5, 5], 5.0))
+    after = batch_sizes(metrics("clf:v1", [8, 10, 15, 16], 53.0) + metrics("idle:v1", [0, 0, 0, 0], 0.0))
+    assert before == {"clf:v1": {"buckets": {1.0: 5, 2.0: 5, 4.0: 5, float("inf"): 5}, "sum": 5.0, "count": 5}}
+    run = subtract(after, before)
+    assert run == {"clf:v1": {"buckets": {1.0: 3, 2.0: 5, 4.0: 10, float("inf"): 11}, "sum": 48.0, "count": 11}}
+    line = batch_size_line("clf:v1", run["clf:v1"])
+    assert "11 forward passes, 48 instances, mean batch size 4.36" in line
+    assert "[1: 27%  2: 18%  3-4: 45%  >4: 9%]" in line
+    assert batch_sizes("# nothing here\n") == {}
+
+
+def test_parse_duration():
+    assert [parse_duration(t) for t in ("90", "60s", "2m", "1h30m", "1m5s")] == [90, 60, 120, 5400, 65]
+    with pytest.raises(Exception, match="not a duration"):
+        parse_duration("soon")
+
+
+def test_headless_run_against_a_server_it_starts_itself(tmp_path):
+    tags = f"{tiny_models.store_classifier('lt-clf')},{tiny_models.store_forecaster('lt-fc')}"
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "loadtests", "run", "--users", "4", "--spawn-rate", "4", "--duration", "10s",
+               "--max-failure-rate", "0", "--out", str(out)]
+    env = {**os.environ, "SEQSERVE_MODELS": tags}  # BENTOML_HOME: the private store of tests/conftest.py
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "locust_stats.csv").exists() and (out / "report.html").stat().st_size > 1000
+    assert "requests/s" in done.stdout and "PASS" in done.stdout
+    for tag in tags.split(","):
+        assert f"  {tag}: " in done.stdout and "mean batch size" in done.stdout
