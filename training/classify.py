@@ -15,7 +15,7 @@ from models.artifact import ModelCard, save_artifact
 from models.padding import pad_sequences
 from training import report
 from training.data import SequenceDataset, check_compatible, fingerprint
-from training.loop import TrainConfig, fit, seed_everything
+from training.loop import TrainConfig, fit, seed_everything, sized_for
 from training.metrics import classification_metrics, majority_class_baseline
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def train_classifier(
         x, lengths, y = batch
         return F.cross_entropy(model(x, lengths), y)
 
+    config = sized_for(config, len(fit_rows))
     history = fit(model, len(fit_rows), len(val_rows), make_batch, loss_fn, config)
 
     n_classes = len(train.label_names)

@@ -51,9 +51,10 @@ def _fraction(text: str) -> float:
 
 
 # Defaults per task: classification sets are small (tens to hundreds of sequences) and need many small
-# steps; forecasting makes thousands of windows, so larger batches and fewer epochs.
+# steps; forecasting windows number from tens to many thousands, so their batch and epochs are sized
+# to the data (None = auto, see training.loop.sized_for).
 CLASSIFY_DEFAULTS = TrainConfig(epochs=300, batch_size=16, patience=50)
-FORECAST_DEFAULTS = TrainConfig(epochs=60, batch_size=64, patience=15)
+FORECAST_DEFAULTS = TrainConfig(epochs=None, batch_size=None, patience=None)
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: TrainConfig, bidirectional: bool) -> None:
@@ -74,11 +75,12 @@ def _add_common(parser: argparse.ArgumentParser, defaults: TrainConfig, bidirect
     )
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help=f"maximum epochs (default: {defaults.epochs})")
-    opt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help=f"(default: {defaults.batch_size})")
+    auto = "auto: sized to the data"
+    opt.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help=f"maximum epochs (default: {defaults.epochs or auto + ', ~1500 steps'})")
+    opt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help=f"(default: {defaults.batch_size or auto + ', 8 to 64'})")
     opt.add_argument("--lr", type=float, default=defaults.lr, help=f"peak AdamW learning rate of the one-cycle schedule (default: {defaults.lr})")
     opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help=f"AdamW weight decay (default: {defaults.weight_decay})")
-    opt.add_argument("--patience", type=_positive_int, default=defaults.patience, help=f"stop after this many epochs without a better validation loss (default: {defaults.patience})")
+    opt.add_argument("--patience", type=_positive_int, default=defaults.patience, help=f"stop after this many epochs without a better validation loss (default: {defaults.patience or 'a quarter of the epochs'})")
     opt.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help=f"gradient clipping norm (default: {defaults.clip_norm})")
     opt.add_argument("--val-fraction", type=_fraction, default=None, help="share of the training data held out for early stopping (default: 0.2 classify, 0.1 forecast)")
     opt.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a CPU run exactly (default: 0)")

@@ -15,7 +15,7 @@ from models.artifact import ModelCard, save_artifact
 from training import report
 from training.classify import NetworkOptions, RunResult
 from training.data import SeriesCollection, fingerprint
-from training.loop import TrainConfig, fit, seed_everything
+from training.loop import TrainConfig, fit, seed_everything, sized_for
 from training.metrics import forecast_metrics, mase_scale, naive_forecast, seasonal_naive_forecast
 from training.windows import split_by_time, train_series
 
@@ -109,6 +109,7 @@ def train_forecaster(
         y_norm = (y - loc[..., :k]) / scale[..., :k]
         return pinball_loss(model.forward_normalized(x_norm), y_norm, model.quantiles)
 
+    config = sized_for(config, len(train_w.inputs))
     history = fit(model, len(train_w.inputs), len(val_w.inputs), make_batch, loss_fn, config)
 
     predicted = predict_windows(model, test_w.inputs, device)  # (N, H, K, Q)
