@@ -7,9 +7,10 @@ need the model (feature count, history length) live in ``service.inference``.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
-# Plain JSON has no NaN or Infinity; refusing them here names the exact step and feature.
+# Plain JSON has no NaN or Infinity; refusing them here names the exact step and feature. Values must be
+# JSON numbers: StrictFloat refuses true/false and numeric strings instead of quietly turning them into 1.0.
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 MODEL_FIELD = Field(
@@ -23,7 +24,7 @@ class ClassifyInstance(BaseModel):
     """One sequence to classify."""
 
     model_config = _STRICT
-    sequence: list[list[float]] = Field(
+    sequence: list[list[StrictFloat]] = Field(
         description="The sequence, one list of feature values per time step: shape (steps, features). "
         "Sequences in one request may have different lengths.",
         examples=[[[0.1, -0.4, 1.2], [0.3, -0.2, 0.9], [0.5, 0.0, 0.7]]],
@@ -35,7 +36,7 @@ class ForecastInstance(BaseModel):
     """One history to forecast from."""
 
     model_config = _STRICT
-    history: list[list[float]] | list[float] = Field(
+    history: list[list[StrictFloat]] | list[StrictFloat] = Field(
         description="Past values, oldest first: a flat list for a single-channel model, or one list per step "
         "(targets first, then covariates). At least the model's lookback; only the last lookback steps are used.",
         examples=[[315.2, 315.9, 316.4, 317.1, 317.8, 318.2]],

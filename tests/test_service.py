@@ -143,7 +143,11 @@ def test_bad_forecast_instances_get_a_400(client, instance, words):
     [
         ('{"instances": [{"sequence": [[1, 2, NaN]]}]}', ["finite_number", "'instances', 0, 'sequence', 0, 2"]),
         ('{"instances": [{"sequence": [[1, 2, Infinity]]}]}', ["finite_number"]),
-        ('{"instances": [{"sequence": [[1, "a", 3]]}]}', ["float_parsing", "'sequence', 0, 1"]),
+        ('{"instances": [{"sequence": [[1, "a", 3]]}]}', ["float_type", "'sequence', 0, 1"]),
+        ('{"instances": [{"sequence": [[1, "2.5", 3]]}]}', ["float_type", "'sequence', 0, 1"]),
+        ('{"instances": [{"sequence": [[1, true, 3]]}]}', ["float_type", "'sequence', 0, 1"]),
+        ('{"instances": [{"sequence": [[1, 2, 3]], "model": 5}]}', ["string_type", "'model'"]),
+        ('{"instances": null}', ["list_type", "'instances'"]),
         ('{"instances": [{"seq": [[1, 2, 3]]}]}', ["missing", "sequence"]),
         ('{"instances": [{"sequence": [1, 2, 3]}]}', ["list_type", "'sequence', 0"]),
         ('{"instances": [{"sequence": [[1, 2, 3]], "colour": 1}]}', ["extra_forbidden", "colour"]),
