@@ -31,3 +31,9 @@ loadtest: train-defaults
 
 bench: setup
 	$(PY) -m loadtests bench
+
+# Build the bento and an OCI image of it (container/README.md). Settings: VARIANT=cpu|gpu,
+# BASE_IMAGE=local (a Debian base made here, no registry needed) or an image name, IMAGE=name:tag.
+.PHONY: image
+image: setup
+	$(PY) container/build.py $(if $(VARIANT),--variant $(VARIANT)) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(IMAGE),--tag $(IMAGE))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 
 import bentoml
 import torch
@@ -24,6 +25,23 @@ from service.schemas import ClassifyInstance, ClassifyResult, ForecastInstance, 
 from service.served import RequestError, ServedModels, served_tags
 
 SETTINGS = Settings.from_env()  # read at import for the decorator (workers, threads)
+
+
+class ClientErrorsWithoutTracebacks(logging.Filter):
+    """BentoML logs every body that fails pydantic validation at ERROR with a traceback; that is the
+    client's mistake, already answered with a 400 that says what is wrong. Keep one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ == "ValidationError":
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            where = record.getMessage().removeprefix("Exception on ")
+            record.msg, record.args = "%s: %s (answered 400)", (where, str(error).splitlines()[0])
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsWithoutTracebacks())
 
 
 def _json(body) -> Response:
