@@ -1,0 +1,192 @@
+"""Build the seqserve bento and an OCI image of it: ``make image`` (CPU) or ``make image VARIANT=gpu``.
+
+Steps, each printed with its time:
+
+1. the base image, when ``--base-image local``: Debian bookworm made by ``container/base-image.sh``
+   (no registry needed), reused when it already exists;
+2. ``bentoml build`` with ``bentofile.yaml`` plus this machine's settings (base image, where torch
+   comes from), written to ``build/bentofile.<variant>.yaml``; the bento holds the service code and
+   the models it serves;
+3. ``bentoml containerize`` of that bento, kept as ``<name>-bento:<variant>``: its layers are the
+   cache that makes the next build take seconds;
+4. ``container/Containerfile`` on top: health check on /readyz, tini as PID 1, a numeric non-root user.
+
+Where torch comes from: the CPU variant installs the ``torch==X+cpu`` wheel from a local wheel folder
+(``--torch-wheels``; default: pip's find-links, when one holds that wheel), mounted read-only into the
+image build, else from the PyTorch CPU index. The GPU variant installs torch from PyPI, whose Linux
+wheels bundle the CUDA runtime, and asks BentoML for one GPU per service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_BASE = "localhost/seqserve-base:bookworm"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+WHEELS_MOUNT = "/wheels"  # where the local wheel folder is mounted during the image build
+# The runtime refuses to raise limits above this machine's hard limits; these fit a 2-core CI box.
+ULIMITS = ("nofile=20000:20000", "nproc=32768:32768")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", choices=("cpu", "gpu"), default=env("SEQSERVE_VARIANT", "cpu"),
+                   help="cpu: CPU-only torch; gpu: CUDA torch from PyPI and one GPU per service (env SEQSERVE_VARIANT)")
+    p.add_argument("--base-image", default=env("SEQSERVE_BASE_IMAGE", ""),
+                   help="image to build on; empty: BentoML's default (python:3.11-slim from a registry); "
+                        f"'local': {LOCAL_BASE}, made here with debootstrap (env SEQSERVE_BASE_IMAGE)")
+    p.add_argument("--tag", default=env("SEQSERVE_IMAGE", ""),
+                   help="image name:tag to produce (env SEQSERVE_IMAGE; default seqserve:<variant>)")
+    p.add_argument("--backend", default=env("SEQSERVE_CONTAINER_ENGINE", "podman" if shutil.which("podman") else "docker"),
+                   choices=("podman", "docker"), help="container engine (env SEQSERVE_CONTAINER_ENGINE)")
+    p.add_argument("--torch-wheels", default=env("SEQSERVE_TORCH_WHEELS", ""),
+                   help="folder holding the torch CPU wheel, for the cpu variant; default: pip's find-links "
+                        "when one holds it, else the PyTorch CPU index (env SEQSERVE_TORCH_WHEELS)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated model names or tags to bundle (default: SEQSERVE_MODELS, else the newest "
+                        "version of every seqserve model in the store)")
+    p.add_argument("--dry-run", action="store_true", help="print the bentofile and the commands, run nothing")
+    args = p.parse_args(argv)
+    args.tag = args.tag or f"seqserve:{args.variant}"
+    return args
+
+
+def torch_pin(bentofile: dict) -> str:
+    """The torch version pinned in the bentofile, e.g. ``2.13.0``."""
+    for package in bentofile["python"]["packages"]:
+        if match := re.fullmatch(r"torch==([\w.]+)", package.strip()):
+            return match.group(1)
+    raise SystemExit("bentofile.yaml: python.packages must pin torch (torch==X.Y.Z)")
+
+
+def pip_find_links() -> list[str]:
+    """Local folders pip is configured to find wheels in (PIP_FIND_LINKS and pip.conf)."""
+    found = os.environ.get("PIP_FIND_LINKS", "").split()
+    config = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    for line in config.splitlines():
+        if ".find-links=" in line:
+            found += line.split("=", 1)[1].strip("'\"").split()
+    return [f.removeprefix("file://") for f in dict.fromkeys(found) if os.path.isdir(f.removeprefix("file://"))]
+
+
+def torch_cpu_wheels(version: str, folder: str) -> str | None:
+    """``folder``, or the first of pip's find-links, that holds the torch ``version``+cpu wheel for this Python."""
+    pattern = f"torch-{version}+cpu-cp{sys.version_info.major}{sys.version_info.minor}-*.whl"
+    for candidate in [folder] if folder else pip_find_links():
+        if glob.glob(os.path.join(candidate, pattern)):
+            return os.path.abspath(candidate)
+    if folder:
+        raise SystemExit(f"--torch-wheels {folder}: no {pattern} there")
+    return None
+
+
+def render_bentofile(bentofile: dict, args: argparse.Namespace, wheels: str | None) -> dict:
+    """bentofile.yaml plus this build's settings."""
+    base = LOCAL_BASE if args.base_image == "local" else args.base_image
+    if base:
+        bentofile.setdefault("docker", {})["base_image"] = base
+    python = bentofile["python"]
+    if args.variant == "cpu" and wheels:
+        python["find_links"] = [WHEELS_MOUNT]  # uv prefers torch==X+cpu found there over PyPI's CUDA build
+    elif args.variant == "cpu":
+        python["extra_index_url"] = [TORCH_CPU_INDEX]
+    else:
+        # BentoML gives each service's workers this many GPUs through CUDA_VISIBLE_DEVICES.
+        bentofile.setdefault("envs", []).append({"name": "BENTOML_CONFIG_OPTIONS", "value": "services.seqserve.resources.gpu=1"})
+    return bentofile
+
+
+def bento_image_name(tag: str, variant: str) -> str:
+    """The image `bentoml containerize` makes, under a fixed name: its layers cache the next build."""
+    return f"{tag.rsplit(':', 1)[0]}-bento:{variant}"
+
+
+def run(cmd: list[str], dry_run: bool, **kwargs) -> subprocess.CompletedProcess | None:
+    print("+", shlex.join(cmd), flush=True)
+    return None if dry_run else subprocess.run(cmd, check=True, **kwargs)
+
+
+@contextlib.contextmanager
+def step(name: str, timings: dict[str, float]):
+    """Announce a step and record how long it took."""
+    print(f"== {name}", flush=True)
+    start = time.monotonic()
+    yield
+    timings[name] = time.monotonic() - start
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    timings: dict[str, float] = {}
+    engine_net = ["--network", "host"]  # bridge networking needs iptables and leaves chains behind
+    bentoml = [sys.executable, "-m", "bentoml"]
+
+    if args.base_image == "local":
+        with step("base image", timings):
+            exists = subprocess.run(
+                [args.backend, "image", "exists", LOCAL_BASE] if args.backend == "podman"
+                else [args.backend, "image", "inspect", LOCAL_BASE], capture_output=True).returncode == 0
+            if not exists:
+                run([str(ROOT / "container" / "base-image.sh"), LOCAL_BASE], args.dry_run,
+                    env={**os.environ, "SEQSERVE_CONTAINER_ENGINE": args.backend})
+
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    # Only podman mounts a folder into a build; Docker builds take the CPU wheel from the PyTorch index.
+    local_wheels = args.variant == "cpu" and args.backend == "podman"
+    wheels = torch_cpu_wheels(torch_pin(bentofile), args.torch_wheels) if local_wheels else None
+    rendered = render_bentofile(bentofile, args, wheels)
+    out = ROOT / "build" / f"bentofile.{args.variant}.yaml"
+    text = "# Generated by container/build.py from bentofile.yaml; do not edit.\n" + yaml.safe_dump(rendered, sort_keys=False)
+    if args.dry_run:
+        print(f"--- {out.relative_to(ROOT)}\n{text}---")
+    else:
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(text)
+
+    with step("bento", timings):
+        env = dict(os.environ)
+        if args.models is not None:
+            env["SEQSERVE_MODELS"] = args.models
+        done = run([*bentoml, "build", "-f", str(out), "--output", "tag", str(ROOT)], args.dry_run,
+                   cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        bento = "seqserve:<new>" if done is None else done.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+        print(f"built bento {bento}")
+
+    bento_image = bento_image_name(args.tag, args.variant)
+    with step("bento image", timings):
+        opts = ["--opt", "network=host"]
+        if args.backend == "podman":
+            opts += [arg for limit in ULIMITS for arg in ("--opt", f"ulimit={limit}")]
+        if wheels:
+            opts += ["--opt", f"volume={wheels}:{WHEELS_MOUNT}:ro"]
+        run([*bentoml, "containerize", bento, "--backend", args.backend, "--image-tag", bento_image, *opts], args.dry_run, cwd=ROOT)
+
+    with step("image", timings):
+        # --format docker keeps HEALTHCHECK, which the OCI image format has no field for.
+        fmt = ["--format", "docker"] if args.backend == "podman" else []
+        run([args.backend, "build", *fmt, *engine_net, "--build-arg", f"BENTO_IMAGE={bento_image}",
+             "--label", "org.opencontainers.image.title=seqserve", "--label", f"seqserve.bento={bento}",
+             "--label", f"seqserve.variant={args.variant}",
+             "-f", str(ROOT / "container" / "Containerfile"), "-t", args.tag, str(ROOT / "container")], args.dry_run)
+
+    print(" ".join(f"{name}: {seconds:.0f}s" for name, seconds in timings.items()))
+    print(f"image {args.tag} (bento {bento}); run it: {args.backend} run --rm -p 3000:3000 {args.tag}")
+    return args.tag
+
+
+if __name__ == "__main__":
+    main()

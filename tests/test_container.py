@@ -1,0 +1,188 @@
+"""The bento and the OCI image: what the bento holds, then a real image built by container/build.py,
+run with podman on 127.0.0.1, answering exactly as the same models do outside it.
+
+The image tests need podman (CI installs it) and skip without it; they build the Debian base locally
+with debootstrap when they can (no registry needed), else use BentoML's default base image.
+A cold run (no base image, no layer cache) takes about 4 minutes on 2 cores; a warm one under a minute.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from container.build import ULIMITS, bento_image_name
+from models.artifact import load_artifact
+from service.inference import Limits, check_forecast, classify_batch, forecast_batch
+from tests import tiny_models
+
+ROOT = Path(__file__).resolve().parent.parent
+PODMAN = shutil.which("podman")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bentoml(*args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run([sys.executable, "-m", "bentoml", *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+# ------------------------------------------------------------------------------------ the bento
+
+
+def test_bentofile_pins_the_same_packages_as_pyproject():
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    # BentoML pins itself (bentoml==<the version that builds the bento>).
+    assert sorted(bentofile["python"]["packages"]) == sorted(p for p in project if not p.startswith("bentoml"))
+
+
+def test_bento_holds_service_code_and_models_and_carries_them_to_a_clean_store(tmp_path):
+    clf, fc = tiny_models.store_classifier("bento-clf"), tiny_models.store_forecaster("bento-fc")
+    out = bentoml("build", "--output", "tag", ".", env={"SEQSERVE_MODELS": f"{clf},{fc}"})
+    bento = out.strip().splitlines()[-1].removeprefix("__tag__:")
+    archive = tmp_path / "seqserve.bento"
+    bentoml("export", bento, str(archive))
+
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    sources = {n.removeprefix("./").removeprefix("src/") for n in names if n.removeprefix("./").startswith("src/")}
+    assert {"service/app.py", "service/config.py", "models/artifact.py"} <= sources
+    assert not [n for n in sources if n.split("/")[0] in ("training", "tests", "loadtests", "container", "deploy")]
+    for tag in (clf, fc):
+        name, version = tag.split(":")
+        assert any(n.removeprefix("./").startswith(f"models/{name}/{version}/") for n in names), f"{tag} not in the bento"
+
+    # Another machine: a store that has never seen the models gets them with the bento.
+    clean = {"BENTOML_HOME": str(tmp_path / "clean-store")}
+    bentoml("import", str(archive), env=clean)
+    listed = bentoml("models", "list", "-o", "json", env=clean)
+    assert clf in listed and fc in listed
+
+
+# ------------------------------------------------------------------------------------ the image
+
+needs_podman = pytest.mark.skipif(PODMAN is None, reason="podman is not installed (CI installs it: see container/README.md)")
+
+
+def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    done = subprocess.run([PODMAN, *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, f"podman {' '.join(args)}: {done.stderr[-3000:]}"
+    return done
+
+
+def base_image() -> str:
+    """Where the test builds from: SEQSERVE_BASE_IMAGE, else a local Debian base when debootstrap can make one."""
+    if "SEQSERVE_BASE_IMAGE" in os.environ:
+        return os.environ["SEQSERVE_BASE_IMAGE"]
+    return "local" if shutil.which("debootstrap") and os.geteuid() == 0 else ""
+
+
+@pytest.fixture(scope="module")
+def image():
+    tags = {"clf": tiny_models.store_classifier("image-clf"), "fc": tiny_models.store_forecaster("image-fc")}
+    name = f"localhost/seqserve-test:{uuid.uuid4().hex[:8]}"
+    start = time.monotonic()
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "container" / "build.py"), "--base-image", base_image(), "--tag", name,
+         "--models", f"{tags['clf']},{tags['fc']}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    print(f"built {name} in {time.monotonic() - start:.0f}s: {build.stdout.strip().splitlines()[-2]}")
+    try:
+        yield name, tags
+    finally:
+        podman("rmi", "--force", name, bento_image_name(name, "cpu"), check=False)
+
+
+@pytest.fixture()
+def container(image):
+    name, tags = image
+    port, container_name = free_port(), f"seqserve-test-{uuid.uuid4().hex[:8]}"
+    podman("run", "--detach", "--name", container_name, "--network", "host",
+           *[arg for limit in ULIMITS for arg in ("--ulimit", limit)],
+           "--env", f"BENTOML_PORT={port}", "--env", f"SEQSERVE_MODELS={tags['clf']},{tags['fc']}", name)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        yield container_name, url, tags
+    finally:
+        podman("rm", "--force", container_name, check=False)
+
+
+def wait_ready(url: str, container_name: str, timeout: float = 120) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    logs = podman("logs", container_name, check=False)
+    raise AssertionError(f"not ready in {timeout:.0f}s:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
+
+
+@needs_podman
+@pytest.mark.timeout(1500)
+def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(container):
+    container_name, url, tags = container
+    print(f"ready {wait_ready(url, container_name):.1f}s after podman run")
+
+    image_id = podman("inspect", "--format", "{{.Image}}", container_name).stdout.strip()
+    inspected = json.loads(podman("image", "inspect", image_id).stdout)[0]
+    user = inspected["Config"]["User"]
+    assert user.split(":")[0] not in ("", "0", "root")
+    healthcheck = inspected.get("Healthcheck") or inspected["Config"]["Healthcheck"]  # podman puts it at the top
+    assert healthcheck["Test"][-1].endswith("seqserve-healthcheck")
+    assert podman("healthcheck", "run", container_name, check=False).returncode == 0
+    assert podman("exec", container_name, "id", "-u").stdout.strip() != "0"
+
+    rng = np.random.default_rng(0)
+    sequences = [rng.normal(size=(int(n), 3)).astype(np.float32) for n in (1, 7, 30)]
+    histories = [rng.normal(size=int(n)).astype(np.float32) * 3 + 10 for n in (12, 40)]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        classified = client.post("/classify", json={"instances": [{"sequence": s.tolist()} for s in sequences]})
+        forecast = client.post("/forecast", json={"instances": [{"history": h.tolist(), "model": tags["fc"]} for h in histories]})
+        bad = client.post("/classify", json={"instances": [{"sequence": [[1.0, 2.0]]}]})
+    assert classified.status_code == 200 and forecast.status_code == 200, classified.text + forecast.text
+    assert bad.status_code == 400 and "instances[0].sequence" in bad.json()["error"]
+
+    clf, fc = load_artifact(tags["clf"]), load_artifact(tags["fc"])
+    for answer, expected in zip(classified.json(), classify_batch(clf, sequences), strict=True):
+        assert answer["model"] == tags["clf"] and answer["label"] == expected["label"]
+        np.testing.assert_allclose([answer["probabilities"][k] for k in expected["probabilities"]],
+                                   list(expected["probabilities"].values()), atol=1e-5)
+    windows = [check_forecast(i, h.tolist(), fc, Limits()) for i, h in enumerate(histories)]
+    for answer, expected in zip(forecast.json(), forecast_batch(fc, windows), strict=True):
+        assert answer["model"] == tags["fc"]
+        np.testing.assert_allclose(answer["forecast"], expected["forecast"], rtol=1e-5, atol=1e-4)
+        for q, values in expected["quantiles"].items():
+            np.testing.assert_allclose(answer["quantiles"][q], values, rtol=1e-5, atol=1e-4)
+
+    start = time.monotonic()
+    podman("stop", "--time", "20", container_name)
+    stopped = time.monotonic() - start
+    state = json.loads(podman("inspect", container_name).stdout)[0]["State"]
+    assert state["ExitCode"] == 0 and stopped < 5, f"exit code {state['ExitCode']} after {stopped:.1f}s"
+    logs = podman("logs", container_name)
+    assert "Service seqserve initialized" in logs.stdout + logs.stderr  # the server logs to the container's output
