@@ -42,6 +42,9 @@ class ClientErrorsWithoutTracebacks(logging.Filter):
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsWithoutTracebacks())
+# BentoML sets only its own loggers to INFO; ours say which models and device were chosen.
+for _name in ("service", "models"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def _json(body) -> Response:
