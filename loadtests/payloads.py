@@ -7,7 +7,6 @@ answers as well as slow ones. Kept apart from the locustfile so tests can import
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 

@@ -9,7 +9,6 @@ A cold run (no base image, no layer cache) takes about 4 minutes on 2 cores; a w
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -24,18 +23,13 @@ import pytest
 import yaml
 
 from container.build import ULIMITS, bento_image_name
+from loadtests.server import free_port
 from models.artifact import load_artifact
 from service.inference import Limits, check_forecast, classify_batch, forecast_batch
 from tests import tiny_models
 
 ROOT = Path(__file__).resolve().parent.parent
 PODMAN = shutil.which("podman")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bentoml(*args: str, env: dict[str, str] | None = None) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models import create_model
 from models.artifact import ModelCard, save_artifact
