@@ -82,8 +82,7 @@ class SeqServe:
     """Serves every stored seqserve model (or those in ``SEQSERVE_MODELS``) with adaptive batching."""
 
     # One BentoModel attribute per served model: `bentoml build` bundles exactly these into the bento.
-    for _index, _tag in enumerate(served_tags(SETTINGS.models)):
-        vars()[f"model_{_index}"] = bentoml.models.BentoModel(_tag)
+    vars().update({f"model_{i}": bentoml.models.BentoModel(tag) for i, tag in enumerate(served_tags(SETTINGS.models))})
 
     def __init__(self) -> None:
         settings = Settings.from_env()
