@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.config import Settings
+from service.errors import ReadableValidationErrors
 from service.inference import InstanceError
 from service.metrics import observe_batch
 from service.schemas import ClassifyInstance, ClassifyResult, ForecastInstance, ForecastResult
@@ -111,3 +112,7 @@ class SeqServe:
             return _json(await self.served.answer("forecast", instances))
         except (InstanceError, RequestError) as err:
             return _error(err)
+
+
+# Every 400 names the instance, the field and the problem, also the ones BentoML answers for pydantic.
+SeqServe.add_asgi_middleware(ReadableValidationErrors)

@@ -163,6 +163,22 @@ def test_malformed_bodies_get_a_400_naming_the_location(client, body, words):
     assert all(w in text for w in words), text
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('{"instances": [{"sequence": [[1, 2, NaN]]}]}', "instances[0].sequence[0][2]: Input should be a finite number"),
+        ('{"instances": [{"sequence": [[1, true, 3]]}]}', "instances[0].sequence[0][1]: Input should be a valid number"),
+        ('{"instances": [{"sequence": [[1, 2, 3]]}, {"seq": []}]}', "instances[1].sequence: Field required"),
+        ('{"instances": ', "body: Invalid JSON"),
+    ],
+)
+def test_pydantic_400s_name_instance_field_and_problem_like_every_other_400(client, body, message):
+    response = client.post("/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(message), response.json()["error"]
+    assert response.headers["content-length"] == str(len(response.content))
+
+
 def test_request_level_limits(client):
     assert "limit is 8" in error_of(post(client, "/classify", *({"sequence": sequence(2)} for _ in range(9))))
     assert "instances: is empty" in error_of(post(client, "/classify"))

@@ -1,0 +1,70 @@
+"""One shape for every 400: ``{"error": "instances[2].sequence[0][1]: <problem>", ...}``.
+
+Our own checks already answer that way. Bodies that fail pydantic are answered by BentoML before our
+code runs, as ``{"error": "1 validation error for Input", "detail": [{"loc": [...], "msg": ...}]}``;
+this middleware rewrites the ``error`` of those answers so it names the instance, the field and the
+problem like every other 400, and keeps BentoML's ``detail`` list for programs that read it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def describe_location(loc: list[Any]) -> str:
+    """``["instances", 2, "sequence", 0, 1]`` -> ``instances[2].sequence[0][1]``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def readable_error(body: dict[str, Any]) -> dict[str, Any]:
+    """Replace BentoML's "N validation errors" headline with the problems themselves."""
+    details = body.get("detail")
+    if not isinstance(details, list) or not details:
+        return body
+    problems = [f"{describe_location(d.get('loc', []))}: {d.get('msg', 'is invalid')}" for d in details[:3]]
+    if len(details) > 3:
+        problems.append(f"and {len(details) - 3} more")
+    return {**body, "error": "; ".join(problems)}
+
+
+class ReadableValidationErrors:
+    """ASGI middleware: touches only 400 JSON answers that carry a pydantic ``detail`` list."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: dict | None = None  # a 400's start message, held until its whole body is in
+        chunks: list[bytes] = []
+
+        async def wrapped_send(message):
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                start = message
+                return
+            if start is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = _rewrite(b"".join(chunks))
+                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
+            await send(message)
+
+        await self.app(scope, receive, wrapped_send)
+
+
+def _rewrite(raw: bytes) -> bytes:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw
+    return json.dumps(readable_error(body)).encode() if isinstance(body, dict) else raw

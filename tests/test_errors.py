@@ -1,0 +1,24 @@
+"""service.errors: pydantic locations and messages turned into one readable line."""
+
+from service.errors import describe_location, readable_error
+
+
+def test_locations_read_like_python():
+    assert describe_location(["instances", 2, "sequence", 0, 1]) == "instances[2].sequence[0][1]"
+    assert describe_location(["instances", 0, "model"]) == "instances[0].model"
+    assert describe_location([]) == "body"
+
+
+def test_headline_lists_the_first_problems_and_keeps_the_detail():
+    detail = [{"loc": ["instances", i, "sequence"], "msg": "Field required"} for i in range(5)]
+    body = readable_error({"error": "5 validation errors for Input", "detail": detail})
+    assert body["error"] == (
+        "instances[0].sequence: Field required; instances[1].sequence: Field required; "
+        "instances[2].sequence: Field required; and 2 more"
+    )
+    assert body["detail"] == detail
+
+
+def test_our_own_errors_pass_through_unchanged():
+    body = {"error": "instances[0].model: unknown model 'x'"}
+    assert readable_error(body) == body
