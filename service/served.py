@@ -65,8 +65,11 @@ class ServedModels:
             log.info("serving %s (%s) on %s", model.tag, model.card.task, self.device)
         # The default model of a task is the first one of that task in the order served.
         self.defaults: dict[str, str] = {}
+        # What an instance may name: a full tag, or a name alone (its first served version).
+        self.by_name: dict[str, LoadedModel] = dict(self.models)
         for tag, model in self.models.items():
             self.defaults.setdefault(model.card.task, tag)
+            self.by_name.setdefault(tag.split(":")[0], model)
 
     def resolve(self, index: int, name: str | None, task: str) -> LoadedModel:
         """The served model an instance asked for (or the task's default); InstanceError when there is none."""
@@ -74,9 +77,7 @@ class ServedModels:
             if task not in self.defaults:
                 raise InstanceError(index, "model", f"no {task} model is served; served models: {', '.join(self.models)}")
             return self.models[self.defaults[task]]
-        model = self.models.get(name) or next(
-            (m for tag, m in self.models.items() if tag.split(":")[0] == name), None
-        )
+        model = self.by_name.get(name)
         if model is None:
             raise InstanceError(index, "model", f"unknown model {name!r}; served models: {', '.join(self.models)}")
         if model.card.task != task:
