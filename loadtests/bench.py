@@ -117,12 +117,15 @@ def targets(tag: str) -> list[tuple[str, list[str], dict, str, str]]:
     """(label, command, env, ready path, request path) for every server, in the order they run."""
     py = sys.executable
     uvicorn = [py, "-m", "uvicorn", "loadtests.baselines.plain_http:app", "--host", "127.0.0.1", "--no-access-log", "--port"]
-    bentoml = [py, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port"]
+
+    def bentoml(target: str) -> list[str]:
+        return [py, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port"]
+
     return [
         ("HTTP+JSON ceiling (parse only)", uvicorn, {"BENCH_MODEL": tag}, "/healthz", "/parse-only"),
-        ("plain BentoML batchable", bentoml[:-1] + ["loadtests.baselines.plain_bentoml:PlainBatchable", "--port"], {"BENCH_MODEL": tag}, "/readyz", "/classify"),
+        ("plain BentoML batchable", bentoml("loadtests.baselines.plain_bentoml:PlainBatchable"), {"BENCH_MODEL": tag}, "/readyz", "/classify"),
         ("no batching (plain ASGI)", uvicorn, {"BENCH_MODEL": tag}, "/healthz", "/classify"),
-        ("seqserve", bentoml[:-1] + ["service.app:SeqServe", "--port"], {"SEQSERVE_MODELS": tag}, "/readyz", "/classify"),
+        ("seqserve", bentoml("service.app:SeqServe"), {"SEQSERVE_MODELS": tag}, "/readyz", "/classify"),
     ]
 
 

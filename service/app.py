@@ -54,10 +54,6 @@ def _json(body) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
-def _error(err: Exception) -> JSONResponse:
-    return JSONResponse({"error": str(err)}, status_code=400)
-
-
 async def list_models(request: Request) -> Response:
     """GET /models: every served model with its task, architecture, features, labels and test metrics."""
     return _json(bentoml.get_current_service().served.describe())
@@ -100,18 +96,18 @@ class SeqServe:
     @bentoml.api(route="/classify")
     async def classify(self, instances: list[ClassifyInstance]) -> list[ClassifyResult]:
         """Classify sequences: one answer per instance, in order."""
-        try:
-            return _json(await self.served.answer("classify", instances))
-        except (InstanceError, RequestError) as err:
-            return _error(err)
+        return await self._answer("classify", instances)
 
     @bentoml.api(route="/forecast")
     async def forecast(self, instances: list[ForecastInstance]) -> list[ForecastResult]:
         """Forecast the next steps of each history, in that history's own scale."""
+        return await self._answer("forecast", instances)
+
+    async def _answer(self, task: str, instances: list) -> Response:
         try:
-            return _json(await self.served.answer("forecast", instances))
+            return _json(await self.served.answer(task, instances))
         except (InstanceError, RequestError) as err:
-            return _error(err)
+            return JSONResponse({"error": str(err)}, status_code=400)
 
 
 # Every 400 names the instance, the field and the problem, also the ones BentoML answers for pydantic.

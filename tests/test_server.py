@@ -1,7 +1,6 @@
 """One real ``bentoml serve`` on 127.0.0.1: concurrent requests are batched and answer exactly as the model does."""
 
 import asyncio
-import re
 
 import httpx
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from models.artifact import load_artifact
 from service.inference import classify_batch
 from tests import tiny_models
+from loadtests.runner import batch_sizes
 from loadtests.server import running_server
 
 
@@ -27,12 +27,8 @@ async def fire(url: str, bodies: list[dict]) -> list[httpx.Response]:
 
 def batch_totals(url: str, tag: str) -> tuple[float, float]:
     """(instances, forward passes) that went through ``tag``'s batcher, from seqserve_batch_size on /metrics."""
-    text = httpx.get(f"{url}/metrics").text
-
-    def value(kind: str) -> float:
-        return float(re.search(rf'seqserve_batch_size_{kind}\{{model="{re.escape(tag)}"\}} (\S+)', text).group(1))
-
-    return value("sum"), value("count")
+    histogram = batch_sizes(httpx.get(f"{url}/metrics").text)[tag]
+    return histogram["sum"], histogram["count"]
 
 
 def test_concurrent_requests_are_batched_and_answers_equal_direct_model_calls(server):
