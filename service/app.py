@@ -1,8 +1,10 @@
 """The seqserve HTTP service: batched /classify and /forecast over stored recurrent models.
 
 Run it with ``bentoml serve service.app:SeqServe``. This file only maps HTTP to
-``service.served.ServedModels`` and errors to 4xx answers; the work happens there and in
-``service.inference``. Settings come from ``SEQSERVE_*`` environment variables (``service.config``).
+``service.served.ServedModels`` and errors to 4xx/503 answers; the work happens there and in
+``service.inference``. Every request first passes ``service.guard.RequestGuard`` (body size, content
+type, API keys). Settings come from ``SEQSERVE_*`` environment variables (``service.config``), read
+once, here, at import.
 """
 
 from __future__ import annotations
@@ -14,18 +16,31 @@ import logging
 import bentoml
 import torch
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from service import http_protocol
+from service.batching import DeadlineExceeded, Overloaded
 from service.config import Settings
 from service.errors import ReadableValidationErrors
-from service.inference import InstanceError
+from service.guard import RequestGuard
+from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError
 from service.metrics import observe_batch
-from service.schemas import ClassifyInstance, ClassifyResult, ForecastInstance, ForecastResult
+from service.schemas import (
+    CLASSIFY_INSTANCES,
+    FORECAST_INSTANCES,
+    ClassifyAnswers,
+    ClassifyInstance,
+    ForecastAnswers,
+    ForecastInstance,
+)
 from service.served import RequestError, ServedModels, served_tags
 
-SETTINGS = Settings.from_env()  # read at import for the decorator (workers, threads)
+SETTINGS = Settings.from_env()
+SERVED_TAGS = served_tags(SETTINGS.models)  # read from the store once: bundled by `bentoml build`, loaded by workers
+http_protocol.install(SETTINGS.header_timeout_s)
 
 
 class ClientErrorsWithoutTracebacks(logging.Filter):
@@ -49,14 +64,14 @@ for _name in ("service", "models"):
 
 
 def _json(body) -> Response:
-    # Answers are already plain lists and dicts; skipping BentoML's per-field pydantic
-    # serialisation of the response is a measurable share of a small request's cost.
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    # Answers are already plain lists and dicts of finite numbers (service.inference checks); skipping
+    # BentoML's per-field pydantic serialisation of the response is a measurable share of a small request.
+    return Response(json.dumps(body, separators=(",", ":"), allow_nan=False), media_type="application/json")
 
 
 async def list_models(request: Request) -> Response:
-    """GET /models: every served model with its task, architecture, features, labels and test metrics."""
-    return _json(bentoml.get_current_service().served.describe())
+    """GET /models: every served model with its task, architecture, features, labels, metrics and warnings."""
+    return _json([info.model_dump() for info in bentoml.get_current_service().served.describe()])
 
 
 # BentoML APIs answer POST; GET /models is a plain route mounted beside them.
@@ -67,7 +82,8 @@ extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"])]
     name="seqserve",
     workers=SETTINGS.workers,
     envs=[{"name": "OMP_NUM_THREADS", "value": str(SETTINGS.torch_threads)}],
-    traffic={"timeout": 60},
+    # BentoML's own timeout answers 504 after this; ours (503 with Retry-After) comes first.
+    traffic={"timeout": SETTINGS.request_timeout_s + 5},
     # An access-log line per request costs ~3% of throughput; SEQSERVE_ACCESS_LOG=1 turns it on.
     logging={"access": {"enabled": SETTINGS.access_log}},
     # A tracing span per request costs about a third of the throughput of a small model; keep
@@ -79,12 +95,11 @@ class SeqServe:
     """Serves every stored seqserve model (or those in ``SEQSERVE_MODELS``) with adaptive batching."""
 
     # One BentoModel attribute per served model: `bentoml build` bundles exactly these into the bento.
-    vars().update({f"model_{i}": bentoml.models.BentoModel(tag) for i, tag in enumerate(served_tags(SETTINGS.models))})
+    vars().update({f"model_{i}": bentoml.models.BentoModel(tag) for i, tag in enumerate(SERVED_TAGS)})
 
     def __init__(self) -> None:
-        settings = Settings.from_env()
-        torch.set_num_threads(settings.torch_threads)
-        self.served = ServedModels(settings, on_batch=observe_batch)
+        torch.set_num_threads(SETTINGS.torch_threads)
+        self.served = ServedModels(SETTINGS, SERVED_TAGS, on_batch=observe_batch)
         # Everything loaded so far lives for the whole process: keep the garbage collector from
         # walking it again and again (gen-2 passes over torch's objects stalled requests 100-200 ms
         # every ~2 s under load). Each request also leaves a few objects alive until BentoML's
@@ -93,22 +108,42 @@ class SeqServe:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
 
-    @bentoml.api(route="/classify")
-    async def classify(self, instances: list[ClassifyInstance]) -> list[ClassifyResult]:
+    # The handlers return the finished JSON (see _json); output_spec says what it holds, for the API page.
+    @bentoml.api(route="/classify", output_spec=ClassifyAnswers)
+    async def classify(self, ctx: bentoml.Context, instances: list[ClassifyInstance] = CLASSIFY_INSTANCES) -> Response:
         """Classify sequences: one answer per instance, in order."""
-        return await self._answer("classify", instances)
+        return await self._answer(CLASSIFY, instances, ctx)
 
-    @bentoml.api(route="/forecast")
-    async def forecast(self, instances: list[ForecastInstance]) -> list[ForecastResult]:
+    @bentoml.api(route="/forecast", output_spec=ForecastAnswers)
+    async def forecast(self, ctx: bentoml.Context, instances: list[ForecastInstance] = FORECAST_INSTANCES) -> Response:
         """Forecast the next steps of each history, in that history's own scale."""
-        return await self._answer("forecast", instances)
+        return await self._answer(FORECAST, instances, ctx)
 
-    async def _answer(self, task: str, instances: list) -> Response:
+    async def _answer(self, task: ClassifyTask | ForecastTask, instances: list, ctx: bentoml.Context) -> Response:
         try:
-            return _json(await self.served.answer(task, instances))
+            return _json(await self.served.answer(task, instances, client_gone=ctx.request.is_disconnected))
         except (InstanceError, RequestError) as err:
-            return JSONResponse({"error": str(err)}, status_code=400)
+            return _error(ctx, 400, err)
+        except Overloaded as err:
+            return _error(ctx, 503, err, retry_after_s=err.retry_after_s)
+        except DeadlineExceeded as err:
+            return _error(ctx, 503, err, retry_after_s=1)
 
 
+def _error(ctx: bentoml.Context, status: int, err: Exception, retry_after_s: int | None = None) -> Response:
+    # With a Context parameter BentoML answers with ctx.response's status and headers, not the Response's.
+    ctx.response.status_code = status
+    if retry_after_s is not None:
+        ctx.response.metadata["retry-after"] = str(retry_after_s)
+    return _json({"error": str(err)})
+
+
+# Outermost first. CORS answers browsers' preflights before the guard asks them for a key.
+if SETTINGS.cors_origins:
+    SeqServe.add_asgi_middleware(
+        CORSMiddleware, allow_origins=list(SETTINGS.cors_origins), allow_methods=["GET", "POST"],
+        allow_headers=["authorization", "content-type"],
+    )
+SeqServe.add_asgi_middleware(RequestGuard, settings=SETTINGS)
 # Every 400 names the instance, the field and the problem, also the ones BentoML answers for pydantic.
 SeqServe.add_asgi_middleware(ReadableValidationErrors)

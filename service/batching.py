@@ -6,6 +6,19 @@ nothing; while a forward pass runs, new instances queue up and leave together as
 which is what a fixed wait window cannot do without trading latency for throughput. ``max_wait_ms``
 adds that window anyway, for models where a bigger batch is worth a little latency (e.g. on a GPU).
 
+It also keeps overload from turning into latency for everyone:
+
+* **Admission**: it learns how long the model takes per step of input and refuses new work
+  (:class:`Overloaded`, answered 503 with ``Retry-After``) once the queue ahead would take longer than
+  ``max_queue_ms`` to drain. Admitted requests therefore wait at most about that long.
+* **Deadline**: a caller that is not answered by its deadline gets :class:`DeadlineExceeded`, and its
+  instances are dropped from the queue.
+* **Abandoned work**: before a batch runs, instances whose caller is gone (timed out, or the HTTP
+  client hung up) are dropped, so nobody's forward pass is spent on answers nobody reads.
+* **The event loop stays free**: a batch estimated to take more than a few milliseconds runs on a
+  thread (torch releases the GIL), so health checks and parsing go on meanwhile; small batches run
+  inline, where a thread hand-off would cost more than the forward pass.
+
 Instances reach the batcher only after their request was validated, so one bad request can never
 fail the good ones batched beside it.
 """
@@ -14,49 +27,112 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import deque
-from typing import Any, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Sequence
 
 log = logging.getLogger(__name__)
+
+# One forward-pass thread per worker: with one torch thread per worker, forward passes run one at a time.
+_FORWARD_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqserve-forward")
+OFFLOAD_SECONDS = 0.004  # batches estimated longer than this leave the event loop
+OFFLOAD_STEPS = 32_768  # ... and so does any batch this large (padded steps) before the speed is known
+
+
+class Overloaded(Exception):
+    """The model's queue is full: try again after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    """The request was not answered within its deadline; its queued work was dropped."""
+
+
+@dataclass(eq=False)
+class Caller:
+    """One submit(): its deadline (event-loop time) and how to ask whether its client is still there."""
+
+    deadline: float
+    client_gone: Callable[[], Awaitable[bool]] | None = None
+    gone: bool = False
+    futures: list[asyncio.Future] = field(default_factory=list)
 
 
 class MicroBatcher:
     """Runs ``run_batch(items) -> results`` over items submitted by concurrent callers.
 
-    ``run_batch`` must return one result per item, in order. It runs on the event loop's thread:
-    with one torch thread per worker a forward pass of a small recurrent model takes about a
-    millisecond, less than handing it to another thread would cost.
+    ``run_batch`` must return one result per item, in order; a result may be an ``Exception`` that
+    says what is wrong with that item alone (returned to its caller, not raised). When ``run_batch``
+    itself raises, every caller in the batch gets the error. ``cost(item)`` is the item's work in steps (its length).
     """
 
     def __init__(
         self,
         run_batch: Callable[[list[Any]], list[Any]],
         *,
+        cost: Callable[[Any], int] = lambda item: 1,
         max_batch_size: int = 64,
         max_wait_ms: float = 0.0,
+        max_queue_ms: float = 250.0,
         on_batch: Callable[[int], None] | None = None,
     ):
         self.run_batch = run_batch
+        self.cost = cost
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
+        self.max_queue_s = max_queue_ms / 1000
         self.on_batch = on_batch
-        self._queue: deque[tuple[Any, asyncio.Future]] = deque()
+        self.seconds_per_step = 0.0  # learnt from the batches run; 0 until the first one
+        self._queue: deque[tuple[Any, asyncio.Future, Caller]] = deque()
+        self._queued_steps = 0
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
 
-    async def submit(self, items: Sequence[Any]) -> list[Any]:
-        """Queue ``items`` and wait for their results (in order)."""
+    def queue_seconds(self) -> float:
+        """Estimated time to drain what is queued now."""
+        return self._queued_steps * self.seconds_per_step
+
+    def admit(self) -> None:
+        """Raise :class:`Overloaded` when the work queued now would take longer than ``max_queue_ms`` to drain."""
+        waiting = self.queue_seconds()
+        if self._queue and waiting > self.max_queue_s:
+            raise Overloaded(
+                f"the model is busy: about {waiting * 1000:.0f} ms of work is queued (limit {self.max_queue_s * 1000:.0f} ms)",
+                retry_after_s=max(1, math.ceil(waiting)),
+            )
+
+    async def submit(
+        self, items: Sequence[Any], *, timeout_s: float = 60.0, client_gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> list[Any]:
+        """Queue ``items`` and wait for their results (in order; a per-item problem comes back as an Exception).
+
+        Raises :class:`Overloaded` at once when the queue is too long (see :meth:`admit`), and
+        :class:`DeadlineExceeded` after ``timeout_s``.
+        """
+        self.admit()
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
             self._worker = loop.create_task(self._drain())
-        futures = []
+        caller = Caller(deadline=loop.time() + timeout_s, client_gone=client_gone)
         for item in items:
             future = loop.create_future()
-            self._queue.append((item, future))
-            futures.append(future)
+            self._queue.append((item, future, caller))
+            self._queued_steps += self.cost(item)
+            caller.futures.append(future)
         self._wake.set()
-        return list(await asyncio.gather(*futures))
+        try:
+            return await asyncio.wait_for(asyncio.gather(*caller.futures), timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"not answered within the deadline of {timeout_s:g} s; the server is overloaded") from None
+        finally:
+            caller.gone = True  # answered, timed out or cancelled: nothing left of it needs running
 
     async def _drain(self) -> None:
         while True:
@@ -66,20 +142,45 @@ class MicroBatcher:
             await asyncio.sleep(self.max_wait_s if len(self._queue) < self.max_batch_size else 0)
             while self._queue:
                 jobs = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch_size))]
-                jobs = [(item, future) for item, future in jobs if not future.done()]  # caller gone
+                self._queued_steps -= sum(self.cost(item) for item, _, _ in jobs)
+                jobs = await self._still_wanted(jobs)
                 if jobs:
-                    self._run(jobs)
+                    await self._run(jobs)
                 await asyncio.sleep(0)  # let waiting requests be parsed before the next batch
 
-    def _run(self, jobs: list[tuple[Any, asyncio.Future]]) -> None:
+    async def _still_wanted(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> list:
+        """Drop jobs whose caller is answered, past its deadline, or whose client hung up."""
+        now = asyncio.get_running_loop().time()
+        checked: set[int] = set()
+        for _, _, caller in jobs:
+            if caller.gone or id(caller) in checked:
+                continue
+            checked.add(id(caller))
+            if caller.deadline <= now or (caller.client_gone is not None and await caller.client_gone()):
+                caller.gone = True
+        return [job for job in jobs if not job[2].gone and not job[1].done()]
+
+    async def _run(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> None:
         if self.on_batch:
             self.on_batch(len(jobs))
+        items = [item for item, _, _ in jobs]
+        steps = sum(self.cost(item) for item in items)
+        padded = len(items) * max(self.cost(item) for item in items)
+        started = time.perf_counter()
         try:
-            results = self.run_batch([item for item, _ in jobs])
+            if padded * self.seconds_per_step > OFFLOAD_SECONDS or padded > OFFLOAD_STEPS:
+                results = await asyncio.get_running_loop().run_in_executor(_FORWARD_THREAD, self.run_batch, items)
+            else:
+                results = self.run_batch(items)
         except Exception as err:  # a server-side failure: every caller in the batch hears about it
             log.exception("forward pass over %d instances failed", len(jobs))
-            for _, future in jobs:
-                future.set_exception(err)
+            for _, future, _ in jobs:
+                if not future.done():
+                    future.set_exception(err)
             return
-        for (_, future), result in zip(jobs, results):
-            future.set_result(result)
+        per_step = (time.perf_counter() - started) / max(steps, 1)
+        # A moving average that follows changes in load within a few batches.
+        self.seconds_per_step = per_step if not self.seconds_per_step else 0.8 * self.seconds_per_step + 0.2 * per_step
+        for (_, future, _), result in zip(jobs, results):
+            if not future.done():
+                future.set_result(result)  # an item's own problem (an Exception) is a result too

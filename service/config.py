@@ -10,12 +10,24 @@
 | SEQSERVE_MAX_WAIT_MS | 0 | extra wait for more instances when a batch is not full |
 | SEQSERVE_MAX_INSTANCES | 256 | most instances in one request |
 | SEQSERVE_MAX_LENGTH | 4096 | most steps in one sequence or history |
+| SEQSERVE_MAX_BODY_MB | 4 | largest request body in MiB (413 past it) |
+| SEQSERVE_MAX_QUEUE_MS | 250 | estimated queue wait per model past which new requests get 503 |
+| SEQSERVE_REQUEST_TIMEOUT_S | 10 | deadline: a request not answered by then gets 503 |
+| SEQSERVE_HEADER_TIMEOUT_S | 10 | a connection must send a request's headers within this |
+| SEQSERVE_BODY_TIMEOUT_S | 10 | and its body within this once the headers are in (408 otherwise) |
+| SEQSERVE_API_KEYS | (none: open) | comma-separated keys; requests then need Authorization: Bearer <key> |
+| SEQSERVE_OPEN_PATHS | /livez,/readyz,/metrics | paths that need no key (probes, scrapers) |
+| SEQSERVE_CORS_ORIGINS | (none: CORS off) | comma-separated origins allowed to call from a browser |
 | SEQSERVE_ACCESS_LOG | 0 | 1 logs a line per request |
 
 Why one torch thread per worker: on a 2-core machine torch's default (one thread per core) makes a
 batch-1 server fall to about 1 request/s as soon as the other core is busy, because the intra-op
 threads spin waiting for each other; with one thread the event loop, JSON parsing and the forward pass
 share the cores without fighting. Scale out with workers (one per core) instead of threads.
+
+Why a 4 MiB body cap: it is gRPC's default message limit (what TF Serving and Triton clients are used
+to), ~500,000 numbers; parsing it takes ~40-80 ms, the longest the event loop is ever blocked by one
+request (see README, "Limits and overload").
 """
 
 from __future__ import annotations
@@ -37,15 +49,19 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
-def _float(name: str, default: float) -> float:
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
     raw = os.environ.get(name, "").strip()
     try:
         value = float(raw) if raw else default
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
+    if not value >= minimum:  # also refuses nan
+        raise ValueError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
+
+
+def _list(name: str, default: str = "") -> tuple[str, ...]:
+    return tuple(part.strip() for part in os.environ.get(name, default).split(",") if part.strip())
 
 
 @dataclass(frozen=True)
@@ -60,13 +76,20 @@ class Settings:
     max_wait_ms: float
     max_instances: int
     max_length: int
+    max_body_bytes: int
+    max_queue_ms: float
+    request_timeout_s: float
+    header_timeout_s: float
+    body_timeout_s: float
+    api_keys: tuple[str, ...]
+    open_paths: tuple[str, ...]
+    cors_origins: tuple[str, ...]
     access_log: bool
 
     @classmethod
     def from_env(cls) -> "Settings":
-        models = tuple(m.strip() for m in os.environ.get("SEQSERVE_MODELS", "").split(",") if m.strip())
         return cls(
-            models=models,
+            models=_list("SEQSERVE_MODELS"),
             device=os.environ.get("SEQSERVE_DEVICE", "auto"),
             workers=_int("SEQSERVE_WORKERS", 1),
             torch_threads=_int("SEQSERVE_TORCH_THREADS", 1),
@@ -74,5 +97,13 @@ class Settings:
             max_wait_ms=_float("SEQSERVE_MAX_WAIT_MS", 0.0),
             max_instances=_int("SEQSERVE_MAX_INSTANCES", 256),
             max_length=_int("SEQSERVE_MAX_LENGTH", 4096),
+            max_body_bytes=int(_float("SEQSERVE_MAX_BODY_MB", 4.0, minimum=0.001) * 2**20),
+            max_queue_ms=_float("SEQSERVE_MAX_QUEUE_MS", 250.0, minimum=1.0),
+            request_timeout_s=_float("SEQSERVE_REQUEST_TIMEOUT_S", 10.0, minimum=0.01),
+            header_timeout_s=_float("SEQSERVE_HEADER_TIMEOUT_S", 10.0, minimum=0.01),
+            body_timeout_s=_float("SEQSERVE_BODY_TIMEOUT_S", 10.0, minimum=0.01),
+            api_keys=_list("SEQSERVE_API_KEYS"),
+            open_paths=_list("SEQSERVE_OPEN_PATHS", "/livez,/readyz,/metrics"),
+            cors_origins=_list("SEQSERVE_CORS_ORIGINS"),
             access_log=os.environ.get("SEQSERVE_ACCESS_LOG", "0").strip().lower() in ("1", "true", "yes"),
         )

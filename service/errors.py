@@ -3,7 +3,8 @@
 Our own checks already answer that way. Bodies that fail pydantic are answered by BentoML before our
 code runs, as ``{"error": "1 validation error for Input", "detail": [{"loc": [...], "msg": ...}]}``;
 this middleware rewrites the ``error`` of those answers so it names the instance, the field and the
-problem like every other 400, and keeps BentoML's ``detail`` list for programs that read it.
+problem like every other 400, and keeps the first few entries of BentoML's ``detail`` list for
+programs that read it. Lists in the request schemas validate fail-fast, so there are few to begin with.
 """
 
 from __future__ import annotations
@@ -12,23 +13,42 @@ import json
 from typing import Any
 
 
+MAX_PROBLEMS = 3  # problems named in one answer; the rest are counted
+MAX_MESSAGE = 200  # characters of one problem's message
+
+
+def _is_field(part: Any) -> bool:
+    """Location parts that are fields or indexes, not the names pydantic gives union branches (``list[float]``)."""
+    return isinstance(part, int) or (isinstance(part, str) and part.isidentifier() and part not in ("float", "int", "str"))
+
+
 def describe_location(loc: list[Any]) -> str:
-    """``["instances", 2, "sequence", 0, 1]`` -> ``instances[2].sequence[0][1]``."""
+    """``["instances", 2, "sequence", 0, 1]`` -> ``instances[2].sequence[0][1]``; union branch names are left out."""
     text = ""
-    for part in loc:
+    for part in filter(_is_field, loc):
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "body"
 
 
 def readable_error(body: dict[str, Any]) -> dict[str, Any]:
-    """Replace BentoML's "N validation errors" headline with the problems themselves."""
+    """Replace BentoML's "N validation errors" headline with the first few problems themselves.
+
+    A value that fails every branch of a union is reported once, with the first branch's message
+    (``instances[0].history[3]: Input should be a finite number``). The ``detail`` list is cut to the
+    same few entries, so an answer stays small however many values a body got wrong.
+    """
     details = body.get("detail")
     if not isinstance(details, list) or not details:
         return body
-    problems = [f"{describe_location(d.get('loc', []))}: {d.get('msg', 'is invalid')}" for d in details[:3]]
-    if len(details) > 3:
-        problems.append(f"and {len(details) - 3} more")
-    return {**body, "error": "; ".join(problems)}
+    problems: dict[str, dict[str, Any]] = {}
+    for detail in details:
+        where = describe_location(detail.get("loc", []))
+        problems.setdefault(where, {**detail, "msg": str(detail.get("msg", "is invalid"))[:MAX_MESSAGE]})
+    named = list(problems.items())[:MAX_PROBLEMS]
+    headline = [f"{where}: {detail['msg']}" for where, detail in named]
+    if len(problems) > MAX_PROBLEMS:
+        headline.append(f"and {len(problems) - MAX_PROBLEMS} more")
+    return {**body, "error": "; ".join(headline), "detail": [detail for _, detail in named]}
 
 
 class ReadableValidationErrors:

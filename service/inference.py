@@ -1,8 +1,17 @@
-"""The maths of serving, with no HTTP in sight: check one instance, run one batch, shape the answers.
+"""The maths of serving, with no HTTP in sight: one object per task.
 
-One request's path: ``app.py`` (HTTP) -> ``schemas.py`` (pydantic) -> :func:`check_classify` /
-:func:`check_forecast` (per instance, before anything is merged) -> the batcher merges instances from
-concurrent requests -> :func:`classify_batch` / :func:`forecast_batch` (one forward pass) -> answers.
+A task knows three things, each a method a reader can open:
+
+* ``validate(index, values, model, limits)`` — one instance's input as a float32 array, or an
+  :class:`InstanceError` naming the instance, the field and the problem (before anything is queued);
+* ``cost(array)`` — the instance's work in steps, for the batcher's admission and scheduling;
+* ``run_batch(model, arrays)`` — one forward pass over many instances (from many requests), one
+  answer per instance, in order. An instance whose output is not finite (inputs far outside what the
+  model was trained on can overflow float32) gets an :class:`OutOfRange` instead of an answer, so no
+  NaN or infinity is ever sent as JSON and the instances beside it are not affected.
+
+One request's path: ``app.py`` (HTTP) -> ``schemas.py`` (pydantic) -> ``served.py`` (resolve the model,
+``task.validate`` every instance) -> ``batching.py`` (merge concurrent instances) -> ``task.run_batch``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,10 @@ class InstanceError(ValueError):
         self.index, self.field, self.problem = index, field, problem
 
 
+class OutOfRange(ValueError):
+    """The model's output for one instance is not finite: its values are too large for the model."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Caps on what one request may ask for (configurable, see ``service.config``)."""
@@ -33,11 +46,16 @@ class Limits:
     max_length: int = 4096
 
 
-def _as_array(index: int, field: str, values: list, n_features: int, tag: str) -> np.ndarray:
+def _as_array(index: int, field: str, values: list, n_features: int, tag: str, limits: Limits) -> np.ndarray:
     """``values`` as (T, F) float32: a flat list is one value per step, so only for single-feature models."""
     if not values:
         raise InstanceError(index, field, "is empty; send at least one step")
-    if not isinstance(values[0], list):
+    if len(values) > limits.max_length:
+        raise InstanceError(index, field, f"has {len(values)} steps; the limit is {limits.max_length}")
+    nested = isinstance(values[0], list)
+    if any(isinstance(step, list) != nested for step in values):
+        raise InstanceError(index, field, "mixes numbers and lists; send one list per step, or (one feature) a flat list of numbers")
+    if not nested:
         if n_features != 1:
             raise InstanceError(
                 index, field, f"got a flat list but {tag} expects {n_features} features per step: send [[f1, …, f{n_features}], …]"
@@ -45,12 +63,9 @@ def _as_array(index: int, field: str, values: list, n_features: int, tag: str) -
         with np.errstate(over="ignore"):
             array = np.asarray(values, dtype=np.float32)[:, None]
     else:
-        widths = {len(step) for step in values}
-        if widths != {n_features}:
+        if any(len(step) != n_features for step in values):
             bad = next(t for t, step in enumerate(values) if len(step) != n_features)
-            raise InstanceError(
-                index, field, f"step {bad} has {len(values[bad])} features but {tag} expects {n_features}"
-            )
+            raise InstanceError(index, field, f"step {bad} has {len(values[bad])} features but {tag} expects {n_features}")
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
             array = np.asarray(values, dtype=np.float32)
     if not np.isfinite(array).all():
@@ -59,60 +74,87 @@ def _as_array(index: int, field: str, values: list, n_features: int, tag: str) -
     return array
 
 
-def check_classify(index: int, sequence: list, model: LoadedModel, limits: Limits) -> np.ndarray:
-    """Validate one /classify instance and return it as (T, F) float32."""
-    if len(sequence) > limits.max_length:
-        raise InstanceError(index, "sequence", f"has {len(sequence)} steps; the limit is {limits.max_length}")
-    return _as_array(index, "sequence", sequence, len(model.card.features), model.tag)
+def _out_of_range(model: LoadedModel) -> OutOfRange:
+    return OutOfRange(
+        f"the values are too large for {model.tag}: its output overflowed 32-bit floats "
+        "(inputs far outside the range it was trained on); rescale them"
+    )
 
 
-def check_forecast(index: int, history: list, model: LoadedModel, limits: Limits) -> np.ndarray:
-    """Validate one /forecast instance and return its last ``lookback`` steps as (lookback, C) float32."""
-    lookback = model.card.lookback
-    if len(history) > limits.max_length:
-        raise InstanceError(index, "history", f"has {len(history)} steps; the limit is {limits.max_length}")
-    array = _as_array(index, "history", history, len(model.card.features), model.tag)
-    if len(array) < lookback:
-        raise InstanceError(index, "history", f"has {len(array)} steps but {model.tag} needs at least {lookback}")
-    return array[-lookback:]
+class ClassifyTask:
+    """Many-to-one classification: a (T, F) sequence in, a label and class probabilities out."""
+
+    name = "classify"
+    field = "sequence"
+
+    def validate(self, index: int, sequence: list, model: LoadedModel, limits: Limits) -> np.ndarray:
+        """One /classify instance as (T, F) float32."""
+        return _as_array(index, self.field, sequence, len(model.card.features), model.tag, limits)
+
+    def cost(self, sequence: np.ndarray) -> int:
+        return len(sequence)
+
+    @torch.inference_mode()
+    def run_batch(self, model: LoadedModel, sequences: list[np.ndarray]) -> list[dict[str, Any] | OutOfRange]:
+        """One forward pass over sequences of any lengths; one answer per sequence, in order."""
+        x, lengths = pad_sequences(sequences)  # (B, T, F), (B,)
+        logits = model.module(x.to(model.device, non_blocking=True), lengths)  # (B, C)
+        probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, C)
+        finite = np.isfinite(probabilities).all(axis=1)  # (B,)
+        labels = model.card.labels
+        answers: list[dict[str, Any] | OutOfRange] = []
+        for row, ok in zip(probabilities, finite):
+            if not ok:
+                answers.append(_out_of_range(model))
+                continue
+            k = int(row.argmax())
+            answers.append(
+                {"model": model.tag, "label": labels[k], "label_index": k, "probabilities": dict(zip(labels, row.tolist()))}
+            )
+        return answers
 
 
-@torch.inference_mode()
-def classify_batch(model: LoadedModel, sequences: list[np.ndarray]) -> list[dict[str, Any]]:
-    """One forward pass over sequences of any lengths; one answer per sequence, in order."""
-    x, lengths = pad_sequences(sequences)  # (B, T, F), (B,)
-    logits = model.module(x.to(model.device, non_blocking=True), lengths)  # (B, C)
-    probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    labels = model.card.labels
-    answers = []
-    for row in probabilities:
-        k = int(row.argmax())
-        answers.append(
-            {
-                "model": model.tag,
-                "label": labels[k],
-                "label_index": k,
-                "probabilities": dict(zip(labels, row.tolist())),
-            }
-        )
-    return answers
+class ForecastTask:
+    """Direct multi-horizon forecasting: the last ``lookback`` steps in, the next ``horizon`` out."""
+
+    name = "forecast"
+    field = "history"
+
+    def validate(self, index: int, history: list, model: LoadedModel, limits: Limits) -> np.ndarray:
+        """One /forecast instance as its last ``lookback`` steps, (lookback, C) float32."""
+        lookback = model.card.lookback
+        array = _as_array(index, self.field, history, len(model.card.features), model.tag, limits)
+        if len(array) < lookback:
+            raise InstanceError(index, self.field, f"has {len(array)} steps but {model.tag} needs at least {lookback}")
+        return array[-lookback:]
+
+    def cost(self, window: np.ndarray) -> int:
+        return len(window)
+
+    @torch.inference_mode()
+    def run_batch(self, model: LoadedModel, windows: list[np.ndarray]) -> list[dict[str, Any] | OutOfRange]:
+        """One forward pass over equal-length windows; forecasts in each history's own scale."""
+        x = torch.from_numpy(np.stack(windows))  # (B, lookback, C)
+        out = model.module(x.to(model.device, non_blocking=True)).cpu().numpy()  # (B, H, K, Q)
+        finite = np.isfinite(out).reshape(len(out), -1).all(axis=1)  # (B,)
+        card, point = model.card, model.module.point_index
+        single_target = len(card.targets) == 1
+
+        def series(values: np.ndarray) -> list:  # (H, K) -> [h…] for one target, [[k…], …] for several
+            return values[:, 0].tolist() if single_target else values.tolist()
+
+        answers: list[dict[str, Any] | OutOfRange] = []
+        for row, ok in zip(out, finite):
+            if not ok:
+                answers.append(_out_of_range(model))
+                continue
+            answer: dict[str, Any] = {"model": model.tag, "horizon": card.horizon, "forecast": series(row[..., point])}
+            if card.quantiles:
+                answer["quantiles"] = {str(q): series(row[..., i]) for i, q in enumerate(card.quantiles)}
+            answers.append(answer)
+        return answers
 
 
-@torch.inference_mode()
-def forecast_batch(model: LoadedModel, histories: list[np.ndarray]) -> list[dict[str, Any]]:
-    """One forward pass over equal-length histories; forecasts in each history's own scale."""
-    x = torch.from_numpy(np.stack(histories))  # (B, lookback, C)
-    out = model.module(x.to(model.device, non_blocking=True)).cpu().numpy()  # (B, H, K, Q)
-    card, point = model.card, model.module.point_index
-    single_target = len(card.targets) == 1
-
-    def series(values: np.ndarray) -> list:  # (H, K) -> [h…] for one target, [[k…], …] for several
-        return values[:, 0].tolist() if single_target else values.tolist()
-
-    answers = []
-    for row in out:
-        answer: dict[str, Any] = {"model": model.tag, "horizon": card.horizon, "forecast": series(row[..., point])}
-        if card.quantiles:
-            answer["quantiles"] = {str(q): series(row[..., i]) for i, q in enumerate(card.quantiles)}
-        answers.append(answer)
-    return answers
+CLASSIFY = ClassifyTask()
+FORECAST = ForecastTask()
+TASKS: dict[str, ClassifyTask | ForecastTask] = {CLASSIFY.name: CLASSIFY, FORECAST.name: FORECAST}  # by the card's task

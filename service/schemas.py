@@ -1,22 +1,34 @@
 """The HTTP edge: request and response bodies as pydantic models.
 
-Every field carries a description and an example, so the OpenAPI page documents the API by itself.
-Only shape and type are checked here (pydantic answers 400 with the failing location); checks that
-need the model (feature count, history length) live in ``service.inference``.
+Every field carries a description and an example, so the OpenAPI page documents the API by itself,
+and the examples are requests the default models answer (``make serve``). Only shape and type are
+checked here; checks that need the model (feature count, history length) live in ``service.inference``.
+Lists validate *fail fast*: a body full of bad values costs one error, not one per value.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from _bentoml_sdk.io_models import IORootModel  # what BentoML builds itself for a list return type
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
 # Plain JSON has no NaN or Infinity; refusing them here names the exact step and feature. Values must be
 # JSON numbers: StrictFloat refuses true/false and numeric strings instead of quietly turning them into 1.0.
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+# One time step: the values of every feature (or, in a flat history, just a number).
+Step = Annotated[list[StrictFloat], Field(fail_fast=True)]
+
+# Examples the default models answer: italypower-gru (1 feature, 24 hourly steps) and co2-gru (weekly).
+EXAMPLE_SEQUENCE = [[-0.71], [-0.93], [-1.02], [-1.09], [-1.1], [-0.94], [-0.31], [0.41], [0.89], [0.83], [0.87], [0.89], [0.77], [0.67], [0.61], [0.71], [0.93], [1.21], [1.38], [1.34], [0.91], [0.18], [-0.41], [-0.61]]
+EXAMPLE_HISTORY = [315.0, 315.39, 315.78, 316.15, 316.51, 316.85, 317.17, 317.46, 317.71, 317.93, 318.11, 318.24, 318.34, 318.39, 318.4, 318.36, 318.29, 318.17, 318.01, 317.82, 317.59, 317.33, 317.05, 316.75, 316.44, 316.11, 315.78, 315.45, 315.12, 314.81, 314.51, 314.23, 313.97, 313.74, 313.55, 313.39, 313.27, 313.2, 313.16, 313.17, 313.22, 313.32, 313.45, 313.63, 313.85, 314.1, 314.39, 314.71, 315.05, 315.41, 315.78, 316.17, 316.56, 316.95, 317.34, 317.71, 318.07, 318.41, 318.73, 319.02, 319.27, 319.49, 319.67, 319.8, 319.9, 319.95, 319.96, 319.92, 319.85, 319.73, 319.57, 319.38, 319.15, 318.89, 318.61, 318.31, 318.0, 317.67, 317.34, 317.01, 316.68, 316.37, 316.07, 315.79, 315.53, 315.3, 315.11, 314.95, 314.83, 314.76, 314.72, 314.73, 314.78, 314.88, 315.01, 315.19, 315.41, 315.66, 315.95, 316.27, 316.61, 316.97, 317.34, 317.73, 318.12, 318.51, 318.9, 319.27, 319.63, 319.97, 320.29, 320.58, 320.83, 321.05, 321.23, 321.36, 321.46, 321.51, 321.52, 321.48, 321.41, 321.29, 321.13, 320.94, 320.71, 320.45, 320.17, 319.87, 319.56, 319.23, 318.9, 318.57, 318.24, 317.93, 317.63, 317.35, 317.09, 316.86, 316.67, 316.51, 316.39, 316.32, 316.28, 316.29, 316.34, 316.44, 316.57, 316.75, 316.97, 317.22, 317.51, 317.83, 318.17, 318.53, 318.9, 319.29]
+
 MODEL_FIELD = Field(
     default=None,
+    max_length=256,
     description="Model to use: a name (its newest served version) or name:version. Default: the default model for the endpoint.",
-    examples=["japanesevowels-gru"],
+    examples=["italypower-gru"],
 )
 
 
@@ -24,10 +36,11 @@ class ClassifyInstance(BaseModel):
     """One sequence to classify."""
 
     model_config = _STRICT
-    sequence: list[list[StrictFloat]] = Field(
+    sequence: list[Step] = Field(
+        fail_fast=True,
         description="The sequence, one list of feature values per time step: shape (steps, features). "
         "Sequences in one request may have different lengths.",
-        examples=[[[0.1, -0.4, 1.2], [0.3, -0.2, 0.9], [0.5, 0.0, 0.7]]],
+        examples=[EXAMPLE_SEQUENCE],
     )
     model: str | None = MODEL_FIELD
 
@@ -36,12 +49,29 @@ class ForecastInstance(BaseModel):
     """One history to forecast from."""
 
     model_config = _STRICT
-    history: list[list[StrictFloat]] | list[StrictFloat] = Field(
-        description="Past values, oldest first: a flat list for a single-channel model, or one list per step "
-        "(targets first, then covariates). At least the model's lookback; only the last lookback steps are used.",
-        examples=[[315.2, 315.9, 316.4, 317.1, 317.8, 318.2]],
+    # A list whose items are numbers or lists (not "a list of lists, or a list of numbers"): one schema
+    # that BentoML's Python client encodes both ways, and errors that point at the step.
+    history: list[StrictFloat | Step] = Field(
+        fail_fast=True,
+        description="Past values, oldest first: a flat list of numbers for a single-channel model, or one list per "
+        "step (targets first, then covariates). At least the model's lookback; only the last lookback steps are used.",
+        examples=[EXAMPLE_HISTORY],
     )
-    model: str | None = MODEL_FIELD
+    model: str | None = Field(
+        default=None, max_length=256, description=MODEL_FIELD.description, examples=["co2-gru"]
+    )
+
+
+CLASSIFY_INSTANCES = Field(
+    fail_fast=True,
+    description="The sequences to classify, answered in order. Instances may name different models and have different lengths.",
+    examples=[[{"sequence": EXAMPLE_SEQUENCE, "model": "italypower-gru"}]],
+)
+FORECAST_INSTANCES = Field(
+    fail_fast=True,
+    description="The histories to forecast from, answered in order. Instances may name different models.",
+    examples=[[{"history": EXAMPLE_HISTORY, "model": "co2-gru"}]],
+)
 
 
 class ClassifyResult(BaseModel):
@@ -72,6 +102,14 @@ class ForecastResult(BaseModel):
     )
 
 
+class ClassifyAnswers(IORootModel[list[ClassifyResult]]):
+    """What /classify returns: one answer per instance, in order."""
+
+
+class ForecastAnswers(IORootModel[list[ForecastResult]]):
+    """What /forecast returns: one forecast per instance, in order."""
+
+
 class ModelInfo(BaseModel):
     """A served model."""
 
@@ -92,5 +130,11 @@ class ModelInfo(BaseModel):
         default=None, description="Longest sequence seen in training (classifiers).", examples=[29]
     )
     metrics: dict = Field(description="Test metrics and baselines from training.", examples=[{"test": {"accuracy": 0.97}}])
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What training found wrong with the model, e.g. that it did not beat its simplest baseline. "
+        "Empty when nothing was found; such a model can still be served, but read these first.",
+        examples=[["did not beat the majority-class baseline on test data (accuracy 0.30 vs 0.39)"]],
+    )
     created: str = Field(description="When the model was trained (UTC).", examples=["2026-11-21T06:00:00+00:00"])
     device: str = Field(description="Where the model runs.", examples=["cpu"])

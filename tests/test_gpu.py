@@ -6,7 +6,7 @@ import torch
 
 from models.artifact import load_artifact
 from models.device import resolve_device
-from service.inference import classify_batch, forecast_batch
+from service.inference import CLASSIFY, FORECAST
 from tests import tiny_models
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
@@ -30,9 +30,9 @@ def test_batched_inference_on_the_gpu_matches_the_cpu():
     seqs = [rng.normal(size=(n, 3)).astype(np.float32) for n in (3, 40, 17, 1)]
     cpu, gpu = load_artifact(clf, "cpu"), load_artifact(clf, "cuda")
     assert next(gpu.module.parameters()).is_cuda
-    for a, b in zip(classify_batch(cpu, seqs), classify_batch(gpu, seqs)):
+    for a, b in zip(CLASSIFY.run_batch(cpu, seqs), CLASSIFY.run_batch(gpu, seqs)):
         assert a["label"] == b["label"]
         np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)
     histories = [rng.normal(size=(12, 1)).astype(np.float32) * 100 for _ in range(8)]
-    for a, b in zip(forecast_batch(load_artifact(fc, "cpu"), histories), forecast_batch(load_artifact(fc, "cuda"), histories)):
+    for a, b in zip(FORECAST.run_batch(load_artifact(fc, "cpu"), histories), FORECAST.run_batch(load_artifact(fc, "cuda"), histories)):
         np.testing.assert_allclose(a["forecast"], b["forecast"], rtol=1e-3, atol=1e-2)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models.artifact import load_artifact
-from service.inference import classify_batch
+from service.inference import CLASSIFY
 from tests import tiny_models
 from loadtests.runner import batch_sizes
 from loadtests.server import running_server
@@ -50,7 +50,7 @@ def test_concurrent_requests_are_batched_and_answers_equal_direct_model_calls(se
             assert response.status_code == 400 and "instances[0].sequence" in response.json()["error"]
             continue
         assert response.status_code == 200, response.text
-        expected = classify_batch(model, [next(good)])[0]  # alone: a batch of one
+        expected = CLASSIFY.run_batch(model, [next(good)])[0]  # alone: a batch of one
         answer = response.json()[0]
         assert answer["label"] == expected["label"]
         for label, p in expected["probabilities"].items():

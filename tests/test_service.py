@@ -1,5 +1,6 @@
 """The HTTP service in-process (BentoML's ASGI app under starlette's TestClient): every endpoint and every 4xx."""
 
+import importlib
 import math
 import os
 
@@ -8,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from models.artifact import load_artifact
-from service.inference import classify_batch, forecast_batch
+from service.inference import CLASSIFY, FORECAST
 from tests import tiny_models
 
 
@@ -22,10 +23,11 @@ def client(tags):
     os.environ["SEQSERVE_MODELS"] = f"{tags['clf']},{tags['fc']}"
     os.environ["SEQSERVE_MAX_INSTANCES"] = "8"
     os.environ["SEQSERVE_MAX_LENGTH"] = "100"
-    from service.app import SeqServe
+    import service.app
 
+    importlib.reload(service.app)  # settings are read once, at import: read these
     try:
-        with TestClient(app=SeqServe.to_asgi()) as client:
+        with TestClient(app=service.app.SeqServe.to_asgi()) as client:
             yield client
     finally:
         for key in ("SEQSERVE_MODELS", "SEQSERVE_MAX_INSTANCES", "SEQSERVE_MAX_LENGTH"):
@@ -63,7 +65,7 @@ def test_classify_answers_each_instance_in_order_and_matches_the_model(client, t
     answers = post(client, "/classify", *({"sequence": s} for s in seqs)).json()
     model = load_artifact(tags["clf"])
     for seq, answer in zip(seqs, answers):
-        expected = classify_batch(model, [np.asarray(seq, dtype=np.float32)])[0]  # alone, batch of one
+        expected = CLASSIFY.run_batch(model, [np.asarray(seq, dtype=np.float32)])[0]  # alone, batch of one
         assert answer["model"] == tags["clf"]
         assert answer["label"] == expected["label"] and answer["label_index"] == expected["label_index"]
         assert list(answer["probabilities"]) == ["walk", "run", "sit", "jump"]
@@ -87,7 +89,7 @@ def test_forecast_answers_in_the_history_scale_with_ordered_quantiles(client, ta
     q = small["quantiles"]
     assert list(q) == ["0.1", "0.5", "0.9"] and q["0.5"] == small["forecast"]
     assert all(lo <= mid <= hi for lo, mid, hi in zip(q["0.1"], q["0.5"], q["0.9"]))
-    expected = forecast_batch(load_artifact(tags["fc"]), [np.asarray(history[-12:], dtype=np.float32)[:, None]])[0]
+    expected = FORECAST.run_batch(load_artifact(tags["fc"]), [np.asarray(history[-12:], dtype=np.float32)[:, None]])[0]
     np.testing.assert_allclose(small["forecast"], expected["forecast"], atol=1e-5)
 
 

@@ -1,0 +1,148 @@
+"""The gate every HTTP request passes before BentoML parses anything: size, type, keys, time.
+
+``RequestGuard`` is an ASGI middleware with one job: refuse what must never reach the parser or
+the models, cheaply and with a clear answer.
+
+* **Paths** ending in ``/`` are served as the same path without it (``/classify/`` is ``/classify``),
+  so no redirect is ever built from the client's ``Host`` header.
+* **API keys** (``SEQSERVE_API_KEYS``): every path but the open ones (probes, metrics) needs
+  ``Authorization: Bearer <key>``; keys are compared in constant time and never logged. 401 otherwise.
+* **JSON only**: a POST must say ``Content-Type: application/json`` (415 otherwise). Browsers can only
+  send such a request cross-site after a CORS preflight, which the service refuses unless
+  ``SEQSERVE_CORS_ORIGINS`` allows the origin.
+* **Body size**: a ``Content-Length`` over the cap is refused before a byte is read, and a body that
+  grows past it while streaming is refused as soon as it does (413).
+* **Slow bodies**: a body that does not arrive within ``SEQSERVE_BODY_TIMEOUT_S`` gets 408 (a
+  ``Content-Length`` larger than the body sent would otherwise hold the request open).
+* **Memory in flight**: bodies read but not yet answered share a per-worker budget; a request that
+  would exceed it gets 503 with ``Retry-After`` before its body is read, so a flood of heavy requests
+  cannot pile up parsed arrays in memory or parsing work on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from typing import Any
+
+from service.config import Settings
+
+JSON_TYPES = ("application/json",)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None):
+    """An ASGI-level JSON error answer: ``{"error": message}``."""
+    body = json.dumps({"error": message}).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+
+    async def send_to(send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return send_to
+
+
+class RequestGuard:
+    """ASGI middleware: normalise the path, check the key, the content type and the body size."""
+
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.max_body = settings.max_body_bytes
+        self.inflight_budget = 4 * settings.max_body_bytes
+        self.inflight = 0  # bytes of bodies read and not yet answered, in this worker
+        self.body_timeout = settings.body_timeout_s
+        self.keys = [key.encode() for key in settings.api_keys]
+        self.open_paths = set(settings.open_paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/", "raw_path": path.rstrip("/").encode() or b"/"}
+        headers = _headers(scope)
+        if self.keys and scope["path"] not in self.open_paths and scope["method"] != "OPTIONS":
+            problem = self._key_problem(headers.get("authorization", ""))
+            if problem:
+                return await _error(401, problem, {"www-authenticate": "Bearer"})(send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in JSON_TYPES:
+            shown = media_type[:60] or "none"
+            return await _error(415, f"content-type: {shown} is not accepted; send application/json")(send)
+        declared = headers.get("content-length", "")
+        if declared and (not declared.isdigit() or int(declared) > self.max_body):
+            return await _error(413, self._too_large(declared), {"connection": "close"})(send)
+        expected = int(declared) if declared else self.max_body
+        if self.inflight and self.inflight + expected > self.inflight_budget:
+            return await _error(
+                503, "the server is busy with other large requests; retry shortly", {"retry-after": "1"}
+            )(send)
+
+        self.inflight += expected
+        try:
+            try:
+                body = await asyncio.wait_for(self._read_body(receive), self.body_timeout)
+            except asyncio.TimeoutError:
+                return await _error(
+                    408, f"body: not received within {self.body_timeout:g} s", {"connection": "close"}
+                )(send)
+            if body is None:
+                return await _error(413, self._too_large("more"), {"connection": "close"})(send)
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.inflight -= expected
+
+    def _key_problem(self, authorization: str) -> str | None:
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return "authorization: missing; send Authorization: Bearer <API key>"
+        given = key.strip().encode()
+        # Compare with every key, whatever matched, so timing says nothing about which key is close.
+        matched = False
+        for known in self.keys:
+            matched |= hmac.compare_digest(given, known)
+        return None if matched else "authorization: the API key is not valid"
+
+    def _too_large(self, declared: str) -> str:
+        limit = self.max_body / 2**20
+        size = f"{int(declared) / 2**20:.1f} MiB" if declared.isdigit() else "more than that"
+        return f"body: {size} is over the limit of {limit:g} MiB (SEQSERVE_MAX_BODY_MB); send fewer instances per request"
+
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole body, or None as soon as it passes the cap."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _replay(body: bytes, receive):
+    """A ``receive`` that hands the app the body already read, then the real channel (disconnects)."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,65 @@
+"""uvicorn's HTTP protocol with a header read timeout (slowloris protection).
+
+uvicorn waits for a request's headers forever: a client that opens connections and sends a header
+line now and then holds them open. This protocol closes a connection whose request headers are not
+complete ``SEQSERVE_HEADER_TIMEOUT_S`` after the connection opened or the request began. The body has
+its own deadline in :mod:`service.guard`.
+
+BentoML starts uvicorn with ``http="auto"``; :func:`install` points that name at this class, once, in
+the worker process, before uvicorn builds its config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """httptools-based protocol that drops connections which are too slow to send their headers."""
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._start_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        self._stop_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _stop_header_timer(self) -> None:
+        if getattr(self, "_header_timer", None) is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            log.warning("closed a connection from %s: no complete request headers within %g s", self.client, self.header_timeout_s)
+            self.transport.close()
+
+
+def install(header_timeout_s: float) -> None:
+    """Make uvicorn's default protocol (``http="auto"``) this one, with the given timeout."""
+    from uvicorn import config
+
+    HeaderTimeoutProtocol.header_timeout_s = header_timeout_s
+    config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HeaderTimeoutProtocol"
