@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import http_protocol
-from service.batching import DeadlineExceeded, Overloaded
+from service.batching import ClientGone, DeadlineExceeded, Overloaded
 from service.config import Settings
 from service.errors import ReadableValidationErrors
 from service.guard import RequestGuard
@@ -126,7 +126,7 @@ class SeqServe:
             return _error(ctx, 400, err)
         except Overloaded as err:
             return _error(ctx, 503, err, retry_after_s=err.retry_after_s)
-        except DeadlineExceeded as err:
+        except (DeadlineExceeded, ClientGone) as err:
             return _error(ctx, 503, err, retry_after_s=1)
 
 

@@ -54,6 +54,10 @@ class DeadlineExceeded(Exception):
     """The request was not answered within its deadline; its queued work was dropped."""
 
 
+class ClientGone(Exception):
+    """The HTTP client hung up before its work ran; the work was dropped."""
+
+
 @dataclass(eq=False)
 class Caller:
     """One submit(): its deadline (event-loop time) and how to ask whether its client is still there."""
@@ -62,6 +66,11 @@ class Caller:
     client_gone: Callable[[], Awaitable[bool]] | None = None
     gone: bool = False
     futures: list[asyncio.Future] = field(default_factory=list)
+
+
+def _wanted(job: tuple[Any, asyncio.Future, Caller]) -> bool:
+    _, future, caller = job
+    return not caller.gone and not future.done()
 
 
 class MicroBatcher:
@@ -98,8 +107,18 @@ class MicroBatcher:
         """Estimated time to drain what is queued now."""
         return self._queued_steps * self.seconds_per_step
 
-    def admit(self) -> None:
-        """Raise :class:`Overloaded` when the work queued now would take longer than ``max_queue_ms`` to drain."""
+    async def admit(self) -> None:
+        """Raise :class:`Overloaded` when the work queued now would take longer than ``max_queue_ms`` to drain.
+
+        Before refusing, the queue is cleared of work nobody waits for any more (clients that hung up,
+        deadlines passed), so abandoned requests never cause a 503 for a live one.
+        """
+        if not self._queue or self.queue_seconds() <= self.max_queue_s:
+            return
+        await self._mark_abandoned(list(self._queue))
+        # Filter the queue as it is now (the drain task may have taken jobs while we awaited).
+        self._queue = deque(job for job in self._queue if _wanted(job))
+        self._queued_steps = sum(self.cost(item) for item, _, _ in self._queue)
         waiting = self.queue_seconds()
         if self._queue and waiting > self.max_queue_s:
             raise Overloaded(
@@ -115,7 +134,7 @@ class MicroBatcher:
         Raises :class:`Overloaded` at once when the queue is too long (see :meth:`admit`), and
         :class:`DeadlineExceeded` after ``timeout_s``.
         """
-        self.admit()
+        await self.admit()
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
@@ -143,22 +162,27 @@ class MicroBatcher:
             while self._queue:
                 jobs = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch_size))]
                 self._queued_steps -= sum(self.cost(item) for item, _, _ in jobs)
-                jobs = await self._still_wanted(jobs)
+                await self._mark_abandoned(jobs)
+                jobs = [job for job in jobs if _wanted(job)]
                 if jobs:
                     await self._run(jobs)
                 await asyncio.sleep(0)  # let waiting requests be parsed before the next batch
 
-    async def _still_wanted(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> list:
-        """Drop jobs whose caller is answered, past its deadline, or whose client hung up."""
+    async def _mark_abandoned(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> None:
+        """Mark the callers of ``jobs`` that are past their deadline or whose client hung up as gone."""
         now = asyncio.get_running_loop().time()
         checked: set[int] = set()
         for _, _, caller in jobs:
             if caller.gone or id(caller) in checked:
                 continue
             checked.add(id(caller))
-            if caller.deadline <= now or (caller.client_gone is not None and await caller.client_gone()):
+            if caller.client_gone is not None and await caller.client_gone():
                 caller.gone = True
-        return [job for job in jobs if not job[2].gone and not job[1].done()]
+                for future in caller.futures:  # its handler can finish now rather than at the deadline
+                    if not future.done():
+                        future.set_exception(ClientGone("the client hung up before its work ran"))
+            elif caller.deadline <= now:
+                caller.gone = True  # submit() raises DeadlineExceeded for it
 
     async def _run(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> None:
         if self.on_batch:

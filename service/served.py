@@ -120,7 +120,7 @@ class ServedModels:
             array = task.validate(index, getattr(instance, task.field), model, self.limits)
             groups.setdefault(model.tag, []).append((index, array))
         for tag in groups:
-            self.batchers[tag].admit()
+            await self.batchers[tag].admit()
         results = await asyncio.gather(
             *(
                 self.batchers[tag].submit([array for _, array in items], timeout_s=self.request_timeout_s, client_gone=client_gone)

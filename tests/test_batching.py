@@ -1,10 +1,12 @@
 """The micro-batcher on its own: merging, order, limits and failures, without a server."""
 
 import asyncio
+import threading
+import time
 
 import pytest
 
-from service.batching import MicroBatcher
+from service.batching import OFFLOAD_STEPS, ClientGone, DeadlineExceeded, MicroBatcher, Overloaded
 
 
 def make(max_batch_size=64, max_wait_ms=0.0):
@@ -75,3 +77,98 @@ def test_a_failing_forward_pass_reaches_every_caller_of_that_batch():
             await batcher.submit([3])
 
     asyncio.run(again())  # the batcher survives a failure and keeps serving
+
+
+# ---------------------------------------------------------------------------------------------- overload
+
+
+def test_past_the_queue_limit_new_work_is_refused_at_once_with_a_retry_hint():
+    batcher = MicroBatcher(lambda items: items, cost=lambda item: item, max_queue_ms=100)
+    batcher.seconds_per_step = 0.001  # as if learnt: 1 ms per step
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit([300]))  # 300 steps = ~300 ms queued
+        await asyncio.sleep(0)  # queued; the drain task has not run it yet
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit([1])  # the 300 steps ahead are still wanted: refused
+        assert refused.value.retry_after_s >= 1 and "300 ms of work is queued" in str(refused.value)
+        return await first
+
+    assert asyncio.run(main()) == [300]
+
+
+def test_nobody_waits_past_the_deadline_and_late_work_is_dropped():
+    ran: list[int] = []
+
+    def slow(items):
+        time.sleep(0.03)
+        ran.extend(items)
+        return items
+
+    batcher = MicroBatcher(slow, max_batch_size=1)
+
+    async def main():
+        started = time.perf_counter()
+        results = await asyncio.gather(*(batcher.submit([i], timeout_s=0.1) for i in range(20)), return_exceptions=True)
+        return results, time.perf_counter() - started
+
+    results, elapsed = asyncio.run(main())
+    answered = [r for r in results if not isinstance(r, Exception)]
+    late = [r for r in results if isinstance(r, DeadlineExceeded)]
+    assert answered and late and len(answered) + len(late) == 20
+    assert len(ran) < 20  # the late ones never reached the model
+
+
+def test_work_of_a_client_that_hung_up_is_dropped_before_it_runs():
+    ran: list[str] = []
+
+    def run(items):
+        ran.extend(items)
+        return items
+
+    batcher = MicroBatcher(run)
+
+    async def gone() -> bool:
+        return True
+
+    async def main():
+        kept = asyncio.ensure_future(batcher.submit(["kept"]))
+        abandoned = asyncio.ensure_future(batcher.submit(["abandoned"], client_gone=gone))
+        await kept
+        with pytest.raises(ClientGone):
+            await abandoned  # at once, not at the deadline
+
+    asyncio.run(main())
+    assert ran == ["kept"]
+
+
+def test_heavy_batches_leave_the_event_loop_and_light_ones_do_not():
+    threads: list[str] = []
+
+    def run(items):
+        threads.append(threading.current_thread().name)
+        return items
+
+    batcher = MicroBatcher(run, cost=len)
+    asyncio.run(batcher.submit(["x" * 10]))
+    asyncio.run(batcher.submit(["x" * (OFFLOAD_STEPS + 1)]))
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("seqserve-forward")
+
+
+def test_abandoned_work_in_the_queue_never_causes_a_503():
+    batcher = MicroBatcher(lambda items: items, cost=lambda item: item, max_queue_ms=100)
+    batcher.seconds_per_step = 0.001
+
+    async def gone() -> bool:
+        return True
+
+    async def main():
+        ghost = asyncio.ensure_future(batcher.submit([300], client_gone=gone))
+        await asyncio.sleep(0)
+        answer = await batcher.submit([1])  # admitted: the ghost's 300 steps are purged first
+        with pytest.raises(ClientGone):
+            await ghost
+        return answer
+
+    assert asyncio.run(main()) == [1]

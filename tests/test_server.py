@@ -1,6 +1,8 @@
 """One real ``bentoml serve`` on 127.0.0.1: concurrent requests are batched and answer exactly as the model does."""
 
 import asyncio
+import json
+import socket
 
 import httpx
 import numpy as np
@@ -16,7 +18,8 @@ from loadtests.server import running_server
 @pytest.fixture(scope="module")
 def server():
     clf, fc = tiny_models.store_classifier("real-clf"), tiny_models.store_forecaster("real-fc")
-    with running_server({"SEQSERVE_MODELS": f"{clf},{fc}"}) as url:
+    env = {"SEQSERVE_MODELS": f"{clf},{fc}", "SEQSERVE_HEADER_TIMEOUT_S": "1", "SEQSERVE_BODY_TIMEOUT_S": "1"}
+    with running_server(env) as url:
         yield url, clf
 
 
@@ -27,7 +30,7 @@ async def fire(url: str, bodies: list[dict]) -> list[httpx.Response]:
 
 def batch_totals(url: str, tag: str) -> tuple[float, float]:
     """(instances, forward passes) that went through ``tag``'s batcher, from seqserve_batch_size on /metrics."""
-    histogram = batch_sizes(httpx.get(f"{url}/metrics").text)[tag]
+    histogram = batch_sizes(httpx.get(f"{url}/metrics").text).get(tag, {"sum": 0.0, "count": 0.0})
     return histogram["sum"], histogram["count"]
 
 
@@ -65,3 +68,53 @@ def test_models_and_metrics_endpoints(server):
     url, tag = server
     assert tag in {m["tag"] for m in httpx.get(f"{url}/models").json()}
     assert "bentoml_service_request_total" in httpx.get(f"{url}/metrics").text
+
+
+def raw_connection(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(server):
+    url, _ = server
+    with raw_connection(url) as conn:
+        conn.sendall(b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and then nothing
+        assert conn.recv(1024) == b""  # closed by the server (the socket timeout would raise instead)
+
+
+def test_a_body_shorter_than_its_content_length_gets_408(server):
+    url, _ = server
+    with raw_connection(url) as conn:
+        conn.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{\"instances\": "
+        )
+        answer = conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"body: not received within 1 s" in answer
+
+
+def test_work_of_clients_that_hung_up_is_not_computed(server):
+    url, tag = server
+    instances_before, _ = batch_totals(url, tag)
+    body = json.dumps({"instances": [{"sequence": [[0.5, -0.5, 1.0]] * 4000}] * 8}).encode()
+    request = (
+        b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    connections = [raw_connection(url) for _ in range(20)]
+    for conn in connections:
+        conn.sendall(request)
+    for conn in connections:
+        conn.close()  # hang up at once, all 20
+    small = httpx.post(f"{url}/classify", json={"instances": [{"sequence": [[1.0, 2.0, 3.0]]}]}, timeout=30)
+    assert small.status_code == 200, small.text
+    instances_after, _ = batch_totals(url, tag)
+    computed = instances_after - instances_before - 1
+    assert computed < 20 * 8, f"all {computed} abandoned instances were computed"
+
+
+def test_metrics_stay_open_and_unknown_paths_get_404_json(server):
+    url, _ = server
+    assert httpx.get(f"{url}/metrics").status_code == 200
+    assert httpx.get(f"{url}/no/such/path").status_code == 404

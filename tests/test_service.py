@@ -1,16 +1,14 @@
 """The HTTP service in-process (BentoML's ASGI app under starlette's TestClient): every endpoint and every 4xx."""
 
-import importlib
 import math
-import os
 
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 
 from models.artifact import load_artifact
 from service.inference import CLASSIFY, FORECAST
 from tests import tiny_models
+from tests.service_client import in_process
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +18,9 @@ def tags():
 
 @pytest.fixture(scope="module")
 def client(tags):
-    os.environ["SEQSERVE_MODELS"] = f"{tags['clf']},{tags['fc']}"
-    os.environ["SEQSERVE_MAX_INSTANCES"] = "8"
-    os.environ["SEQSERVE_MAX_LENGTH"] = "100"
-    import service.app
-
-    importlib.reload(service.app)  # settings are read once, at import: read these
-    try:
-        with TestClient(app=service.app.SeqServe.to_asgi()) as client:
-            yield client
-    finally:
-        for key in ("SEQSERVE_MODELS", "SEQSERVE_MAX_INSTANCES", "SEQSERVE_MAX_LENGTH"):
-            os.environ.pop(key)
+    env = {"SEQSERVE_MODELS": f"{tags['clf']},{tags['fc']}", "SEQSERVE_MAX_INSTANCES": "8", "SEQSERVE_MAX_LENGTH": "100"}
+    with in_process(env) as client:
+        yield client
 
 
 def sequence(steps: int, seed: int = 0, features: int = 3) -> list[list[float]]:
