@@ -2,10 +2,11 @@
 
 import sys
 
-USAGE = """usage: python -m loadtests {run,bench} [options]
+USAGE = """usage: python -m loadtests {run,bench,hostile} [options]
 
-  run     headless locust run against seqserve, summary and thresholds (loadtests/runner.py)
-  bench   seqserve next to the model's own speed and other servers (loadtests/bench.py)
+  run      headless locust run against seqserve, summary and thresholds (loadtests/runner.py)
+  bench    seqserve next to the model's own speed and other servers (loadtests/bench.py)
+  hostile  hostile and careless clients, overload, /livez under saturation (loadtests/hostile.py)
 
 `python -m loadtests run --help` lists run's options."""
 
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
             print("python -m loadtests bench: not built yet (loadtests/bench.py is missing)", file=sys.stderr)
             return 2
         return bench(rest)
+    if command == "hostile":
+        from loadtests.hostile import main as hostile
+
+        return hostile(rest)
     print(USAGE, file=sys.stderr if command not in ("-h", "--help") else sys.stdout)
     return 0 if command in ("-h", "--help") else 2
 

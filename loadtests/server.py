@@ -14,7 +14,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -30,14 +30,19 @@ def free_port() -> int:
 @contextmanager
 def running_process(
     command: list[str], *, port: int, ready_path: str = "/readyz", env: dict[str, str] | None = None,
-    log: Path | None = None, timeout: float = 120.0,
+    log: Path | None = None, timeout: float = 120.0, on_start: Callable[[dict], None] | None = None,
 ) -> Iterator[str]:
-    """Run ``command`` (which must listen on 127.0.0.1:``port``) and yield its URL once ``ready_path`` answers."""
+    """Run ``command`` (which must listen on 127.0.0.1:``port``) and yield its URL once ``ready_path`` answers.
+
+    ``on_start`` is told ``{"pid": …}``: the process, which leads its own process group (its workers).
+    """
     output = open(log, "w") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so stopping it stops its workers too
     )
+    if on_start:
+        on_start({"pid": process.pid})
     url = f"http://127.0.0.1:{port}"
     where = f"; its output is in {log}" if log else ""
     try:
@@ -66,9 +71,12 @@ def running_process(
 
 
 @contextmanager
-def running_server(env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120.0) -> Iterator[str]:
+def running_server(
+    env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120.0,
+    on_start: Callable[[dict], None] | None = None,
+) -> Iterator[str]:
     """A fresh ``bentoml serve`` of seqserve on 127.0.0.1; yields its base URL."""
     port = free_port()
     command = [sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(port)]
-    with running_process(command, port=port, env=env, log=log, timeout=timeout) as url:
+    with running_process(command, port=port, env=env, log=log, timeout=timeout, on_start=on_start) as url:
         yield url
