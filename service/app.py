@@ -24,8 +24,11 @@ from service.inference import InstanceError
 from service.metrics import observe_batch
 from service.schemas import ClassifyInstance, ClassifyResult, ForecastInstance, ForecastResult
 from service.served import RequestError, ServedModels, served_tags
+from service.startup import start_up, stop_server_on_failure
 
-SETTINGS = Settings.from_env()  # read at import for the decorator (workers, threads)
+# Read at import for the decorator (workers, threads). In `bentoml serve`'s main process this also
+# loads every model that would be served, and exits with one line saying why if one cannot be.
+SETTINGS = start_up()
 
 
 class ClientErrorsWithoutTracebacks(logging.Filter):
@@ -84,7 +87,8 @@ class SeqServe:
     def __init__(self) -> None:
         settings = Settings.from_env()
         torch.set_num_threads(settings.torch_threads)
-        self.served = ServedModels(settings, on_batch=observe_batch)
+        with stop_server_on_failure():  # in a worker: stop the server, not restart this worker forever
+            self.served = ServedModels(settings, on_batch=observe_batch)
         # Everything loaded so far lives for the whole process: keep the garbage collector from
         # walking it again and again (gen-2 passes over torch's objects stalled requests 100-200 ms
         # every ~2 s under load). Each request also leaves a few objects alive until BentoML's
