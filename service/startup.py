@@ -92,9 +92,10 @@ def check_servable() -> Settings:
         newest.setdefault(name, info.tag)
         if info.readable:
             continue
-        if info.tag in settings.models or name in settings.models:
+        is_newest = newest[name] == info.tag
+        if info.tag in settings.models or (name in settings.models and is_newest):
             continue  # loading it below fails, and that line names it
-        if not settings.models and newest[name] == info.tag:
+        if not settings.models and is_newest:
             raise CannotStart(
                 f"model {info.tag}", f"{info.problem}; it is the newest version of {name}, so it would be "
                 f"served: fix or delete it (bentoml models delete {info.tag}), or list the models to serve "
