@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 @contextmanager
@@ -60,12 +68,19 @@ def running_process(
             time.sleep(0.3)
         yield url
     finally:
+        # circus gives each worker a process group of its own: note them, for the SIGKILL fallback.
+        children = _children(process.pid)
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            for child in children:
+                try:
+                    child.kill()  # psutil checks it is still the same process (pid and start time)
+                except psutil.Error:
+                    pass
         if log:
             output.close()
 

@@ -153,8 +153,12 @@ def read_card(tag: str) -> tuple[str, ModelCard, Path]:
         raise ArtifactError(f"{stored.tag} is not a seqserve model: {CARD_FILE} is missing")
     try:
         raw = json.loads(card_path.read_text())
-    except json.JSONDecodeError as err:
+    except OSError as err:
+        raise ArtifactError(f"{stored.tag}: {CARD_FILE} cannot be read ({err.strerror or err})") from None
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
         raise ArtifactError(f"{stored.tag}: {CARD_FILE} is not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{stored.tag}: {CARD_FILE} holds a JSON {type(raw).__name__}, not an object")
     try:
         card = ModelCard.from_dict(raw)
     except ArtifactError as err:
@@ -192,21 +196,34 @@ def load_artifact(tag: str, device: torch.device | str = "cpu") -> LoadedModel:
 
 @dataclass
 class ArtifactInfo:
-    """One stored seqserve model, for listings."""
+    """One stored seqserve model, for listings: its card, or why it cannot be read."""
 
     tag: str
-    card: ModelCard
+    card: ModelCard | None  # None when the model cannot be read
+    problem: str = ""  # why it cannot be read ("" when it can)
+    created: str = ""  # when it was stored (the card's time, else BentoML's)
+
+    @property
+    def readable(self) -> bool:
+        return self.card is not None
 
 
 def list_artifacts() -> list[ArtifactInfo]:
-    """Every seqserve model version in the store, newest first; models that cannot be read are skipped."""
+    """Every seqserve model version in the store, newest first, the unreadable ones included.
+
+    A model whose card cannot be read is listed with ``card=None`` and ``problem`` saying why, never
+    skipped: skipping it silently made the server come up with fewer models than stored and quietly
+    changed which model answered by default. Callers decide what to do with such a model.
+    """
     found = []
     for stored in bentoml.models.list():
         if stored.info.labels.get(SEQSERVE_LABEL) != "true":
             continue
+        stored_at = stored.info.creation_time.astimezone(timezone.utc).isoformat(timespec="seconds")
         try:
             _, card, _ = read_card(str(stored.tag))
-        except ArtifactError:
+        except ArtifactError as err:
+            found.append(ArtifactInfo(str(stored.tag), None, str(err).removeprefix(f"{stored.tag}: "), stored_at))
             continue
-        found.append(ArtifactInfo(str(stored.tag), card))
-    return sorted(found, key=lambda info: info.card.created, reverse=True)
+        found.append(ArtifactInfo(str(stored.tag), card, "", card.created or stored_at))
+    return sorted(found, key=lambda info: info.created, reverse=True)

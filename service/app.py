@@ -37,9 +37,13 @@ from service.schemas import (
     ForecastInstance,
 )
 from service.served import RequestError, ServedModels, served_tags
+from service.startup import start_up, stop_server_on_failure
 
-SETTINGS = Settings.from_env()
-SERVED_TAGS = served_tags(SETTINGS.models)  # read from the store once: bundled by `bentoml build`, loaded by workers
+# Read once, at import: the decorator, the middlewares and the workers use these. In `bentoml serve`'s
+# main process this also loads every model that would be served, and exits with one line saying why
+# if one cannot be (service.startup).
+SETTINGS = start_up()
+SERVED_TAGS = served_tags(SETTINGS.models)  # bundled by `bentoml build`, loaded by each worker
 http_protocol.install(SETTINGS.header_timeout_s)
 
 
@@ -99,7 +103,8 @@ class SeqServe:
 
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)
-        self.served = ServedModels(SETTINGS, SERVED_TAGS, on_batch=observe_batch)
+        with stop_server_on_failure():  # in a worker: stop the server, not restart this worker forever
+            self.served = ServedModels(SETTINGS, SERVED_TAGS, on_batch=observe_batch)
         # Everything loaded so far lives for the whole process: keep the garbage collector from
         # walking it again and again (gen-2 passes over torch's objects stalled requests 100-200 ms
         # every ~2 s under load). Each request also leaves a few objects alive until BentoML's

@@ -36,6 +36,14 @@ import os
 from dataclasses import dataclass
 
 
+class SettingError(ValueError):
+    """A ``SEQSERVE_*`` variable with a value the service cannot use; says which and why."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name} {problem}")
+        self.name, self.problem = name, problem
+
+
 def _int(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -43,9 +51,9 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+        raise SettingError(name, f"must be a whole number, got {raw!r}") from None
     if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        raise SettingError(name, f"must be at least {minimum}, got {value}")
     return value
 
 
@@ -54,9 +62,9 @@ def _float(name: str, default: float, minimum: float = 0.0) -> float:
     try:
         value = float(raw) if raw else default
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        raise SettingError(name, f"must be a number, got {raw!r}") from None
     if not value >= minimum:  # also refuses nan
-        raise ValueError(f"{name} must be at least {minimum}, got {raw!r}")
+        raise SettingError(name, f"must be at least {minimum:g}, got {raw!r}")
     return value
 
 

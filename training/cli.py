@@ -196,6 +196,9 @@ def run_forecast(args: argparse.Namespace) -> RunResult:
 def run_list() -> None:
     rows = [("model", "task", "arch", "test metrics", "created")]
     for info in list_artifacts():
+        if info.card is None:  # shown, not hidden: the server refuses to start with it (see service.startup)
+            rows.append((info.tag, "UNREADABLE", "-", info.problem, info.created))
+            continue
         test = info.card.metrics.get("test", {})
         keys = ("accuracy", "macro_f1") if info.card.task == "classify" else ("mase", "mae")
         metrics = " ".join(f"{k}={test[k]:.3f}" for k in keys if k in test)

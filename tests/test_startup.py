@@ -1,0 +1,231 @@
+"""Start-up and operations of a real ``bentoml serve``: bad start-ups exit at once with one line, unreadable
+models are never skipped silently, /metrics cannot be inflated or wiped, a dead worker is reported.
+
+One good server runs for the whole module; every failing start-up runs beside it, at the same time and
+on the same BENTOML_HOME, which is also the "second start" that used to empty the running server's
+/metrics. That home is private to this module: damaged models must not reach other tests' listings.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import bentoml
+import httpx
+import psutil
+import pytest
+import torch
+
+from loadtests.server import ROOT, free_port, running_server
+from models.artifact import CARD_FILE, WEIGHTS_FILE, list_artifacts
+from service.startup import check_servable
+from service.workers import register_worker
+from tests import tiny_models
+from training.cli import main as train_cli
+
+START_TIMEOUT = 60  # seconds a failing start-up may take, all of them starting at once on a busy machine
+
+# The main process skips its check, so only the worker meets the damaged model: the safety net's case.
+WITHOUT_MAIN_CHECK = (
+    "import sys, service.startup as s; from service.config import Settings; "
+    "s.check_servable = Settings.from_env; from bentoml_cli.cli import cli; sys.argv[0] = 'bentoml'; cli()"
+)
+
+
+def damage(path: Path) -> None:
+    """Flip one byte: a JSON card is no longer UTF-8, weights no longer match their sha256."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A private BENTOML_HOME with a good classifier, one with corrupt weights and one with a damaged card."""
+    home = tmp_path_factory.mktemp("startup-bentoml")
+    suffix = uuid.uuid4().hex[:6]
+    tags = {
+        "good": tiny_models.store_classifier(f"good-{suffix}"),
+        "weights": tiny_models.store_classifier(f"weights-{suffix}"),
+        "card": tiny_models.store_classifier(f"card-{suffix}"),  # stored last: the newest model
+    }
+    for tag in tags.values():  # made in the tests' store, moved to the private one
+        name = tag.split(":")[0]
+        shutil.copytree(Path(bentoml.models.get(tag).path).parent, home / "models" / name)
+        bentoml.models.delete(tag)
+    for key, file in (("weights", WEIGHTS_FILE), ("card", CARD_FILE)):
+        damage(home / "models" / tags[key].replace(":", "/") / file)
+    return home, tags
+
+
+def failing_starts(tags: dict[str, str]) -> dict[str, tuple[dict[str, str], list[str], str]]:
+    """case -> (environment, command prefix, the one line it must print)."""
+    serve = [sys.executable, "-m", "bentoml"]
+    corrupt = f"model {tags['weights']} (in SEQSERVE_MODELS): weights are corrupt (sha256 does not match"
+    cases = {
+        "corrupt weights": ({"SEQSERVE_MODELS": tags["weights"]}, serve, corrupt),
+        "unknown device": (
+            {"SEQSERVE_DEVICE": "tpu"}, serve, "SEQSERVE_DEVICE: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"
+        ),
+        "damaged card, named": (
+            {"SEQSERVE_MODELS": tags["card"].split(":")[0]}, serve,
+            f"model {tags['card']} (in SEQSERVE_MODELS): {CARD_FILE} is not valid JSON",
+        ),
+        "damaged card, newest": ({"SEQSERVE_MODELS": ""}, serve, f"model {tags['card']}: {CARD_FILE} is not valid JSON"),
+        "worker count": ({"SEQSERVE_WORKERS": "two"}, serve, "SEQSERVE_WORKERS: must be a whole number, got 'two'"),
+        "worker cannot load": (
+            {"SEQSERVE_MODELS": tags["weights"], "SEQSERVE_WORKERS": "2"}, [sys.executable, "-c", WITHOUT_MAIN_CHECK],
+            f"model {tags['weights']}: weights are corrupt (sha256 does not match",
+        ),
+    }
+    if not torch.cuda.is_available():
+        cases["cuda without CUDA"] = (
+            {"SEQSERVE_DEVICE": "cuda"}, serve, "SEQSERVE_DEVICE: device 'cuda' was asked for but torch sees no CUDA GPU"
+        )
+    return cases
+
+
+def run_all(starts: dict, home: Path, logs: Path) -> dict[str, tuple[int | None, float, str]]:
+    """Start every case at once; case -> (exit status or None if still running at the deadline, seconds, output)."""
+    running = {}
+    for case, (env, command, _) in starts.items():
+        log = open(logs / f"{case}.log", "w")
+        process = subprocess.Popen(
+            [*command, "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(free_port())],
+            cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home), **env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        running[case] = (process, log, time.monotonic())
+    results = {}
+    deadline = time.monotonic() + START_TIMEOUT
+    for case, (process, log, started) in running.items():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        seconds = time.monotonic() - started
+        log.close()
+        output = (logs / f"{case}.log").read_text()
+        results[case] = (process.returncode if seconds < START_TIMEOUT else None, seconds, output)
+    return results
+
+
+@pytest.fixture(scope="module")
+def server(home, tmp_path_factory):
+    """The good server (one worker), and the results of every failing start-up made while it ran."""
+    store, tags = home
+    logs = tmp_path_factory.mktemp("startup-logs")
+    env = {"BENTOML_HOME": str(store), "SEQSERVE_MODELS": tags["good"], "SEQSERVE_WORKERS": "1"}
+    with running_server(env, log=logs / "server.log") as url:
+        httpx.post(f"{url}/classify", json={"instances": [{"sequence": [[1.0, 2.0, 3.0]]}]}).raise_for_status()
+        starts = failing_starts(tags)
+        yield url, logs / "server.log", starts, run_all(starts, store, logs)
+
+
+@pytest.mark.parametrize(
+    "case", ["corrupt weights", "cuda without CUDA", "unknown device", "damaged card, named", "damaged card, newest",
+             "worker count", "worker cannot load"],
+)
+def test_a_bad_start_up_exits_at_once_with_one_line(server, case):
+    _, _, starts, results = server
+    if case not in starts:
+        pytest.skip("this machine has CUDA")
+    code, seconds, output = results[case]
+    assert code is not None, f"still running after {START_TIMEOUT}s:\n{output}"
+    assert code != 0 and seconds < START_TIMEOUT, output
+    lines = {line for line in output.splitlines() if line.startswith("seqserve: cannot start: ")}
+    assert len(lines) == 1, output  # the worker's line and the main process' repeat of it are the same line
+    assert lines.pop().startswith("seqserve: cannot start: " + starts[case][2]), output
+    assert "Traceback" not in output
+
+
+def test_a_second_start_on_the_same_home_leaves_the_running_servers_metrics(server):
+    url, _, _, results = server
+    assert all(code is not None for code, _, _ in results.values())  # they ran, and ended, beside this server
+    metrics = httpx.get(f"{url}/metrics")
+    assert metrics.status_code == 200
+    assert 'bentoml_service_request_total{endpoint="/classify",http_response_code="200"' in metrics.text
+
+
+def test_unknown_paths_share_one_metrics_label(server):
+    url = server[0]
+    paths = [f"/nothing-{uuid.uuid4().hex}" for _ in range(20)]
+    for path in paths:
+        assert httpx.get(url + path).status_code == 404
+    assert httpx.get(f"{url}/models").status_code == 200
+    text = httpx.get(f"{url}/metrics").text
+    assert not any(path in text for path in paths)
+    assert 'endpoint="/<unknown>",http_response_code="404"' in text
+    assert 'endpoint="/models",http_response_code="200"' in text
+
+
+def test_a_killed_worker_is_reported_and_replaced(server):
+    url, log, _, _ = server
+    (main,) = [p for p in psutil.process_iter(["cmdline"]) if url.rsplit(":", 1)[1] in (p.info["cmdline"] or [])
+               and "serve" in p.info["cmdline"]]
+    (worker,) = main.children()
+    worker.send_signal(signal.SIGKILL)
+    expected = f"worker 1 (pid {worker.pid}) died and was replaced by pid"
+    deadline = time.monotonic() + 45  # circus replaces a worker within about 10 s
+    while expected not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    assert "WARNING" in next(line for line in log.read_text().splitlines() if expected in line)
+    while True:  # and the replacement serves
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+
+
+# --- in-process: unreadable models in listings, and the worker record ---------------------------------------
+
+
+@pytest.fixture
+def old_unreadable_version():
+    """A name whose older version has a damaged card and whose newest version is fine (in the tests' store)."""
+    name = f"versions-{uuid.uuid4().hex[:6]}"
+    old = tiny_models.store_classifier(name)
+    damage(Path(bentoml.models.get(old).path) / CARD_FILE)
+    time.sleep(1.1)  # cards record their time to the second; keep "newest" unambiguous
+    new = tiny_models.store_classifier(name)
+    yield name, old, new
+    for tag in (old, new):
+        bentoml.models.delete(tag)
+
+
+def test_an_unreadable_model_is_listed_and_warned_about_not_skipped(old_unreadable_version, monkeypatch, caplog, capsys):
+    name, old, new = old_unreadable_version
+    listed = {info.tag: info for info in list_artifacts()}
+    assert listed[old].card is None and CARD_FILE in listed[old].problem
+    assert listed[new].card is not None
+
+    monkeypatch.setenv("SEQSERVE_MODELS", name)  # the newest version, which loads
+    with caplog.at_level(logging.WARNING, logger="service.startup"):
+        check_servable()
+    assert f"seqserve model {old} cannot be read ({CARD_FILE} is not valid JSON" in caplog.text
+
+    assert train_cli(["list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(old))
+    assert "UNREADABLE" in row and "not valid JSON" in row
+
+
+def test_a_worker_replacing_a_dead_one_warns(tmp_path, caplog):
+    (tmp_path / "workers").mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "workers" / "3").write_text(str(gone.pid))
+    with caplog.at_level(logging.WARNING, logger="service.workers"):
+        register_worker(tmp_path, 3)
+    assert f"worker 3 (pid {gone.pid}) died and was replaced by pid {os.getpid()}" in caplog.text
+    assert (tmp_path / "workers" / "3").read_text() == str(os.getpid())
