@@ -26,9 +26,12 @@ import hmac
 import json
 from typing import Any
 
+import anyio
+
 from service.config import Settings
 
 JSON_TYPES = ("application/json",)
+UVICORN_HIGH_WATER = 65_536  # uvicorn pauses reading a request past this many buffered body bytes
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None):
@@ -93,6 +96,8 @@ class RequestGuard:
                 )(send)
             if body is None:
                 return await _error(413, self._too_large("more"), {"connection": "close"})(send)
+            if len(body) >= UVICORN_HIGH_WATER:
+                await _resume_reading(receive)
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.inflight -= expected
@@ -128,6 +133,18 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+async def _resume_reading(receive) -> None:
+    """Ask for the next message without waiting for it.
+
+    uvicorn stops reading a socket while a large body is buffered and starts again only when asked
+    for more; until then it cannot see the client hang up, and work for a client that is gone would
+    be computed (``service.batching`` drops it when it notices).
+    """
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await receive()
 
 
 def _headers(scope) -> dict[str, str]:
