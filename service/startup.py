@@ -35,7 +35,7 @@ from models.device import resolve_device
 from service.config import Settings, SettingError
 from service.metrics import label_unknown_paths_together
 from service.served import served_tags
-from service.workers import close_run, current_run, open_run, register_worker, stop_server
+from service.workers import close_run, current_run, open_run, register_worker, stop_server, watch_workers
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def start_up() -> Settings:
             raise SystemExit(err.line) from None  # one line on stderr, exit status 1
         run = open_run()
         serve.call_on_close(lambda: _finish_run(run))
+        watch_workers(run)
         return settings
     run = current_run()
     index = _worker_index()

@@ -7,6 +7,7 @@ one that failed at once) emptied a running server's ``/metrics``. Each run gets 
     <run>/prometheus/   PROMETHEUS_MULTIPROC_DIR of this run's workers
     <run>/main          pid of the main process (circus' arbiter, the workers' parent)
     <run>/workers/<N>   pid of worker N while it runs; removed when it exits normally
+    <run>/workers/<N>.died  pid of the last worker N the main process saw die
     <run>/stopped       why a worker stopped the whole server
 
 The main process makes it (:func:`open_run`) before BentoML starts the workers and removes it when
@@ -21,7 +22,11 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
+
+import psutil  # a BentoML dependency
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +62,13 @@ def current_run() -> Path | None:
 
 
 def _alive(pid: int) -> bool:
+    """False for a process that is gone or a zombie (dead, not yet reaped: circus reaps every 10 s)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # exists, someone else's
+    except psutil.AccessDenied:  # exists, someone else's
         return True
-    return True
 
 
 def register_worker(run: Path, index: int) -> None:
@@ -79,7 +84,11 @@ def register_worker(run: Path, index: int) -> None:
     except (OSError, ValueError):
         previous = None
     if previous is not None and previous != pid and not _alive(previous):
-        log.warning("worker %d (pid %d) died and was replaced by pid %d", index, previous, pid)
+        reported = run / "workers" / f"{index}.died"
+        if reported.exists() and reported.read_text() == str(previous):  # the main process said so already
+            log.info("worker %d (pid %d) was replaced by pid %d", index, previous, pid)
+        else:
+            log.warning("worker %d (pid %d) died and was replaced by pid %d", index, previous, pid)
     record.write_text(str(pid))
 
     def forget() -> None:
@@ -89,7 +98,12 @@ def register_worker(run: Path, index: int) -> None:
         except (OSError, ValueError):
             pass
 
+    global _forget_this_worker
+    _forget_this_worker = forget
     atexit.register(forget)
+
+
+_forget_this_worker = lambda: None  # noqa: E731  (replaced by register_worker)
 
 
 def stop_server(run: Path, reason: str) -> bool:
@@ -98,6 +112,7 @@ def stop_server(run: Path, reason: str) -> bool:
     Only the worker's own parent is signalled, and only when it is the process that made ``run``.
     """
     (run / "stopped").write_text(reason)
+    _forget_this_worker()  # it exits on purpose: not a worker death to warn about
     try:
         main = int((run / "main").read_text())
     except (OSError, ValueError):
@@ -106,3 +121,33 @@ def stop_server(run: Path, reason: str) -> bool:
         return False
     os.kill(main, signal.SIGTERM)  # circus stops the workers, then `bentoml serve` returns
     return True
+
+
+def watch_workers(run: Path, every: float = 2.0) -> None:
+    """In the main process: warn when a worker's recorded process is gone (killed or crashed, not stopped).
+
+    The replacement says so too when circus starts one (:func:`register_worker`), but inside a container
+    (``BENTOML_CONTAINERIZED``) BentoML tells circus not to restart workers, and a server whose only worker
+    died would otherwise hang in silence. A daemon thread, reading a few small files every ``every`` s.
+    """
+    replaced = "BentoML does not restart workers inside a container (BENTOML_CONTAINERIZED); this server now has one fewer"
+    if "BENTOML_CONTAINERIZED" not in os.environ and "BENTOCLOUD_DEPLOYMENT_URL" not in os.environ:
+        replaced = "circus will start another"
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            for record in (run / "workers").glob("[0-9]*"):
+                if record.suffix:
+                    continue
+                try:
+                    pid = int(record.read_text())
+                except (OSError, ValueError):
+                    continue
+                reported = record.with_name(f"{record.name}.died")
+                if _alive(pid) or (reported.exists() and reported.read_text() == str(pid)):
+                    continue
+                log.warning("worker %s (pid %d) died; %s", record.name, pid, replaced)
+                reported.write_text(str(pid))
+
+    threading.Thread(target=watch, name="seqserve-worker-watch", daemon=True).start()
