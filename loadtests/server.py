@@ -28,11 +28,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_process(
+def started_process(
     command: list[str], *, port: int, ready_path: str = "/readyz", env: dict[str, str] | None = None,
     log: Path | None = None, timeout: float = 120.0,
-) -> Iterator[str]:
-    """Run ``command`` (which must listen on 127.0.0.1:``port``) and yield its URL once ``ready_path`` answers."""
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``command`` (which must listen on 127.0.0.1:``port``); yield its URL, once ``ready_path`` answers, and the process."""
     output = open(log, "w") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
@@ -53,7 +53,7 @@ def running_process(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{' '.join(command[:4])}… was not ready within {timeout:.0f}s{where}")
             time.sleep(0.3)
-        yield url
+        yield url, process
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -66,9 +66,26 @@ def running_process(
 
 
 @contextmanager
+def running_process(command: list[str], *, port: int, **options) -> Iterator[str]:
+    """``started_process`` for callers that need only the URL."""
+    with started_process(command, port=port, **options) as (url, _):
+        yield url
+
+
+def serve_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(port)]
+
+
+@contextmanager
+def started_server(env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120.0) -> Iterator[tuple[str, int]]:
+    """A fresh ``bentoml serve`` of seqserve on 127.0.0.1; yields its base URL and its PID (its workers are its children)."""
+    port = free_port()
+    with started_process(serve_command(port), port=port, env=env, log=log, timeout=timeout) as (url, process):
+        yield url, process.pid
+
+
+@contextmanager
 def running_server(env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120.0) -> Iterator[str]:
     """A fresh ``bentoml serve`` of seqserve on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(port)]
-    with running_process(command, port=port, env=env, log=log, timeout=timeout) as url:
+    with started_server(env, log, timeout) as (url, _):
         yield url
