@@ -1,14 +1,15 @@
-"""``python -m loadtests run …`` (a headless locust run with thresholds) or ``python -m loadtests bench …``."""
+"""``python -m loadtests run …`` (a headless locust run with thresholds), ``soak …`` (a bounded soak) or ``bench …``."""
 
 import sys
 
-USAGE = """usage: python -m loadtests {run,bench,hostile} [options]
+USAGE = """usage: python -m loadtests {run,soak,bench,hostile} [options]
 
   run      headless locust run against seqserve, summary and thresholds (loadtests/runner.py)
+  soak     a bounded soak before shipping: failures, p99 per minute, worker memory growth (loadtests/soak.py)
   bench    seqserve next to the model's own speed and other servers (loadtests/bench.py)
   hostile  hostile and careless clients, overload, /livez under saturation (loadtests/hostile.py)
 
-`python -m loadtests run --help` lists run's options."""
+`python -m loadtests run --help` (or soak, bench) lists a command's options."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests.runner import main as run
 
         return run(rest)
+    if command == "soak":
+        from loadtests.soak import main as soak
+
+        return soak(rest)
     if command == "bench":
         try:
             from loadtests.bench import main as bench

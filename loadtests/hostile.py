@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtests.server import running_server
+from loadtests.server import started_server
 
 
 def worker_peak_mb(server_pid: int | None) -> float:
@@ -228,10 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10, help="length of each overload run (default: 10)")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
-    holder: dict = {}
-    context = nullcontext(args.host) if args.host else running_server(on_start=holder.update)
-    with context as url:
-        rows, table = asyncio.run(run_cases(url, holder.get("pid"), args.seconds))
+    with nullcontext((args.host, None)) if args.host else started_server() as (url, server_pid):
+        rows, table = asyncio.run(run_cases(url, server_pid, args.seconds))
     report = format_report(rows, table)
     print(report)
     if args.out:

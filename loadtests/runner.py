@@ -18,13 +18,15 @@ import os
 import re
 import subprocess
 import sys
-from contextlib import nullcontext
+import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import httpx
 
-from loadtests.server import running_server
+from loadtests.server import started_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "loadtests" / "locust.conf"
@@ -48,20 +50,25 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def add_load_options(parser: argparse.ArgumentParser, *, duration: str, users: int, max_p99_ms: float) -> None:
+    """The options ``run`` and ``soak`` share: the load, the target, where the results go, the thresholds."""
+    add = parser.add_argument
+    add("--users", type=int, default=users, help="concurrent simulated clients (default %(default)s)")
+    add("--spawn-rate", type=float, default=16, help="clients started per second (default %(default)s)")
+    add("--duration", type=parse_duration, default=duration, help=f"run time: 90, 60s, 2m, 1h30m (default {duration})")
+    add("--host", help="URL of a running seqserve (default: start one on 127.0.0.1 and stop it afterwards)")
+    add("--out", type=Path, help="folder for the CSV stats, report.html and locust.log (default runs/<command>-<time>)")
+    add("--max-failure-rate", type=float, default=0.01, help="fail above this share of failures (default %(default)s)")
+    add("--max-p99-ms", type=float, default=max_p99_ms, help="fail above this p99 (default %(default)s)")
+    add("--max-instances", type=int, default=8, help="most instances in one request (default %(default)s)")
+    add("--models", default="", help="comma-separated names or tags to load; without --host, the ones served")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests run", description="A headless locust run against seqserve, a summary and thresholds."
     )
-    add = parser.add_argument
-    add("--users", type=int, default=64, help="concurrent simulated clients (default %(default)s)")
-    add("--spawn-rate", type=float, default=16, help="clients started per second (default %(default)s)")
-    add("--duration", type=parse_duration, default="60s", help="run time: 90, 60s, 2m, 1h30m (default 60s)")
-    add("--host", help="URL of a running seqserve (default: start one on 127.0.0.1 and stop it afterwards)")
-    add("--out", type=Path, help="folder for the CSV stats, report.html and locust.log (default runs/loadtest-<time>)")
-    add("--max-failure-rate", type=float, default=0.01, help="fail above this share of failures (default %(default)s)")
-    add("--max-p99-ms", type=float, default=500, help="fail above this aggregated p99 (default %(default)s)")
-    add("--max-instances", type=int, default=8, help="most instances in one request (default %(default)s)")
-    add("--models", default="", help="comma-separated names or tags to load; without --host, the ones served")
+    add_load_options(parser, duration="60s", users=64, max_p99_ms=500)
     return parser
 
 
@@ -162,36 +169,70 @@ def store_problem(wanted: list[str]) -> str | None:
     return None
 
 
-def locust_command(args: argparse.Namespace, host: str, out: Path) -> list[str]:
+def locust_command(args: argparse.Namespace, host: str, out: Path, extra: Sequence[str] = ()) -> list[str]:
     command = [
         sys.executable, "-m", "locust", "--config", str(CONF), "-f", str(LOCUSTFILE), "--headless", "--only-summary",
         "--csv", str(out / "locust"), "--html", str(out / "report.html"),
         "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{math.ceil(args.duration)}s",
-        "--host", host, "--max-instances", str(args.max_instances),
+        "--host", host, "--max-instances", str(args.max_instances), *extra,
     ]
     return command + (["--models", args.models] if args.models else [])
 
 
-def run_locust(args: argparse.Namespace, host: str, out: Path) -> dict[str, dict]:
-    """Run locust against ``host``, bounded in time; return the batch sizes the server saw meanwhile."""
+@contextmanager
+def target(args: argparse.Namespace, out: Path) -> Iterator[tuple[str, int | None]]:
+    """The server to load: ``--host`` as given (PID unknown), or one started here from the store, and its PID."""
+    if args.host:
+        yield args.host.rstrip("/"), None
+        return
+    wanted = [m.strip() for m in (args.models or os.environ.get("SEQSERVE_MODELS", "")).split(",") if m.strip()]
+    problem = store_problem(wanted)
+    if problem:
+        raise RunError(problem)
+    env = {"SEQSERVE_MODELS": ",".join(wanted)} if wanted else None
+    try:
+        with started_server(env, log=out / "server.log") as server:
+            yield server
+    except RuntimeError as err:  # the server did not start
+        raise RunError(str(err)) from None
+
+
+def run_locust(
+    args: argparse.Namespace, host: str, out: Path, extra: Sequence[str] = (),
+    every: tuple[float, Callable[[], None]] | None = None,
+) -> dict[str, dict]:
+    """Run locust against ``host``, bounded in time; return the batch sizes the server saw meanwhile.
+
+    ``every=(seconds, call)`` calls ``call`` that often while locust runs (the soak samples memory).
+    """
     try:
         httpx.get(f"{host}/models", timeout=10).raise_for_status()
         before = batch_sizes(httpx.get(f"{host}/metrics", timeout=10).text)
     except httpx.HTTPError as err:
         raise RunError(f"seqserve does not answer at {host}: {err}") from None
     timeout = args.duration + args.users / args.spawn_rate + GRACE_S
+    interval, call = every or (1.0, lambda: None)
     log = out / "locust.log"
     with open(log, "w") as f:
+        process = subprocess.Popen(locust_command(args, host, out, extra), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
         try:
-            done = subprocess.run(
-                locust_command(args, host, out), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
-            raise RunError(f"locust did not finish within {timeout:.0f}s and was stopped; see {log}") from None
+            while process.poll() is None:
+                if time.monotonic() > deadline:
+                    raise RunError(f"locust did not finish within {timeout:.0f}s and was stopped; see {log}")
+                call()
+                try:
+                    process.wait(timeout=interval)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     # Locust exits 1 when some requests failed, which the thresholds judge; anything else is a broken run.
-    if done.returncode not in (0, 1) or not (out / "locust_stats.csv").exists():
+    if process.returncode not in (0, 1) or not (out / "locust_stats.csv").exists():
         tail = "\n".join(log.read_text().splitlines()[-15:])
-        raise RunError(f"locust exited with {done.returncode}; the end of {log}:\n{tail}")
+        raise RunError(f"locust exited with {process.returncode}; the end of {log}:\n{tail}")
     try:
         after = batch_sizes(httpx.get(f"{host}/metrics", timeout=10).text)
     except httpx.HTTPError as err:
@@ -199,12 +240,27 @@ def run_locust(args: argparse.Namespace, host: str, out: Path) -> dict[str, dict
     return subtract(after, before)
 
 
-def summary(args: argparse.Namespace, host: str, out: Path, batches: dict[str, dict]) -> tuple[list[str], list[str]]:
-    """The printed summary, and the thresholds crossed (empty when the run passes)."""
+def totals(out: Path) -> tuple[list[dict], dict, int, int, float]:
+    """Locust's per-request stats rows, the Aggregated row, requests, failures and the failure rate."""
     rows = read_csv(out / "locust_stats.csv")
     total = next(row for row in rows if row["Name"] == "Aggregated")
     requests, failures = int(total["Request Count"]), int(total["Failure Count"])
-    rate = failures / requests if requests else 1.0
+    return rows, total, requests, failures, (failures / requests if requests else 1.0)
+
+
+def failure_lines(out: Path, most: int = 5) -> list[str]:
+    """The most frequent failure reasons, as the locustfile wrote them."""
+    reasons = sorted(read_csv(out / "locust_failures.csv"), key=lambda r: -int(r["Occurrences"]))
+    lines = []
+    for row in reasons[:most]:  # locust stores a failure as the repr of an exception around our reason
+        reason = re.sub(r"^CatchResponseError\((['\"])(.*)\1\)$", r"\2", row["Error"])
+        lines.append(f"  {row['Occurrences']:>6} x {row['Name']}: {reason[:160]}")
+    return lines
+
+
+def summary(args: argparse.Namespace, host: str, out: Path, batches: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """The printed summary, and the thresholds crossed (empty when the run passes)."""
+    rows, total, requests, failures, rate = totals(out)
     p99 = float(total["99%"]) if requests else math.inf
     lines = [f"seqserve load test: {args.users} users (+{args.spawn_rate:g}/s) for {args.duration:g}s against {host}"]
     lines += stats_table(rows)
@@ -212,10 +268,7 @@ def summary(args: argparse.Namespace, host: str, out: Path, batches: dict[str, d
         f"requests/s {float(total['Requests/s']):.1f}   p50 {total['50%']} ms   p95 {total['95%']} ms   "
         f"p99 {total['99%']} ms   failures {failures} of {requests} ({100 * rate:.2f}%)"
     )
-    reasons = sorted(read_csv(out / "locust_failures.csv"), key=lambda r: -int(r["Occurrences"]))
-    for row in reasons[:5]:  # locust stores a failure as the repr of an exception around our reason
-        reason = re.sub(r"^CatchResponseError\((['\"])(.*)\1\)$", r"\2", row["Error"])
-        lines.append(f"  {row['Occurrences']:>6} x {row['Name']}: {reason[:160]}")
+    lines += failure_lines(out)
     lines.append("batch size per forward pass on the server (seqserve_batch_size, this run only):")
     lines += [batch_size_line(model, h) for model, h in sorted(batches.items())] or ["  (no forward pass recorded)"]
     lines.append(f"report: {out / 'report.html'}   stats: {out / 'locust_stats.csv'}")
@@ -229,24 +282,19 @@ def summary(args: argparse.Namespace, host: str, out: Path, batches: dict[str, d
     return lines, crossed
 
 
+def out_folder(args: argparse.Namespace, name: str) -> Path:
+    out = args.out or ROOT / "runs" / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = args.out or ROOT / "runs" / f"loadtest-{datetime.now():%Y%m%d-%H%M%S}"
-    out.mkdir(parents=True, exist_ok=True)
-    wanted = [m.strip() for m in (args.models or os.environ.get("SEQSERVE_MODELS", "")).split(",") if m.strip()]
-    if args.host:
-        server = nullcontext(args.host.rstrip("/"))
-    else:
-        problem = store_problem(wanted)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-        env = {"SEQSERVE_MODELS": ",".join(wanted)} if wanted else None
-        server = running_server(env, log=out / "server.log")
+    out = out_folder(args, "loadtest")
     try:
-        with server as host:
+        with target(args, out) as (host, _):
             batches = run_locust(args, host, out)
-    except (RunError, RuntimeError) as err:  # RuntimeError: the local server did not start
+    except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     lines, crossed = summary(args, host, out, batches)

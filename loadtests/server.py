@@ -14,7 +14,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import httpx
 import psutil
@@ -36,21 +36,16 @@ def _children(pid: int) -> list[psutil.Process]:
 
 
 @contextmanager
-def running_process(
+def started_process(
     command: list[str], *, port: int, ready_path: str = "/readyz", env: dict[str, str] | None = None,
-    log: Path | None = None, timeout: float = 120.0, on_start: Callable[[dict], None] | None = None,
-) -> Iterator[str]:
-    """Run ``command`` (which must listen on 127.0.0.1:``port``) and yield its URL once ``ready_path`` answers.
-
-    ``on_start`` is told ``{"pid": …}``: the process, which leads its own process group (its workers).
-    """
+    log: Path | None = None, timeout: float = 120.0,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``command`` (which must listen on 127.0.0.1:``port``); yield its URL, once ``ready_path`` answers, and the process."""
     output = open(log, "w") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so stopping it stops its workers too
     )
-    if on_start:
-        on_start({"pid": process.pid})
     url = f"http://127.0.0.1:{port}"
     where = f"; its output is in {log}" if log else ""
     try:
@@ -66,7 +61,7 @@ def running_process(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{' '.join(command[:4])}… was not ready within {timeout:.0f}s{where}")
             time.sleep(0.3)
-        yield url
+        yield url, process
     finally:
         # circus gives each worker a process group of its own: note them, for the SIGKILL fallback.
         children = _children(process.pid)
@@ -86,12 +81,26 @@ def running_process(
 
 
 @contextmanager
-def running_server(
-    env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120.0,
-    on_start: Callable[[dict], None] | None = None,
-) -> Iterator[str]:
-    """A fresh ``bentoml serve`` of seqserve on 127.0.0.1; yields its base URL."""
+def running_process(command: list[str], *, port: int, **options) -> Iterator[str]:
+    """``started_process`` for callers that need only the URL."""
+    with started_process(command, port=port, **options) as (url, _):
+        yield url
+
+
+def serve_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(port)]
+
+
+@contextmanager
+def started_server(env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120.0) -> Iterator[tuple[str, int]]:
+    """A fresh ``bentoml serve`` of seqserve on 127.0.0.1; yields its base URL and its PID (its workers are its children)."""
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(port)]
-    with running_process(command, port=port, env=env, log=log, timeout=timeout, on_start=on_start) as url:
+    with started_process(serve_command(port), port=port, env=env, log=log, timeout=timeout) as (url, process):
+        yield url, process.pid
+
+
+@contextmanager
+def running_server(env: dict[str, str] | None = None, log: Path | None = None, timeout: float = 120.0) -> Iterator[str]:
+    """A fresh ``bentoml serve`` of seqserve on 127.0.0.1; yields its base URL."""
+    with started_server(env, log, timeout) as (url, _):
         yield url

@@ -28,6 +28,7 @@ from service.errors import ReadableValidationErrors
 from service.guard import RequestGuard
 from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError
 from service.metrics import observe_batch
+from service.openapi import SeqServeService
 from service.schemas import (
     CLASSIFY_INSTANCES,
     FORECAST_INSTANCES,
@@ -93,6 +94,8 @@ extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"])]
     # A tracing span per request costs about a third of the throughput of a small model; keep
     # tracing for everything else, and turn it back on by editing this list if you need it.
     tracing={"excluded_urls": ["/classify", "/forecast"]},
+    # The API page says seqserve, its version, GET /models and the errors we answer (service/openapi.py).
+    service_class=SeqServeService,
 )
 @bentoml.asgi_app(extra_routes, path="/")
 class SeqServe:

@@ -149,3 +149,25 @@ def test_headless_run_against_a_server_it_starts_itself(tmp_path):
     assert "requests/s" in done.stdout and "PASS" in done.stdout
     for tag in tags.split(","):
         assert f"  {tag}: " in done.stdout and "mean batch size" in done.stdout
+
+
+def test_soak_reports_failures_p99_per_minute_and_worker_memory(tmp_path):
+    from loadtests.server import started_server
+
+    tags = f"{tiny_models.store_classifier('soak-clf')},{tiny_models.store_forecaster('soak-fc')}"
+    out = tmp_path / "soak"
+    with started_server({"SEQSERVE_MODELS": tags}) as (url, pid):
+        command = [sys.executable, "-m", "loadtests", "soak", "--host", url, "--server-pid", str(pid), "--users", "2",
+                   "--spawn-rate", "2", "--duration", "6s", "--sample-every", "1s", "--max-p99-ms", "100000",
+                   "--out", str(out)]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "soak.json").read_text())
+    assert report["requests"] > 0 and report["passed"] and report["crossed"] == []
+    assert [m["minute"] for m in report["minutes"]] == [1] and report["minutes"][0]["requests"] > 0
+    assert report["minutes"][0]["p99_ms"] > 0 and report["minutes"][0]["worker_rss_mib"] > 10
+    memory = report["memory"]
+    assert memory["workers"] == 1 and memory["samples"] >= 3 and memory["growth_mib"] is not None
+    assert (out / "memory.csv").read_text().startswith("seconds,pid,rss_mib")
+    assert "minute" in done.stdout and "growth" in done.stdout and "PASS" in done.stdout
+    assert (out / "soak.txt").read_text() == done.stdout

@@ -144,13 +144,13 @@ def test_bad_forecast_instances_get_a_400(client, instance, words):
         ('{"instances": [{"sequence": [[1, 2, 3]], "colour": 1}]}', ["extra_forbidden", "colour"]),
         ('{"instances": ', ["json_invalid"]),
         ('{"rows": []}', ["missing", "instances"]),
-        ('[]', ["400"]),
+        ('[]', ["model_type", "body: Input should be an object"]),
     ],
 )
 def test_malformed_bodies_get_a_400_naming_the_location(client, body, words):
     response = client.post("/classify", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
-    text = str(response.json()) + " 400"
+    text = str(response.json())
     assert all(w in text for w in words), text
 
 

@@ -1,0 +1,170 @@
+"""The API page (``/docs.json``, rendered at ``/``) as seqserve's own: its name, version, routes and errors.
+
+BentoML builds the OpenAPI spec from the ``@bentoml.api`` methods (``_bentoml_sdk.service.openapi``): the
+request and answer schemas come from ``service.schemas`` and are right. What it cannot know, ``describe``
+corrects in one pass over BentoML's spec:
+
+* title, version and description: BentoML writes its own README, its contact and ``"version": "None"``;
+* ``GET /models``, a Starlette route mounted beside the APIs (BentoML documents only mounted FastAPI apps);
+* the errors: BentoML lists 404 and 500 in its own shapes and none of the answers seqserve gives
+  (400 from our checks, 401/408/413/415 from ``service.guard``, 503 with ``Retry-After`` when overloaded);
+* the OpenAPI version: pydantic writes JSON Schema 2020-12 (``"type": "null"``, ``examples``), which is
+  OpenAPI 3.1, not the 3.0.2 BentoML announces.
+
+``SeqServeService`` applies it through ``@bentoml.service(service_class=...)``, the hook BentoML offers
+for a service class of one's own, so the live page and the spec ``bentoml build`` stores agree.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+import attrs
+import bentoml
+from bentoml._internal.service.openapi.specification import Info, OpenAPISpecification, PathItem
+from pydantic import BaseModel, Field
+
+from service.config import Settings
+from service.schemas import ModelInfo
+
+REF = "#/components/schemas/{model}"
+
+
+class ErrorAnswer(BaseModel):
+    """Every error answer seqserve gives."""
+
+    error: str = Field(
+        description="What is wrong, in one line: the instance, the field and the problem when there is one; "
+        "at most a few problems, then how many more.",
+        examples=["instances[0].sequence: step 0 has 3 features; italypower-gru expects 1"],
+    )
+    detail: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Bodies that fail validation only: the first few problems as pydantic reports them "
+        "(loc, msg, type), for programs that read them.",
+        examples=[[{"type": "finite_number", "loc": ["instances", 0, "sequence", 0, 0], "msg": "Input should be a finite number"}]],
+    )
+
+
+def seqserve_version(svc: bentoml.Service | None = None) -> str:
+    """The installed package's version; a bento carries the code but not the package, so there the bento's."""
+    try:
+        return importlib.metadata.version("seqserve")
+    except importlib.metadata.PackageNotFoundError:
+        if svc is not None and svc.bento is not None and svc.bento.tag.version:
+            return f"bento {svc.bento.tag.version}"
+        return "unknown"
+
+
+def page_description(settings: Settings) -> str:
+    keys = (
+        "This server needs an API key on every path but "
+        + ", ".join(settings.open_paths)
+        + ": send `Authorization: Bearer <key>` (401 otherwise)."
+        if settings.api_keys
+        else "This server needs no API key (set `SEQSERVE_API_KEYS` to require one)."
+    )
+    return f"""\
+Recurrent sequence classifiers and forecasters (RNN, GRU, LSTM) trained by seqserve, served with batching.
+
+* `GET /models`: the served models, with each one's task, input features, labels or lookback and horizon,
+  test metrics and warnings. Read it first: it says what each model accepts.
+* `POST /classify`: a label and class probabilities per sequence.
+* `POST /forecast`: the next steps of each history, in that history's own scale, with quantiles when the
+  model has them.
+
+A request is `{{"instances": [...]}}`, answered in order. An instance may name its model (`name`, the newest
+served version, or `name:version`); without one, the endpoint's default model answers. Concurrent
+requests are merged into shared forward passes.
+
+Limits of this server: {settings.max_instances} instances per request, {settings.max_length} steps per
+sequence or history, {settings.max_body_bytes / 2**20:g} MiB per body, an answer within
+{settings.request_timeout_s:g} s. {keys}
+
+Every error is `{{"error": "..."}}`: 400 names the instance, the field and the problem; 413 a body over the
+limit; 415 a content type other than `application/json`; 408 a body that arrived too slowly; 503 (with
+`Retry-After`) an overloaded server or a missed deadline: retry later."""
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "content": _json({"$ref": REF.format(model="ErrorAnswer")})}
+    if retry_after:
+        answer["headers"] = {
+            "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
+        }
+    return answer
+
+
+UNAUTHORIZED = _error("No valid API key: only when the server has keys (`SEQSERVE_API_KEYS`).")
+API_ERRORS = {
+    "400": _error("The request cannot be answered as sent: the error names the instance, the field and the problem."),
+    "401": UNAUTHORIZED,
+    "408": _error("The body did not arrive within the server's body timeout."),
+    "413": _error("The body is over the server's size limit (`SEQSERVE_MAX_BODY_MB`): send fewer instances per request."),
+    "415": _error("The content type is not `application/json`."),
+    "503": _error("Overloaded, or the answer missed the request deadline: retry after `Retry-After` seconds.", retry_after=True),
+}
+
+MODELS_PATH = {
+    "get": {
+        "tags": ["Service APIs"],
+        "summary": "The served models",
+        "description": "Every served model: task, architecture, input features, labels (classifiers), lookback, "
+        "horizon and quantiles (forecasters), the longest input accepted, test metrics and training warnings.",
+        "operationId": "seqserve__models",
+        "responses": {
+            "200": {
+                "description": "One entry per served model.",
+                "content": _json({"type": "array", "items": {"$ref": REF.format(model="ModelInfo")}}),
+            },
+            "401": UNAUTHORIZED,
+        },
+    }
+}
+
+
+def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> OpenAPISpecification:
+    """BentoML's spec with seqserve's title, version, description, ``GET /models`` and real error answers."""
+    paths = dict(spec.paths)
+    for route, item in spec.paths.items():
+        if isinstance(item.post, dict) and "x-bentoml-name" in item.post:  # a @bentoml.api route
+            paths[route] = attrs.evolve(item, post={**item.post, "responses": {"200": item.post["responses"][200], **API_ERRORS}})
+    paths["/models"] = PathItem(get=MODELS_PATH["get"])
+    paths["/readyz"] = attrs.evolve(
+        paths["/readyz"], get=attrs.evolve(paths["/readyz"].get, responses={
+            **paths["/readyz"].get.responses, "503": {"description": "Not ready yet: the models are still loading."}
+        })
+    )
+
+    schemas = {
+        name: schema for name, schema in spec.components["schemas"].items()
+        # BentoML's error shapes and its task-queue status: no seqserve route answers with them.
+        if name not in ("InvalidArgument", "NotFound", "InternalServerError", "TaskStatusResponse")
+    }
+    for model in (ModelInfo, ErrorAnswer):
+        schemas[model.__name__] = model.model_json_schema(ref_template=REF)
+    return attrs.evolve(
+        spec,
+        openapi="3.1.0",
+        info=Info(title="seqserve", version=version, description=page_description(settings)),
+        tags=[
+            attrs.evolve(spec.tags[0], description="Classification, forecasting and the models that answer."),
+            *spec.tags[1:],
+        ],
+        paths=paths,
+        components={**spec.components, "schemas": schemas},
+    )
+
+
+class SeqServeService(bentoml.Service):
+    """A BentoML service whose API page is seqserve's (see ``describe``)."""
+
+    @property
+    def openapi_spec(self) -> OpenAPISpecification:
+        # The same environment service.app read its settings from at import.
+        return describe(super().openapi_spec, Settings.from_env(), seqserve_version(self))
