@@ -2,11 +2,14 @@
 
 from functools import partial
 
-from models.recurrent import CELLS, Forecaster, RecurrentEncoder, SequenceClassifier
+from models.recurrent import CELLS, ClassifierConfig, Forecaster, ForecasterConfig, RecurrentEncoder, SequenceClassifier
 from models.registry import create_model, list_models, register_model
 
 for _cell in CELLS:
     register_model(f"{_cell}_classifier", partial(SequenceClassifier, cell=_cell))
     register_model(f"{_cell}_forecaster", partial(Forecaster, cell=_cell))
 
-__all__ = ["CELLS", "Forecaster", "RecurrentEncoder", "SequenceClassifier", "create_model", "list_models"]
+__all__ = [
+    "CELLS", "ClassifierConfig", "Forecaster", "ForecasterConfig", "RecurrentEncoder", "SequenceClassifier",
+    "create_model", "list_models",
+]

@@ -6,6 +6,8 @@ C = classes, H = horizon, K = target channels, Q = quantiles.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,12 +65,73 @@ class RecurrentEncoder(nn.Module):
         return outputs, last
 
 
+class CausalConvFrontEnd(nn.Module):
+    """A strided causal ``Conv1d`` + GELU that shortens long sequences before the recurrence.
+
+    Output step ``j`` reads input steps ``j*stride - (kernel-1) .. j*stride`` only (left padding), so steps
+    after a sequence's end never reach its valid outputs and padding cannot change an answer. A sequence
+    of length ``L`` becomes ``ceil(L / stride)`` steps.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.kernel = max(3, 2 * stride)
+        self.conv = nn.Conv1d(in_channels, out_channels, self.kernel, stride=stride)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x: (B, T, F), lengths: (B,) or None -> (B, ceil(T / stride), out), lengths: (B,) or None
+        y = self.conv(F.pad(x.transpose(1, 2), (self.kernel - 1, 0)))  # (B, out, T')
+        y = F.gelu(y).transpose(1, 2)
+        if lengths is not None:
+            lengths = torch.div(lengths - 1, self.stride, rounding_mode="floor") + 1
+        return y, lengths
+
+
+def instance_standardize(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Standardise every sequence by its own per-feature mean and std over its valid steps.
+
+    x: (B, T, F), lengths: (B,) or None -> (B, T, F) with padded steps left at zero.
+    """
+    steps = torch.arange(x.shape[1], device=x.device)
+    if lengths is None:
+        mask = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
+    else:
+        mask = (steps[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)  # (B, T)
+    mask = mask.unsqueeze(-1)  # (B, T, 1)
+    count = mask.sum(dim=1, keepdim=True)  # (B, 1, 1)
+    mean = (x * mask).sum(dim=1, keepdim=True) / count
+    var = (((x - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
+    return (x - mean) / (var.sqrt() + 1e-5) * mask
+
+
+@dataclass
+class ClassifierConfig:
+    """Hyper-parameters of :class:`SequenceClassifier`; stored as the card's ``hparams``.
+
+    ``ClassifierConfig(**card.hparams)`` rebuilds it; fields added later default to the old behaviour,
+    so older cards still load.
+    """
+
+    n_features: int
+    n_classes: int
+    hidden_size: int = 64
+    num_layers: int = 2
+    dropout: float = 0.1
+    bidirectional: bool = False
+    instance_norm: bool = False  # also feed each sequence standardised by its own statistics
+    conv_stride: int = 0  # 0: no front end; k >= 1: a causal conv front end with stride k
+
+
 class SequenceClassifier(nn.Module):
     """Many-to-one classifier over variable-length multivariate sequences.
 
     Inputs are standardised per feature with statistics from the training data (stored as buffers, so
-    they travel with the weights), encoded by a :class:`RecurrentEncoder`, and summarised by the last
-    hidden state next to the mean of all valid steps; a linear head gives the logits.
+    they travel with the weights); with ``instance_norm`` every sequence standardised by its own
+    statistics is fed beside them (2F channels), so shape is seen apart from level. An optional causal
+    convolutional front end (``conv_stride``) extracts local patterns and shortens long sequences. A
+    :class:`RecurrentEncoder` reads the result, summarised by the last hidden state next to the mean of
+    all valid steps; a linear head gives the logits.
 
     Parameters
     ----------
@@ -76,6 +139,8 @@ class SequenceClassifier(nn.Module):
         F and C.
     cell, hidden_size, num_layers, dropout, bidirectional:
         Passed to :class:`RecurrentEncoder`.
+    instance_norm, conv_stride:
+        See :class:`ClassifierConfig`; both off by default (the original network).
     """
 
     def __init__(
@@ -87,23 +152,52 @@ class SequenceClassifier(nn.Module):
         num_layers: int = 2,
         dropout: float = 0.1,
         bidirectional: bool = False,
+        instance_norm: bool = False,
+        conv_stride: int = 0,
     ):
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_std", torch.ones(n_features))
-        self.encoder = RecurrentEncoder(n_features, hidden_size, num_layers, cell, dropout, bidirectional)
+        self.instance_norm = instance_norm
+        channels = 2 * n_features if instance_norm else n_features
+        self.front = CausalConvFrontEnd(channels, hidden_size, conv_stride) if conv_stride else None
+        if self.front is not None:
+            channels = hidden_size
+        self.encoder = RecurrentEncoder(channels, hidden_size, num_layers, cell, dropout, bidirectional)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * self.encoder.output_size, n_classes))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, T, F) zero-padded after each length, lengths: (B,) int64 on CPU or None -> logits: (B, C)
-        x = (x - self.feature_mean) / self.feature_std
-        outputs, last = self.encoder(x, lengths)  # (B, T, D), (B, D)
+        z = (x - self.feature_mean) / self.feature_std
+        if self.instance_norm:
+            z = torch.cat([z, instance_standardize(x, lengths)], dim=-1)  # (B, T, 2F)
+        if self.front is not None:
+            z, lengths = self.front(z, lengths)  # (B, T', hidden), T' = ceil(T / stride)
+        outputs, last = self.encoder(z, lengths)  # (B, T', D), (B, D)
         if lengths is None:
             mean = outputs.mean(dim=1)
         else:
             # Padded steps of `outputs` are zero, so a plain sum over time is the sum of valid steps.
             mean = outputs.sum(dim=1) / lengths.to(outputs.device, outputs.dtype).unsqueeze(1)
         return self.head(torch.cat([last, mean], dim=-1))
+
+
+@dataclass
+class ForecasterConfig:
+    """Hyper-parameters of :class:`Forecaster`; stored as the card's ``hparams``.
+
+    ``ForecasterConfig(**card.hparams)`` rebuilds it; fields added later default to the old behaviour.
+    """
+
+    n_features: int
+    n_targets: int
+    horizon: int
+    quantiles: list[float] = field(default_factory=list)
+    hidden_size: int = 64
+    num_layers: int = 2
+    dropout: float = 0.1
+    bidirectional: bool = False
+    skip_season: int = 0  # 0: none; m >= 1: the network predicts the residual over seasonal naive (lag m)
 
 
 class Forecaster(nn.Module):
@@ -125,6 +219,10 @@ class Forecaster(nn.Module):
         H, the steps forecast in one pass.
     quantiles:
         Quantile levels in (0, 1); empty for a point forecaster trained on absolute error.
+    skip_season:
+        With ``m >= 1`` the window's seasonal naive forecast (the last observed season, ``m = 1``: the last
+        value) is added to every output, so the network learns a correction to that baseline and starts
+        out as it (the head's last layer starts at zero). Needs a lookback of at least ``m``.
     """
 
     def __init__(
@@ -138,6 +236,7 @@ class Forecaster(nn.Module):
         num_layers: int = 2,
         dropout: float = 0.1,
         bidirectional: bool = False,
+        skip_season: int = 0,
     ):
         super().__init__()
         if not 1 <= n_targets <= n_features:
@@ -153,6 +252,10 @@ class Forecaster(nn.Module):
         self.head = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(self.encoder.output_size, horizon * n_targets * self.n_outputs)
         )
+        self.skip_season = skip_season
+        if skip_season:
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # x: (B, T, F) -> x_norm: (B, T, F), loc: (B, 1, F), scale: (B, 1, F)
@@ -166,10 +269,14 @@ class Forecaster(nn.Module):
         # x_norm: (B, T, F) -> (B, H, K, Q) in the window's normalised units, ordered along Q
         _, last = self.encoder(x_norm)
         raw = self.head(last).view(-1, self.horizon, self.n_targets, self.n_outputs)
-        if self.n_outputs == 1:
-            return raw
-        increments = F.softplus(raw[..., 1:])
-        return torch.cat([raw[..., :1], raw[..., :1] + increments.cumsum(dim=-1)], dim=-1)
+        if self.n_outputs > 1:
+            increments = F.softplus(raw[..., 1:])
+            raw = torch.cat([raw[..., :1], raw[..., :1] + increments.cumsum(dim=-1)], dim=-1)
+        if self.skip_season:
+            m = self.skip_season
+            steps = torch.arange(self.horizon, device=x_norm.device) % m - m  # offsets from the end, all < 0
+            raw = raw + x_norm[:, x_norm.shape[1] + steps, : self.n_targets, None]  # (B, H, K, 1)
+        return raw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, F), targets in the first K channels -> (B, H, K, Q) in the series' own scale

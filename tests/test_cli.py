@@ -22,40 +22,68 @@ def stored_tag(out: str) -> str:
     return next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("stored: "))
 
 
-def test_classify_dry_run_on_synthetic_stores_a_loadable_model(capsys, tmp_path):
-    code, out, err = run(capsys, "classify", "--dataset", "synthetic", "--name", "cli-clf", "--dry-run", "--report", str(tmp_path))
+QUICK = ("--epochs", "1", "--batch-size", "256")  # a real (stored) run in about a second
+
+
+@pytest.fixture(autouse=True)
+def cheap_baselines(monkeypatch, request):
+    """Skip 1-NN DTW and ETS (their size caps at zero) except in tests that check them: they cost seconds."""
+    if "strong_baselines" not in request.keywords:
+        monkeypatch.setattr("training.baselines.DTW_MAX_CELLS", 0)
+        monkeypatch.setattr("training.baselines.ETS_MAX_WINDOWS", 0)
+
+
+@pytest.mark.strong_baselines
+def test_classify_on_synthetic_stores_a_loadable_model_and_reports_dtw(capsys, tmp_path):
+    code, out, err = run(capsys, "classify", "--dataset", "synthetic", "--name", "cli-clf", *QUICK, "--report", str(tmp_path))
     assert code == 0, err
     tag = stored_tag(out)
-    assert "majority_class" in out and "accuracy" in out
+    assert "majority_class" in out and "dtw_1nn" in out and "accuracy" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["task"] == "classify" and metrics["model"] == tag
     assert set(metrics["test"]) == {"accuracy", "macro_f1"}
-    assert set(metrics["baselines"]["majority_class"]) == {"accuracy", "macro_f1"}
+    assert set(metrics["baselines"]) == {"majority_class", "dtw_1nn"}
+    assert set(metrics["baselines"]["dtw_1nn"]) == {"accuracy", "macro_f1"}
+    assert isinstance(metrics["beats_baseline"], bool) and isinstance(metrics["warnings"], list)
+    assert metrics["recipe"]["instance_norm"] is True and metrics["recipe"]["conv_stride"] == 1
     assert (tmp_path / "loss.png").stat().st_size > 0
     loaded = load_artifact(tag)
     assert loaded.card.task == "classify" and loaded.card.labels == ["sawtooth", "sine", "square"]
     assert loaded.card.data["train_fingerprint"]
+    assert loaded.card.metrics["warnings"] == metrics["warnings"]
+    assert loaded.card.training["recipe"] == metrics["recipe"]
 
 
-def test_forecast_dry_run_on_synthetic_with_quantiles(capsys, tmp_path):
+@pytest.mark.strong_baselines
+def test_forecast_on_synthetic_with_quantiles_reports_ets(capsys, tmp_path):
     code, out, err = run(
         capsys, "forecast", "--dataset", "synthetic", "--arch", "lstm", "--horizon", "6", "--quantiles", "0.1,0.9",
-        "--name", "cli-fc", "--dry-run", "--report", str(tmp_path),
+        "--eval", "last-horizon", "--name", "cli-fc", *QUICK, "--report", str(tmp_path),
     )
     assert code == 0, err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"mae", "rmse", "smape", "mase"} <= set(metrics["test"])
-    assert set(metrics["baselines"]) == {"naive", "seasonal_naive"}
+    assert set(metrics["baselines"]) == {"naive", "seasonal_naive", "ets"}
+    assert metrics["recipe"]["evaluation"] == "last-horizon"
     assert (tmp_path / "forecasts.png").exists()
     card = load_artifact(stored_tag(out)).card
     assert (card.horizon, card.lookback, card.quantiles) == (6, 24, [0.1, 0.5, 0.9])
-    assert card.arch == "lstm" and card.data["season"] == 24
+    assert card.arch == "lstm" and card.data["season"] == 24 and card.hparams["skip_season"] == 24
+
+
+@pytest.mark.parametrize("task", ["classify", "forecast"])
+def test_dry_run_stores_nothing(capsys, tmp_path, task):
+    before = {info.tag for info in list_artifacts()}
+    code, out, err = run(capsys, task, "--dataset", "synthetic", "--name", f"dry-{task}", "--dry-run", "--report", str(tmp_path))
+    assert code == 0, err
+    assert "not stored (--dry-run)" in out
+    assert {info.tag for info in list_artifacts()} == before
 
 
 def test_the_same_seed_repeats_a_cpu_run_exactly(capsys, tmp_path):
     tags = []
     for run_index in range(2):
-        code, out, err = run(capsys, "classify", "--dataset", "synthetic", "--name", "seeded", "--seed", "7", "--dry-run", "--report", str(tmp_path / str(run_index)))
+        code, out, err = run(capsys, "classify", "--dataset", "synthetic", "--name", "seeded", "--seed", "7", *QUICK, "--report", str(tmp_path / str(run_index)))
         assert code == 0, err
         tags.append(stored_tag(out))
     first, second = (load_artifact(tag) for tag in tags)
@@ -82,7 +110,7 @@ def test_classify_from_csv_files_with_string_labels(capsys, tmp_path):
     frame[frame.sample_id >= 30].to_csv(tmp_path / "test.csv", index=False)
     code, out, err = run(
         capsys, "classify", "--data", str(tmp_path / "train.csv"), "--test-data", str(tmp_path / "test.csv"),
-        "--arch", "rnn", "--name", "csv-clf", "--dry-run", "--report", str(tmp_path / "report"),
+        "--arch", "rnn", "--name", "csv-clf", *QUICK, "--report", str(tmp_path / "report"),
     )
     assert code == 0, err
     card = load_artifact(stored_tag(out)).card
@@ -90,7 +118,7 @@ def test_classify_from_csv_files_with_string_labels(capsys, tmp_path):
 
 
 def test_list_shows_stored_models(capsys, tmp_path):
-    run(capsys, "classify", "--dataset", "synthetic", "--name", "listed", "--dry-run", "--report", str(tmp_path))
+    run(capsys, "classify", "--dataset", "synthetic", "--name", "listed", *QUICK, "--report", str(tmp_path))
     code, out, _ = run(capsys, "list")
     assert code == 0
     assert out.splitlines()[0].split() == ["model", "task", "arch", "test", "metrics", "created"]
@@ -107,9 +135,19 @@ def test_bad_data_is_a_clear_error_not_a_traceback(capsys, tmp_path):
 
 def test_series_too_short_for_the_lookback_is_a_clear_error(capsys, tmp_path):
     pd.DataFrame({"value": np.arange(30.0)}).to_csv(tmp_path / "short.csv", index=False)
-    code, _, err = run(capsys, "forecast", "--data", str(tmp_path / "short.csv"), "--horizon", "12", "--name", "short", "--dry-run")
+    code, _, err = run(capsys, "forecast", "--data", str(tmp_path / "short.csv"), "--horizon", "12", "--lookback", "24",
+                       "--name", "short", "--dry-run")
     assert code == 2
-    assert "30 steps" in err and "needs at least" in err
+    assert "every series is too short for lookback 24 and horizon 12" in err and "has 30 steps" in err
+
+
+def test_a_short_single_series_trains_with_a_lookback_chosen_to_fit(capsys, tmp_path):
+    pd.DataFrame({"value": np.sin(np.arange(30.0))}).to_csv(tmp_path / "short.csv", index=False)
+    code, out, err = run(capsys, "forecast", "--data", str(tmp_path / "short.csv"), "--horizon", "12", "--name", "short",
+                         "--dry-run", "--report", str(tmp_path / "report"))
+    assert code == 0, err
+    recipe = json.loads((tmp_path / "report" / "metrics.json").read_text())["recipe"]
+    assert (recipe["evaluation"], recipe["lookback"], recipe["lookback_source"]) == ("last-horizon", 6, "chosen from the data")
 
 
 def test_unknown_dataset_lists_the_built_ins(capsys):
@@ -117,9 +155,9 @@ def test_unknown_dataset_lists_the_built_ins(capsys):
     assert code == 2 and "gunpoint" in err and "japanesevowels" in err
 
 
-@pytest.mark.parametrize("command", ["classify", "forecast", "list"])
+@pytest.mark.parametrize("command", ["classify", "forecast", "list", "bench"])
 def test_python_dash_m_and_help(command):
     result = subprocess.run([sys.executable, "-m", "training", command, "--help"], capture_output=True, text=True, check=True)
     assert "usage: seqserve-train" in result.stdout
-    if command != "list":
+    if command in ("classify", "forecast"):
         assert "--name" in result.stdout and "built-in datasets:" in result.stdout

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import (DataError, SequenceDataset, SeriesCollection, check_compatible, fingerprint,
-                           read_classification, read_series)
+from training.data import DataError, SequenceDataset, SeriesCollection, fingerprint
+from training.read_classification import check_compatible, read_classification
+from training.read_series import read_series
 from training.datasets import CLASSIFICATION_DATASETS, FORECAST_DATASETS, load_classification, load_series
 from training.windows import make_windows, split_by_time, split_points, train_series
 
@@ -373,6 +374,8 @@ def test_builtin_classification_is_valid(name):
     ("italypower", 67, 1029, 1, (24, 24)),
     ("japanesevowels", 270, 370, 12, (7, 29)),
     ("basicmotions", 40, 40, 6, (100, 100)),
+    ("osuleaf", 200, 242, 1, (427, 427)),
+    ("acsf1", 100, 100, 1, (1460, 1460)),
 ])
 def test_builtin_classification_shapes(name, n_train, n_test, n_features, lengths):
     train, test = load_classification(name)
@@ -388,7 +391,8 @@ def test_builtin_label_names():
 
 
 @pytest.mark.parametrize("name, n_series, length, season", [
-    ("synthetic", 3, 600, 24), ("co2", 1, 2284, 52), ("airline", 1, 144, 12)])
+    ("synthetic", 3, 600, 24), ("co2", 1, 2284, 52), ("airline", 1, 144, 12), ("sunspots", 1, 309, None),
+    ("nile", 1, 100, None), ("elnino", 1, 732, 12), ("macrodata", 8, 203, 4)])
 def test_builtin_series(name, n_series, length, season):
     col = load_series(name)
     assert FORECAST_DATASETS[name] and col.source == f"builtin:{name}"
@@ -404,6 +408,8 @@ def test_builtin_values():
     assert 310 < co2.min() < co2.max() < 380  # ppm, gaps interpolated
     scales = [np.abs(s).mean() for s in load_series("synthetic").series]
     assert scales[2] / scales[0] > 500
+    assert load_series("elnino").series[0][:2, 0].tolist() == pytest.approx([23.11, 24.2])  # Jan, Feb 1950
+    assert load_series("macrodata").series[0][0, 0] == pytest.approx(2710.349)  # real GDP, 1959 Q1
 
 
 def test_unknown_builtin_lists_names():
@@ -415,8 +421,8 @@ def test_unknown_builtin_lists_names():
 
 def test_builtins_do_not_import_slow_modules():
     code = ("import sys; from training.datasets import load_classification, load_series; "
-            "load_classification('gunpoint'); load_series('co2'); "
-            "print([m for m in ('aeon.datasets', 'numba', 'statsmodels.datasets') if m in sys.modules])")
+            "load_classification('gunpoint'); load_series('co2'); load_series('macrodata'); "
+            "print([m for m in ('aeon.datasets', 'numba', 'statsmodels.datasets', 'statsmodels.tsa') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -27,8 +27,9 @@ def test_unknown_model_lists_the_valid_ones():
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n.endswith("_classifier")])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_classifier_padding_never_changes_an_answer(name, bidirectional):
-    model = build(name, bidirectional=bidirectional, num_layers=2)
+@pytest.mark.parametrize("recipe", [{}, {"instance_norm": True, "conv_stride": 1}, {"instance_norm": True, "conv_stride": 4}])
+def test_classifier_padding_never_changes_an_answer(name, bidirectional, recipe):
+    model = build(name, bidirectional=bidirectional, num_layers=2, **recipe)
     g = torch.Generator().manual_seed(1)
     sequences = [torch.randn(n, FEATURES, generator=g).numpy() for n in (9, 1, 30, 17)]
     x, lengths = pad_sequences(sequences)
@@ -42,8 +43,9 @@ def test_classifier_padding_never_changes_an_answer(name, bidirectional):
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n.endswith("_forecaster")])
-def test_forecaster_shapes_and_batch_invariance(name):
-    model = build(name)
+@pytest.mark.parametrize("skip_season", [0, 1, 7])
+def test_forecaster_shapes_and_batch_invariance(name, skip_season):
+    model = build(name, skip_season=skip_season)
     x = torch.randn(6, 24, FEATURES)
     with torch.inference_mode():
         out = model(x)
@@ -53,8 +55,9 @@ def test_forecaster_shapes_and_batch_invariance(name):
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n.endswith("_forecaster")])
-def test_forecaster_answers_in_the_series_own_scale(name):
-    model = build(name)
+@pytest.mark.parametrize("skip_season", [0, 7])
+def test_forecaster_answers_in_the_series_own_scale(name, skip_season):
+    model = build(name, skip_season=skip_season)
     x = torch.randn(3, 24, FEATURES)
     with torch.inference_mode():
         small = model(x)
@@ -87,3 +90,12 @@ def test_unknown_cell_and_bad_quantiles_are_refused():
         RecurrentEncoder(3, cell="tcn")
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         Forecaster(3, 1, 4, quantiles=[0.5, 1.0])
+
+
+def test_a_fresh_seasonal_skip_forecaster_is_seasonal_naive():
+    model = build("gru_forecaster", skip_season=4)  # the head starts at zero: the baseline, exactly
+    x = torch.randn(2, 24, FEATURES) * 10 + 3
+    with torch.inference_mode():
+        out = model(x)[..., 0]  # (B, H, K)
+    expected = torch.stack([x[:, 24 - 4 + h % 4, :2] for h in range(HORIZON)], dim=1)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@
     seqserve-train classify --data train.csv --test-data test.csv --arch lstm --name my-clf
     seqserve-train forecast --data sales.parquet --arch gru --horizon 12 --quantiles 0.1,0.5,0.9 --name sales-gru
     seqserve-train list
+    seqserve-train bench --datasets synthetic --seeds 0,1
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from pathlib import Path
 from models import CELLS
 from models.artifact import ArtifactError, list_artifacts
 from models.device import resolve_device
-from training import datasets, report
-from training.classify import NetworkOptions, RunResult, stratified_split, train_classifier
-from training.data import DataError, SequenceDataset, read_classification, read_series
-from training.forecast import train_forecaster
+from training import bench, datasets, report
+from training.classify import stratified_split, train_classifier
+from training.data import DataError, SequenceDataset
+from training.forecast import PROTOCOLS, train_forecaster
 from training.loop import TrainConfig
+from training.read_classification import read_classification
+from training.read_series import read_series
+from training.types import NetworkOptions, RunResult
 
 
 def _quantiles(text: str) -> list[float]:
@@ -50,11 +54,11 @@ def _fraction(text: str) -> float:
     return value
 
 
-# Defaults per task: classification sets are small (tens to hundreds of sequences) and need many small
-# steps; forecasting windows number from tens to many thousands, so their batch and epochs are sized
-# to the data (None = auto, see training.loop.sized_for).
-CLASSIFY_DEFAULTS = TrainConfig(epochs=300, batch_size=16, patience=50)
+# Both tasks size batch and epochs to the data (None = auto, see training.classify / training.loop.sized_for):
+# classification sets run from tens to thousands of sequences, forecasting from tens to many thousands of windows.
+CLASSIFY_DEFAULTS = TrainConfig(epochs=None, batch_size=None, patience=None)
 FORECAST_DEFAULTS = TrainConfig(epochs=None, batch_size=None, patience=None)
+PROGRESS_SECONDS = 5.0  # a plain progress line this often when stderr is not a terminal
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: TrainConfig, bidirectional: bool) -> None:
@@ -76,27 +80,27 @@ def _add_common(parser: argparse.ArgumentParser, defaults: TrainConfig, bidirect
 
     opt = parser.add_argument_group("optimisation")
     auto = "auto: sized to the data"
-    opt.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help=f"maximum epochs (default: {defaults.epochs or auto + ', ~1500 steps'})")
+    opt.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help=f"maximum epochs (default: {defaults.epochs or auto + ', ~1200-1500 optimiser steps'})")
     opt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help=f"(default: {defaults.batch_size or auto + ', 8 to 64'})")
     opt.add_argument("--lr", type=float, default=defaults.lr, help=f"peak AdamW learning rate of the one-cycle schedule (default: {defaults.lr})")
     opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help=f"AdamW weight decay (default: {defaults.weight_decay})")
     opt.add_argument("--patience", type=_positive_int, default=defaults.patience, help=f"stop after this many epochs without a better validation loss (default: {defaults.patience or 'a quarter of the epochs'})")
     opt.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help=f"gradient clipping norm (default: {defaults.clip_norm})")
-    opt.add_argument("--val-fraction", type=_fraction, default=None, help="share of the training data held out for early stopping (default: 0.2 classify, 0.1 forecast)")
+    opt.add_argument("--val-fraction", type=_fraction, default=None, help="share of the training data held out for early stopping (default: classify 0.2 from 500 sequences on, else none; forecast 0.1 under --eval windows)")
     opt.add_argument("--seed", type=int, default=0, help="random seed; the same seed repeats a CPU run exactly (default: 0)")
     opt.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = CUDA when present)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--name", required=True, help="model name in the BentoML store; every run adds a new version")
     out.add_argument("--report", type=Path, default=None, help="folder for metrics.json and plots (default: runs/<name>-<time>)")
-    out.add_argument("--dry-run", action="store_true", help="one epoch of two batches: checks data and settings in seconds")
+    out.add_argument("--dry-run", action="store_true", help="one epoch of two batches and no strong baselines: checks data and settings in seconds; stores nothing")
     out.add_argument("--no-save", action="store_true", help="train and report, but do not store the model")
-    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    out.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqserve-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{classify,forecast,list}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{classify,forecast,list,bench}")
 
     clf = commands.add_parser(
         "classify",
@@ -119,15 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(fc, FORECAST_DEFAULTS, bidirectional=False)
     fc.add_argument("--horizon", type=_positive_int, default=12, help="steps to forecast (default: 12)")
-    fc.add_argument("--lookback", type=_positive_int, default=None, help="history steps the model reads (default: one season, at least 2x horizon and 24)")
+    fc.add_argument("--lookback", type=_positive_int, default=None, help="history steps the model reads (default: chosen from the data: one season, at least 2x horizon and 24, shorter for panels of short series)")
     fc.add_argument("--quantiles", type=_quantiles, default=[], help="comma-separated quantile levels, e.g. 0.1,0.5,0.9 (0.5 is always added)")
     fc.add_argument("--season", type=_positive_int, default=None, help="seasonal period for the seasonal naive baseline and MASE (default: the dataset's, else inferred)")
-    fc.add_argument("--test-fraction", type=_fraction, default=0.2, help="last share of every series kept for testing (default: 0.2)")
+    fc.add_argument("--test-fraction", type=_fraction, default=0.2, help="last share of every series kept for testing under --eval windows (default: 0.2)")
+    fc.add_argument(
+        "--eval", choices=PROTOCOLS, default="auto",
+        help="windows: rolling test windows over the last --test-fraction of every series; last-horizon: the last "
+        "--horizon steps of every series (the M4/Monash protocol); auto (default): windows when every series is "
+        "long enough for them, else last-horizon",
+    )
     fc.add_argument("--id-col", default="series_id", help="column naming the series a row belongs to (default: series_id)")
     fc.add_argument("--time-col", default="timestamp", help="column ordering rows in time (default: timestamp)")
     fc.add_argument("--target", action="append", default=None, help="column to forecast; repeat for several (default: value); other numeric columns are past covariates")
 
     commands.add_parser("list", help="list stored seqserve models", description="List every seqserve model version in the BentoML store.")
+    bench.add_parser(commands)
     return parser
 
 
@@ -142,6 +153,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         max_batches=2 if args.dry_run else None,
         progress=not args.quiet and sys.stderr.isatty(),
+        log_every=0.0 if args.quiet or sys.stderr.isatty() else PROGRESS_SECONDS,
     )
 
 
@@ -175,7 +187,8 @@ def run_classify(args: argparse.Namespace) -> RunResult:
             train, test = _split_file_dataset(train, args.seed)
     return train_classifier(
         train, test, name=args.name, network=_network(args), config=_config(args), device=resolve_device(args.device),
-        report_dir=_report_dir(args), val_fraction=args.val_fraction or 0.2, save=not args.no_save,
+        report_dir=_report_dir(args), val_fraction=args.val_fraction, save=not (args.no_save or args.dry_run),
+        strong_baselines=not args.dry_run,
     )
 
 
@@ -184,12 +197,11 @@ def run_forecast(args: argparse.Namespace) -> RunResult:
         collection = datasets.load_series(args.dataset)
     else:
         collection = read_series(args.data, id_col=args.id_col, time_col=args.time_col, targets=args.target)
-    season = args.season or collection.season or 1
-    lookback = args.lookback or max(season, 2 * args.horizon, 24)
     return train_forecaster(
         collection, name=args.name, network=_network(args), config=_config(args), device=resolve_device(args.device),
-        report_dir=_report_dir(args), lookback=lookback, horizon=args.horizon, quantiles=args.quantiles,
-        season=args.season, test_fraction=args.test_fraction, val_fraction=args.val_fraction or 0.1, save=not args.no_save,
+        report_dir=_report_dir(args), lookback=args.lookback, horizon=args.horizon, quantiles=args.quantiles,
+        season=args.season, evaluation=args.eval, test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction or 0.1, save=not (args.no_save or args.dry_run), strong_baselines=not args.dry_run,
     )
 
 
@@ -214,15 +226,26 @@ def run_list() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "quiet", True):
+        logging.getLogger("training").setLevel(logging.INFO)  # the recipe and the plain progress lines
     try:
         if args.command == "list":
             run_list()
             return 0
-        result = run_classify(args) if args.command == "classify" else run_forecast(args)
+        if args.command == "bench":
+            return bench.run(args, train_one)
+        result = train_one(args)
     except (DataError, ArtifactError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.format_table(result.test, result.baselines))
+    for sentence in result.warnings:
+        print(f"warning: {sentence}")
     print(f"report: {result.report_dir}")
-    print(f"stored: {result.tag}" if result.tag else "not stored (--no-save)")
+    print(f"stored: {result.tag}" if result.tag else f"not stored ({'--dry-run' if args.dry_run else '--no-save'})")
     return 0
+
+
+def train_one(args: argparse.Namespace) -> RunResult:
+    """Run the ``classify`` or ``forecast`` command ``args`` describe."""
+    return run_classify(args) if args.command == "classify" else run_forecast(args)

@@ -4,7 +4,8 @@ Classification: ``load_classification(name) -> (train, test)``; names in ``CLASS
 Forecasting: ``load_series(name) -> SeriesCollection``; names in ``FORECAST_DATASETS``.
 
 The archive datasets come from files that ship inside installed wheels: the UCR/UEA
-``.ts`` files in ``aeon`` and the Mauna Loa CO2 CSV in ``statsmodels``. We locate them
+``.ts`` files and the airline CSV in ``aeon``, and the CO2, sunspots, Nile, El Niño and US
+macroeconomic CSVs in ``statsmodels``. We locate them
 with ``importlib.resources`` and parse them here, without importing ``aeon.datasets`` or
 ``statsmodels.datasets`` (both are slow to import). Nothing is downloaded.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data import DataError, SequenceDataset, SeriesCollection, encode_labels
+from training.data import DataError, SequenceDataset, SeriesCollection
+from training.read_classification import encode_labels
 
 CLASSIFICATION_DATASETS: dict[str, str] = {}  # name -> one-line description
 FORECAST_DATASETS: dict[str, str] = {}
@@ -105,6 +107,10 @@ _archive("japanesevowels", "JapaneseVowels", "UEA JapaneseVowels: 9 speakers; 12
          "unequal lengths 7-29, 270 train / 370 test")
 _archive("basicmotions", "BasicMotions", "UEA BasicMotions: smartwatch activity, 4 classes; 6 features, "
          "length 100, 40 train / 40 test")
+_archive("osuleaf", "OSULeaf", "UCR OSULeaf: leaf outlines, 6 classes; univariate, length 427, "
+         "200 train / 242 test")
+_archive("acsf1", "ACSF1", "UCR ACSF1: appliance power consumption, 10 classes; univariate, length 1460, "
+         "100 train / 100 test")
 
 
 def _ts_dataset(path: Path, source: str, label_names: list[str] | None = None) -> SequenceDataset:
@@ -193,3 +199,41 @@ def _airline() -> SeriesCollection:
     df = pd.read_csv(str(path)).sort_values("Date")
     values = df["Passengers"].to_numpy(np.float32)[:, None]
     return SeriesCollection([values], ["airline"], ["passengers"], [], 12, "builtin:airline")
+
+
+def _statsmodels_csv(folder: str) -> pd.DataFrame:
+    return pd.read_csv(str(files("statsmodels") / "datasets" / folder / f"{folder}.csv"))
+
+
+@_register(FORECAST_DATASETS, _FORECAST_LOADERS, "sunspots",
+           "yearly sunspot activity, 1700-2008, 309 years; an ~11-year cycle of varying length, no fixed season")
+def _sunspots() -> SeriesCollection:
+    values = _statsmodels_csv("sunspots").sort_values("YEAR")["SUNACTIVITY"].to_numpy(np.float32)[:, None]
+    return SeriesCollection([values], ["sunspots"], ["sunactivity"], [], None, "builtin:sunspots")
+
+
+@_register(FORECAST_DATASETS, _FORECAST_LOADERS, "nile",
+           "yearly flow of the Nile at Aswan (10^8 m^3), 1871-1970, 100 years, no season")
+def _nile() -> SeriesCollection:
+    values = _statsmodels_csv("nile").sort_values("year")["volume"].to_numpy(np.float32)[:, None]
+    return SeriesCollection([values], ["nile"], ["volume"], [], None, "builtin:nile")
+
+
+@_register(FORECAST_DATASETS, _FORECAST_LOADERS, "elnino",
+           "monthly sea surface temperature of the El Nino region (deg C), 1950-2010, 732 months, season 12")
+def _elnino() -> SeriesCollection:
+    wide = _statsmodels_csv("elnino").sort_values("YEAR").drop(columns="YEAR")  # one row per year, 12 months
+    values = wide.to_numpy(np.float32).reshape(-1, 1)  # (years * 12, 1), month after month
+    return SeriesCollection([values], ["elnino"], ["temperature"], [], 12, "builtin:elnino")
+
+
+MACRO_SERIES = ["realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1", "pop"]
+
+
+@_register(FORECAST_DATASETS, _FORECAST_LOADERS, "macrodata",
+           "US quarterly macroeconomic levels 1959-2009 as a panel of 8 series (real GDP, consumption, "
+           "investment, government spending, disposable income, CPI, M1, population), 203 quarters, season 4")
+def _macrodata() -> SeriesCollection:
+    df = _statsmodels_csv("macrodata").sort_values(["year", "quarter"])
+    series = [df[column].to_numpy(np.float32)[:, None] for column in MACRO_SERIES]
+    return SeriesCollection(series, MACRO_SERIES, ["value"], [], 4, "builtin:macrodata")

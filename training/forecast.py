@@ -1,24 +1,40 @@
-"""Train a direct multi-horizon forecaster, compare it with naive and seasonal naive, and store it."""
+"""Train a direct multi-horizon forecaster, compare it with naive, seasonal naive and ETS, and store it.
+
+The default recipe (every choice is recorded in the card's ``training["recipe"]`` and the report):
+
+* the season: the one given, else the data's (from timestamps), else inferred (``resolve_season``);
+* the protocol (``evaluation="auto"``): rolling ``windows`` over the last 20% of every series when every
+  series is long enough for them (many test windows: a steadier estimate), else ``last-horizon``;
+* the lookback from the data (``training.windows.choose_lookback``); series too short for one
+  training window and the held-out part are skipped with a WARNING, and only an empty panel is refused;
+* the network predicts a correction to the window's seasonal naive forecast (``skip_season``), so
+  it starts from the baseline it has to beat;
+* batch and epochs sized to the number of windows (``training.loop.sized_for``); under ``last-horizon``
+  there is no validation part, so the whole schedule runs and the last epoch is kept.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models import create_model
+from models import ForecasterConfig, create_model
 from models.artifact import ModelCard, save_artifact
-from training import report
-from training.classify import NetworkOptions, RunResult
-from training.data import SeriesCollection, fingerprint
+from training import baselines as strong, report
+from training.data import DataError, SeriesCollection, fingerprint
 from training.loop import TrainConfig, fit, seed_everything, sized_for
-from training.metrics import forecast_metrics, mase_scale, naive_forecast, seasonal_naive_forecast
-from training.windows import split_by_time, train_series
+from training.metrics import (compare_with_baselines, forecast_metrics, mase_scale, naive_forecast,
+                              seasonal_naive_forecast)
+from training.types import NetworkOptions, RunResult
+from training.windows import Windows, choose_lookback, fits, last_horizon_split, long_enough, split_by_time, train_series
 
 log = logging.getLogger(__name__)
+
+PROTOCOLS = ("auto", "windows", "last-horizon")
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: list[float]) -> torch.Tensor:
@@ -30,19 +46,31 @@ def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: list[float
     return torch.maximum(q * error, (q - 1) * error).mean()
 
 
-def infer_season(train_parts: list[np.ndarray], max_lag: int) -> int:
-    """The lag (≥2) with the strongest autocorrelation of the first target's differences, or 1 if none is clear."""
+def resolve_season(given: int | None, collection: SeriesCollection, horizon: int) -> tuple[int, str]:
+    """The one place the season is decided: (season, where it came from).
+
+    Given > the collection's (timestamps or the built-in's) > the lag (≥2) with the strongest mean
+    autocorrelation of the first target's differences over the series' in-sample parts (everything
+    before their last ``max(horizon, 20%)`` steps), when it exceeds 0.3; else 1 (no season).
+    """
+    if given:
+        return given, "given"
+    if collection.season:
+        return collection.season, "data"
+    parts = [s[: len(s) - max(horizon, round(0.2 * len(s))), 0] for s in collection.series]
     best_lag, best_score = 1, 0.3  # below this the "season" is noise
-    for lag in range(2, max_lag + 1):
+    for lag in range(2, 400):
         scores = []
-        for part in train_parts:
-            diff = np.diff(part[:, 0])
+        for part in parts:
+            diff = np.diff(part)
             if len(diff) <= 2 * lag or diff.std() == 0:
                 continue
             scores.append(np.corrcoef(diff[:-lag], diff[lag:])[0, 1])
-        if scores and np.mean(scores) > best_score:
+        if not scores:
+            break
+        if np.mean(scores) > best_score:
             best_lag, best_score = lag, float(np.mean(scores))
-    return best_lag
+    return best_lag, "inferred from autocorrelation" if best_lag > 1 else "none found"
 
 
 @torch.no_grad()
@@ -64,35 +92,56 @@ def train_forecaster(
     config: TrainConfig,
     device: torch.device,
     report_dir: Path,
-    lookback: int,
     horizon: int,
     quantiles: list[float],
+    lookback: int | None = None,
     season: int | None = None,
+    evaluation: str = "auto",
     test_fraction: float = 0.2,
     val_fraction: float = 0.1,
     save: bool = True,
+    strong_baselines: bool = True,
 ) -> RunResult:
-    """The whole forecasting run: window, split by time, train, evaluate, store, report."""
+    """The whole forecasting run: choose season, protocol and lookback, window, train, evaluate, store, report."""
+    if evaluation not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation {evaluation!r}; valid: {', '.join(PROTOCOLS)}")
     seed_everything(config.seed)
-    k = len(collection.target_names)
-    # The training part of every series: the only data MASE scales and season inference may look at.
-    split = {"horizon": horizon, "test_fraction": test_fraction, "val_fraction": val_fraction}
-    parts = [p[:, :k] for p in train_series(collection, **split)]
-    train_w, val_w, test_w = split_by_time(collection, lookback=lookback, **split)
-    season = season or collection.season or infer_season(parts, max_lag=min(lookback, 400))
+    k = collection.n_targets
+    season, season_source = resolve_season(season, collection, horizon)
+    lengths = [len(s) for s in collection.series]
+    split = {"test_fraction": test_fraction, "val_fraction": val_fraction}
+    if evaluation == "auto":
+        probe = lookback or choose_lookback(lengths, horizon=horizon, season=season, protocol="windows")
+        every_fits = all(fits("windows", lookback=probe, horizon=horizon, length=n, **split) for n in lengths)
+        evaluation = "windows" if every_fits else "last-horizon"
+    lookback_source = "given" if lookback else "chosen from the data"
+    lookback = lookback or choose_lookback(lengths, horizon=horizon, season=season, protocol=evaluation)
+    sizes = {"lookback": lookback, "horizon": horizon, **(split if evaluation == "windows" else {})}
+    kept, skipped = long_enough(collection, evaluation, **sizes)
+    if not kept.series:
+        raise DataError(f"{collection.source}: every series is too short for lookback {lookback} and horizon "
+                        f"{horizon} under the {evaluation} evaluation (the longest has {max(lengths)} steps); "
+                        f"use a shorter lookback/horizon")
+    if skipped:
+        log.warning("%s: skipped %d of %d series too short for one training window and the test part "
+                    "(lookback %d, horizon %d, %s evaluation): %s", collection.source, len(skipped), len(lengths),
+                    lookback, horizon, evaluation, ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
 
-    hparams = {
-        "n_features": len(collection.target_names) + len(collection.covariate_names),
-        "n_targets": k,
-        "horizon": horizon,
-        "quantiles": sorted(quantiles),
-        "hidden_size": network.hidden_size,
-        "num_layers": network.num_layers,
-        "dropout": network.dropout,
-        "bidirectional": network.bidirectional,
-    }
+    if evaluation == "windows":
+        train_w, val_w, test_w = split_by_time(kept, lookback=lookback, horizon=horizon, **split)
+        parts = [p[:, :k] for p in train_series(kept, horizon=horizon, **split)]  # MASE's in-sample parts
+    else:
+        train_w, test_w = last_horizon_split(kept, lookback=lookback, horizon=horizon)
+        val_w = Windows(train_w.inputs[:0], train_w.targets[:0], train_w.series_index[:0], train_w.start[:0])
+        parts = [s[: len(s) - horizon, :k] for s in kept.series]
+
+    hparams = ForecasterConfig(
+        n_features=len(kept.column_names), n_targets=k, horizon=horizon, quantiles=sorted(quantiles),
+        hidden_size=network.hidden_size, num_layers=network.num_layers, dropout=network.dropout,
+        bidirectional=network.bidirectional, skip_season=season if lookback >= season else 1,
+    )
     model_name = f"{network.arch}_forecaster"
-    model = create_model(model_name, **hparams).to(device)
+    model = create_model(model_name, **dataclasses.asdict(hparams)).to(device)
 
     def make_batch(indices: np.ndarray, is_train: bool):
         windows = train_w if is_train else val_w
@@ -109,46 +158,91 @@ def train_forecaster(
         return pinball_loss(model.forward_normalized(x_norm), y_norm, model.quantiles)
 
     config = sized_for(config, len(train_w.inputs))
+    recipe = {
+        "evaluation": evaluation,
+        "season": season,
+        "season_source": season_source,
+        "lookback": lookback,
+        "lookback_source": lookback_source,
+        "series_skipped": len(skipped),
+        "skip_season": hparams.skip_season,
+        "validation": f"{len(val_w)} windows, early stopping" if len(val_w) else "none: keeps the last epoch",
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "lr": config.lr,
+    }
+    log.info("recipe: %s", recipe)
     history = fit(model, len(train_w.inputs), len(val_w.inputs), make_batch, loss_fn, config)
 
     predicted = predict_windows(model, test_w.inputs, device)  # (N, H, K, Q)
     point = predicted[..., model.point_index]
     scales = np.stack([mase_scale(parts[s], season) for s in range(len(parts))])[test_w.series_index]  # (N, K)
     test_metrics = forecast_metrics(test_w.targets, point, scales)
-    args = (collection.series, test_w.series_index, test_w.start, horizon, k)
+    args = (kept.series, test_w.series_index, test_w.start, horizon, k)
     baselines = {"naive": forecast_metrics(test_w.targets, naive_forecast(*args), scales)}
+    notes = {"naive": "the last observed value"}
     if season > 1 and test_w.start.min() >= season:
         baselines["seasonal_naive"] = forecast_metrics(test_w.targets, seasonal_naive_forecast(*args, season), scales)
+        notes["seasonal_naive"] = f"the last observed season (lag {season})"
+    if strong_baselines:
+        ets, notes["ets"] = _ets(kept, parts, test_w, horizon, season)
+        if ets is not None:
+            baselines["ets"] = forecast_metrics(test_w.targets, ets, scales)
+    else:
+        notes["ets"] = "skipped: dry run"
     if model.quantiles:
         inside = (test_w.targets >= predicted[..., 0]) & (test_w.targets <= predicted[..., -1])
         test_metrics[f"coverage_{model.quantiles[0]}_{model.quantiles[-1]}"] = float(inside.mean())
+    beats, warnings = compare_with_baselines("forecast", test_metrics, baselines)
+    for sentence in warnings:
+        log.warning("%s: %s", name, sentence)
+    metrics = {"test": test_metrics, "baselines": baselines, "baseline_notes": notes,
+               "beats_baseline": beats, "warnings": warnings}
 
     card = ModelCard(
         task="forecast",
         model_name=model_name,
-        hparams=hparams,
-        features=[*collection.target_names, *collection.covariate_names],
-        targets=collection.target_names,
+        hparams=dataclasses.asdict(hparams),
+        features=kept.column_names,
+        targets=kept.target_names,
         lookback=lookback,
         horizon=horizon,
         quantiles=model.quantiles,
         normalization={"kind": "per_window_standardization", "floor": "1e-6 * (|mean| + 1e-6)"},
-        metrics={"test": test_metrics, "baselines": baselines},
+        metrics=metrics,
         data={
             "source": collection.source,
             "fingerprint": fingerprint(collection),
-            "series": len(collection.series),
+            "series": len(kept.series),
+            "series_skipped": len(skipped),
             "n_train_windows": len(train_w.inputs),
             "n_val_windows": len(val_w.inputs),
             "n_test_windows": len(test_w.inputs),
-            "test_fraction": test_fraction,
+            "evaluation": evaluation,
+            "test_fraction": test_fraction if evaluation == "windows" else None,
             "season": season,
         },
-        training={**asdict(config), **history.summary(), "device": str(device)},
+        training={**dataclasses.asdict(config), **history.summary(), "device": str(device), "recipe": recipe},
     )
     tag = save_artifact(name, model, card) if save else None
     report_dir.mkdir(parents=True, exist_ok=True)
-    report.write_metrics(report_dir, "forecast", tag or f"{name}:unsaved", test_metrics, baselines)
+    report.write_metrics(report_dir, "forecast", tag or f"{name}:unsaved", metrics, recipe)
     report.plot_history(report_dir, history)
-    report.plot_forecasts(report_dir, test_w.inputs, test_w.targets, predicted, model.quantiles, collection.target_names[0])
-    return RunResult(tag, test_metrics, baselines, report_dir)
+    report.plot_forecasts(report_dir, test_w.inputs, test_w.targets, predicted, model.quantiles, kept.target_names[0])
+    return RunResult(tag, test_metrics, baselines, report_dir, warnings, card.training)
+
+
+def _ets(kept: SeriesCollection, parts: list[np.ndarray], test_w: Windows, horizon: int, season: int):
+    """ETS forecasts for every test window (N, H, K), fitted on each series' in-sample part, or (None, why)."""
+    k = kept.n_targets
+    origins = [[kept.series[s][:t, :k] for s, t in zip(test_w.series_index, test_w.start) if s == i]
+               for i in range(len(kept.series))]
+    per_series, note = strong.ets_forecasts(parts, origins, horizon, season)
+    if per_series is None:
+        return None, note
+    out = np.empty(test_w.targets.shape, dtype=np.float32)
+    filled = [0] * len(kept.series)
+    for row, s in enumerate(test_w.series_index):
+        out[row] = per_series[s][filled[s]]
+        filled[s] += 1
+    return out, note

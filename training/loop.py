@@ -1,7 +1,9 @@
 """The training loop shared by both tasks: AdamW, one-cycle schedule, gradient clipping, early stopping.
 
 A task supplies ``make_batch(indices) -> batch`` and ``loss_fn(model, batch) -> scalar``; the loop
-knows nothing about classification or forecasting.
+knows nothing about classification or forecasting. Without validation rows it runs the whole
+schedule and keeps the last epoch (the one-cycle schedule has annealed the learning rate to ~0 by then).
+Progress is a tqdm bar on a terminal, else (``log_every`` seconds) a plain INFO line per interval.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class TrainConfig:
     clip_norm: float = 1.0
     seed: int = 0
     max_batches: int | None = None  # per epoch; set by --dry-run
-    progress: bool = True
+    progress: bool = True  # a tqdm bar (terminals)
+    log_every: float = 0.0  # seconds between plain progress lines (logger training.loop, INFO); 0: none
 
 
 @dataclass
@@ -53,9 +56,10 @@ class History:
         return {
             "epochs_run": len(self.train_loss),
             "best_epoch": self.best_epoch,
-            "best_val_loss": self.best_val_loss,
+            "best_val_loss": self.best_val_loss if self.val_loss else None,
             "stopped_early": self.stopped_early,
             "seconds": round(self.seconds, 2),
+            "seconds_per_epoch": round(self.seconds / max(1, len(self.train_loss)), 3),
         }
 
 
@@ -97,9 +101,10 @@ def fit(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
     )
     history = History()
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = copy.deepcopy(model.state_dict()) if n_val else None
     started = time.perf_counter()
     bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress, leave=False)
+    last_line = started
     for epoch in bar:
         model.train()
         losses = []
@@ -112,16 +117,26 @@ def fit(
             schedule.step()
             losses.append(loss.item())
         history.train_loss.append(float(np.mean(losses)))
-        history.val_loss.append(evaluate_loss(model, n_val, make_batch, loss_fn, config))
-        if history.val_loss[-1] < history.best_val_loss - config.min_delta:
-            history.best_val_loss, history.best_epoch = history.val_loss[-1], epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", val=f"{history.val_loss[-1]:.4f}", best=history.best_epoch)
-        if epoch + 1 - history.best_epoch >= config.patience:
+        if n_val:
+            history.val_loss.append(evaluate_loss(model, n_val, make_batch, loss_fn, config))
+            if history.val_loss[-1] < history.best_val_loss - config.min_delta:
+                history.best_val_loss, history.best_epoch = history.val_loss[-1], epoch + 1
+                best_state = copy.deepcopy(model.state_dict())
+        else:
+            history.best_epoch = epoch + 1
+        val = f"{history.val_loss[-1]:.4f}" if n_val else "-"
+        bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", val=val, best=history.best_epoch)
+        now = time.perf_counter()
+        if config.log_every and (now - last_line >= config.log_every or epoch + 1 == config.epochs):
+            last_line = now
+            log.info("epoch %d/%d loss %.4f val %s best epoch %d (%.0fs)", epoch + 1, config.epochs,
+                     history.train_loss[-1], val, history.best_epoch, now - started)
+        if n_val and epoch + 1 - history.best_epoch >= config.patience:
             history.stopped_early = True
             break
     bar.close()
-    model.load_state_dict(best_state)
+    if n_val:
+        model.load_state_dict(best_state)
     history.seconds = time.perf_counter() - started
     log.info("trained %d epochs in %.1fs; best epoch %d", len(history.train_loss), history.seconds, history.best_epoch)
     return history

@@ -75,3 +75,34 @@ def seasonal_naive_forecast(
     for row, (s, t) in enumerate(zip(series_index, start)):
         out[row] = series[s][t + steps, :n_targets]
     return out
+
+
+BASELINE_NAMES = {"majority_class": "majority class", "dtw_1nn": "1-NN DTW", "naive": "naive",
+                  "seasonal_naive": "seasonal naive", "ets": "ETS"}
+
+
+def compare_with_baselines(task: str, test: dict[str, float], baselines: dict[str, dict[str, float]]) -> tuple[bool, list[str]]:
+    """(beats its simplest baseline, warnings as sentences) for a model's test metrics.
+
+    Classification is judged on accuracy against the majority class, forecasting on MASE against the
+    better of naive and seasonal naive. A strong baseline (1-NN DTW, ETS) the model does not reach adds
+    a warning too, but does not make ``beats_baseline`` false.
+    """
+    if task == "classify":
+        key, better, simple, strong = "accuracy", max, ["majority_class"], ["dtw_1nn"]
+    else:
+        key, better, simple, strong = "mase", min, ["naive", "seasonal_naive"], ["ets"]
+    model = test[key]
+    simple_scores = {name: baselines[name][key] for name in simple if name in baselines}
+    best_name = better(simple_scores, key=simple_scores.get)
+    wins = (lambda a, b: a > b) if better is max else (lambda a, b: a < b)
+    warnings = []
+    beats = wins(model, simple_scores[best_name])
+    if not beats:
+        warnings.append(f"the model does not beat its simplest baseline: test {key} {model:.3f} against "
+                        f"{simple_scores[best_name]:.3f} for {BASELINE_NAMES[best_name]}")
+    for name in strong:
+        if name in baselines and not wins(model, baselines[name][key]) and model != baselines[name][key]:
+            warnings.append(f"the model does not reach the {BASELINE_NAMES[name]} baseline: test {key} "
+                            f"{model:.3f} against {baselines[name][key]:.3f}")
+    return beats, warnings

@@ -15,11 +15,12 @@ import numpy as np  # noqa: E402
 from training.loop import History  # noqa: E402
 
 
-def write_metrics(folder: Path, task: str, tag: str, test: dict, baselines: dict[str, dict]) -> Path:
-    """``metrics.json``: ``{"task", "model", "test": {...}, "baselines": {"<baseline>": {...}}}``."""
+def write_metrics(folder: Path, task: str, tag: str, metrics: dict[str, Any], recipe: dict[str, Any]) -> Path:
+    """``metrics.json``: ``{"task", "model", "test", "baselines", "baseline_notes", "beats_baseline",
+    "warnings", "recipe"}``; ``metrics`` is the card's metrics dict, ``recipe`` the choices the run made."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "metrics.json"
-    path.write_text(json.dumps({"task": task, "model": tag, "test": test, "baselines": baselines}, indent=2))
+    path.write_text(json.dumps({"task": task, "model": tag, **metrics, "recipe": recipe}, indent=2, default=str))
     return path
 
 
@@ -28,7 +29,8 @@ def plot_history(folder: Path, history: History) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = np.arange(1, len(history.train_loss) + 1)
     ax.plot(epochs, history.train_loss, label="train loss")
-    ax.plot(epochs, history.val_loss, label="validation loss")
+    if history.val_loss:
+        ax.plot(epochs, history.val_loss, label="validation loss")
     ax.axvline(history.best_epoch, color="grey", linestyle="--", label=f"best epoch ({history.best_epoch})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")

@@ -1,4 +1,4 @@
-"""Forecasting windows and the train / validation / test split in time.
+"""Forecasting windows, the two evaluation protocols, and the lookback chosen from the data.
 
 A window is ``lookback`` steps of every column (targets, then covariates) as input and the
 next ``horizon`` steps of the target columns as the answer. ``split_by_time`` cuts each
@@ -10,6 +10,12 @@ series into three parts along time::
 A window belongs to the part that holds ALL its forecast (target) steps. Its inputs may
 reach back into earlier parts - that is standard and leaks nothing - but no training or
 validation target ever lies in the test part.
+
+``last_horizon_split`` is the protocol of the M3/M4/Monash tables: the last ``horizon`` steps
+of every series are the test (one window per series), every earlier window trains, and there
+is no validation part::
+
+    |<---------------- train ---------------->|<- test (horizon) ->|
 """
 
 from __future__ import annotations
@@ -91,6 +97,50 @@ def split_by_time(collection: SeriesCollection, *, lookback: int, horizon: int, 
         val.append((val_start, test_start - horizon))
         test.append((test_start, len(s) - horizon))
     return tuple(_cut(collection, lookback, horizon, ranges, 1) for ranges in (train, val, test))
+
+
+def last_horizon_split(collection: SeriesCollection, *, lookback: int, horizon: int) -> tuple[Windows, Windows]:
+    """(train, test) windows: the last ``horizon`` steps of every series are its one test window.
+
+    Every series needs ``lookback + 2 * horizon`` steps (one training window and the test part);
+    filter shorter ones out first with ``long_enough``.
+    """
+    _check_sizes(lookback, horizon, 1)
+    train = [(lookback, len(s) - 2 * horizon) for s in collection.series]
+    test = [(len(s) - horizon, len(s) - horizon) for s in collection.series]
+    return _cut(collection, lookback, horizon, train, 1), _cut(collection, lookback, horizon, test, 1)
+
+
+def fits(protocol: str, *, lookback: int, horizon: int, length: int, test_fraction: float = 0.2,
+               val_fraction: float = 0.1) -> bool:
+    """Whether a series of ``length`` steps holds one training window and the held-out parts of ``protocol``."""
+    if protocol == "last-horizon":
+        return length >= lookback + 2 * horizon
+    val_start, _ = split_points(length, horizon=horizon, test_fraction=test_fraction, val_fraction=val_fraction)
+    return val_start - horizon >= lookback
+
+
+def long_enough(collection: SeriesCollection, protocol: str, **sizes) -> tuple[SeriesCollection, list[str]]:
+    """The collection without the series too short for ``protocol`` (see ``fits``), and their ids."""
+    keep = [i for i, s in enumerate(collection.series) if fits(protocol, length=len(s), **sizes)]
+    dropped = [sid for i, sid in enumerate(collection.series_ids) if i not in set(keep)]
+    kept = SeriesCollection([collection.series[i] for i in keep], [collection.series_ids[i] for i in keep],
+                            collection.target_names, collection.covariate_names, collection.season, collection.source)
+    return kept, dropped
+
+
+def choose_lookback(lengths: list[int], *, horizon: int, season: int, protocol: str) -> int:
+    """The history a model reads when the user names none.
+
+    Wanted: one season, at least twice the horizon and 24 steps. Under ``last-horizon`` (panels of short
+    series) it shrinks so that nine series in ten keep a training window, but never below one season
+    and 3 steps; the rest are skipped.
+    """
+    wanted = max(season, 2 * horizon, 24)
+    if protocol != "last-horizon":
+        return wanted
+    room = int(np.percentile(np.asarray(lengths) - 2 * horizon, 10))  # 10th percentile of what fits
+    return int(max(season, 3, min(wanted, room)))
 
 
 def train_series(collection: SeriesCollection, *, horizon: int, test_fraction: float = 0.2,

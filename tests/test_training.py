@@ -1,0 +1,187 @@
+"""The training package's parts: metrics against hand-computed values, the loop's early stopping, the
+warning when a model does not beat its baseline, short series in a panel, the chosen lookback, the
+config round trip through the card, and the benchmark command."""
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from models import ClassifierConfig, ForecasterConfig, create_model
+from models.artifact import load_artifact
+from training import datasets
+from training.cli import build_parser, main, train_one
+from training.data import SeriesCollection
+from training.forecast import train_forecaster
+from training.loop import TrainConfig, fit
+from training.metrics import (compare_with_baselines, forecast_metrics, macro_f1, mase_scale,
+                              majority_class_baseline, seasonal_naive_forecast, accuracy)
+from training.types import NetworkOptions
+from training.windows import choose_lookback, last_horizon_split, long_enough
+
+# ----------------------------------------------------------------------------- metrics, by hand
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    y_true, y_pred = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0])
+    assert accuracy(y_true, y_pred) == 0.6
+    # class 0: tp 1, fp 1, fn 1 -> 0.5; class 1: tp 2, fp 1, fn 0 -> 0.8; class 2: 0 -> mean 1.3 / 3
+    assert macro_f1(y_true, y_pred, 3) == pytest.approx(1.3 / 3)
+    assert majority_class_baseline(np.array([1, 1, 0]), y_true, 3)["accuracy"] == 0.4
+
+
+def test_mase_smape_and_seasonal_naive_by_hand():
+    train = np.array([[1.0], [3.0], [2.0], [4.0], [3.0]])  # lag-2 differences 1, 1, 1
+    assert mase_scale(train, 2).tolist() == [1.0]
+    assert mase_scale(train, 1).tolist() == [1.5]  # |2| + |1| + |2| + |1| over 4
+    y_true, y_pred = np.array([[[2.0], [4.0]]]), np.array([[[3.0], [4.0]]])  # (N=1, H=2, K=1)
+    metrics = forecast_metrics(y_true, y_pred, np.array([[2.0]]))
+    assert metrics["mae"] == 0.5 and metrics["rmse"] == pytest.approx(np.sqrt(0.5))
+    assert metrics["mase"] == 0.25  # MAE 0.5 over scale 2
+    assert metrics["smape"] == pytest.approx(100 * (2 * 1 / 5) / 2)  # 40% on the first step, 0 on the second
+    series = [np.arange(10.0)[:, None]]
+    forecast = seasonal_naive_forecast(series, np.array([0]), np.array([6]), 3, 1, season=2)
+    assert forecast[0, :, 0].tolist() == [4.0, 5.0, 4.0]
+
+
+def test_compare_with_baselines_says_why():
+    beats, warnings = compare_with_baselines("classify", {"accuracy": 0.3}, {"majority_class": {"accuracy": 0.39}})
+    assert not beats
+    assert warnings == ["the model does not beat its simplest baseline: test accuracy 0.300 against 0.390 for majority class"]
+    beats, warnings = compare_with_baselines(
+        "forecast", {"mase": 0.9}, {"naive": {"mase": 1.5}, "seasonal_naive": {"mase": 1.0}, "ets": {"mase": 0.8}})
+    assert beats and warnings == ["the model does not reach the ETS baseline: test mase 0.900 against 0.800"]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    model = torch.nn.Linear(1, 1)
+    val_losses = iter([3.0, 1.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    seen = []
+
+    def loss_fn(model, batch):
+        if batch == "val":
+            seen.append(float(model.weight.detach()))
+            return torch.tensor(next(val_losses))
+        return (model.weight - 5.0).pow(2).sum()
+
+    config = TrainConfig(epochs=20, batch_size=1, patience=3, lr=0.1, progress=False)
+    history = fit(model, 1, 1, lambda idx, is_train: "train" if is_train else "val", loss_fn, config)
+    assert history.best_epoch == 2 and history.stopped_early and len(history.train_loss) == 5
+    assert model.weight.item() == pytest.approx(seen[1])  # the weights of epoch 2, not of the last
+
+
+def test_without_validation_the_loop_runs_every_epoch_and_keeps_the_last():
+    model = torch.nn.Linear(1, 1)
+    config = TrainConfig(epochs=4, batch_size=1, patience=1, progress=False)
+    history = fit(model, 1, 0, lambda idx, is_train: None, lambda m, b: m.weight.pow(2).sum(), config)
+    assert len(history.train_loss) == 4 and history.best_epoch == 4 and not history.val_loss
+
+
+# ----------------------------------------------------------------------------- configs round-trip
+
+
+def test_configs_round_trip_and_old_cards_load():
+    config = ForecasterConfig(n_features=2, n_targets=1, horizon=3, skip_season=4)
+    assert ForecasterConfig(**dataclasses.asdict(config)) == config
+    old_card_hparams = {"n_features": 3, "n_classes": 2, "hidden_size": 8}  # written before the new fields
+    assert ClassifierConfig(**old_card_hparams).conv_stride == 0
+    model = create_model("gru_classifier", **old_card_hparams)
+    assert model.front is None and not model.instance_norm
+
+
+# ----------------------------------------------------------------------------- panels of short series
+
+
+def short_panel(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    series = [(10 + np.cumsum(rng.normal(0.5, 1.0, n))).astype(np.float32)[:, None] for n in lengths]
+    return SeriesCollection(series, [f"T{i}" for i in range(len(lengths))], ["value"], [], None, "test:panel")
+
+
+def test_choose_lookback_fits_most_short_series():
+    assert choose_lookback([600] * 3, horizon=12, season=24, protocol="windows") == 24
+    lengths = list(range(15, 59))
+    lookback = choose_lookback(lengths, horizon=6, season=1, protocol="last-horizon")
+    assert lookback == int(np.percentile(np.array(lengths) - 12, 10))
+    kept, dropped = long_enough(short_panel(lengths), "last-horizon", lookback=lookback, horizon=6)
+    assert len(dropped) <= 0.1 * len(lengths) + 1 and len(kept.series) + len(dropped) == len(lengths)
+
+
+def test_last_horizon_split_holds_out_the_last_horizon_of_every_series():
+    panel = short_panel([20, 30])
+    train, test = last_horizon_split(panel, lookback=4, horizon=6)
+    assert test.start.tolist() == [14, 24] and test.series_index.tolist() == [0, 1]
+    assert (train.start + 6 <= np.array([14, 24])[train.series_index]).all()  # no training target in the test part
+    np.testing.assert_array_equal(test.targets[1, :, 0], panel.series[1][24:, 0])
+
+
+def test_a_panel_of_short_series_trains_and_counts_what_it_skips(tmp_path, caplog):
+    panel = short_panel([8, 10, *range(15, 59)])  # two series too short for any window
+    with caplog.at_level(logging.WARNING):
+        result = train_forecaster(
+            panel, name="panel", network=NetworkOptions(hidden_size=8, num_layers=1), device=torch.device("cpu"),
+            config=TrainConfig(epochs=1, batch_size=64, progress=False), report_dir=tmp_path, horizon=6,
+            quantiles=[], save=False, strong_baselines=False,
+        )
+    assert result.training["recipe"]["evaluation"] == "last-horizon"
+    assert result.training["recipe"]["lookback_source"] == "chosen from the data"
+    skipped = result.training["recipe"]["series_skipped"]
+    assert skipped >= 2
+    assert f"skipped {skipped} of 46 series too short" in caplog.text and "T0, T1" in caplog.text
+
+
+# ----------------------------------------------------------------------------- never a silent failure
+
+
+def test_a_model_that_does_not_beat_its_baseline_is_flagged_everywhere(capsys, caplog, tmp_path, monkeypatch):
+    monkeypatch.setattr("training.baselines.DTW_MAX_CELLS", 0)
+    # An untrained network (the optimiser never steps) on a balanced 3-class set: at best a coin toss.
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: None)
+    monkeypatch.setattr("training.classify.majority_class_baseline", lambda *a: {"accuracy": 0.99, "macro_f1": 0.99})
+    with caplog.at_level(logging.WARNING):
+        code = main(["classify", "--dataset", "synthetic", "--name", "weak", "--epochs", "1", "--batch-size", "256",
+                     "--report", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "does not beat its simplest baseline" in caplog.text
+    assert "warning: the model does not beat its simplest baseline" in out
+    tag = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("stored: "))
+    card = load_artifact(tag).card
+    assert card.metrics["beats_baseline"] is False
+    assert card.metrics["warnings"][0].startswith("the model does not beat its simplest baseline: test accuracy")
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def test_bench_on_synthetic_writes_a_table_and_stores_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("training.baselines.DTW_MAX_CELLS", 0)  # the table says "skipped"; DTW is tested in test_cli
+    from models.artifact import list_artifacts
+
+    before = {info.tag for info in list_artifacts()}
+    output = tmp_path / "BENCH.md"
+    args = build_parser().parse_args(["bench", "--datasets", "classify:synthetic", "--output", str(output), "--quiet"])
+    from training import bench
+
+    def quick(parsed):
+        parsed.epochs, parsed.batch_size = 1, 256
+        return train_one(parsed)
+
+    assert bench.run(args, quick) == 0
+    text = output.read_text()
+    assert "| synthetic | 0 |" in text and "| skipped |" in text and "1-NN DTW" in text and "s/epoch" in text
+    assert {info.tag for info in list_artifacts()} == before
+
+
+def test_bench_knows_every_built_in():
+    from training.bench import _selected
+
+    assert len(_selected("all")) == len(datasets.CLASSIFICATION_DATASETS) + len(datasets.FORECAST_DATASETS)
+    assert _selected("synthetic") == [("classify", "synthetic"), ("forecast", "synthetic")]
+    with pytest.raises(ValueError, match="unknown bench dataset 'mnist'"):
+        _selected("mnist")

@@ -1,0 +1,111 @@
+"""The strong reference models every report shows beside the simple baselines in ``training.metrics``.
+
+Classification: 1-nearest-neighbour DTW (aeon), the field's standard reference on the UCR/UEA archive.
+Forecasting: ETS (statsmodels Holt-Winters: additive damped trend, additive season when the series holds
+two full seasons), fitted per series.
+
+Both are skipped past a documented size so that a report never waits minutes for a baseline; the
+report then names the baseline as skipped and says why. The libraries are imported only here and only
+when used (aeon compiles with numba on first use).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from training.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+# Full-window DTW costs n_train * n_test * T_train * T_test cell updates; aeon does ~4e8 a second on one
+# busy core here (OSULeaf, 200 x 242 of 427 steps = 8.8e9 cells, took 34 s), so the cap is ~25 s.
+DTW_MAX_CELLS = 1e10
+# ETS is refitted per series and refiltered per test window (~20 ms each on 2,000 steps).
+ETS_MAX_WINDOWS = 2000
+
+
+def dtw_1nn(train_seqs: list[np.ndarray], y_train: np.ndarray, test_seqs: list[np.ndarray], y_test: np.ndarray,
+            n_classes: int) -> tuple[dict[str, float] | None, str]:
+    """Metrics of 1-NN with full-window DTW, or None and the reason it was skipped."""
+    mean_train = np.mean([len(s) for s in train_seqs])
+    mean_test = np.mean([len(s) for s in test_seqs])
+    cells = len(train_seqs) * len(test_seqs) * mean_train * mean_test
+    if cells > DTW_MAX_CELLS:
+        return None, f"skipped: {cells:.1e} DTW cells is past the cap of {DTW_MAX_CELLS:.0e}"
+    from aeon.classification.distance_based import KNeighborsTimeSeriesClassifier
+
+    def as_aeon(seqs):  # aeon wants (N, F, T) when lengths are equal, else a list of (F, T_i)
+        arrays = [s.T.astype(np.float64) for s in seqs]
+        return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
+
+    train_x, test_x = as_aeon(train_seqs), as_aeon(test_seqs)
+    if isinstance(train_x, np.ndarray) != isinstance(test_x, np.ndarray):
+        train_x, test_x = list(train_x), list(test_x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numba's type-safety notes
+        model = KNeighborsTimeSeriesClassifier(distance="dtw", n_neighbors=1, n_jobs=1).fit(train_x, y_train)
+        predicted = model.predict(test_x)
+    return classification_metrics(y_test, np.asarray(predicted, dtype=np.int64), n_classes), "full window"
+
+
+def ets_forecasts(fit_parts: list[np.ndarray], origins: list[list[np.ndarray]], horizon: int,
+                  season: int) -> tuple[list[np.ndarray] | None, str]:
+    """ETS forecasts per series, or None and the reason they were skipped.
+
+    ``fit_parts[s]`` (T_s, K) is the data the model of series ``s`` is fitted on; ``origins[s]`` lists
+    histories ``(t, K)`` (each extending the fit part) from whose end to forecast. Returns one
+    ``(n_origins_s, H, K)`` array per series. Histories beyond the fit part are filtered with the
+    fitted parameters, not refitted (rolling-origin evaluation without a refit per window).
+    A fit that fails falls back to the naive forecast for that series, and is counted in the note.
+    """
+    windows = sum(len(o) for o in origins)
+    if windows > ETS_MAX_WINDOWS:
+        return None, f"skipped: {windows} test windows is past the cap of {ETS_MAX_WINDOWS}"
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+
+    out, failed = [], 0
+    for part, histories in zip(fit_parts, origins):
+        k = part.shape[1]
+        forecasts = np.empty((len(histories), horizon, k), dtype=np.float32)
+        for channel in range(k):
+            try:
+                forecasts[..., channel] = _ets_channel(ExponentialSmoothing, part[:, channel],
+                                                       [h[:, channel] for h in histories], horizon, season)
+            except Exception as err:  # statsmodels raises many types on degenerate series
+                failed += 1
+                log.debug("ETS failed (%s); naive forecast instead", err)
+                forecasts[..., channel] = np.stack([np.repeat(h[-1, channel], horizon) for h in histories])
+        out.append(forecasts)
+    seasonal = "additive season" if season > 1 else "no season"
+    return out, f"damped additive trend, {seasonal}" + (f"; {failed} fits failed (naive instead)" if failed else "")
+
+
+def _ets_channel(ExponentialSmoothing, fit_part: np.ndarray, histories: list[np.ndarray], horizon: int,
+                 season: int) -> np.ndarray:
+    """(n, H) forecasts of one channel."""
+    seasonal = season > 1 and len(fit_part) >= 2 * season + 2
+    trend = "add" if len(fit_part) >= 10 else None
+    spec = {"trend": trend, "damped_trend": trend is not None,
+            "seasonal": "add" if seasonal else None, "seasonal_periods": season if seasonal else None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence and frequency notes
+        fitted = ExponentialSmoothing(fit_part.astype(np.float64), **spec).fit()
+        rows = []
+        for history in histories:
+            if len(history) == len(fit_part):
+                rows.append(fitted.forecast(horizon))
+                continue
+            p = fitted.params
+            refilter = ExponentialSmoothing(
+                history.astype(np.float64), **spec, initialization_method="known",
+                initial_level=p["initial_level"],
+                initial_trend=p["initial_trend"] if trend else None,
+                initial_seasonal=p["initial_seasons"] if seasonal else None,
+            ).fit(smoothing_level=p["smoothing_level"], smoothing_trend=p["smoothing_trend"] if trend else None,
+                  smoothing_seasonal=p["smoothing_seasonal"] if seasonal else None,
+                  damping_trend=p["damping_trend"] if trend else None, optimized=False)
+            rows.append(refilter.forecast(horizon))
+    return np.stack(rows)

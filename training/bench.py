@@ -1,0 +1,152 @@
+"""``seqserve-train bench``: the default recipe on every built-in dataset (and given files), against every baseline.
+
+    seqserve-train bench                                  # everything, seed 0 -> training/BENCHMARKS.md
+    seqserve-train bench --datasets synthetic --seeds 0,1 --output /tmp/bench.md
+    seqserve-train bench --datasets none --forecast-data sales.csv --classify-data train.csv
+
+Each run is the CLI's own ``classify``/``forecast`` command with default flags plus ``--no-save``, so
+the table measures exactly what a user gets, and nothing is stored. Built-in forecasting sets use
+``--horizon 12``; files use ``--horizon`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from training import datasets
+from training.metrics import BASELINE_NAMES
+from training.types import RunResult
+
+DEFAULT_OUTPUT = Path(__file__).parent / "BENCHMARKS.md"
+CLASSIFY_BASELINES = ["majority_class", "dtw_1nn"]
+FORECAST_BASELINES = ["naive", "seasonal_naive", "ets"]
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "bench", help="benchmark the default recipe on every built-in dataset against every baseline",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    every = [*(f"classify:{n}" for n in datasets.CLASSIFICATION_DATASETS), *(f"forecast:{n}" for n in datasets.FORECAST_DATASETS)]
+    parser.add_argument("--datasets", default="all", help="comma-separated built-in names (a name in both tasks runs both; "
+                        "task:name picks one), 'all' or 'none' (default: all). Built-in: " + ", ".join(every))
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every dataset runs once per seed (default: 0)")
+    parser.add_argument("--classify-data", type=Path, action="append", default=[], help="a classification file to add (repeatable); 20%% is held out for testing")
+    parser.add_argument("--forecast-data", type=Path, action="append", default=[], help="a forecasting file to add (repeatable)")
+    parser.add_argument("--horizon", default="12", help="horizon for forecasting files and built-ins (default: 12)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"Markdown table to write (default: {DEFAULT_OUTPUT.relative_to(Path.cwd()) if DEFAULT_OUTPUT.is_relative_to(Path.cwd()) else DEFAULT_OUTPUT})")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _selected(spec: str) -> list[tuple[str, str]]:
+    """(task, name) pairs for ``--datasets``."""
+    every = [("classify", n) for n in datasets.CLASSIFICATION_DATASETS] + [("forecast", n) for n in datasets.FORECAST_DATASETS]
+    if spec == "all":
+        return every
+    if spec == "none":
+        return []
+    picked = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        task, _, name = item.rpartition(":")
+        matches = [(t, n) for t, n in every if n == name and task in ("", t)]
+        if not matches:
+            raise ValueError(f"unknown bench dataset {item!r}; built-in: {', '.join(f'{t}:{n}' for t, n in every)}")
+        picked += matches
+    return picked
+
+
+def run(args: argparse.Namespace, train_one: Callable[[argparse.Namespace], RunResult]) -> int:
+    """Train every selected dataset for every seed, write the Markdown table, print where."""
+    from training.cli import build_parser  # the CLI builds this command's parser: import late
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    jobs = [(task, ["--dataset", name], name) for task, name in _selected(args.datasets)]
+    jobs += [("classify", ["--data", str(p)], p.name) for p in args.classify_data]
+    jobs += [("forecast", ["--data", str(p)], p.name) for p in args.forecast_data]
+    rows: dict[str, list[str]] = {"classify": [], "forecast": []}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as scratch:
+        for task, source, label in jobs:
+            for seed in seeds:
+                argv = [task, *source, "--name", "bench", "--no-save", "--seed", str(seed),
+                        "--report", str(Path(scratch) / f"{task}-{label}-{seed}")]
+                if task == "forecast":
+                    argv += ["--horizon", args.horizon]
+                if args.quiet:
+                    argv.append("--quiet")
+                print(f"bench: {task} {label} seed {seed}", flush=True)
+                result = train_one(build_parser().parse_args(argv))
+                rows[task].append(_row(task, label, seed, result))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(_markdown(rows, seeds, time.perf_counter() - started, args))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "skipped" if value is None else f"{value:.3f}"
+
+
+def _row(task: str, label: str, seed: int, result: RunResult) -> list[str]:
+    recipe = result.training.get("recipe", {})
+    key = "accuracy" if task == "classify" else "mase"
+    names = CLASSIFY_BASELINES if task == "classify" else FORECAST_BASELINES
+    scores = [result.baselines.get(n, {}).get(key) for n in names]
+    simple = [s for s in scores[: 1 if task == "classify" else 2] if s is not None]
+    strong = scores[-1]
+    if task == "classify":
+        beats = result.test[key] > max(simple)
+        reaches = strong is None or result.test[key] >= strong
+        setup = f"stride {recipe.get('conv_stride')}, {'holdout' if 'held-out' in str(recipe.get('validation')) else 'no val'}"
+    else:
+        beats = result.test[key] < min(simple)
+        reaches = strong is None or result.test[key] <= 1.1 * strong
+        setup = f"{recipe.get('evaluation')}, lookback {recipe.get('lookback')}, season {recipe.get('season')}"
+        if recipe.get("series_skipped"):
+            setup += f", {recipe['series_skipped']} skipped"
+    return [label, str(seed), setup, f"**{result.test[key]:.3f}**", *map(_fmt, scores),
+            "yes" if beats else "**no**", "yes" if reaches else "**no**",
+            f"{result.training.get('seconds', 0):.0f}", f"{result.training.get('seconds_per_epoch', 0):.2f}",
+            str(result.training.get("epochs_run"))]
+
+
+def _markdown(rows: dict[str, list[list[str]]], seeds: list[int], seconds: float, args) -> str:
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    lines = [
+        "# Training quality benchmark",
+        "",
+        "The default recipe (CLI default flags, `--no-save`) on every built-in dataset, against every baseline.",
+        f"Written by `seqserve-train bench --datasets {args.datasets} --seeds {','.join(map(str, seeds))}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d}: {platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+        f"torch {torch.__version__} with {torch.get_num_threads()} thread(s) (OMP_NUM_THREADS={threads}), "
+        f"Python {platform.python_version()}; {seconds / 60:.1f} minutes in all.",
+        "",
+        "Train s counts the training loop only (not the baselines). Targets: classifiers beat the majority class "
+        "and reach 1-NN DTW; forecasters beat naive and seasonal naive (MASE, lower is better) and come within "
+        "10% of ETS. `skipped`: the baseline is past its size cap or does not apply (see `training/baselines.py`).",
+        "",
+    ]
+    if rows["classify"]:
+        head = ["dataset", "seed", "recipe", "accuracy", *(BASELINE_NAMES[n] for n in CLASSIFY_BASELINES),
+                "beats majority", "reaches 1-NN DTW", "train s", "s/epoch", "epochs"]
+        lines += ["## Classification (test accuracy)", "", _table(head, rows["classify"]), ""]
+    if rows["forecast"]:
+        head = ["dataset", "seed", "recipe", "MASE", *(BASELINE_NAMES[n] for n in FORECAST_BASELINES),
+                "beats naive/seasonal naive", "within 10% of ETS", "train s", "s/epoch", "epochs"]
+        lines += ["## Forecasting (test MASE, horizon " + args.horizon + ")", "", _table(head, rows["forecast"]), ""]
+    return "\n".join(lines)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)

@@ -1,0 +1,90 @@
+"""Read one or more time series (forecasting) from CSV or Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.data import (TABLE_SUFFIXES, SeriesCollection, check_file, check_finite, check_unique_steps,
+                           is_datetime_time, numeric_values, read_table, require_columns, require_values, show,
+                           time_key)
+
+
+def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
+                targets: list[str] | None = None) -> SeriesCollection:
+    """Read one or more time series from CSV or Parquet (long format).
+
+    Columns: ``id_col`` (optional: without it the file is one series), ``time_col``,
+    the ``targets`` (default ``["value"]``) and any other numeric columns, which become
+    past covariates. Rows are sorted by time within each series; a repeated timestamp
+    within a series is an error. A file with a single numeric column and nothing else
+    is one univariate series in file order.
+
+    ``season`` is inferred from regular timestamps: hourly 24, half-hourly 48, daily 7,
+    weekly 52, monthly 12, quarterly 4; otherwise None.
+    """
+    check_file(path, TABLE_SUFFIXES)
+    df = read_table(path)
+    if time_col not in df.columns and len(df.columns) == 1 and targets in (None, list(df.columns)):
+        return _single_column_series(df, path)
+    targets = list(targets) if targets is not None else ["value"]
+    require_columns(df, [time_col, *targets], path,
+                     hint="" if targets != ["value"] else "; pass targets=[...] to name the value column(s)")
+    has_ids = id_col in df.columns
+    require_values(df, [id_col, time_col] if has_ids else [time_col], path)
+    covariates = [c for c in df.columns if c not in (id_col, time_col, *targets)]
+    columns = targets + covariates
+    values = numeric_values(df, columns, path)  # (rows, C)
+
+    if has_ids:
+        codes, ids = pd.factorize(df[id_col], sort=False)
+        ids = [str(i) for i in ids]
+    else:
+        codes, ids = np.zeros(len(df), dtype=np.int64), [Path(path).stem]
+    times = time_key(df, time_col, path)
+    order = np.lexsort((times, codes))  # by series, then by time; stable
+
+    def where(row: int) -> str:
+        series = f"series {show(df[id_col].iloc[row])} " if has_ids else ""
+        return f"{series}{time_col} {show(df[time_col].iloc[row])} (row {row + 1})"
+
+    check_unique_steps(codes[order], times[order], order, time_col, where, path)
+    check_finite(values, columns, path, where)
+
+    sorted_codes = codes[order]
+    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+    series = np.split(values[order], bounds)
+    season = season_from_timestamps(np.split(times[order], bounds)) if is_datetime_time(df, time_col) else None
+    return SeriesCollection(series, ids, [str(c) for c in targets], [str(c) for c in covariates],
+                            season, f"file:{path}")
+
+
+def _single_column_series(df: pd.DataFrame, path) -> SeriesCollection:
+    name = df.columns[0]
+    values = numeric_values(df, [name], path)
+    check_finite(values, [name], path, lambda row: f"row {row + 1}")
+    return SeriesCollection([values], [Path(path).stem], [str(name)], [], None, f"file:{path}")
+
+
+_SEASONS = [  # (smallest, largest typical step, season)
+    (pd.Timedelta(minutes=30), pd.Timedelta(minutes=30), 48),
+    (pd.Timedelta(hours=1), pd.Timedelta(hours=1), 24),
+    (pd.Timedelta(days=1), pd.Timedelta(days=1), 7),
+    (pd.Timedelta(days=7), pd.Timedelta(days=7), 52),
+    (pd.Timedelta(days=28), pd.Timedelta(days=31), 12),
+    (pd.Timedelta(days=89), pd.Timedelta(days=92), 4),
+]
+
+
+def season_from_timestamps(times_per_series: list[np.ndarray]) -> int | None:
+    """Season from the median step between timestamps (int64 nanoseconds), or None."""
+    steps = np.concatenate([np.diff(t) for t in times_per_series])
+    if steps.size == 0:
+        return None
+    step = pd.Timedelta(int(np.median(steps)), unit="ns")
+    for low, high, season in _SEASONS:
+        if low <= step <= high:
+            return season
+    return None
