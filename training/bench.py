@@ -86,6 +86,7 @@ def run(args: argparse.Namespace, train_one: Callable[[argparse.Namespace], RunR
                 print(f"bench: {task} {label} seed {seed}", flush=True)
                 result = train_one(build_parser().parse_args(argv))
                 rows[task].append(_row(task, label, seed, result))
+                print("bench: " + " | ".join(rows[task][-1]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(_markdown(rows, seeds, time.perf_counter() - started, args))
     print(f"wrote {args.output}")
