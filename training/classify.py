@@ -4,7 +4,7 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
 
 * inputs standardised with the training set's statistics *and* per sequence (``instance_norm``), so
   both level and shape are visible whatever the data's scaling;
-* a causal convolutional front end whose stride shortens sequences to at most ~128 steps
+* a causal convolutional front end that max-pools long sequences down to at most ~128 steps
   (``LONG_SEQUENCE_STEPS``): long sequences train in seconds an epoch and the recurrence sees
   local patterns rather than single samples;
 * batch and epochs sized to the data (``training.loop.sized_for``, ~1,200 optimiser steps);
@@ -36,7 +36,7 @@ from training.types import NetworkOptions, RunResult
 
 log = logging.getLogger(__name__)
 
-LONG_SEQUENCE_STEPS = 128  # the front end's stride brings the longest training sequence down to about this
+LONG_SEQUENCE_STEPS = 128  # the front end pools the longest training sequence down to about this
 HOLDOUT_MIN_SEQUENCES = 500  # below this, no validation split (see the module docstring)
 TARGET_STEPS = 1200  # optimiser steps when epochs are left to the recipe
 
