@@ -127,8 +127,8 @@ def train_forecaster(
                         f"{horizon} under the {evaluation} evaluation (the longest has {max(lengths)} steps); "
                         f"use a shorter lookback/horizon")
     if skipped:
-        log.warning("%s: skipped %d of %d series too short for one training window and the test part "
-                    "(lookback %d, horizon %d, %s evaluation): %s", collection.source, len(skipped), len(lengths),
+        log.warning("%s: skipped %d of %d series too short for lookback %d and horizon %d under the %s "
+                    "evaluation: %s", collection.source, len(skipped), len(lengths),
                     lookback, horizon, evaluation, ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
 
     if evaluation == "windows":
