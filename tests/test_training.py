@@ -186,3 +186,17 @@ def test_bench_knows_every_built_in():
     assert _selected("synthetic") == [("classify", "synthetic"), ("forecast", "synthetic")]
     with pytest.raises(ValueError, match="unknown bench dataset 'mnist'"):
         _selected("mnist")
+
+
+# ----------------------------------------------------------------------------- first start
+
+
+def test_defaults_stream_each_models_progress_prefixed_by_its_name(capsys, monkeypatch):
+    from training import defaults
+
+    monkeypatch.setattr(defaults, "DEFAULT_RUNS", [["classify", "--dataset", "synthetic", "--name", "demo-clf", "--dry-run"]])
+    assert defaults.main(["--force"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("[demo-clf] training.loop: epoch 1/1") for line in lines)
+    assert any(line.startswith("[demo-clf] model ") for line in lines)
+    assert lines[-1].startswith("== demo-clf (classify on synthetic): done in ")
