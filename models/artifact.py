@@ -56,7 +56,8 @@ class ModelCard:
     quantiles: list[float] = field(default_factory=list)  # forecast: quantile levels (0.5 included)
     max_length: int | None = None  # classify: longest training sequence
     normalization: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)  # {"test": {...}, "baselines": {name: {...}}}
+    # {"test", "baselines": {name: {...}}, "baseline_notes", "beats_baseline": bool, "warnings": [sentences]}
+    metrics: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # source, fingerprint, sizes
     training: dict[str, Any] = field(default_factory=dict)  # epochs, seed, device, timings
     versions: dict[str, str] = field(default_factory=dict)

@@ -114,9 +114,10 @@ def test_choose_lookback_fits_most_short_series():
 
 def test_last_horizon_split_holds_out_the_last_horizon_of_every_series():
     panel = short_panel([20, 30])
-    train, test = last_horizon_split(panel, lookback=4, horizon=6)
+    train, val, test = last_horizon_split(panel, lookback=4, horizon=6)
     assert test.start.tolist() == [14, 24] and test.series_index.tolist() == [0, 1]
-    assert (train.start + 6 <= np.array([14, 24])[train.series_index]).all()  # no training target in the test part
+    assert val.start.tolist() == [8, 18]
+    assert (train.start + 6 <= np.array([8, 18])[train.series_index]).all()  # no training target in val or test
     np.testing.assert_array_equal(test.targets[1, :, 0], panel.series[1][24:, 0])
 
 
@@ -185,3 +186,17 @@ def test_bench_knows_every_built_in():
     assert _selected("synthetic") == [("classify", "synthetic"), ("forecast", "synthetic")]
     with pytest.raises(ValueError, match="unknown bench dataset 'mnist'"):
         _selected("mnist")
+
+
+# ----------------------------------------------------------------------------- first start
+
+
+def test_defaults_stream_each_models_progress_prefixed_by_its_name(capsys, monkeypatch):
+    from training import defaults
+
+    monkeypatch.setattr(defaults, "DEFAULT_RUNS", [["classify", "--dataset", "synthetic", "--name", "demo-clf", "--dry-run"]])
+    assert defaults.main(["--force"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("[demo-clf] training.loop: epoch 1/1") for line in lines)
+    assert any(line.startswith("[demo-clf] model ") for line in lines)
+    assert lines[-1].startswith("== demo-clf (classify on synthetic): done in ")

@@ -15,6 +15,7 @@ import logging
 import warnings
 
 import numpy as np
+import torch
 
 from training.metrics import classification_metrics
 
@@ -44,10 +45,12 @@ def dtw_1nn(train_seqs: list[np.ndarray], y_train: np.ndarray, test_seqs: list[n
     train_x, test_x = as_aeon(train_seqs), as_aeon(test_seqs)
     if isinstance(train_x, np.ndarray) != isinstance(test_x, np.ndarray):
         train_x, test_x = list(train_x), list(test_x)
+    threads = torch.get_num_threads()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's type-safety notes
         model = KNeighborsTimeSeriesClassifier(distance="dtw", n_neighbors=1, n_jobs=1).fit(train_x, y_train)
         predicted = model.predict(test_x)
+    torch.set_num_threads(threads)  # aeon resets torch's thread count to every core; later runs keep ours
     return classification_metrics(y_test, np.asarray(predicted, dtype=np.int64), n_classes), "full window"
 
 

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace, train_one: Callable[[argparse.Namespace], RunR
                 print(f"bench: {task} {label} seed {seed}", flush=True)
                 result = train_one(build_parser().parse_args(argv))
                 rows[task].append(_row(task, label, seed, result))
+                print("bench: " + " | ".join(rows[task][-1]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(_markdown(rows, seeds, time.perf_counter() - started, args))
     print(f"wrote {args.output}")
@@ -105,16 +106,16 @@ def _row(task: str, label: str, seed: int, result: RunResult) -> list[str]:
     strong = scores[-1]
     if task == "classify":
         beats = result.test[key] > max(simple)
-        reaches = strong is None or result.test[key] >= strong
+        reaches = strong is not None and result.test[key] >= strong
         setup = f"stride {recipe.get('conv_stride')}, {'holdout' if 'held-out' in str(recipe.get('validation')) else 'no val'}"
     else:
         beats = result.test[key] < min(simple)
-        reaches = strong is None or result.test[key] <= 1.1 * strong
+        reaches = strong is not None and result.test[key] <= 1.1 * strong
         setup = f"{recipe.get('evaluation')}, lookback {recipe.get('lookback')}, season {recipe.get('season')}"
         if recipe.get("series_skipped"):
             setup += f", {recipe['series_skipped']} skipped"
     return [label, str(seed), setup, f"**{result.test[key]:.3f}**", *map(_fmt, scores),
-            "yes" if beats else "**no**", "yes" if reaches else "**no**",
+            "yes" if beats else "**no**", "n/a" if strong is None else "yes" if reaches else "**no**",
             f"{result.training.get('seconds', 0):.0f}", f"{result.training.get('seconds_per_epoch', 0):.2f}",
             str(result.training.get("epochs_run"))]
 

@@ -7,10 +7,14 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
   series is long enough for them (many test windows: a steadier estimate), else ``last-horizon``;
 * the lookback from the data (``training.windows.choose_lookback``); series too short for one
   training window and the held-out part are skipped with a WARNING, and only an empty panel is refused;
-* the network predicts a correction to the window's seasonal naive forecast (``skip_season``), so
-  it starts from the baseline it has to beat;
-* batch and epochs sized to the number of windows (``training.loop.sized_for``); under ``last-horizon``
-  there is no validation part, so the whole schedule runs and the last epoch is kept.
+* the network predicts a correction to the window's seasonal naive forecast (``skip_season``) plus a
+  linear map of the lookback (``linear_lookback``), both starting at zero, so it starts from the
+  baseline it has to beat; the linear part carries level and trend on short series, where the
+  recurrent part alone overfits (airline MASE 0.67 -> 0.59, Nile 1.19 -> 1.09, El Niño 0.80 -> 0.75);
+* batch and epochs sized to the number of windows (``training.loop.sized_for``), early stopping on the
+  validation windows even when they are few: training on them too with the whole schedule overfit
+  (airline 0.59 -> 1.00). Under ``last-horizon`` the horizon before the test part validates, unless
+  that leaves fewer training than validation windows.
 """
 
 from __future__ import annotations
@@ -123,22 +127,26 @@ def train_forecaster(
                         f"{horizon} under the {evaluation} evaluation (the longest has {max(lengths)} steps); "
                         f"use a shorter lookback/horizon")
     if skipped:
-        log.warning("%s: skipped %d of %d series too short for one training window and the test part "
-                    "(lookback %d, horizon %d, %s evaluation): %s", collection.source, len(skipped), len(lengths),
+        log.warning("%s: skipped %d of %d series too short for lookback %d and horizon %d under the %s "
+                    "evaluation: %s", collection.source, len(skipped), len(lengths),
                     lookback, horizon, evaluation, ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
 
     if evaluation == "windows":
         train_w, val_w, test_w = split_by_time(kept, lookback=lookback, horizon=horizon, **split)
         parts = [p[:, :k] for p in train_series(kept, horizon=horizon, **split)]  # MASE's in-sample parts
     else:
-        train_w, test_w = last_horizon_split(kept, lookback=lookback, horizon=horizon)
-        val_w = Windows(train_w.inputs[:0], train_w.targets[:0], train_w.series_index[:0], train_w.start[:0])
+        train_w, val_w, test_w = last_horizon_split(kept, lookback=lookback, horizon=horizon)
+        if len(train_w) < len(val_w):  # mostly series too short to spare a validation horizon: train on it
+            train_w = Windows(*(np.concatenate([getattr(train_w, f), getattr(val_w, f)])
+                                for f in ("inputs", "targets", "series_index", "start")))
+            val_w = Windows(val_w.inputs[:0], val_w.targets[:0], val_w.series_index[:0], val_w.start[:0])
         parts = [s[: len(s) - horizon, :k] for s in kept.series]
 
     hparams = ForecasterConfig(
         n_features=len(kept.column_names), n_targets=k, horizon=horizon, quantiles=sorted(quantiles),
         hidden_size=network.hidden_size, num_layers=network.num_layers, dropout=network.dropout,
         bidirectional=network.bidirectional, skip_season=season if lookback >= season else 1,
+        linear_lookback=lookback,
     )
     model_name = f"{network.arch}_forecaster"
     model = create_model(model_name, **dataclasses.asdict(hparams)).to(device)
@@ -166,7 +174,9 @@ def train_forecaster(
         "lookback_source": lookback_source,
         "series_skipped": len(skipped),
         "skip_season": hparams.skip_season,
-        "validation": f"{len(val_w)} windows, early stopping" if len(val_w) else "none: keeps the last epoch",
+        "linear_lookback": hparams.linear_lookback,
+        "validation": f"{len(val_w)} windows, early stopping" if len(val_w)
+        else "none (fewer training than validation windows): trains on them too, keeps the last epoch",
         "batch_size": config.batch_size,
         "epochs": config.epochs,
         "lr": config.lr,

@@ -12,10 +12,10 @@ reach back into earlier parts - that is standard and leaks nothing - but no trai
 validation target ever lies in the test part.
 
 ``last_horizon_split`` is the protocol of the M3/M4/Monash tables: the last ``horizon`` steps
-of every series are the test (one window per series), every earlier window trains, and there
-is no validation part::
+of every series are the test (one window per series), the ``horizon`` before them validate
+(one window per series), and every earlier window trains::
 
-    |<---------------- train ---------------->|<- test (horizon) ->|
+    |<------------ train ------------>|<- val (horizon) ->|<- test (horizon) ->|
 """
 
 from __future__ import annotations
@@ -99,16 +99,19 @@ def split_by_time(collection: SeriesCollection, *, lookback: int, horizon: int, 
     return tuple(_cut(collection, lookback, horizon, ranges, 1) for ranges in (train, val, test))
 
 
-def last_horizon_split(collection: SeriesCollection, *, lookback: int, horizon: int) -> tuple[Windows, Windows]:
-    """(train, test) windows: the last ``horizon`` steps of every series are its one test window.
+def last_horizon_split(collection: SeriesCollection, *, lookback: int,
+                       horizon: int) -> tuple[Windows, Windows, Windows]:
+    """(train, val, test) windows: the last ``horizon`` steps of every series are its one test window,
+    the ``horizon`` steps before them its one validation window.
 
-    Every series needs ``lookback + 2 * horizon`` steps (one training window and the test part);
-    filter shorter ones out first with ``long_enough``.
+    Every series needs ``lookback + 2 * horizon`` steps (the validation and test windows; filter shorter
+    ones out first with ``long_enough``); those with ``lookback + 3 * horizon`` also give training windows.
     """
     _check_sizes(lookback, horizon, 1)
-    train = [(lookback, len(s) - 2 * horizon) for s in collection.series]
+    train = [(lookback, len(s) - 3 * horizon) for s in collection.series]
+    val = [(len(s) - 2 * horizon, len(s) - 2 * horizon) for s in collection.series]
     test = [(len(s) - horizon, len(s) - horizon) for s in collection.series]
-    return _cut(collection, lookback, horizon, train, 1), _cut(collection, lookback, horizon, test, 1)
+    return tuple(_cut(collection, lookback, horizon, ranges, 1) for ranges in (train, val, test))
 
 
 def fits(protocol: str, *, lookback: int, horizon: int, length: int, test_fraction: float = 0.2,
@@ -133,8 +136,8 @@ def choose_lookback(lengths: list[int], *, horizon: int, season: int, protocol: 
     """The history a model reads when the user names none.
 
     Wanted: one season, at least twice the horizon and 24 steps. Under ``last-horizon`` (panels of short
-    series) it shrinks so that nine series in ten keep a training window, but never below one season
-    and 3 steps; the rest are skipped.
+    series) it shrinks so that nine series in ten keep their validation and test windows, but never below
+    one season and 3 steps; the rest are skipped.
     """
     wanted = max(season, 2 * horizon, 24)
     if protocol != "last-horizon":
