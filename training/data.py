@@ -225,3 +225,19 @@ def check_unique_steps(codes, steps, order, time_col, where, path) -> None:
         a, b = order[dup[0]], order[dup[0] + 1]
         raise DataError(f"{path}: column {time_col!r}: duplicate {time_col} at {where(a)}, "
                         f"repeated in row {b + 1}")
+
+
+def split_rows(codes: np.ndarray, steps: np.ndarray, values: np.ndarray, columns: list, time_col: str,
+               where, path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Rows of a long table cut into one array per sequence, each in step order: (pieces, order, bounds).
+
+    ``codes`` numbers the sequence of every row, ``steps`` orders rows within one; a repeated step and a
+    non-finite value are errors naming the row (``where(row)``). ``order`` sorts rows by (code, step) and
+    ``bounds`` are the sorted positions where a new sequence starts, for splitting other columns alike.
+    """
+    order = np.lexsort((steps, codes))  # by sequence, then by step; stable
+    check_unique_steps(codes[order], steps[order], order, time_col, where, path)
+    check_finite(values, columns, path, where)
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return np.split(values[order], bounds), order, bounds
+

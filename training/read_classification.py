@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 
 from training.data import (CLASSIFICATION_SUFFIXES, DataError, SequenceDataset, check_file, check_finite,
-                           check_unique_steps, numeric_values, read_table, require_columns, require_values, show,
-                           time_key)
+                           numeric_values, read_table, require_columns, require_values, show, split_rows, time_key)
 
 
 def read_classification(path, *, id_col: str = "sample_id", time_col: str = "step",
@@ -40,18 +39,11 @@ def read_classification(path, *, id_col: str = "sample_id", time_col: str = "ste
     values = numeric_values(df, features, path)  # (rows, F)
 
     codes, ids = pd.factorize(df[id_col], sort=False)  # sample number per row, in order of appearance
-    steps = time_key(df, time_col, path)
-    order = np.lexsort((steps, codes))  # by sample, then by step; stable
 
     def where(row: int) -> str:
         return f"sample {show(df[id_col].iloc[row])} {time_col} {show(df[time_col].iloc[row])} (row {row + 1})"
 
-    check_unique_steps(codes[order], steps[order], order, time_col, where, path)
-    check_finite(values, features, path, where)
-
-    sorted_codes = codes[order]
-    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
-    sequences = np.split(values[order], bounds)
+    sequences, _, _ = split_rows(codes, time_key(df, time_col, path), values, features, time_col, where, path)
     raw_labels = _label_per_sample(df, codes, ids, label_col, id_col, path)
     labels, names = encode_labels(raw_labels, label_names, where=str(path))
     return SequenceDataset(sequences, labels, names, [str(c) for c in features], f"file:{path}")

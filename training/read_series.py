@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data import (TABLE_SUFFIXES, SeriesCollection, check_file, check_finite, check_unique_steps,
-                           is_datetime_time, numeric_values, read_table, require_columns, require_values, show,
-                           time_key)
+from training.data import (TABLE_SUFFIXES, SeriesCollection, check_file, check_finite, is_datetime_time,
+                           numeric_values, read_table, require_columns, require_values, show, split_rows, time_key)
 
 
 def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
@@ -44,18 +43,12 @@ def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
     else:
         codes, ids = np.zeros(len(df), dtype=np.int64), [Path(path).stem]
     times = time_key(df, time_col, path)
-    order = np.lexsort((times, codes))  # by series, then by time; stable
 
     def where(row: int) -> str:
         series = f"series {show(df[id_col].iloc[row])} " if has_ids else ""
         return f"{series}{time_col} {show(df[time_col].iloc[row])} (row {row + 1})"
 
-    check_unique_steps(codes[order], times[order], order, time_col, where, path)
-    check_finite(values, columns, path, where)
-
-    sorted_codes = codes[order]
-    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
-    series = np.split(values[order], bounds)
+    series, order, bounds = split_rows(codes, times, values, columns, time_col, where, path)
     season = season_from_timestamps(np.split(times[order], bounds)) if is_datetime_time(df, time_col) else None
     return SeriesCollection(series, ids, [str(c) for c in targets], [str(c) for c in covariates],
                             season, f"file:{path}")
