@@ -200,7 +200,7 @@ class ForecasterConfig:
     num_layers: int = 2
     dropout: float = 0.1
     bidirectional: bool = False
-    skip_season: int = 0  # 0: none; m >= 1: the network predicts the residual over seasonal naive (lag m)
+    skip_season: int = 0  # 0: starts at the window mean; m >= 1: predicts the residual over seasonal naive (lag m)
     linear_lookback: int = 0  # 0: none; L: a linear map of the last L target steps is added too (NLinear-style)
 
 
@@ -226,7 +226,8 @@ class Forecaster(nn.Module):
     skip_season:
         With ``m >= 1`` the window's seasonal naive forecast (the last observed season, ``m = 1``: the last
         value) is added to every output, so the network learns a correction to that baseline and starts
-        out as it (the head's last layer starts at zero). Needs a lookback of at least ``m``.
+        out as it (the head's last layer starts at zero). Needs a lookback of at least ``m``. With ``0``
+        the network starts out forecasting the window's mean (its normalised zero).
     linear_lookback:
         With ``L >= 1`` a linear map from the last ``L`` steps of each target channel to the horizon
         (shared across channels, starting at zero) is added as well: on short series it learns the level
@@ -262,9 +263,10 @@ class Forecaster(nn.Module):
             nn.Dropout(dropout), nn.Linear(self.encoder.output_size, horizon * n_targets * self.n_outputs)
         )
         self.skip_season = skip_season
-        if skip_season:
-            nn.init.zeros_(self.head[-1].weight)
-            nn.init.zeros_(self.head[-1].bias)
+        # The head starts at zero, so a fresh model forecasts its starting baseline exactly: seasonal naive
+        # with skip_season, else the window's mean. Training moves it away only as far as the data asks.
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
         self.linear = nn.Linear(linear_lookback, horizon) if linear_lookback else None
         if self.linear is not None:
             nn.init.zeros_(self.linear.weight)

@@ -481,8 +481,8 @@ def test_split_by_time_has_no_leakage(col):
 
 def test_split_by_time_too_short_names_series():
     col = ramp_collection((200, 30))
-    with pytest.raises(DataError, match=r"series 's1' has 30 steps but needs at least 60: lookback 24 "
-                                        r"\+ horizon 12 for one training window, plus 12 validation and 12 test"):
+    with pytest.raises(DataError, match=r"series 's1' has 30 steps but needs at least 67: lookback 24 "
+                                        r"\+ horizon 12 for one training window, plus 19 validation and 12 test"):
         split_by_time(col, lookback=24, horizon=12)
 
 

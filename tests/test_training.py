@@ -14,12 +14,12 @@ from models.artifact import load_artifact
 from training import datasets
 from training.cli import build_parser, main, train_one
 from training.data import SeriesCollection
-from training.forecast import train_forecaster
+from training.forecast import choose_start, train_forecaster
 from training.loop import TrainConfig, fit
 from training.metrics import (compare_with_baselines, forecast_metrics, macro_f1, mase_scale,
                               majority_class_baseline, seasonal_naive_forecast, accuracy)
 from training.types import NetworkOptions
-from training.windows import choose_lookback, last_horizon_split, long_enough
+from training.windows import choose_lookback, last_horizon_split, long_enough, split_by_time
 
 # ----------------------------------------------------------------------------- metrics, by hand
 
@@ -60,7 +60,7 @@ def test_compare_with_baselines_says_why():
 
 def test_early_stopping_keeps_the_best_epoch():
     model = torch.nn.Linear(1, 1)
-    val_losses = iter([3.0, 1.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    val_losses = iter([5.0, 3.0, 1.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # the first is the untrained model's
     seen = []
 
     def loss_fn(model, batch):
@@ -72,7 +72,21 @@ def test_early_stopping_keeps_the_best_epoch():
     config = TrainConfig(epochs=20, batch_size=1, patience=3, lr=0.1, progress=False)
     history = fit(model, 1, 1, lambda idx, is_train: "train" if is_train else "val", loss_fn, config)
     assert history.best_epoch == 2 and history.stopped_early and len(history.train_loss) == 5
-    assert model.weight.item() == pytest.approx(seen[1])  # the weights of epoch 2, not of the last
+    assert model.weight.item() == pytest.approx(seen[2])  # the weights of epoch 2, not of the last
+
+
+def test_when_no_epoch_beats_the_untrained_model_on_validation_it_is_kept():
+    model = torch.nn.Linear(1, 1)
+    start = model.weight.item()
+    val_losses = iter([1.0, 2.0, 3.0, 4.0])
+
+    def loss_fn(model, batch):
+        return torch.tensor(next(val_losses)) if batch == "val" else (model.weight - 5.0).pow(2).sum()
+
+    config = TrainConfig(epochs=20, batch_size=1, patience=3, lr=0.1, progress=False)
+    history = fit(model, 1, 1, lambda idx, is_train: "train" if is_train else "val", loss_fn, config)
+    assert history.best_epoch == 0 and history.stopped_early and len(history.train_loss) == 3
+    assert model.weight.item() == start
 
 
 def test_without_validation_the_loop_runs_every_epoch_and_keeps_the_last():
@@ -200,3 +214,26 @@ def test_defaults_stream_each_models_progress_prefixed_by_its_name(capsys, monke
     assert any(line.startswith("[demo-clf] training.loop: epoch 1/1") for line in lines)
     assert any(line.startswith("[demo-clf] model ") for line in lines)
     assert lines[-1].startswith("== demo-clf (classify on synthetic): done in ")
+
+
+# ----------------------------------------------------------------------------- the forecaster's start
+
+
+def _train_windows(values: np.ndarray):
+    collection = SeriesCollection([values.astype(np.float32)[:, None]], ["s"], ["value"], [], None, "test")
+    train, _, _ = split_by_time(collection, lookback=24, horizon=12)
+    return train
+
+
+def test_a_forecaster_starts_from_the_window_mean_on_noise_around_a_level():
+    rng = np.random.default_rng(0)
+    start = choose_start(_train_windows(100 + rng.normal(size=300)), season=12, k=1)
+    assert start["skip_season"] == 0 and start["start"] == "window mean"
+    assert start["errors"]["window_mean"] < start["errors"]["seasonal_naive"]
+
+
+def test_a_forecaster_starts_from_seasonal_naive_on_a_strong_season():
+    rng = np.random.default_rng(0)
+    t = np.arange(300)
+    start = choose_start(_train_windows(100 + 10 * np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=300)), season=12, k=1)
+    assert start["skip_season"] == 12 and start["start"] == "seasonal naive (lag 12)"

@@ -90,7 +90,7 @@ def fit(
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
     config: TrainConfig,
 ) -> History:
-    """Train ``model`` in place and leave it holding the weights of its best validation epoch.
+    """Train ``model`` in place and leave it holding the weights of its best validation epoch (0: as it started).
 
     ``make_batch(indices, is_train)`` builds a batch from training (``is_train``) or validation rows.
     """
@@ -102,6 +102,10 @@ def fit(
     )
     history = History()
     best_state = copy.deepcopy(model.state_dict()) if n_val else None
+    if n_val:
+        # Epoch 0 is the untrained model: a forecaster starts as its baseline, and if no epoch beats
+        # that on validation, the baseline is what is kept (best_epoch 0), not the least bad epoch.
+        history.best_val_loss = evaluate_loss(model, n_val, make_batch, loss_fn, config)
     started = time.perf_counter()
     bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress, leave=False)
     last_line = started

