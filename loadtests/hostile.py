@@ -3,12 +3,15 @@
 Starts seqserve on 127.0.0.1 (or uses ``--host``) and, one case at a time, measures the answer, its size,
 the time it took, the server workers' peak memory (VmHWM) and how long ``/livez`` took meanwhile:
 
-* a 10 MB body of invalid values, a 200 MB body, a 1 MB model name, a multipart body, a trailing slash
+* a 10 MB body of invalid values and one just under the body cap, a 200 MB body, a 1 MB model name, a multipart body, a trailing slash
   with a foreign ``Host``, a ``Content-Length`` larger than the body, slow headers;
 * inputs near float32's limits (every 200 must be strict JSON);
 * the heaviest request the limits allow, and ``/livez`` while the worker is saturated with them;
-* 4x overload of small requests: admitted p99 against the unloaded p99, and the share answered 503.
+* overload of small requests: the admitted p99 against the unloaded p99, and the share answered 503.
 
+Load for the last two comes from ``wrk`` (C, its own process), and ``/livez`` and the admitted latency
+are measured by a probe thread that sends one request at a time on a fresh connection, as a Kubernetes
+probe or a single client does; an asyncio client in the same process would measure its own event loop.
 Every load loop is bounded in time and count. Prints a Markdown table; ``--out`` also writes it.
 """
 
@@ -16,10 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,6 +37,7 @@ import httpx
 import numpy as np
 
 from loadtests.server import started_server
+from service.config import Settings
 
 
 def worker_peak_mb(server_pid: int | None) -> float:
@@ -49,24 +59,10 @@ def worker_peak_mb(server_pid: int | None) -> float:
     return peak / 1024
 
 
-async def livez_watch(client: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
-    """/livez latencies (ms), one probe every 50 ms until ``stop``."""
-    latencies = []
-    while not stop.is_set():
-        started = time.perf_counter()
-        try:
-            await client.get("/livez", timeout=60)
-        except httpx.HTTPError:
-            pass
-        latencies.append((time.perf_counter() - started) * 1000)
-        await asyncio.sleep(0.05)
-    return latencies
-
-
 async def timed(client: httpx.AsyncClient, name: str, request, server_pid: int | None) -> dict:
     """Run one request (a coroutine factory) with /livez probed beside it."""
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(livez_watch(client, stop))
+    probe = Probe(str(client.base_url).rstrip("/"))
+    probe.start()
     started = time.perf_counter()
     try:
         response = await request()
@@ -74,8 +70,9 @@ async def timed(client: httpx.AsyncClient, name: str, request, server_pid: int |
     except httpx.HTTPError as err:
         status, size, text = type(err).__name__, 0, str(err)[:120]
     seconds = time.perf_counter() - started
-    stop.set()
-    latencies = await watcher
+    probe.stop.set()
+    await asyncio.to_thread(probe.join)
+    latencies = probe.latencies()
     return {
         "case": name, "status": status, "answer_bytes": size, "seconds": seconds,
         "livez_max_ms": max(latencies) if latencies else 0.0, "worker_peak_mb": worker_peak_mb(server_pid), "answer": text,
@@ -96,39 +93,99 @@ def raw_exchange(url: str, payload: bytes, wait_s: float) -> tuple[str, float]:
     return line, time.perf_counter() - started
 
 
-async def overload(client: httpx.AsyncClient, body: dict, connections: int, seconds: float) -> dict:
-    """``connections`` clients sending ``body`` back to back for ``seconds``: latencies of the 200s, count of 503s."""
-    ok: list[float] = []
-    shed = failed = 0
-    deadline = time.perf_counter() + seconds
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local file = io.open("%s", "rb"); wrk.body = file:read("*a"); file:close()
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) ok, shed, other = 0, 0, 0 end
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1 elseif status == 503 then shed = shed + 1 else other = other + 1 end
+end
+function done(summary, latency, requests)
+  local o, s, x = 0, 0, 0
+  for _, t in ipairs(threads) do o = o + t:get("ok"); s = s + t:get("shed"); x = x + t:get("other") end
+  io.write(string.format("RESULT %%d %%d %%d %%d %%f\\n", o, s, x,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, summary.duration / 1e6))
+end
+"""
 
-    async def user():
-        nonlocal shed, failed
-        while time.perf_counter() < deadline:
+
+def wrk_flood(url: str, path: str, body: str, connections: int, seconds: float, timeout_s: float = 30) -> dict:
+    """``connections`` wrk connections posting ``body`` back to back: counts of 200, 503, other answers, errors."""
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file, script = Path(tmp, "body.json"), Path(tmp, "flood.lua")
+        body_file.write_text(body)
+        script.write_text(WRK_SCRIPT % body_file)
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", f"{timeout_s:.0f}s", "-s", str(script),
+             url + path], capture_output=True, text=True, timeout=seconds + timeout_s + 30,
+        ).stdout
+    match = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) (\S+)", out)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    ok, shed, other, errors, duration = match.groups()
+    return {"ok": int(ok), "shed": int(shed), "other": int(other), "errors": int(errors), "seconds": float(duration)}
+
+
+class Probe(threading.Thread):
+    """One request at a time on a fresh connection, ``every`` seconds apart: (status, ms) of each."""
+
+    def __init__(self, url: str, method: str = "GET", path: str = "/livez", body: str | None = None, every: float = 0.05):
+        super().__init__(daemon=True)
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port, self.method, self.path, self.body, self.every = int(port), method, path, body, every
+        self.results: list[tuple[int | str, float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        headers = {"Content-Type": "application/json"} if self.body else {}
+        while not self.stop.is_set():
             started = time.perf_counter()
             try:
-                response = await client.post("/classify", json=body, timeout=60)
-            except httpx.HTTPError:
-                failed += 1
-                continue
-            if response.status_code == 200:
-                ok.append((time.perf_counter() - started) * 1000)
-            elif response.status_code == 503:
-                shed += 1
-                await asyncio.sleep(0.05)  # a client that honours Retry-After loosely
-            else:
-                failed += 1
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                conn.request(self.method, self.path, body=self.body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status: int | str = response.status
+                conn.close()
+            except OSError as err:
+                status = type(err).__name__
+            self.results.append((status, (time.perf_counter() - started) * 1000))
+            self.stop.wait(self.every)
 
-    await asyncio.gather(*(user() for _ in range(connections)))
-    total = len(ok) + shed + failed
+    def latencies(self, status: int | None = None) -> list[float]:
+        return [ms for s, ms in self.results if status is None or s == status]
+
+
+def probed_flood(url: str, path: str, body: str, connections: int, seconds: float, probe: Probe) -> tuple[dict, Probe]:
+    """A wrk flood with ``probe`` running beside it (none when ``connections`` is 0)."""
+    probe.start()
+    try:
+        flood = wrk_flood(url, path, body, connections, seconds) if connections else (time.sleep(seconds) or {})
+    finally:
+        probe.stop.set()
+        probe.join()
+    return flood, probe
+
+
+def overload(url: str, body: str, connections: int, seconds: float) -> dict:
+    """Admitted latency (a probe request every 50 ms) and the share wrk's ``connections`` got answered 503."""
+    flood, probe = probed_flood(url, "/classify", body, connections, seconds, Probe(url, "POST", "/classify", body))
+    ok = probe.latencies(200)
+    answered = flood.get("ok", 0) + flood.get("shed", 0) + flood.get("other", 0)
     return {
-        "connections": connections, "requests": total, "ok_per_s": len(ok) / seconds,
+        "connections": connections, "flood_per_s": answered / flood["seconds"] if flood else 0.0,
+        "probes": len(probe.results), "probe_ok": len(ok),
         "p50_ms": float(np.percentile(ok, 50)) if ok else 0.0, "p99_ms": float(np.percentile(ok, 99)) if ok else 0.0,
-        "shed_503_share": shed / total if total else 0.0, "other_failures": failed,
+        "max_ms": max(ok, default=0.0),
+        "shed_503_share": flood["shed"] / answered if answered else 0.0,
+        "other_failures": flood.get("other", 0) + flood.get("errors", 0),
     }
 
 
-async def run_cases(url: str, server_pid: int | None, seconds: float) -> tuple[list[dict], list[dict]]:
+async def run_cases(url: str, server_pid: int | None, seconds: float, max_body_bytes: int) -> tuple[list[dict], list[dict]]:
     limits = httpx.Limits(max_connections=300)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         models = (await client.get("/models")).json()
@@ -142,8 +199,10 @@ async def run_cases(url: str, server_pid: int | None, seconds: float) -> tuple[l
         def post(body: bytes | str, path: str = "/classify", headers=None):
             return lambda: client.post(path, content=body, headers={**json_type, **(headers or {})})
 
-        bad_values = json.dumps({"instances": [{"sequence": [["x"] * n_features] * 4000, "model": name}] * 60})
-        rows.append(await timed(client, f"{len(bad_values) / 1e6:.0f} MB body of invalid values", post(bad_values), server_pid))
+        bad_one = json.dumps({"sequence": [["x"] * n_features] * 4000, "model": name})
+        for count in (10_000_000 // len(bad_one), (max_body_bytes - 100) // (len(bad_one) + 2)):
+            bad_values = '{"instances": [' + ",".join([bad_one] * count) + "]}"
+            rows.append(await timed(client, f"{len(bad_values) / 2**20:.1f} MiB body of invalid values", post(bad_values), server_pid))
         huge = b'{"instances": [' + b"0" * 200_000_000 + b"]}"
         rows.append(await timed(client, "200 MB body", post(huge), server_pid))
         del huge
@@ -166,22 +225,22 @@ async def run_cases(url: str, server_pid: int | None, seconds: float) -> tuple[l
         # The heaviest request within the limits: as many long sequences as fit in the body cap.
         steps = min(clf["max_length"], 4096)
         one = json.dumps({"sequence": rng.normal(size=(steps, n_features)).round(5).tolist(), "model": name})
-        limit = 4 * 2**20
+        limit = max_body_bytes
         count = max(1, min(256, (limit - 100) // (len(one) + 2)))
         heavy = '{"instances": [' + ",".join([one] * count) + "]}"
         rows.append(await timed(client, f"heaviest allowed: {count} x {steps} steps, {len(heavy) / 2**20:.1f} MiB", post(heavy), server_pid))
 
-        # /livez while the worker is saturated with the heaviest allowed requests.
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(livez_watch(client, stop))
-        saturate = asyncio.gather(*(client.post("/classify", content=heavy, headers=json_type) for _ in range(16)), return_exceptions=True)
-        statuses = [getattr(r, "status_code", type(r).__name__) for r in await saturate]
-        stop.set()
-        latencies = await watcher
+        # /livez while the worker is saturated with the heaviest allowed requests (wrk keeps 16 in flight).
+        flood, probe = probed_flood(url, "/classify", heavy, 16, seconds, Probe(url))
+        latencies = probe.latencies()
         rows.append({
-            "case": "16 heaviest requests at once", "status": f"{statuses.count(200)}x200 {statuses.count(503)}x503",
-            "answer_bytes": 0, "seconds": 0.0, "worker_peak_mb": worker_peak_mb(server_pid),
-            "livez_max_ms": max(latencies), "answer": f"/livez p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms",
+            "case": f"/livez while 16 connections send the heaviest request for {seconds:.0f} s",
+            "status": f"{flood['ok']}x200 {flood['shed']}x503 {flood['other'] + flood['errors']} other",
+            "answer_bytes": 0, "seconds": flood["seconds"], "worker_peak_mb": worker_peak_mb(server_pid),
+            "livez_max_ms": max(latencies),
+            "answer": f"/livez p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms, "
+                      f"max {max(latencies):.0f} ms over {len(latencies)} probes; "
+                      f"{sum(s != 200 for s, _ in probe.results)} not 200",
         })
 
         # Raw-socket cases: a Content-Length larger than the body, headers that never end.
@@ -192,9 +251,10 @@ async def run_cases(url: str, server_pid: int | None, seconds: float) -> tuple[l
         rows.append({"case": "headers that never end (slowloris)", "status": line, "seconds": took, "answer_bytes": 0,
                      "livez_max_ms": 0.0, "worker_peak_mb": worker_peak_mb(server_pid), "answer": ""})
 
-        # Overload: one client's latency unloaded, then 4x and 64x the connections the worker can use.
-        small = {"instances": [{"sequence": rng.normal(size=(64, n_features)).round(4).tolist(), "model": name}]}
-        table = [await overload(client, small, c, seconds) for c in (1, 4, 64, 256)]
+        # Overload: a probe's latency alone, then beside wrk at 64 connections (the bench's saturating
+        # load) and at 4x that; the probe's 200s are the admitted latency.
+        small = json.dumps({"instances": [{"sequence": rng.normal(size=(64, n_features)).round(4).tolist(), "model": name}]})
+        table = [overload(url, small, c, seconds) for c in (0, 64, 256)]
         return rows, table
 
 
@@ -213,23 +273,28 @@ def format_report(rows: list[dict], table: list[dict]) -> str:
             f"| {r['case']} | {r['status']} | {r['answer_bytes']:,} | {r['seconds']:.2f} | {r['livez_max_ms']:.0f} | {r['worker_peak_mb']:.0f} |"
         )
     lines += ["", "Answers:", ""] + [f"- {r['case']}: `{r['answer']}`" for r in rows if r["answer"]]
-    lines += ["", "| connections | requests | 200/s | 200 p50 ms | 200 p99 ms | 503 share | other failures |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| wrk connections | wrk answers/s | wrk 503 share | wrk other failures | probe 200s | admitted p50 ms | "
+              "admitted p99 ms | admitted max ms |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in table:
         lines.append(
-            f"| {t['connections']} | {t['requests']} | {t['ok_per_s']:.0f} | {t['p50_ms']:.1f} | {t['p99_ms']:.1f} | "
-            f"{t['shed_503_share']:.1%} | {t['other_failures']} |"
+            f"| {t['connections']} | {t['flood_per_s']:.0f} | {t['shed_503_share']:.1%} | {t['other_failures']} | "
+            f"{t['probe_ok']}/{t['probes']} | {t['p50_ms']:.1f} | {t['p99_ms']:.1f} | {t['max_ms']:.0f} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests hostile", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", help="a running seqserve (default: start one on 127.0.0.1 with the store's models)")
-    parser.add_argument("--seconds", type=float, default=10, help="length of each overload run (default: 10)")
+    parser.add_argument("--host", help="a running seqserve (default: start one on 127.0.0.1 with the store's models); "
+                        "set SEQSERVE_MAX_BODY_MB here as it is set there, to size the heaviest request")
+    parser.add_argument("--seconds", type=float, default=10, help="length of each load run (default: 10)")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("error: the hostile run needs wrk (a C load generator): apt-get install wrk", file=sys.stderr)
+        return 2
     with nullcontext((args.host, None)) if args.host else started_server() as (url, server_pid):
-        rows, table = asyncio.run(run_cases(url, server_pid, args.seconds))
+        rows, table = asyncio.run(run_cases(url, server_pid, args.seconds, Settings.from_env().max_body_bytes))
     report = format_report(rows, table)
     print(report)
     if args.out:

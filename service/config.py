@@ -10,7 +10,7 @@
 | SEQSERVE_MAX_WAIT_MS | 0 | extra wait for more instances when a batch is not full |
 | SEQSERVE_MAX_INSTANCES | 256 | most instances in one request |
 | SEQSERVE_MAX_LENGTH | 4096 | most steps in one sequence or history |
-| SEQSERVE_MAX_BODY_MB | 4 | largest request body in MiB (413 past it) |
+| SEQSERVE_MAX_BODY_MB | 1 | largest request body in MiB (413 past it) |
 | SEQSERVE_MAX_QUEUE_MS | 250 | estimated queue wait per model past which new requests get 503 |
 | SEQSERVE_REQUEST_TIMEOUT_S | 10 | deadline: a request not answered by then gets 503 |
 | SEQSERVE_HEADER_TIMEOUT_S | 10 | a connection must send a request's headers within this |
@@ -25,9 +25,12 @@ batch-1 server fall to about 1 request/s as soon as the other core is busy, beca
 threads spin waiting for each other; with one thread the event loop, JSON parsing and the forward pass
 share the cores without fighting. Scale out with workers (one per core) instead of threads.
 
-Why a 4 MiB body cap: it is gRPC's default message limit (what TF Serving and Triton clients are used
-to), ~500,000 numbers; parsing it takes ~40-80 ms, the longest the event loop is ever blocked by one
-request (see README, "Limits and overload").
+Why a 1 MiB body cap (~120,000 numbers): BentoML parses and validates a body on the event loop, and
+neither the JSON parser nor pydantic lets go of the GIL while they run, so one body blocks the loop (and
+/livez) for as long as it takes: ~45 ms a MiB on one core here (validation plus the float32 arrays),
+measured with ``python -m loadtests hostile``. At 1 MiB /livez stays within 100 ms while the
+worker is saturated with the heaviest allowed requests; at gRPC's 4 MiB it did not (README, "Limits,
+overload and security"). Raise it for large offline batches and accept the slower probes.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ class Settings:
             max_wait_ms=_float("SEQSERVE_MAX_WAIT_MS", 0.0),
             max_instances=_int("SEQSERVE_MAX_INSTANCES", 256),
             max_length=_int("SEQSERVE_MAX_LENGTH", 4096),
-            max_body_bytes=int(_float("SEQSERVE_MAX_BODY_MB", 4.0, minimum=0.001) * 2**20),
+            max_body_bytes=int(_float("SEQSERVE_MAX_BODY_MB", 1.0, minimum=0.001) * 2**20),
             max_queue_ms=_float("SEQSERVE_MAX_QUEUE_MS", 250.0, minimum=1.0),
             request_timeout_s=_float("SEQSERVE_REQUEST_TIMEOUT_S", 10.0, minimum=0.01),
             header_timeout_s=_float("SEQSERVE_HEADER_TIMEOUT_S", 10.0, minimum=0.01),

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import shutil
 import socket
 
 import httpx
@@ -120,3 +121,15 @@ def test_metrics_stay_open_and_unknown_paths_get_404_json(server):
     url, _ = server
     assert httpx.get(f"{url}/metrics").status_code == 200
     assert httpx.get(f"{url}/no/such/path").status_code == 404
+
+
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk (a C load generator) is not installed")
+def test_hostile_overload_counts_wrks_answers_and_times_a_probe_beside_it(server):
+    from loadtests.hostile import overload
+
+    url, tag = server
+    body = json.dumps({"instances": [{"sequence": [[0.0] * 3] * 10, "model": tag}]})
+    row = overload(url, body, connections=4, seconds=2)
+    assert row["flood_per_s"] > 0 and row["other_failures"] == 0
+    assert row["probes"] > 0 and row["probe_ok"] == row["probes"]
+    assert row["max_ms"] >= row["p99_ms"] >= row["p50_ms"] > 0
