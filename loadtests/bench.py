@@ -7,7 +7,10 @@ GRU 2x64, 5 classes):
 2. HTTP+JSON ceiling — a plain ASGI endpoint that parses the same body and returns a constant;
 3. plain BentoML — an adaptive-batching service as the BentoML docs write it;
 4. no batching — a plain ASGI endpoint that runs the model once per request;
-5. seqserve itself.
+5. seqserve itself;
+
+then the streaming table (``loadtests/stream_bench.py``): one new step over the ``/stream`` WebSocket or
+with a state token, next to re-sending the whole history to ``/classify``.
 
 Every server gets one worker and one torch thread. Load comes from ``wrk`` (C, one thread), whose own
 CPU use is measured and reported, so the generator is seen not to be the bottleneck. Machines here are
@@ -34,6 +37,7 @@ import httpx
 import numpy as np
 
 from loadtests.server import free_port, running_process
+from loadtests.stream_bench import run_streaming, store_stream_bench_model, streaming_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 HPARAMS = {"n_features": 8, "n_classes": 5, "hidden_size": 64, "num_layers": 2, "bidirectional": False, "dropout": 0.0}
@@ -176,6 +180,18 @@ def markdown(results: dict, seconds: int) -> str:
     return "\n".join(lines)
 
 
+def streaming(args: argparse.Namespace) -> list[dict]:
+    """The streaming table's rows: seqserve serving the streaming benchmark model, one worker, one torch thread."""
+    tag = store_stream_bench_model()
+    port = free_port()
+    print("… seqserve streaming", file=sys.stderr, flush=True)
+    env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": "1000"}
+    with running_process([sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(port)],
+                         port=port, ready_path="/readyz", env=env) as url:
+        return run_streaming(url, tag.split(":")[0], [int(h) for h in args.histories.split(",")],
+                             [int(n) for n in args.streams.split(",")], args.stream_seconds)
+
+
 def machine() -> str:
     import bentoml
     import torch
@@ -193,18 +209,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,16,64", help="connection counts (default: 1,16,64)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for results.json and table.md")
     parser.add_argument("--no-update", action="store_true", help="do not rewrite loadtests/BENCHMARKS.md")
+    parser.add_argument("--streams", default="1,64,256", help="concurrent streams in the streaming table (default: 1,64,256)")
+    parser.add_argument("--histories", default="64,512,4096", help="history lengths in the streaming table (default: 64,512,4096)")
+    parser.add_argument("--stream-seconds", type=float, default=10, help="length of each streaming cell (default: 10)")
+    parser.add_argument("--only-streaming", action="store_true", help="only the streaming table (no wrk needed)")
     args = parser.parse_args(argv)
-    if not shutil.which("wrk"):
+    if not args.only_streaming and not shutil.which("wrk"):
         print("error: the benchmark needs wrk (a C load generator): apt-get install wrk", file=sys.stderr)
         return 2
     # A private model store: the benchmark never touches the user's models.
     os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="seqserve-bench-")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    results = run(concurrency, args.seconds)
+    results = {"model_only": [], "servers": {}} if args.only_streaming else run(concurrency, args.seconds)
+    results["streaming"] = streaming(args)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    table = markdown(results, args.seconds)
-    results.update({"machine": machine(), "date": when})
+    ceiling = next((r["p50_ms"] for r in results["servers"].get("HTTP+JSON ceiling (parse only)", []) if r["connections"] == 1), None)
+    table = "" if args.only_streaming else markdown(results, args.seconds) + "\n\n"
+    table += streaming_markdown(results["streaming"], args.stream_seconds, ceiling)
+    results.update({"machine": machine() if shutil.which("wrk") else platform.platform(), "date": when})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "table.md").write_text(table + "\n")

@@ -3,20 +3,29 @@
     locust --config loadtests/locust.conf                # web UI on http://127.0.0.1:8089
     python -m loadtests run --users 64 --duration 60s    # headless, with thresholds (loadtests/runner.py)
 
+``ClassifyUser`` and ``ForecastUser`` run by default; ``StreamTokenUser`` (``/stream/classify`` with state
+tokens) and ``StreamSocketUser`` (the ``/stream`` WebSocket) stream to the streamable classifiers
+(``python -m loadtests run --scenarios StreamTokenUser,StreamSocketUser``).
+
 Requests are built from GET /models, read once per process when a test starts: the right feature count,
 lengths from short to long, 1 to --max-instances instances per request, each naming one of the served
 models of its task. A light task sends a malformed request and expects the 400 that names the instance.
 """
 
+import json
 import logging
+import time
 
 import gevent
 import numpy as np
 import requests
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, User, between, events, task
 from locust.exception import StopUser
 
-from loadtests.payloads import bad_body, check_answers, request_body, served
+from loadtests.payloads import (
+    STREAM_RESTART_STEPS, bad_body, check_answers, check_stream_answer, name_of, new_steps, request_body, same_probabilities,
+    served, streamable,
+)
 
 log = logging.getLogger(__name__)
 MODELS: list[dict] = []  # what GET /models answered when the test started
@@ -103,3 +112,104 @@ class ClassifyUser(SeqServeUser):
 
 class ForecastUser(SeqServeUser):
     task_name = "forecast"
+
+
+class StreamTokenUser(FastHttpUser):
+    """A device streaming to ``/stream/classify`` with a state token: 1-4 new readings a request.
+
+    Every answer is checked (model, steps seen, a valid classification, a next token); every tenth is
+    also compared with ``/classify`` on the whole sequence so far, which it must equal.
+    """
+
+    host = "http://127.0.0.1:3000"
+    wait_time = between(0.0, 0.1)
+
+    def on_start(self):
+        wanted = [m.strip() for m in self.environment.parsed_options.models.split(",") if m.strip()]
+        self.entries = streamable(MODELS, "classify", wanted)
+        self.rng = np.random.default_rng()
+        self.restart()
+
+    def restart(self):
+        self.entry = self.entries[int(self.rng.integers(len(self.entries)))] if self.entries else None
+        self.state, self.sequence, self.sent = None, [], 0
+
+    @task
+    def send_steps(self):
+        if self.entry is None:
+            log.warning("no streamable classifier served; %s stops", type(self).__name__)
+            raise StopUser()
+        steps = new_steps(self.rng, self.entry)
+        self.sequence += steps
+        body = {"instances": [{"steps": steps, "state": self.state, "model": name_of(self.entry)}]}
+        with self.client.post("/stream/classify", json=body, name="/stream/classify [token]", catch_response=True) as resp:
+            if resp.status_code != 200:
+                return resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
+            [answer] = resp.json()
+            problem = check_stream_answer(answer, self.entry, len(self.sequence), token=True)
+            self.sent += 1
+            if problem is None and self.sent % 10 == 0:
+                whole = self.client.post("/classify", json={"instances": [{"sequence": self.sequence, "model": name_of(self.entry)}]},
+                                         name="/classify [stream check]").json()[0]
+                problem = same_probabilities(answer, whole)
+            if problem:
+                resp.failure(problem)
+                return self.restart()
+            resp.success()
+            self.state = answer["state"]
+        if len(self.sequence) >= STREAM_RESTART_STEPS:
+            self.restart()
+
+
+class StreamSocketUser(User):
+    """A device streaming over the ``/stream`` WebSocket: 1-4 new readings a message, every answer checked."""
+
+    host = "http://127.0.0.1:3000"
+    wait_time = between(0.0, 0.1)
+
+    def on_start(self):
+        wanted = [m.strip() for m in self.environment.parsed_options.models.split(",") if m.strip()]
+        self.entries = streamable(MODELS, "classify", wanted)
+        self.rng = np.random.default_rng()
+        self.socket = None
+        self.open()
+
+    def open(self):
+        from websocket import create_connection  # websocket-client: blocking, made cooperative by gevent
+
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = None
+        if not self.entries:
+            return
+        self.entry = self.entries[int(self.rng.integers(len(self.entries)))]
+        url = f"{self.host.replace('http', 'ws', 1)}/stream?model={name_of(self.entry)}"
+        self.socket = create_connection(url, timeout=30)
+        self.socket.recv()  # the server's hello
+        self.seen = 0
+
+    def on_stop(self):
+        if self.socket is not None:
+            self.socket.close()
+
+    @task
+    def send_steps(self):
+        if self.socket is None:
+            log.warning("no streamable classifier served; %s stops", type(self).__name__)
+            raise StopUser()
+        steps = new_steps(self.rng, self.entry)
+        started = time.perf_counter()
+        problem, text = None, ""
+        try:
+            self.socket.send(json.dumps({"steps": steps}))
+            text = self.socket.recv()
+            self.seen += len(steps)
+            problem = check_stream_answer(json.loads(text), self.entry, self.seen, token=False)
+        except Exception as err:  # a closed socket, a timeout, a body that is not JSON
+            problem = f"{type(err).__name__}: {err}"
+        self.environment.events.request.fire(
+            request_type="WS", name="/stream [websocket]", response_time=(time.perf_counter() - started) * 1000,
+            response_length=len(text), exception=AssertionError(problem) if problem else None, context={},
+        )
+        if problem or self.seen >= STREAM_RESTART_STEPS:
+            self.open()

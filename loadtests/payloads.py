@@ -121,3 +121,39 @@ def check_forecast(answer: dict, entry: dict) -> str | None:
     if "0.5" in quantiles and quantiles["0.5"] != forecast:
         return "forecast differs from quantile 0.5"
     return None
+
+
+# ---- streams ------------------------------------------------------------------------------------------
+
+STREAM_RESTART_STEPS = 200  # a simulated device starts a new stream after this many steps
+
+
+def streamable(models: list[dict], task: str = "classify", wanted: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """The ``/models`` entries of ``task`` that can stream (``/stream/<task>`` and the WebSocket)."""
+    return [m for m in served(models, task, wanted) if m.get("streamable")]
+
+
+def new_steps(rng: np.random.Generator, entry: dict, most: int = 4) -> list[list[float]]:
+    """1 .. ``most`` new readings of every feature: what a device sends between two answers."""
+    return rng.normal(size=(int(rng.integers(1, most + 1)), len(entry["features"]))).round(4).tolist()
+
+
+def check_stream_answer(answer: dict, entry: dict, seen: int, token: bool) -> str | None:
+    """Why one stream answer is wrong (model, steps seen, the classification, a token when asked), or None."""
+    if not isinstance(answer, dict):
+        return f"answer is not an object: {answer!r:.100}"
+    if "error" in answer:
+        return f"error: {str(answer['error'])[:200]}"
+    if str(answer.get("model", "")).split(":")[0] != name_of(entry):
+        return f"model is {answer.get('model')!r}, asked {name_of(entry)!r}"
+    if answer.get("seen") != seen:
+        return f"seen is {answer.get('seen')}, the stream has sent {seen} steps"
+    if token and not isinstance(answer.get("state"), str):
+        return "no state token in the answer"
+    return check_classification(answer, entry)
+
+
+def same_probabilities(streamed: dict, whole: dict, tolerance: float = PROBABILITY_TOLERANCE) -> str | None:
+    """Why a stream's answer differs from /classify on its whole sequence, or None."""
+    worst = max(abs(streamed["probabilities"][k] - p) for k, p in whole["probabilities"].items())
+    return None if worst <= tolerance else f"differs from /classify on the whole sequence by {worst:.2e}"

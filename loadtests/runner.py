@@ -31,6 +31,7 @@ from loadtests.server import started_server
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "loadtests" / "locust.conf"
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+DEFAULT_SCENARIOS = ("ClassifyUser", "ForecastUser")
 GRACE_S = 60  # on top of the run time and the ramp-up: locust start-up and shutdown
 
 
@@ -62,6 +63,9 @@ def add_load_options(parser: argparse.ArgumentParser, *, duration: str, users: i
     add("--max-p99-ms", type=float, default=max_p99_ms, help="fail above this p99 (default %(default)s)")
     add("--max-instances", type=int, default=8, help="most instances in one request (default %(default)s)")
     add("--models", default="", help="comma-separated names or tags to load; without --host, the ones served")
+    add("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated locust users: ClassifyUser, ForecastUser, StreamTokenUser (/stream/classify with "
+        "state tokens), StreamSocketUser (the /stream WebSocket) (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +180,8 @@ def locust_command(args: argparse.Namespace, host: str, out: Path, extra: Sequen
         "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{math.ceil(args.duration)}s",
         "--host", host, "--max-instances", str(args.max_instances), *extra,
     ]
-    return command + (["--models", args.models] if args.models else [])
+    scenarios = [name.strip() for name in getattr(args, "scenarios", "").split(",") if name.strip()]
+    return command + (["--models", args.models] if args.models else []) + scenarios  # user classes come last
 
 
 @contextmanager

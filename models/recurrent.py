@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.normalization import instance_norm_name, instance_standardize, running_standardize
+
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
@@ -91,23 +93,6 @@ class CausalConvFrontEnd(nn.Module):
         return y.transpose(1, 2), lengths
 
 
-def instance_standardize(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Standardise every sequence by its own per-feature mean and std over its valid steps.
-
-    x: (B, T, F), lengths: (B,) or None -> (B, T, F) with padded steps left at zero.
-    """
-    steps = torch.arange(x.shape[1], device=x.device)
-    if lengths is None:
-        mask = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
-    else:
-        mask = (steps[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)  # (B, T)
-    mask = mask.unsqueeze(-1)  # (B, T, 1)
-    count = mask.sum(dim=1, keepdim=True)  # (B, 1, 1)
-    mean = (x * mask).sum(dim=1, keepdim=True) / count
-    var = (((x - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
-    return (x - mean) / (var.sqrt() + 1e-5) * mask
-
-
 @dataclass
 class ClassifierConfig:
     """Hyper-parameters of :class:`SequenceClassifier`; stored as the card's ``hparams``.
@@ -122,7 +107,9 @@ class ClassifierConfig:
     num_layers: int = 2
     dropout: float = 0.1
     bidirectional: bool = False
-    instance_norm: bool = False  # also feed each sequence standardised by its own statistics
+    # also feed each sequence standardised by its own statistics: "none", "sequence" (all its steps) or
+    # "running" (steps up to each step, so the model can stream); older cards stored False/True
+    instance_norm: bool | str = "none"
     conv_stride: int = 0  # 0: no front end; k >= 1: a causal conv front end that max-pools k steps into one
 
 
@@ -131,7 +118,8 @@ class SequenceClassifier(nn.Module):
 
     Inputs are standardised per feature with statistics from the training data (stored as buffers, so
     they travel with the weights); with ``instance_norm`` every sequence standardised by its own
-    statistics is fed beside them (2F channels), so shape is seen apart from level. An optional causal
+    statistics (over all its steps, or running: see :mod:`models.normalization`) is fed beside them (2F
+    channels), so shape is seen apart from level. An optional causal
     convolutional front end (``conv_stride``) extracts local patterns and shortens long sequences. A
     :class:`RecurrentEncoder` reads the result, summarised by the last hidden state next to the mean of
     all valid steps; a linear head gives the logits.
@@ -155,14 +143,14 @@ class SequenceClassifier(nn.Module):
         num_layers: int = 2,
         dropout: float = 0.1,
         bidirectional: bool = False,
-        instance_norm: bool = False,
+        instance_norm: bool | str = "none",
         conv_stride: int = 0,
     ):
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_std", torch.ones(n_features))
-        self.instance_norm = instance_norm
-        channels = 2 * n_features if instance_norm else n_features
+        self.instance_norm = instance_norm_name(instance_norm)
+        channels = n_features if self.instance_norm == "none" else 2 * n_features
         self.front = CausalConvFrontEnd(channels, hidden_size, conv_stride) if conv_stride else None
         if self.front is not None:
             channels = hidden_size
@@ -172,8 +160,10 @@ class SequenceClassifier(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, T, F) zero-padded after each length, lengths: (B,) int64 on CPU or None -> logits: (B, C)
         z = (x - self.feature_mean) / self.feature_std
-        if self.instance_norm:
+        if self.instance_norm == "sequence":
             z = torch.cat([z, instance_standardize(x, lengths)], dim=-1)  # (B, T, 2F)
+        elif self.instance_norm == "running":
+            z = torch.cat([z, running_standardize(x, lengths)], dim=-1)  # (B, T, 2F)
         if self.front is not None:
             z, lengths = self.front(z, lengths)  # (B, T', hidden), T' = ceil(T / stride)
         outputs, last = self.encoder(z, lengths)  # (B, T', D), (B, D)

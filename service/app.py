@@ -19,7 +19,8 @@ from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from service import http_protocol
 from service.batching import ClientGone, DeadlineExceeded, Overloaded
@@ -27,17 +28,24 @@ from service.config import Settings
 from service.errors import ReadableValidationErrors
 from service.guard import RequestGuard
 from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError
-from service.metrics import observe_batch
+from service.metrics import change_open_streams, count_stream_steps, observe_batch, observe_state_batch
 from service.openapi import SeqServeService
 from service.schemas import (
     CLASSIFY_INSTANCES,
     FORECAST_INSTANCES,
+    STREAM_CLASSIFY_INSTANCES,
+    STREAM_FORECAST_INSTANCES,
     ClassifyAnswers,
     ClassifyInstance,
     ForecastAnswers,
     ForecastInstance,
+    StreamClassifyAnswers,
+    StreamClassifyInstance,
+    StreamForecastAnswers,
+    StreamForecastInstance,
 )
 from service.served import RequestError, ServedModels, served_tags
+from service.streams import StreamSessions
 from service.startup import start_up, stop_server_on_failure
 
 # Read once, at import: the decorator, the middlewares and the workers use these. In `bentoml serve`'s
@@ -79,8 +87,13 @@ async def list_models(request: Request) -> Response:
     return _json([info.model_dump() for info in bentoml.get_current_service().served.describe()])
 
 
-# BentoML APIs answer POST; GET /models is a plain route mounted beside them.
-extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"])])
+async def stream_socket(websocket: WebSocket) -> None:
+    """The /stream WebSocket: one connection, one stream (service.streams)."""
+    await bentoml.get_current_service().sessions.serve(websocket)
+
+
+# BentoML APIs answer POST; GET /models and the /stream WebSocket are plain routes mounted beside them.
+extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"]), WebSocketRoute("/stream", stream_socket)])
 
 
 @bentoml.service(
@@ -93,7 +106,7 @@ extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"])]
     logging={"access": {"enabled": SETTINGS.access_log}},
     # A tracing span per request costs about a third of the throughput of a small model; keep
     # tracing for everything else, and turn it back on by editing this list if you need it.
-    tracing={"excluded_urls": ["/classify", "/forecast"]},
+    tracing={"excluded_urls": ["/classify", "/forecast", "/stream/classify", "/stream/forecast"]},
     # The API page says seqserve, its version, GET /models and the errors we answer (service/openapi.py).
     service_class=SeqServeService,
 )
@@ -107,7 +120,10 @@ class SeqServe:
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)
         with stop_server_on_failure():  # in a worker: stop the server, not restart this worker forever
-            self.served = ServedModels(SETTINGS, SERVED_TAGS, on_batch=observe_batch)
+            self.served = ServedModels(
+                SETTINGS, SERVED_TAGS, on_batch=observe_batch, on_state_batch=observe_state_batch, on_steps=count_stream_steps
+            )
+        self.sessions = StreamSessions(self.served, SETTINGS, on_open=change_open_streams)
         # Everything loaded so far lives for the whole process: keep the garbage collector from
         # walking it again and again (gen-2 passes over torch's objects stalled requests 100-200 ms
         # every ~2 s under load). Each request also leaves a few objects alive until BentoML's
@@ -120,16 +136,33 @@ class SeqServe:
     @bentoml.api(route="/classify", output_spec=ClassifyAnswers)
     async def classify(self, ctx: bentoml.Context, instances: list[ClassifyInstance] = CLASSIFY_INSTANCES) -> Response:
         """Classify sequences: one answer per instance, in order."""
-        return await self._answer(CLASSIFY, instances, ctx)
+        return await self._answer(self.served.answer, CLASSIFY, instances, ctx)
 
     @bentoml.api(route="/forecast", output_spec=ForecastAnswers)
     async def forecast(self, ctx: bentoml.Context, instances: list[ForecastInstance] = FORECAST_INSTANCES) -> Response:
         """Forecast the next steps of each history, in that history's own scale."""
-        return await self._answer(FORECAST, instances, ctx)
+        return await self._answer(self.served.answer, FORECAST, instances, ctx)
 
-    async def _answer(self, task: ClassifyTask | ForecastTask, instances: list, ctx: bentoml.Context) -> Response:
+    @bentoml.api(route="/stream/classify", output_spec=StreamClassifyAnswers)
+    async def stream_classify(
+        self, ctx: bentoml.Context, instances: list[StreamClassifyInstance] = STREAM_CLASSIFY_INSTANCES
+    ) -> Response:
+        """Advance classification streams by their new steps: each answer equals /classify on the stream so far
+        and carries the state token for the next steps."""
+        return await self._answer(self.served.step_streams, CLASSIFY, instances, ctx)
+
+    @bentoml.api(route="/stream/forecast", output_spec=StreamForecastAnswers)
+    async def stream_forecast(
+        self, ctx: bentoml.Context, instances: list[StreamForecastInstance] = STREAM_FORECAST_INSTANCES
+    ) -> Response:
+        """Advance forecasting streams by their new values: each forecast equals /forecast on the history so far
+        and carries the state token for the next values."""
+        return await self._answer(self.served.step_streams, FORECAST, instances, ctx)
+
+    async def _answer(self, run, task: ClassifyTask | ForecastTask, instances: list, ctx: bentoml.Context) -> Response:
+        """``run(task, instances)`` (ServedModels.answer or .step_streams) as JSON, its errors as 400/503."""
         try:
-            return _json(await self.served.answer(task, instances, client_gone=ctx.request.is_disconnected))
+            return _json(await run(task, instances, client_gone=ctx.request.is_disconnected))
         except (InstanceError, RequestError) as err:
             return _error(ctx, 400, err)
         except Overloaded as err:

@@ -19,6 +19,10 @@
 | SEQSERVE_OPEN_PATHS | /livez,/readyz,/metrics | paths that need no key (probes, scrapers) |
 | SEQSERVE_CORS_ORIGINS | (none: CORS off) | comma-separated origins allowed to call from a browser |
 | SEQSERVE_ACCESS_LOG | 0 | 1 logs a line per request |
+| SEQSERVE_STATE_KEY | (none: derived from each model) | secret that signs HTTP stream state tokens (service.state_token) |
+| SEQSERVE_STREAM_MAX_OPEN | 1000 | most open WebSocket streams per worker; the next is closed with 1013 |
+| SEQSERVE_STREAM_IDLE_S | 300 | a WebSocket stream with no message for this long is closed (4408) |
+| SEQSERVE_STREAM_MAX_STEPS | 1024 | most new steps in one stream message or /stream instance |
 
 Why one torch thread per worker: on a 2-core machine torch's default (one thread per core) makes a
 batch-1 server fall to about 1 request/s as soon as the other core is busy, because the intra-op
@@ -36,7 +40,7 @@ overload and security"). Raise it for large offline batches and accept the slowe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class SettingError(ValueError):
@@ -75,6 +79,13 @@ def _list(name: str, default: str = "") -> tuple[str, ...]:
     return tuple(part.strip() for part in os.environ.get(name, default).split(",") if part.strip())
 
 
+def _secret(name: str, minimum_length: int = 16) -> str:
+    raw = os.environ.get(name, "").strip()
+    if raw and len(raw) < minimum_length:  # never echo a secret, even a bad one
+        raise SettingError(name, f"must be at least {minimum_length} characters (a random secret), got {len(raw)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment, read once at start-up."""
@@ -96,6 +107,10 @@ class Settings:
     open_paths: tuple[str, ...]
     cors_origins: tuple[str, ...]
     access_log: bool
+    state_key: str = field(default="", repr=False)  # "": tokens signed with a key derived from the model alone
+    stream_max_open: int = 1000
+    stream_idle_s: float = 300.0
+    stream_max_steps: int = 1024
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -117,4 +132,8 @@ class Settings:
             open_paths=_list("SEQSERVE_OPEN_PATHS", "/livez,/readyz,/metrics"),
             cors_origins=_list("SEQSERVE_CORS_ORIGINS"),
             access_log=os.environ.get("SEQSERVE_ACCESS_LOG", "0").strip().lower() in ("1", "true", "yes"),
+            state_key=_secret("SEQSERVE_STATE_KEY"),
+            stream_max_open=_int("SEQSERVE_STREAM_MAX_OPEN", 1000),
+            stream_idle_s=_float("SEQSERVE_STREAM_IDLE_S", 300.0, minimum=0.01),
+            stream_max_steps=_int("SEQSERVE_STREAM_MAX_STEPS", 1024),
         )

@@ -6,7 +6,8 @@ the models, cheaply and with a clear answer.
 * **Paths** ending in ``/`` are served as the same path without it (``/classify/`` is ``/classify``),
   so no redirect is ever built from the client's ``Host`` header.
 * **API keys** (``SEQSERVE_API_KEYS``): every path but the open ones (probes, metrics) needs
-  ``Authorization: Bearer <key>``; keys are compared in constant time and never logged. 401 otherwise.
+  ``Authorization: Bearer <key>``; keys are compared in constant time and never logged. 401 otherwise,
+  also for a WebSocket handshake (``/stream``), before it is accepted.
 * **JSON only**: a POST must say ``Content-Type: application/json`` (415 otherwise). Browsers can only
   send such a request cross-site after a CORS preflight, which the service refuses unless
   ``SEQSERVE_CORS_ORIGINS`` allows the origin.
@@ -60,6 +61,8 @@ class RequestGuard:
         self.open_paths = set(settings.open_paths)
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
@@ -101,6 +104,20 @@ class RequestGuard:
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.inflight -= expected
+
+    async def _websocket(self, scope, receive, send):
+        """A WebSocket handshake (/stream) needs the API key like any request; refused with 401 before it is accepted."""
+        if self.keys and scope["path"] not in self.open_paths:
+            problem = self._key_problem(_headers(scope).get("authorization", ""))
+            if problem:
+                if "websocket.http.response" in scope.get("extensions", {}):  # uvicorn: a real 401 answer
+                    body = json.dumps({"error": problem}).encode()
+                    await send({"type": "websocket.http.response.start", "status": 401, "headers": [
+                        (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                        (b"content-length", str(len(body)).encode())]})
+                    return await send({"type": "websocket.http.response.body", "body": body})
+                return await send({"type": "websocket.close", "code": 1008, "reason": problem})
+        return await self.app(scope, receive, send)
 
     def _key_problem(self, authorization: str) -> str | None:
         scheme, _, key = authorization.partition(" ")

@@ -8,7 +8,10 @@ A task knows three things, each a method a reader can open:
 * ``run_batch(model, arrays)`` — one forward pass over many instances (from many requests), one
   answer per instance, in order. An instance whose output is not finite (inputs far outside what the
   model was trained on can overflow float32) gets an :class:`OutOfRange` instead of an answer, so no
-  NaN or infinity is ever sent as JSON and the instances beside it are not affected.
+  NaN or infinity is ever sent as JSON and the instances beside it are not affected;
+* ``step_batch(model, stream, steps)`` — the same for streams: advance many streams' states by their
+  new steps together (:mod:`models.streaming`), one :class:`Stepped` per :class:`StreamStep`;
+* ``answer(model, output)`` — one model output as the JSON answer (both paths use it).
 
 One request's path: ``app.py`` (HTTP) -> ``schemas.py`` (pydantic) -> ``served.py`` (resolve the model,
 ``task.validate`` every instance) -> ``batching.py`` (merge concurrent instances) -> ``task.run_batch``.
@@ -24,6 +27,7 @@ import torch
 
 from models.artifact import LoadedModel
 from models.padding import pad_sequences
+from models.streaming import Advanced, ClassifierStream, ForecasterStream, State
 
 
 class InstanceError(ValueError):
@@ -74,6 +78,33 @@ def _as_array(index: int, field: str, values: list, n_features: int, tag: str, l
     return array
 
 
+def validate_steps(index: int, steps: list, model: LoadedModel, max_steps: int) -> np.ndarray:
+    """A stream's new steps as (k, F) float32, at most ``max_steps`` of them (either task)."""
+    return _as_array(index, "steps", steps, len(model.card.features), model.tag, Limits(max_length=max_steps))
+
+
+@dataclass
+class StreamStep:
+    """One stream's work for a stream batch: its state, its new steps (k, F) and whether to answer every step."""
+
+    state: State
+    steps: np.ndarray
+    every_step: bool = False
+
+
+@dataclass
+class Stepped:
+    """A stream after its new steps: its new state and its answers (the last step's, or every step's), in order."""
+
+    state: State
+    answers: list[dict[str, Any]]
+
+
+def stream_cost(item: StreamStep) -> int:
+    """A stream item's work for the batcher: its new steps (each one a pass over the batch of streams)."""
+    return len(item.steps)
+
+
 def _out_of_range(model: LoadedModel) -> OutOfRange:
     return OutOfRange(
         f"the values are too large for {model.tag}: its output overflowed 32-bit floats "
@@ -99,19 +130,22 @@ class ClassifyTask:
         """One forward pass over sequences of any lengths; one answer per sequence, in order."""
         x, lengths = pad_sequences(sequences)  # (B, T, F), (B,)
         logits = model.module(x.to(model.device, non_blocking=True), lengths)  # (B, C)
-        probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, C)
-        finite = np.isfinite(probabilities).all(axis=1)  # (B,)
+        return [self.answer(model, row) for row in logits.float().cpu().numpy()]
+
+    def step_batch(self, model: LoadedModel, stream: ClassifierStream, items: list[StreamStep]) -> list[Stepped | OutOfRange]:
+        """Advance many streams by their new steps together; each answer equals /classify on its sequence so far."""
+        advanced = stream.advance([i.state for i in items], [i.steps for i in items], [i.every_step for i in items])
+        return [_stepped(model, a, [(n, self.answer(model, logits)) for n, logits in a.outputs]) for a in advanced]
+
+    def answer(self, model: LoadedModel, logits: np.ndarray) -> dict[str, Any] | OutOfRange:
+        """One sequence's logits (C,) as its answer: label, index and every class's probability."""
+        shifted = np.exp(logits - logits.max()) if np.isfinite(logits).all() else logits
+        probabilities = shifted / shifted.sum()  # (C,) softmax
+        if not np.isfinite(probabilities).all():
+            return _out_of_range(model)
+        k = int(probabilities.argmax())
         labels = model.card.labels
-        answers: list[dict[str, Any] | OutOfRange] = []
-        for row, ok in zip(probabilities, finite):
-            if not ok:
-                answers.append(_out_of_range(model))
-                continue
-            k = int(row.argmax())
-            answers.append(
-                {"model": model.tag, "label": labels[k], "label_index": k, "probabilities": dict(zip(labels, row.tolist()))}
-            )
-        return answers
+        return {"model": model.tag, "label": labels[k], "label_index": k, "probabilities": dict(zip(labels, probabilities.tolist()))}
 
 
 class ForecastTask:
@@ -136,23 +170,49 @@ class ForecastTask:
         """One forward pass over equal-length windows; forecasts in each history's own scale."""
         x = torch.from_numpy(np.stack(windows))  # (B, lookback, C)
         out = model.module(x.to(model.device, non_blocking=True)).cpu().numpy()  # (B, H, K, Q)
-        finite = np.isfinite(out).reshape(len(out), -1).all(axis=1)  # (B,)
+        return [self.answer(model, row) for row in out]
+
+    def step_batch(self, model: LoadedModel, stream: ForecasterStream, items: list[StreamStep]) -> list[Stepped | OutOfRange]:
+        """Advance many streams by their new steps; each forecast equals /forecast on the history so far.
+
+        A step before the stream has ``lookback`` steps gets ``"forecast": null`` and how many steps it
+        still needs, where /forecast would refuse the history as too short.
+        """
+        advanced = stream.advance([i.state for i in items], [i.steps for i in items], [i.every_step for i in items])
+        lookback, out = model.card.lookback, []
+        for item, a in zip(items, advanced):
+            seen = int(a.state["steps"][0])
+            asked = range(seen - len(item.steps) + 1, seen + 1) if item.every_step else [seen]
+            ready = dict(a.outputs)
+            answers = [
+                (n, self.answer(model, ready[n])) if n in ready
+                else (n, {"model": model.tag, "horizon": model.card.horizon, "forecast": None, "steps_needed": lookback - n})
+                for n in asked
+            ]
+            out.append(_stepped(model, a, answers))
+        return out
+
+    def answer(self, model: LoadedModel, out: np.ndarray) -> dict[str, Any] | OutOfRange:
+        """One window's output (H, K, Q) as its forecast, the quantiles beside it."""
+        if not np.isfinite(out).all():
+            return _out_of_range(model)
         card, point = model.card, model.module.point_index
-        single_target = len(card.targets) == 1
 
         def series(values: np.ndarray) -> list:  # (H, K) -> [h…] for one target, [[k…], …] for several
-            return values[:, 0].tolist() if single_target else values.tolist()
+            return values[:, 0].tolist() if len(card.targets) == 1 else values.tolist()
 
-        answers: list[dict[str, Any] | OutOfRange] = []
-        for row, ok in zip(out, finite):
-            if not ok:
-                answers.append(_out_of_range(model))
-                continue
-            answer: dict[str, Any] = {"model": model.tag, "horizon": card.horizon, "forecast": series(row[..., point])}
-            if card.quantiles:
-                answer["quantiles"] = {str(q): series(row[..., i]) for i, q in enumerate(card.quantiles)}
-            answers.append(answer)
-        return answers
+        answer: dict[str, Any] = {"model": model.tag, "horizon": card.horizon, "forecast": series(out[..., point])}
+        if card.quantiles:
+            answer["quantiles"] = {str(q): series(out[..., i]) for i, q in enumerate(card.quantiles)}
+        return answer
+
+
+def _stepped(model: LoadedModel, advanced: Advanced, answers: list[tuple[int, dict[str, Any] | OutOfRange]]) -> Stepped | OutOfRange:
+    """A stream's answers, each with ``seen`` (its steps so far); OutOfRange when any of them is one."""
+    for _, answer in answers:
+        if isinstance(answer, OutOfRange):
+            return answer
+    return Stepped(advanced.state, [{**answer, "seen": n} for n, answer in answers])
 
 
 CLASSIFY = ClassifyTask()

@@ -27,6 +27,36 @@ def observe_batch(model_tag: str, size: int) -> None:
     batch_size_histogram().labels(model=model_tag).observe(size)
 
 
+@lru_cache(maxsize=None)
+def _stream_metrics():
+    """``seqserve_open_streams`` (WebSocket streams open now, summed over live workers),
+    ``seqserve_stream_steps_total`` (stream steps read, by model: its rate is steps per second) and
+    ``seqserve_state_batch_size`` (streams advanced together in one pass, by model). Created on first
+    use, like :func:`batch_size_histogram`."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return (
+        Gauge("seqserve_open_streams", "WebSocket streams open now", multiprocess_mode="livesum"),
+        Counter("seqserve_stream_steps", "Stream steps read (WebSocket and state tokens)", labelnames=["model"]),
+        Histogram(
+            "seqserve_state_batch_size", "Stream states advanced together in one pass", labelnames=["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        ),
+    )
+
+
+def change_open_streams(delta: int) -> None:
+    _stream_metrics()[0].inc(delta)
+
+
+def count_stream_steps(model_tag: str, steps: int) -> None:
+    _stream_metrics()[1].labels(model=model_tag).inc(steps)
+
+
+def observe_state_batch(model_tag: str, size: int) -> None:
+    _stream_metrics()[2].labels(model=model_tag).observe(size)
+
+
 UNKNOWN_ENDPOINT = "/<unknown>"
 _ORIGINAL_PATH = "seqserve.original_path"
 _exact_labels: dict[str, str] = {}  # path -> label, for paths that are routes: as many as the app has

@@ -73,13 +73,25 @@ Recurrent sequence classifiers and forecasters (RNN, GRU, LSTM) trained by seqse
 * `POST /classify`: a label and class probabilities per sequence.
 * `POST /forecast`: the next steps of each history, in that history's own scale, with quantiles when the
   model has them.
+* `POST /stream/classify`, `POST /stream/forecast`: streaming with a state token. Send only a stream's new
+  `steps` and the `state` from its previous answer (none to start); the answer equals `/classify` or
+  `/forecast` on everything the stream has sent so far, and carries the next `state`. The server keeps
+  nothing, so any worker or replica can continue a stream. Tokens are signed and bound to the model
+  version that made it (another model's, an altered or a truncated token gets a 400 that says so); they
+  are not encrypted. Only causal models stream: `GET /models` says `streamable`, and why not.
+* WebSocket `/stream?model=<name>` (or `?task=classify|forecast`): one connection is one stream whose state
+  stays in the server. The server sends `{{"model", "task", "features", "max_steps", "idle_timeout_s"}}`,
+  then answers every message `{{"steps": [...], "every_step": false}}` as `/stream/<task>` does, without a
+  token; bad input gets `{{"error": ...}}` and the stream goes on. At most {settings.stream_max_open} open
+  streams per worker (close code 1013 past it), closed after {settings.stream_idle_s:g} s without a message
+  (4408); an unknown or non-streamable model closes with 4400. Not listed below: OpenAPI has no WebSockets.
 
 A request is `{{"instances": [...]}}`, answered in order. An instance may name its model (`name`, the newest
 served version, or `name:version`); without one, the endpoint's default model answers. Concurrent
 requests are merged into shared forward passes.
 
 Limits of this server: {settings.max_instances} instances per request, {settings.max_length} steps per
-sequence or history, {settings.max_body_bytes / 2**20:g} MiB per body, an answer within
+sequence or history, {settings.stream_max_steps} new steps per stream instance or message, {settings.max_body_bytes / 2**20:g} MiB per body, an answer within
 {settings.request_timeout_s:g} s. {keys}
 
 Every error is `{{"error": "..."}}`: 400 names the instance, the field and the problem; 413 a body over the

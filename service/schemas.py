@@ -74,6 +74,67 @@ FORECAST_INSTANCES = Field(
 )
 
 
+STATE_FIELD = Field(
+    default=None,
+    description="The state token from this stream's previous answer; leave it out (or null) to start a new stream. "
+    "Opaque to clients: signed, bound to the model version that made it, not encrypted (see the README).",
+    examples=[None],
+)
+EVERY_STEP_FIELD = Field(
+    default=False, description="Also answer after every new step (per_step), not only after the last.", examples=[False]
+)
+
+
+class StreamClassifyInstance(BaseModel):
+    """New steps of one classification stream."""
+
+    model_config = _STRICT
+    steps: list[Step] = Field(
+        fail_fast=True,
+        description="The stream's new steps only, one list of feature values per step, oldest first.",
+        examples=[EXAMPLE_SEQUENCE[:3]],
+    )
+    state: str | None = STATE_FIELD
+    model: str | None = MODEL_FIELD
+    every_step: bool = EVERY_STEP_FIELD
+
+
+class StreamForecastInstance(BaseModel):
+    """New steps of one forecasting stream."""
+
+    model_config = _STRICT
+    steps: list[StrictFloat | Step] = Field(
+        fail_fast=True,
+        description="The stream's new values only, oldest first: numbers for a single-channel model, else one list per step.",
+        examples=[EXAMPLE_HISTORY[:3]],
+    )
+    state: str | None = STATE_FIELD
+    model: str | None = Field(default=None, max_length=256, description=MODEL_FIELD.description, examples=["co2-gru"])
+    every_step: bool = EVERY_STEP_FIELD
+
+
+class StreamMessage(BaseModel):
+    """One message on a /stream WebSocket: the stream's new steps."""
+
+    model_config = _STRICT
+    steps: list[StrictFloat | Step] = Field(
+        fail_fast=True, description="New steps, oldest first: one list of feature values per step (or numbers, one feature)."
+    )
+    every_step: bool = EVERY_STEP_FIELD
+
+
+STREAM_CLASSIFY_INSTANCES = Field(
+    fail_fast=True,
+    description="New steps of one or more streams, answered in order. Each carries its own state token (none for a new stream).",
+    examples=[[{"steps": EXAMPLE_SEQUENCE[:3], "model": "italypower-gru"}]],
+)
+STREAM_FORECAST_INSTANCES = Field(
+    fail_fast=True,
+    description="New values of one or more streams, answered in order. Each carries its own state token (none for a new stream).",
+    examples=[[{"steps": EXAMPLE_HISTORY, "model": "co2-gru"}]],
+)
+
+
 class ClassifyResult(BaseModel):
     """The answer for one sequence."""
 
@@ -100,6 +161,49 @@ class ForecastResult(BaseModel):
         description="For quantile models: the forecast at each quantile level, never crossing.",
         examples=[{"0.1": [318.1, 318.4, 318.6], "0.5": [318.6, 319.0, 319.3], "0.9": [319.1, 319.6, 320.0]}],
     )
+
+
+SEEN_FIELD = Field(description="Steps this stream has read so far, these included.", examples=[27])
+STATE_OUT_FIELD = Field(description="The token to send with this stream's next steps.", examples=["AQx8…"])
+
+
+class ClassifyStepResult(ClassifyResult):
+    """The answer after one step of a classification stream."""
+
+    seen: int = SEEN_FIELD
+
+
+class StreamClassifyResult(ClassifyStepResult):
+    """A classification stream after its new steps: /classify's answer on the whole sequence so far."""
+
+    state: str = STATE_OUT_FIELD
+    per_step: list[ClassifyStepResult] | None = Field(default=None, description="With every_step: the answer after each new step.")
+
+
+class ForecastStepResult(ForecastResult):
+    """The forecast after one step of a forecasting stream: null until the stream has the model's lookback."""
+
+    forecast: list[float] | list[list[float]] | None = Field(
+        description="Point forecast, as /forecast gives it; null until the stream has the model's lookback.",
+        examples=[[318.6, 319.0, 319.3]],
+    )
+    seen: int = SEEN_FIELD
+    steps_needed: int | None = Field(default=None, description="Until the stream has lookback steps: how many more it needs.", examples=[None])
+
+
+class StreamForecastResult(ForecastStepResult):
+    """A forecasting stream after its new steps: /forecast's answer on the history so far."""
+
+    state: str = STATE_OUT_FIELD
+    per_step: list[ForecastStepResult] | None = Field(default=None, description="With every_step: the forecast after each new step.")
+
+
+class StreamClassifyAnswers(IORootModel[list[StreamClassifyResult]]):
+    """What /stream/classify returns: one answer and next state per instance, in order."""
+
+
+class StreamForecastAnswers(IORootModel[list[StreamForecastResult]]):
+    """What /stream/forecast returns: one forecast and next state per instance, in order."""
 
 
 class ClassifyAnswers(IORootModel[list[ClassifyResult]]):
@@ -138,3 +242,9 @@ class ModelInfo(BaseModel):
     )
     created: str = Field(description="When the model was trained (UTC).", examples=["2026-11-21T06:00:00+00:00"])
     device: str = Field(description="Where the model runs.", examples=["cpu"])
+    streamable: bool = Field(description="Whether /stream/<task> and the /stream WebSocket take this model.", examples=[True])
+    not_streamable_because: str | None = Field(
+        default=None, description="Why the model cannot stream (null when it can).",
+        examples=["it is bidirectional: its backward pass reads the whole sequence again with every new step; "
+                  "train it with --no-bidirectional to stream"],
+    )

@@ -1,24 +1,31 @@
 """The models a service instance serves, and the path of one request through them.
 
 ``ServedModels`` loads the chosen models from the store onto one device, gives each its own
-:class:`~service.batching.MicroBatcher` running its task's ``run_batch``, and answers a whole request:
-resolve each instance's model, validate every instance (nothing is queued until the whole request is
-valid), make sure every model involved can take the work, queue the instances, and return the answers
-in request order.
+:class:`~service.batching.MicroBatcher` running its task's ``run_batch`` (and, for models that can
+stream, a second one running ``step_batch`` over stream states), and answers a whole request: resolve
+each instance's model, validate every instance (nothing is queued until the whole request is valid),
+make sure every model involved can take the work, queue the instances, and return the answers in
+request order. ``step_streams`` does the same for ``/stream/<task>`` with state tokens;
+``service.streams`` uses ``stream_model`` and ``step`` for WebSocket streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any, Awaitable, Callable
 
 from models.artifact import ArtifactError, LoadedModel, list_artifacts, load_artifact
 from models.device import resolve_device
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.inference import TASKS, ClassifyTask, ForecastTask, InstanceError, Limits, OutOfRange
+from models.streaming import ClassifierStream, ForecasterStream, NotStreamable, pack_state, stream_for, unpack_state
+from service.inference import (
+    TASKS, ClassifyTask, ForecastTask, InstanceError, Limits, OutOfRange, Stepped, StreamStep, stream_cost, validate_steps,
+)
 from service.schemas import ModelInfo
+from service.state_token import StateSigner, StateTokenError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,17 @@ def shown(text: str, limit: int = 64) -> str:
 class ServedModels:
     """Every served model, its batcher, and the default model of each task."""
 
-    def __init__(self, settings: Settings, tags: list[str], on_batch: Callable[[str, int], None] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        tags: list[str],
+        on_batch: Callable[[str, int], None] | None = None,
+        on_state_batch: Callable[[str, int], None] | None = None,
+        on_steps: Callable[[str, int], None] | None = None,
+    ):
         self.limits = Limits(max_instances=settings.max_instances, max_length=settings.max_length)
+        self.max_stream_steps = settings.stream_max_steps
+        self.on_steps = on_steps
         self.request_timeout_s = settings.request_timeout_s
         self.device = resolve_device(settings.device)
         if not tags:
@@ -56,11 +72,24 @@ class ServedModels:
             )
         self.models: dict[str, LoadedModel] = {}
         self.batchers: dict[str, MicroBatcher] = {}
+        self.streams: dict[str, ClassifierStream | ForecasterStream] = {}  # the models that can stream
+        self.not_streamable: dict[str, str] = {}  # the others: tag -> why not
+        self.stream_batchers: dict[str, MicroBatcher] = {}
         for tag in tags:
             model = load_artifact(tag, self.device)
+            task = TASKS[model.card.task]
             self.models[model.tag] = model
-            self.batchers[model.tag] = self._batcher(model, TASKS[model.card.task], settings, on_batch)
-            log.info("serving %s (%s) on %s", model.tag, model.card.task, self.device)
+            self.batchers[model.tag] = self._batcher(model, partial(task.run_batch, model), task.cost, settings, on_batch)
+            try:
+                self.streams[model.tag] = stream_for(model.module, model.card.lookback)
+            except NotStreamable as err:
+                self.not_streamable[model.tag] = str(err)
+            else:
+                step_batch = partial(task.step_batch, model, self.streams[model.tag])
+                self.stream_batchers[model.tag] = self._batcher(model, step_batch, stream_cost, settings, on_state_batch)
+            log.info("serving %s (%s) on %s%s", model.tag, model.card.task, self.device,
+                     "" if model.tag in self.streams else f"; it cannot stream: {self.not_streamable[model.tag]}")
+        self.signer = StateSigner(settings.state_key, list(self.models.values()))
         # The default model of a task is the first one of that task in the order served.
         self.defaults: dict[str, str] = {}
         # What an instance may name: a full tag, or a name alone (its first served version).
@@ -70,20 +99,15 @@ class ServedModels:
             self.by_name.setdefault(tag.split(":")[0], model)
 
     @staticmethod
-    def _batcher(model: LoadedModel, task, settings: Settings, on_batch) -> MicroBatcher:
-        def run_batch(arrays: list) -> list:
-            return task.run_batch(model, arrays)
-
-        def record(size: int) -> None:
-            on_batch(model.tag, size)
-
+    def _batcher(model: LoadedModel, run_batch: Callable, cost: Callable, settings: Settings, on_batch) -> MicroBatcher:
+        """A batcher over ``run_batch(items)``; ``on_batch(tag, size)`` hears every batch's size."""
         return MicroBatcher(
             run_batch,
-            cost=task.cost,
+            cost=cost,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue_ms=settings.max_queue_ms,
-            on_batch=record if on_batch else None,
+            on_batch=partial(on_batch, model.tag) if on_batch else None,
         )
 
     def resolve(self, index: int, name: str | None, task: ClassifyTask | ForecastTask) -> LoadedModel:
@@ -100,6 +124,12 @@ class ServedModels:
             raise InstanceError(index, "model", f"{model.tag} is a {model.card.task} model; send it to {other}")
         return model
 
+    def _check_count(self, instances: list[Any]) -> None:
+        if not instances:
+            raise RequestError("instances: is empty; send at least one instance")
+        if len(instances) > self.limits.max_instances:
+            raise RequestError(f"instances: has {len(instances)} items; the limit is {self.limits.max_instances} per request")
+
     async def answer(
         self,
         task: ClassifyTask | ForecastTask,
@@ -110,28 +140,95 @@ class ServedModels:
 
         Raises InstanceError or RequestError (400), and the batcher's Overloaded or DeadlineExceeded (503).
         """
-        if not instances:
-            raise RequestError("instances: is empty; send at least one instance")
-        if len(instances) > self.limits.max_instances:
-            raise RequestError(f"instances: has {len(instances)} items; the limit is {self.limits.max_instances} per request")
+        self._check_count(instances)
         groups: dict[str, list[tuple[int, Any]]] = {}
         for index, instance in enumerate(instances):
             model = self.resolve(index, instance.model, task)
             array = task.validate(index, getattr(instance, task.field), model, self.limits)
             groups.setdefault(model.tag, []).append((index, array))
+        return await self._run(self.batchers, groups, task.field, len(instances), client_gone)
+
+    async def step_streams(
+        self,
+        task: ClassifyTask | ForecastTask,
+        instances: list[Any],
+        client_gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One /stream/<task> request: advance every instance's stream (its state token, or a new stream).
+
+        Each answer is the last step's answer plus ``state``, the token to send with the next steps, and
+        with ``every_step`` the answers after each new step (``per_step``). Raises as :meth:`answer`.
+        """
+        self._check_count(instances)
+        groups: dict[str, list[tuple[int, Any]]] = {}
+        resolved: list[LoadedModel] = []
+        for index, instance in enumerate(instances):
+            model = self.resolve(index, instance.model, task)
+            resolved.append(model)
+            stream = self.stream_model(index, model)
+            steps = validate_steps(index, instance.steps, model, self.max_stream_steps)
+            if instance.state is None:
+                state = stream.initial()
+            else:
+                try:
+                    state = unpack_state(self.signer.open(instance.state, model, stream.state_bytes), stream.fields)
+                except StateTokenError as err:
+                    raise InstanceError(index, "state", str(err)) from None
+            groups.setdefault(model.tag, []).append((index, StreamStep(state, steps, instance.every_step)))
+        stepped: list[Stepped] = await self._run(self.stream_batchers, groups, "steps", len(instances), client_gone)
+        answers = []
+        for instance, model, result in zip(instances, resolved, stepped):
+            self._count_steps(model.tag, len(instance.steps))
+            token = self.signer.seal(model, pack_state(result.state, self.streams[model.tag].fields))
+            answer = {**result.answers[-1], "state": token}
+            if instance.every_step:
+                answer["per_step"] = result.answers
+            answers.append(answer)
+        return answers
+
+    def stream_model(self, index: int, model: LoadedModel) -> ClassifierStream | ForecasterStream:
+        """The streaming wrapper of ``model``; InstanceError (naming why) when it cannot stream."""
+        stream = self.streams.get(model.tag)
+        if stream is None:
+            raise InstanceError(index, "model", f"{model.tag} cannot stream: {self.not_streamable[model.tag]}")
+        return stream
+
+    async def step(self, model: LoadedModel, item: StreamStep) -> Stepped:
+        """Advance one WebSocket stream, batched with every other stream of ``model``. Raises OutOfRange too."""
+        batcher = self.stream_batchers[model.tag]
+        await batcher.admit()
+        [result] = await batcher.submit([item], timeout_s=self.request_timeout_s)
+        if isinstance(result, BaseException):
+            raise result
+        self._count_steps(model.tag, len(item.steps))
+        return result
+
+    def _count_steps(self, tag: str, steps: int) -> None:
+        if self.on_steps:
+            self.on_steps(tag, steps)
+
+    async def _run(
+        self,
+        batchers: dict[str, MicroBatcher],
+        groups: dict[str, list[tuple[int, Any]]],
+        field: str,
+        count: int,
+        client_gone: Callable[[], Awaitable[bool]] | None,
+    ) -> list[Any]:
+        """Queue every group on its model's batcher (after all of them admitted the work); results in request order."""
         for tag in groups:
-            await self.batchers[tag].admit()
+            await batchers[tag].admit()
         results = await asyncio.gather(
             *(
-                self.batchers[tag].submit([array for _, array in items], timeout_s=self.request_timeout_s, client_gone=client_gone)
+                batchers[tag].submit([item for _, item in items], timeout_s=self.request_timeout_s, client_gone=client_gone)
                 for tag, items in groups.items()
             )
         )
-        answers: list[dict[str, Any]] = [{}] * len(instances)
+        answers: list[Any] = [None] * count
         for items, group_answers in zip(groups.values(), results):
             for (index, _), result in zip(items, group_answers):
                 if isinstance(result, OutOfRange):
-                    raise InstanceError(index, task.field, str(result))
+                    raise InstanceError(index, field, str(result))
                 if isinstance(result, BaseException):
                     raise result
                 answers[index] = result
@@ -159,6 +256,8 @@ class ServedModels:
                     warnings=list(card.metrics.get("warnings", [])),
                     created=card.created,
                     device=str(self.device),
+                    streamable=tag in self.streams,
+                    not_streamable_because=self.not_streamable.get(tag),
                 )
             )
         return out

@@ -45,7 +45,7 @@ def test_classify_on_synthetic_stores_a_loadable_model_and_reports_dtw(capsys, t
     assert set(metrics["baselines"]) == {"majority_class", "dtw_1nn"}
     assert set(metrics["baselines"]["dtw_1nn"]) == {"accuracy", "macro_f1"}
     assert isinstance(metrics["beats_baseline"], bool) and isinstance(metrics["warnings"], list)
-    assert metrics["recipe"]["instance_norm"] is True and metrics["recipe"]["conv_stride"] == 1
+    assert metrics["recipe"]["instance_norm"] == "sequence" and metrics["recipe"]["conv_stride"] == 1
     assert (tmp_path / "loss.png").stat().st_size > 0
     loaded = load_artifact(tag)
     assert loaded.card.task == "classify" and loaded.card.labels == ["sawtooth", "sine", "square"]

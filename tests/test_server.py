@@ -19,7 +19,8 @@ from loadtests.server import running_server
 @pytest.fixture(scope="module")
 def server():
     clf, fc = tiny_models.store_classifier("real-clf"), tiny_models.store_forecaster("real-fc")
-    env = {"SEQSERVE_MODELS": f"{clf},{fc}", "SEQSERVE_HEADER_TIMEOUT_S": "1", "SEQSERVE_BODY_TIMEOUT_S": "1"}
+    streaming = tiny_models.store_streaming_classifier("real-stream", "gru", 2)
+    env = {"SEQSERVE_MODELS": f"{clf},{fc},{streaming}", "SEQSERVE_HEADER_TIMEOUT_S": "1", "SEQSERVE_BODY_TIMEOUT_S": "1"}
     with running_server(env) as url:
         yield url, clf
 
@@ -133,3 +134,34 @@ def test_hostile_overload_counts_wrks_answers_and_times_a_probe_beside_it(server
     assert row["flood_per_s"] > 0 and row["other_failures"] == 0
     assert row["probes"] > 0 and row["probe_ok"] == row["probes"]
     assert row["max_ms"] >= row["p99_ms"] >= row["p50_ms"] > 0
+
+
+def test_streams_through_the_real_server_by_token_and_websocket(server):
+    """Both ways in through `bentoml serve`: the answers equal /classify, and /metrics counts streams and steps."""
+    from websocket import create_connection
+
+    url, _ = server
+    tag = next(m["tag"] for m in httpx.get(f"{url}/models").json() if m["tag"].startswith("real-stream"))
+    sequence = np.random.default_rng(3).normal(size=(30, 3)).round(4).tolist()
+
+    def whole(n):
+        return httpx.post(f"{url}/classify", json={"instances": [{"sequence": sequence[:n], "model": tag}]}).json()[0]
+
+    state = None
+    for start, stop in ((0, 1), (1, 9), (9, 30)):
+        answer = httpx.post(f"{url}/stream/classify", json={"instances": [
+            {"steps": sequence[start:stop], "state": state, "model": tag}]}).json()[0]
+        state = answer["state"]
+        np.testing.assert_allclose(list(answer["probabilities"].values()), list(whole(stop)["probabilities"].values()), atol=1e-5)
+    ws = create_connection(f"{url.replace('http', 'ws')}/stream?model={tag}", timeout=30)
+    try:
+        assert json.loads(ws.recv())["model"] == tag
+        ws.send(json.dumps({"steps": sequence[:12]}))
+        answer = json.loads(ws.recv())
+        np.testing.assert_allclose(list(answer["probabilities"].values()), list(whole(12)["probabilities"].values()), atol=1e-5)
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "seqserve_open_streams 1.0" in metrics
+    finally:
+        ws.close()
+    assert f'seqserve_stream_steps_total{{model="{tag}"}} 42.0' in metrics
+    assert f'seqserve_state_batch_size_count{{model="{tag}"}}' in metrics

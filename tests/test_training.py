@@ -105,7 +105,7 @@ def test_configs_round_trip_and_old_cards_load():
     old_card_hparams = {"n_features": 3, "n_classes": 2, "hidden_size": 8}  # written before the new fields
     assert ClassifierConfig(**old_card_hparams).conv_stride == 0
     model = create_model("gru_classifier", **old_card_hparams)
-    assert model.front is None and not model.instance_norm
+    assert model.front is None and model.instance_norm == "none"
 
 
 # ----------------------------------------------------------------------------- panels of short series

@@ -30,3 +30,18 @@ def store_forecaster(name: str = "tiny-fc", seed: int = 0) -> str:
         metrics={"test": {"mase": 0.9}, "baselines": {"seasonal_naive": {"mase": 1.0}}},
     )
     return save_artifact(name, model, card)
+
+
+def store_streaming_classifier(name: str, cell: str = "gru", conv_stride: int = 0, seed: int = 0) -> str:
+    """A classifier that can stream: one-way, running instance normalisation, optionally a conv front end."""
+    torch.manual_seed(seed)
+    hparams = {**CLASSIFIER, "bidirectional": False, "instance_norm": "running", "conv_stride": conv_stride}
+    model = create_model(f"{cell}_classifier", **hparams)
+    with torch.no_grad():
+        model.feature_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        model.feature_std.copy_(torch.tensor([2.0, 0.5, 1.5]))
+    card = ModelCard(
+        task="classify", model_name=f"{cell}_classifier", hparams=hparams, features=["x", "y", "z"],
+        labels=["walk", "run", "sit", "jump"], max_length=50, metrics={"test": {"accuracy": 0.5}},
+    )
+    return save_artifact(name, model, card)

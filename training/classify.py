@@ -77,7 +77,7 @@ def augment(seq: np.ndarray, std: np.ndarray, rng: np.random.Generator) -> np.nd
     return (view + rng.normal(0.0, 0.05, size=view.shape) * std).astype(np.float32)
 
 
-def classifier_config(train: SequenceDataset, network: NetworkOptions) -> ClassifierConfig:
+def classifier_config(train: SequenceDataset, network: NetworkOptions, instance_norm: str = "sequence") -> ClassifierConfig:
     """The network the recipe builds for ``train``."""
     longest = max(len(s) for s in train.sequences)
     return ClassifierConfig(
@@ -87,7 +87,7 @@ def classifier_config(train: SequenceDataset, network: NetworkOptions) -> Classi
         num_layers=network.num_layers,
         dropout=network.dropout,
         bidirectional=network.bidirectional,
-        instance_norm=True,
+        instance_norm=instance_norm,
         conv_stride=max(1, math.ceil(longest / LONG_SEQUENCE_STEPS)),
     )
 
@@ -104,6 +104,7 @@ def train_classifier(
     val_fraction: float | None = None,
     save: bool = True,
     strong_baselines: bool = True,
+    instance_norm: str = "sequence",
 ) -> RunResult:
     """The whole classification run: split, normalise, train, evaluate, compare, store, report.
 
@@ -121,7 +122,7 @@ def train_classifier(
     mean, std = stacked.mean(axis=0), stacked.std(axis=0)
     std = np.where(std > 0, std, 1.0)
 
-    hparams = classifier_config(train, network)
+    hparams = classifier_config(train, network, instance_norm)
     model_name = f"{network.arch}_classifier"
     model = create_model(model_name, **dataclasses.asdict(hparams))
     model.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))

@@ -19,11 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from models.artifact import list_artifacts
 
+# The default classifiers can stream (one-way, running instance normalisation): on these two datasets that
+# costs at most 0.6 points of test accuracy against the CLI's bidirectional default (seed 0, one thread):
+# italypower 0.951 -> 0.946, japanesevowels 0.978 -> 0.976.
+STREAMABLE = ["--no-bidirectional", "--instance-norm", "running"]
 # Longest first, so the parallel lanes finish together.
 DEFAULT_RUNS: list[list[str]] = [
     ["forecast", "--dataset", "co2", "--horizon", "12", "--quantiles", "0.1,0.9", "--name", "co2-gru"],
-    ["classify", "--dataset", "japanesevowels", "--name", "japanesevowels-gru"],
-    ["classify", "--dataset", "italypower", "--name", "italypower-gru"],
+    ["classify", "--dataset", "japanesevowels", *STREAMABLE, "--name", "japanesevowels-gru"],
+    ["classify", "--dataset", "italypower", *STREAMABLE, "--name", "italypower-gru"],
 ]
 
 

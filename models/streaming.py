@@ -1,0 +1,250 @@
+"""Streaming: advance a model by a few new steps from a small saved state instead of re-reading the history.
+
+A recurrent network is a rolling memory, ``h_t = f(x_t, h_{t-1})``. :func:`stream_for` wraps a model in
+an object that keeps everything the next step needs in a fixed-size *state* (a dict of named numpy
+arrays, one stream, no batch dimension) and steps many streams at once:
+
+* :class:`ClassifierStream` — a causal :class:`~models.recurrent.SequenceClassifier`. The state is what
+  each stage needs from the past: running input moments (``instance_norm="running"``), the last inputs
+  of the causal convolutions, the partial max-pool window, every layer's hidden (and LSTM cell) state,
+  and the running sum of the top layer's outputs (the head reads their mean). A step costs the same
+  after ten steps or ten million, and the logits after ``t`` steps equal the whole-sequence forward on
+  those ``t`` steps (to float32 rounding).
+* :class:`ForecasterStream` — a :class:`~models.recurrent.Forecaster` normalises every window by its
+  own statistics, so no summary of the past can stand in for it: the state is the last ``lookback``
+  steps, and a forecast runs the window (O(lookback), never more). Before ``lookback`` steps have
+  arrived there is no forecast, exactly as ``/forecast`` refuses a shorter history.
+
+Models that cannot stream raise :class:`NotStreamable` with the reason: a bidirectional classifier
+(its backward pass reads every step again with each new one) and one with ``instance_norm="sequence"``
+(each new step changes the statistics every earlier step was standardised with).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.normalization import running_step
+from models.recurrent import Forecaster, SequenceClassifier
+
+
+class NotStreamable(ValueError):
+    """This model cannot be advanced step by step; the message says why."""
+
+
+@dataclass(frozen=True)
+class StateField:
+    """One named array of a stream's state: its shape for one stream, its dtype and its starting value."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: type = np.float32
+    start: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
+State = dict[str, np.ndarray]
+
+
+def pack_state(state: State, fields: list[StateField]) -> bytes:
+    """The state's arrays as raw little-endian bytes, in ``fields`` order (a fixed size per model)."""
+    return b"".join(np.ascontiguousarray(state[f.name], dtype=np.dtype(f.dtype).newbyteorder("<")).tobytes() for f in fields)
+
+
+def unpack_state(raw: bytes, fields: list[StateField]) -> State:
+    """The inverse of :func:`pack_state`; ValueError when ``raw`` is not exactly one state's size."""
+    expected = sum(f.nbytes for f in fields)
+    if len(raw) != expected:
+        raise ValueError(f"a state holds {expected} bytes, got {len(raw)}")
+    state, offset = {}, 0
+    for f in fields:
+        array = np.frombuffer(raw, dtype=np.dtype(f.dtype).newbyteorder("<"), count=int(np.prod(f.shape)), offset=offset)
+        state[f.name] = array.reshape(f.shape).astype(f.dtype)  # a writable copy in native order
+        offset += f.nbytes
+    return state
+
+
+def not_streamable_reason(module: nn.Module) -> str | None:
+    """Why ``module`` cannot stream, or None when it can."""
+    if isinstance(module, Forecaster):
+        return None  # the state is the last `lookback` steps: any forecaster, one-way or not
+    if not isinstance(module, SequenceClassifier):
+        return f"{type(module).__name__} has no streaming step"
+    if module.encoder.directions == 2:
+        return ("it is bidirectional: its backward pass reads the whole sequence again with every new step; "
+                "train it with --no-bidirectional to stream")
+    if module.instance_norm == "sequence":
+        return ("it standardises each sequence by the statistics of all its steps, which every new step changes; "
+                "train it with --instance-norm running to stream")
+    return None
+
+
+def stream_for(module: nn.Module, lookback: int | None = None) -> "ClassifierStream | ForecasterStream":
+    """The streaming wrapper for ``module`` (a forecaster needs its ``lookback``); NotStreamable says why not."""
+    reason = not_streamable_reason(module)
+    if reason:
+        raise NotStreamable(reason)
+    if isinstance(module, Forecaster):
+        if not lookback:
+            raise ValueError("a forecaster streams over its lookback window; pass lookback")
+        return ForecasterStream(module, lookback)
+    return ClassifierStream(module)
+
+
+@dataclass
+class Advanced:
+    """What one stream got from :meth:`advance`: its new state and the outputs it asked for.
+
+    ``outputs`` pairs the stream's step count after a step (1 for its first step ever) with the model's
+    output then: logits ``(C,)`` for a classifier, ``(H, K, Q)`` for a forecaster. Only the last new
+    step unless the caller asked for every step; a forecaster has none until ``lookback`` steps arrived.
+    """
+
+    state: State
+    outputs: list[tuple[int, np.ndarray]]
+
+
+class ClassifierStream:
+    """Steps a causal :class:`SequenceClassifier`, many streams at once (see the module docstring)."""
+
+    def __init__(self, module: SequenceClassifier):
+        self.module = module
+        rnn = module.encoder.rnn
+        self.layers, self.hidden = rnn.num_layers, rnn.hidden_size
+        self.lstm = isinstance(rnn, nn.LSTM)
+        n_features = module.feature_mean.shape[0]
+        channels = n_features if module.instance_norm == "none" else 2 * n_features
+        front = module.front
+        fields = [StateField("steps", (1,), np.float64)]
+        if module.instance_norm == "running":
+            fields.append(StateField("moments", (2, n_features), np.float64))
+        if front is not None:
+            fields.append(StateField("conv_in", (front.conv_in.kernel_size[0] - 1, channels)))
+            if front.stride > 1:
+                fields.append(StateField("pool", (front.conv_out.in_channels,), start=-np.inf))
+            fields.append(StateField("conv_out", (front.conv_out.kernel_size[0] - 1, front.conv_out.in_channels)))
+        fields.append(StateField("hidden", (self.layers, self.hidden)))
+        if self.lstm:
+            fields.append(StateField("cell", (self.layers, self.hidden)))
+        fields.append(StateField("out_sum", (self.hidden,), np.float64))
+        self.fields = fields
+        self.state_bytes = sum(f.nbytes for f in fields)
+
+    def initial(self) -> State:
+        """The state of a stream that has seen nothing."""
+        return {f.name: np.full(f.shape, f.start, dtype=f.dtype) for f in self.fields}
+
+    @torch.inference_mode()
+    def advance(self, states: list[State], chunks: list[np.ndarray], every_step: list[bool]) -> list[Advanced]:
+        """Advance stream ``i`` from ``states[i]`` by ``chunks[i]`` (k_i, F), all streams together, one step per pass."""
+        device = self.module.feature_mean.device
+        s = {f.name: torch.from_numpy(np.stack([st[f.name] for st in states])).to(device) for f in self.fields}
+        lengths = [len(c) for c in chunks]
+        outputs: list[list[tuple[int, np.ndarray]]] = [[] for _ in states]
+        for t in range(max(lengths)):
+            rows = [i for i, k in enumerate(lengths) if k > t]
+            x_t = torch.from_numpy(np.stack([chunks[i][t] for i in rows])).to(device)  # (b, F)
+            index = torch.tensor(rows, device=device) if len(rows) < len(states) else None
+            sub = s if index is None else {k: v[index] for k, v in s.items()}
+            sub = self.step(sub, x_t)
+            if index is None:
+                s = sub
+            else:
+                for k, v in sub.items():
+                    s[k][index] = v
+            answer = [j for j, i in enumerate(rows) if every_step[i] or t == lengths[i] - 1]
+            if answer:
+                logits = self.logits({k: v[answer] for k, v in sub.items()}).float().cpu().numpy()  # (a, C)
+                steps = sub["steps"][answer, 0].cpu().numpy()
+                for j, row, n in zip(answer, logits, steps):
+                    outputs[rows[j]].append((int(n), row))
+        arrays = {k: v.cpu().numpy() for k, v in s.items()}
+        return [Advanced({k: arrays[k][i].copy() for k in arrays}, outputs[i]) for i in range(len(states))]
+
+    def step(self, s: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One new step of every stream in ``s`` (tensors with a leading batch dim b); x: (b, F) -> the new state."""
+        m = self.module
+        s = dict(s)
+        seen = s["steps"][:, 0]  # (b,) float64, steps before this one
+        z = (x - m.feature_mean) / m.feature_std  # (b, F)
+        if m.instance_norm == "running":
+            standardized, s["moments"] = running_step(x, s["moments"], seen)
+            z = torch.cat([z, standardized], dim=-1)  # (b, 2F)
+        emit = torch.ones_like(seen, dtype=torch.bool)  # (b,) whether the encoder takes a step now
+        if m.front is not None:
+            window = torch.cat([s["conv_in"], z[:, None]], dim=1)  # (b, k_in, C)
+            s["conv_in"] = window[:, 1:]
+            y = F.gelu(m.front.conv_in(window.transpose(1, 2)))[..., 0]  # (b, hidden)
+            if m.front.stride > 1:
+                # Pooled step j covers input steps j*stride-stride+1 .. j*stride: it is complete (and the
+                # encoder reads it) at steps 0, stride, 2*stride, ...; in between its maximum builds up.
+                pooled = torch.maximum(s["pool"], y)
+                emit = torch.remainder(seen, m.front.stride) == 0
+                s["pool"] = torch.where(emit[:, None], torch.full_like(pooled, -torch.inf), pooled)
+                y = pooled
+            window = torch.cat([s["conv_out"], y[:, None]], dim=1)  # (b, k_out, hidden)
+            s["conv_out"] = torch.where(emit[:, None, None], window[:, 1:], s["conv_out"])
+            z = F.gelu(m.front.conv_out(window.transpose(1, 2)))[..., 0]  # (b, hidden)
+        h0 = s["hidden"].transpose(0, 1).contiguous()  # (layers, b, hidden)
+        if self.lstm:
+            out, (h, c) = m.encoder.rnn(z[:, None], (h0, s["cell"].transpose(0, 1).contiguous()))
+            s["cell"] = torch.where(emit[:, None, None], c.transpose(0, 1), s["cell"])
+        else:
+            out, h = m.encoder.rnn(z[:, None], h0)  # out: (b, 1, hidden), h: (layers, b, hidden)
+        s["hidden"] = torch.where(emit[:, None, None], h.transpose(0, 1), s["hidden"])
+        s["out_sum"] = s["out_sum"] + torch.where(emit[:, None], out[:, 0].double(), 0.0)
+        s["steps"] = s["steps"] + 1
+        return s
+
+    def logits(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The head's answer from a state, as the whole-sequence forward gives it: (b, C)."""
+        m = self.module
+        steps = s["steps"][:, 0]
+        stride = m.front.stride if m.front is not None else 1
+        read = torch.div(steps - 1, stride, rounding_mode="floor") + 1  # (b,) encoder steps so far
+        mean = (s["out_sum"] / read[:, None]).float()  # (b, hidden)
+        return m.head(torch.cat([s["hidden"][:, -1], mean], dim=-1))
+
+
+class ForecasterStream:
+    """Steps a :class:`Forecaster` over a sliding ``lookback`` window, many streams at once."""
+
+    def __init__(self, module: Forecaster, lookback: int):
+        self.module, self.lookback = module, lookback
+        n_features = module.encoder.rnn.input_size
+        self.fields = [StateField("steps", (1,), np.float64), StateField("window", (lookback, n_features))]
+        self.state_bytes = sum(f.nbytes for f in self.fields)
+
+    def initial(self) -> State:
+        """The state of a stream that has seen nothing."""
+        return {f.name: np.zeros(f.shape, dtype=f.dtype) for f in self.fields}
+
+    @torch.inference_mode()
+    def advance(self, states: list[State], chunks: list[np.ndarray], every_step: list[bool]) -> list[Advanced]:
+        """Advance stream ``i`` by ``chunks[i]`` (k_i, F); one forward pass over every window asked for."""
+        wanted: list[tuple[int, int, np.ndarray]] = []  # (stream, steps after, window)
+        new_states = []
+        for i, (state, chunk) in enumerate(zip(states, chunks)):
+            seen = int(state["steps"][0])
+            full = np.concatenate([state["window"], chunk])  # (lookback + k, F)
+            k = len(chunk)
+            for j in range(k) if every_step[i] else [k - 1]:
+                if seen + j + 1 >= self.lookback:
+                    wanted.append((i, seen + j + 1, full[j + 1 : j + 1 + self.lookback]))
+            new_states.append({"steps": np.array([seen + k], dtype=np.float64), "window": full[-self.lookback :].copy()})
+        outputs: list[list[tuple[int, np.ndarray]]] = [[] for _ in states]
+        if wanted:
+            device = next(self.module.parameters()).device
+            x = torch.from_numpy(np.stack([w for _, _, w in wanted])).to(device)  # (n, lookback, F)
+            out = self.module(x).cpu().numpy()  # (n, H, K, Q)
+            for (i, n, _), row in zip(wanted, out):
+                outputs[i].append((n, row))
+        return [Advanced(state, out) for state, out in zip(new_states, outputs)]
+

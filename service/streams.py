@@ -1,0 +1,151 @@
+"""WebSocket streams: one connection is one stream, its state kept in the worker between messages.
+
+``GET /stream?model=<name[:version]>`` (or ``?task=classify|forecast`` for the task's default model)
+upgrades to a WebSocket. The server first sends ``{"model", "task", "features", "max_steps",
+"idle_timeout_s"}``; then every message ``{"steps": [...], "every_step": false}`` gets the answer after
+its last step (``every_step``: one message per new step), as ``/stream/<task>`` answers it, without a
+token. Steps of every open stream of a model go through that model's stream batcher, so concurrent
+streams share forward passes.
+
+Limits and lifecycle:
+
+* at most ``SEQSERVE_STREAM_MAX_OPEN`` open streams per worker: the next connection is accepted and
+  closed at once with code 1013 (try again later) and a reason, so nobody else is slowed;
+* a stream with no message for ``SEQSERVE_STREAM_IDLE_S`` is closed with 4408;
+* a message with more than ``SEQSERVE_STREAM_MAX_STEPS`` steps, or bad input (wrong feature count,
+  not finite, not JSON) gets ``{"error": ...}`` and the stream goes on with its state unchanged; so
+  does an overloaded model (``{"error", "retry_after_s"}``);
+* an unknown model, or one that cannot stream, closes with 4400 and the reason;
+* on server shutdown uvicorn closes every stream with 1012 (service restart).
+
+API keys apply to the handshake (``service.guard``): ``Authorization: Bearer <key>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Callable
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from models.artifact import LoadedModel
+from models.streaming import ClassifierStream, ForecasterStream
+from service.batching import DeadlineExceeded, Overloaded
+from service.config import Settings
+from service.errors import readable_error
+from service.inference import TASKS, InstanceError, OutOfRange, StreamStep, validate_steps
+from service.schemas import StreamMessage
+from service.served import ServedModels
+
+log = logging.getLogger(__name__)
+
+TRY_AGAIN_LATER = 1013
+BAD_REQUEST = 4400
+IDLE = 4408
+
+
+class StreamSessions:
+    """The WebSocket streams of one worker: the open-stream cap, the idle timeout, one state per connection."""
+
+    def __init__(self, served: ServedModels, settings: Settings, on_open: Callable[[int], None] | None = None):
+        self.served = served
+        self.max_open = settings.stream_max_open
+        self.idle_s = settings.stream_idle_s
+        self.max_message_bytes = settings.max_body_bytes
+        self.on_open = on_open  # hears +1 / -1 as streams open and close
+        self.open = 0
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """Run one stream from the handshake to its close."""
+        if self.open >= self.max_open:
+            await websocket.accept()
+            return await websocket.close(TRY_AGAIN_LATER, f"this worker has {self.open} open streams, its limit (SEQSERVE_STREAM_MAX_OPEN); retry later")
+        try:
+            model, stream = self._model(websocket.query_params.get("model"), websocket.query_params.get("task"))
+        except InstanceError as err:
+            await websocket.accept()
+            return await websocket.close(BAD_REQUEST, f"{err.field}: {err.problem}"[:120])
+        self._count(+1)
+        try:
+            await websocket.accept()
+            await websocket.send_text(json.dumps({
+                "model": model.tag, "task": model.card.task, "features": model.card.features,
+                "max_steps": self.served.max_stream_steps, "idle_timeout_s": self.idle_s,
+            }))
+            await self._run(websocket, model, stream)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._count(-1)
+
+    def _model(self, name: str | None, task_name: str | None) -> tuple[LoadedModel, ClassifierStream | ForecasterStream]:
+        if name is None and task_name is None:
+            raise InstanceError(0, "model", "name the model (?model=name) or the task (?task=classify or ?task=forecast)")
+        if task_name is not None and task_name not in TASKS:
+            raise InstanceError(0, "task", f"unknown task {task_name[:40]!r}; use classify or forecast")
+        if task_name is None:
+            model = self.served.by_name.get(name)
+            task = TASKS[model.card.task] if model is not None else TASKS["classify"]
+        else:
+            task = TASKS[task_name]
+        model = self.served.resolve(0, name, task)
+        return model, self.served.stream_model(0, model)
+
+    async def _run(self, websocket: WebSocket, model: LoadedModel, stream: ClassifierStream | ForecasterStream) -> None:
+        state = stream.initial()
+        while True:
+            try:
+                message = await asyncio.wait_for(websocket.receive(), self.idle_s)
+            except asyncio.TimeoutError:
+                await websocket.close(IDLE, f"no message for {self.idle_s:g} s (SEQSERVE_STREAM_IDLE_S)")
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+            try:
+                item = self._parse(text, model, state)
+                result = await self.served.step(model, item)
+            except _StreamError as err:
+                await websocket.send_text(json.dumps({"error": str(err)}))
+                continue
+            except InstanceError as err:
+                await websocket.send_text(json.dumps({"error": f"{err.field}: {err.problem}"}))
+                continue
+            except OutOfRange as err:
+                await websocket.send_text(json.dumps({"error": f"steps: {err}"}))
+                continue
+            except Overloaded as err:
+                await websocket.send_text(json.dumps({"error": str(err), "retry_after_s": err.retry_after_s}))
+                continue
+            except DeadlineExceeded as err:
+                await websocket.send_text(json.dumps({"error": str(err), "retry_after_s": 1}))
+                continue
+            state = result.state
+            for answer in result.answers:
+                await websocket.send_text(json.dumps(answer, separators=(",", ":"), allow_nan=False))
+            if websocket.client_state != WebSocketState.CONNECTED:
+                return
+
+    def _parse(self, text: str, model: LoadedModel, state) -> StreamStep:
+        if len(text) > self.max_message_bytes:
+            raise _StreamError(f"message: {len(text) / 2**20:.1f} MiB is over the limit of {self.max_message_bytes / 2**20:g} MiB (SEQSERVE_MAX_BODY_MB)")
+        try:
+            message = StreamMessage.model_validate_json(text)
+        except ValidationError as err:
+            details = [{"loc": e["loc"], "msg": e["msg"]} for e in err.errors(include_url=False)]
+            raise _StreamError(readable_error({"detail": details})["error"].replace("body: ", "message: ")) from None
+        return StreamStep(state, validate_steps(0, message.steps, model, self.served.max_stream_steps), message.every_step)
+
+    def _count(self, delta: int) -> None:
+        self.open += delta
+        if self.on_open:
+            self.on_open(delta)
+
+
+class _StreamError(ValueError):
+    """A message that cannot be used; the stream goes on."""
