@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             run_list()
             return 0
         if args.command == "bench":
+            if distributed.launched():  # its runs are separate models, each would need every rank
+                raise ValueError("bench trains one process at a time; run it with python -m training bench, not torchrun")
             return bench.run(args, train_one)
         with distributed.session(args.device):  # a process group under torchrun; nothing in a plain run
             result = train_one(args)
