@@ -17,8 +17,10 @@ Under torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment) every
 
 Rank 0 alone computes the validation loss; ``on_main`` broadcasts it, so every rank takes the same
 early-stopping decision from the same number and none is left waiting in a collective. After training
-the other ranks are done: rank 0 evaluates, runs the baselines (1-NN DTW can take minutes), stores the
-model and writes the report, with no other rank waiting on it.
+rank 0 evaluates, runs the baselines (1-NN DTW or ETS: up to about a minute), stores the model and writes
+the report, while the other ranks wait for it in one barrier at the end of ``session``. That barrier makes
+every process, and torchrun's agent on every machine, finish together: without it, the agents of the
+other machines would stop waiting for rank 0's after 300 seconds (torchrun's exit barrier) with an error.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from models.device import resolve_device
 
 log = logging.getLogger(__name__)
 
-# How long a rank waits in a collective before giving up. The longest wait in a healthy run is the
-# other ranks waiting while rank 0 computes the validation loss (seconds); the generous bound only
-# matters when a rank died, and then torchrun stops the others anyway.
+# How long a rank waits in a collective before giving up. The longest wait in a healthy run is the final
+# barrier, while rank 0 runs the baselines (DTW and ETS are capped at under a minute each on one busy
+# core, see training.baselines) and stores the model; thirty minutes leaves room for a slow machine.
+# A rank that fails does not wait: it skips the barrier and exits, and torchrun stops the others.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 
@@ -96,6 +99,7 @@ def session(device_spec: str) -> Iterator[None]:
         log.info("distributed: %d processes, backend %s", dist.get_world_size(), backend)
     try:
         yield
+        dist.barrier()  # the other ranks wait here for rank 0's evaluation, baselines and storing
     finally:
         dist.destroy_process_group()
 
