@@ -129,7 +129,7 @@ def fit(
             losses.append(loss.item())
         history.train_loss.append(distributed.mean(float(np.mean(losses)), device))
         if n_val:
-            history.val_loss.append(distributed.on_main(lambda: evaluate_loss(model, n_val, make_batch, loss_fn, config), device))
+            history.val_loss.append(evaluate_loss(model, n_val, make_batch, loss_fn, config))
             if history.val_loss[-1] < history.best_val_loss - config.min_delta:
                 history.best_val_loss, history.best_epoch = history.val_loss[-1], epoch + 1
                 best_state = copy.deepcopy(model.state_dict())
@@ -170,9 +170,18 @@ class _Loss(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-@torch.no_grad()
 def evaluate_loss(model, n_val, make_batch, loss_fn, config: TrainConfig) -> float:
-    """Mean validation loss, weighted by batch size."""
+    """Mean validation loss, weighted by batch size.
+
+    Under torchrun rank 0 computes it and every rank receives that one number, so every rank takes the
+    same early-stopping decision (every rank must call this, as for any collective).
+    """
+    device = next(model.parameters()).device
+    return distributed.on_main(lambda: _mean_loss(model, n_val, make_batch, loss_fn, config), device)
+
+
+@torch.no_grad()
+def _mean_loss(model, n_val, make_batch, loss_fn, config: TrainConfig) -> float:
     model.eval()
     total, count = 0.0, 0
     for indices in _batches(np.arange(n_val), config):
