@@ -35,6 +35,30 @@ MODELS: list[dict] = []  # what GET /models answered when the test started
 def add_arguments(parser):
     parser.add_argument("--max-instances", type=int, default=8, help="Most instances in one request (default 8)")
     parser.add_argument("--models", default="", help="Comma-separated names or tags to load (default: all served)")
+    parser.add_argument("--worker-stats", default="", help="On a master: write each worker's request and failure "
+                        "counts to this JSON file (python -m loadtests run --processes N sets it)")
+
+
+WORKER_COUNTS: dict[str, dict[str, int]] = {}  # on a master: what each worker reported, added up
+OPTIONS = {}  # the parsed options, for listeners that are not handed the environment
+
+
+@events.init.add_listener
+def remember_options(environment, **kwargs):
+    OPTIONS["worker_stats"] = getattr(environment.parsed_options, "worker_stats", "") if environment.parsed_options else ""
+
+
+@events.worker_report.add_listener
+def count_worker_requests(client_id, data, **kwargs):
+    """On a master: add up each worker's reports (every few seconds and a last one when it stops), so that a
+    run can show that every process sent requests and that they add up to the aggregated total. The file is
+    rewritten on every report, so it holds the last one whenever the master stops."""
+    counts = WORKER_COUNTS.setdefault(client_id, {"requests": 0, "failures": 0})
+    counts["requests"] += data["stats_total"]["num_requests"]
+    counts["failures"] += data["stats_total"]["num_failures"]
+    if OPTIONS.get("worker_stats"):
+        with open(OPTIONS["worker_stats"], "w") as f:
+            json.dump(WORKER_COUNTS, f, indent=2)
 
 
 @events.test_start.add_listener

@@ -1,7 +1,8 @@
 """``python -m loadtests run``: a headless locust run against seqserve, a summary, and pass/fail thresholds.
 
 Without ``--host`` it serves the store's models itself on 127.0.0.1 (``loadtests/server.py``) and stops
-them afterwards. Locust runs as a subprocess, bounded by ``--duration`` plus a hard timeout; its CSV
+them afterwards. ``--processes N`` spreads the users over N locust worker processes (locust's own
+distributed mode, ``loadtests/generator.py``); the summary also says what the generator itself used. Locust runs as a subprocess, bounded by ``--duration`` plus a hard timeout; its CSV
 stats, HTML report and log land in ``--out``. The summary reads locust's CSV and the server's
 ``seqserve_batch_size`` histogram (the difference between ``/metrics`` before and after the run).
 
@@ -26,6 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import httpx
 
+from loadtests import generator
 from loadtests.server import started_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +53,12 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def add_load_options(parser: argparse.ArgumentParser, *, duration: str, users: int, max_p99_ms: float) -> None:
     """The options ``run`` and ``soak`` share: the load, the target, where the results go, the thresholds."""
     add = parser.add_argument
@@ -66,6 +74,10 @@ def add_load_options(parser: argparse.ArgumentParser, *, duration: str, users: i
     add("--scenarios", default=",".join(DEFAULT_SCENARIOS),
         help="comma-separated locust users: ClassifyUser, ForecastUser, StreamTokenUser (/stream/classify with "
         "state tokens), StreamSocketUser (the /stream WebSocket) (default %(default)s)")
+    add("--processes", type=positive_int, default=1,
+        help="locust worker processes on this machine, the users spread over them; one saturates about a core "
+        "(default %(default)s: a single locust process)")
+    add("--master-port", type=positive_int, help="with --processes: port of the locust master on 127.0.0.1 (default: a free one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +190,8 @@ def locust_command(args: argparse.Namespace, host: str, out: Path, extra: Sequen
         sys.executable, "-m", "locust", "--config", str(CONF), "-f", str(LOCUSTFILE), "--headless", "--only-summary",
         "--csv", str(out / "locust"), "--html", str(out / "report.html"),
         "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{math.ceil(args.duration)}s",
-        "--host", host, "--max-instances", str(args.max_instances), *extra,
+        "--host", host, "--max-instances", str(args.max_instances),
+        *generator.locust_flags(args.processes, out, args.master_port), *extra,
     ]
     scenarios = [name.strip() for name in getattr(args, "scenarios", "").split(",") if name.strip()]
     return command + (["--models", args.models] if args.models else []) + scenarios  # user classes come last
@@ -219,6 +232,7 @@ def run_locust(
     interval, call = every or (1.0, lambda: None)
     log = out / "locust.log"
     with open(log, "w") as f:
+        meter = generator.CpuMeter()  # locust and the workers it reaps; nothing else is reaped meanwhile
         process = subprocess.Popen(locust_command(args, host, out, extra), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         try:
@@ -234,6 +248,7 @@ def run_locust(
             if process.poll() is None:
                 process.kill()
                 process.wait()
+    generator.write_usage(out, meter.stop(args.processes))
     # Locust exits 1 when some requests failed, which the thresholds judge; anything else is a broken run.
     if process.returncode not in (0, 1) or not (out / "locust_stats.csv").exists():
         tail = "\n".join(log.read_text().splitlines()[-15:])
@@ -267,7 +282,8 @@ def summary(args: argparse.Namespace, host: str, out: Path, batches: dict[str, d
     """The printed summary, and the thresholds crossed (empty when the run passes)."""
     rows, total, requests, failures, rate = totals(out)
     p99 = float(total["99%"]) if requests else math.inf
-    lines = [f"seqserve load test: {args.users} users (+{args.spawn_rate:g}/s) for {args.duration:g}s against {host}"]
+    spread = f" over {args.processes} locust processes" if args.processes > 1 else ""
+    lines = [f"seqserve load test: {args.users} users (+{args.spawn_rate:g}/s){spread} for {args.duration:g}s against {host}"]
     lines += stats_table(rows)
     lines.append(
         f"requests/s {float(total['Requests/s']):.1f}   p50 {total['50%']} ms   p95 {total['95%']} ms   "
@@ -276,6 +292,8 @@ def summary(args: argparse.Namespace, host: str, out: Path, batches: dict[str, d
     lines += failure_lines(out)
     lines.append("batch size per forward pass on the server (seqserve_batch_size, this run only):")
     lines += [batch_size_line(model, h) for model, h in sorted(batches.items())] or ["  (no forward pass recorded)"]
+    load_lines, warnings = generator.report(out, requests, local_target=is_local(host))
+    lines += load_lines + [f"WARNING: {sentence}" for sentence in warnings]
     lines.append(f"report: {out / 'report.html'}   stats: {out / 'locust_stats.csv'}")
     crossed = []
     if not requests:
@@ -285,6 +303,11 @@ def summary(args: argparse.Namespace, host: str, out: Path, batches: dict[str, d
     if p99 > args.max_p99_ms:
         crossed.append(f"p99 {p99:g} ms is above --max-p99-ms {args.max_p99_ms:g}")
     return lines, crossed
+
+
+def is_local(host: str) -> bool:
+    """Whether the service runs on this machine (it then competes with the generator for the cores)."""
+    return httpx.URL(host).host in ("127.0.0.1", "localhost", "::1")
 
 
 def out_folder(args: argparse.Namespace, name: str) -> Path:

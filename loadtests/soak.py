@@ -29,9 +29,10 @@ from pathlib import Path
 
 import psutil
 
+from loadtests import generator
 from loadtests.runner import (
-    RunError, add_load_options, batch_size_line, failure_lines, out_folder, parse_duration, read_csv, run_locust,
-    stats_table, target, totals,
+    RunError, add_load_options, batch_size_line, failure_lines, is_local, out_folder, parse_duration, read_csv,
+    run_locust, stats_table, target, totals,
 )
 
 WORKER_MARK = "_bentoml_impl.worker"  # in the command line of every BentoML service worker
@@ -171,6 +172,8 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
         lines.append("worker memory: not measured (with --host, give --server-pid of its `bentoml serve` on this machine)")
     lines.append("batch size per forward pass on the server (seqserve_batch_size, this run only):")
     lines += [batch_size_line(model, h) for model, h in sorted(batches.items())] or ["  (no forward pass recorded)"]
+    load_lines, warnings = generator.report(out, requests, local_target=is_local(host))
+    lines += load_lines + [f"WARNING: {sentence}" for sentence in warnings]
     memory_csv = f"   memory: {out / 'memory.csv'}" if memory else ""
     lines.append(f"report: {out / 'soak.json'}   locust: {out / 'report.html'}{memory_csv}")
     lines += [f"FAIL: {reason}" for reason in crossed] or [

@@ -1,5 +1,6 @@
 """Load tests: the payload builder, the answer checks and the /metrics parser, then one short real run."""
 
+import csv
 import json
 import os
 import subprocess
@@ -171,3 +172,38 @@ def test_soak_reports_failures_p99_per_minute_and_worker_memory(tmp_path):
     assert (out / "memory.csv").read_text().startswith("seconds,pid,rss_mib")
     assert "minute" in done.stdout and "growth" in done.stdout and "PASS" in done.stdout
     assert (out / "soak.txt").read_text() == done.stdout
+
+
+def test_two_locust_processes_both_send_requests_and_the_summary_adds_them_up(tmp_path):
+    tags = f"{tiny_models.store_classifier('dist-clf')},{tiny_models.store_forecaster('dist-fc')}"
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "loadtests", "run", "--processes", "2", "--users", "4", "--spawn-rate", "4",
+               "--duration", "6s", "--max-failure-rate", "0", "--max-p99-ms", "100000", "--out", str(out)]
+    env = {**os.environ, "SEQSERVE_MODELS": tags}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    workers = json.loads((out / "workers.json").read_text())  # what each worker reported to the master
+    counts = [w["requests"] for w in workers.values()]
+    assert len(counts) == 2 and all(n > 0 for n in counts)
+    total = next(row for row in csv.DictReader(open(out / "locust_stats.csv")) if row["Name"] == "Aggregated")
+    assert sum(counts) == int(total["Request Count"])
+    assert f"2 worker processes sent {counts[0]} + {counts[1]} = {sum(counts)} requests\n" in done.stdout
+    assert "over 2 locust processes" in done.stdout and "load generator CPU: " in done.stdout
+    assert (out / "report.html").stat().st_size > 1000 and "PASS" in done.stdout
+
+
+def test_a_saturated_generator_is_warned_about(tmp_path):
+    from loadtests import generator
+
+    busy = generator.Usage(processes=1, cpu_seconds=9.5, wall_seconds=10.0, machine_cores=4, machine_busy=0.5)
+    generator.write_usage(tmp_path, busy)
+    lines, warnings = generator.report(tmp_path, 100, local_target=False)
+    assert lines == ["load generator CPU: 9.5 CPU-s in 10.0 s = 95% of its 1 core(s) (1 process(es)); "
+                     "this machine's 4 cores were 50% busy"]
+    assert warnings == ["the load generator was saturated (95% of its 1 core(s)): this run measured the generator "
+                        "as much as the service; use more --processes"]
+    calm = generator.Usage(processes=2, cpu_seconds=4.0, wall_seconds=10.0, machine_cores=2, machine_busy=0.95)
+    generator.write_usage(tmp_path, calm)
+    assert generator.report(tmp_path, 100, local_target=False)[1] == []
+    assert "this machine was 95% busy and runs both the service and the load generator" in \
+        generator.report(tmp_path, 100, local_target=True)[1][0]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from models import ClassifierConfig, create_model
 from models.artifact import ModelCard, save_artifact
 from models.padding import pad_sequences
-from training import baselines as strong, report
+from training import baselines as strong, distributed, report
 from training.data import SequenceDataset, fingerprint
 from training.loop import TrainConfig, fit, seed_everything, sized_for
 from training.metrics import classification_metrics, compare_with_baselines, majority_class_baseline
@@ -105,10 +105,11 @@ def train_classifier(
     save: bool = True,
     strong_baselines: bool = True,
     instance_norm: str = "sequence",
-) -> RunResult:
+) -> RunResult | None:
     """The whole classification run: split, normalise, train, evaluate, compare, store, report.
 
     ``val_fraction`` None lets the recipe choose (a 20% split from ``HOLDOUT_MIN_SEQUENCES`` on, else none).
+    Returns None on torchrun ranks other than 0, which only train.
     """
     check_compatible(train, test)
     seed_everything(config.seed)
@@ -129,7 +130,7 @@ def train_classifier(
     model.feature_std.copy_(torch.as_tensor(std, dtype=torch.float32))
     model.to(device)
 
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed + distributed.rank())  # under torchrun, each rank draws its own views
 
     def make_batch(indices: np.ndarray, is_train: bool):
         rows = fit_rows[indices] if is_train else val_rows[indices]
@@ -156,6 +157,8 @@ def train_classifier(
     }
     log.info("recipe: %s", recipe)
     history = fit(model, len(fit_rows), len(val_rows), make_batch, loss_fn, config)
+    if not distributed.is_main():
+        return None  # another torchrun rank: it helped train; rank 0 evaluates, stores and reports
 
     n_classes = train.n_classes
     test_metrics = classification_metrics(test.labels, predict_labels(model, test.sequences, device), n_classes)

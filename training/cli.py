@@ -19,7 +19,7 @@ from models import CELLS
 from models.normalization import INSTANCE_NORMS
 from models.artifact import ArtifactError, list_artifacts
 from models.device import resolve_device
-from training import bench, datasets, report
+from training import bench, datasets, distributed, report
 from training.classify import stratified_split, train_classifier
 from training.data import DataError, SequenceDataset
 from training.forecast import PROTOCOLS, train_forecaster
@@ -158,9 +158,18 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         clip_norm=args.clip_norm,
         seed=args.seed,
         max_batches=2 if args.dry_run else None,
-        progress=not args.quiet and sys.stderr.isatty(),
-        log_every=0.0 if args.quiet or sys.stderr.isatty() else PROGRESS_SECONDS,
+        progress=not _quiet(args) and sys.stderr.isatty(),
+        log_every=0.0 if _quiet(args) or sys.stderr.isatty() else PROGRESS_SECONDS,
     )
+
+
+def _quiet(args: argparse.Namespace) -> bool:
+    """No progress output: asked for, or a torchrun rank other than 0 (rank 0 speaks for the run)."""
+    return getattr(args, "quiet", True) or not distributed.is_main()
+
+
+def _device(args: argparse.Namespace):
+    return distributed.local_device(resolve_device(args.device))
 
 
 def _network(args: argparse.Namespace) -> NetworkOptions:
@@ -181,7 +190,7 @@ def _split_file_dataset(data: SequenceDataset, seed: int) -> tuple[SequenceDatas
     return subset(keep, "80% train split"), subset(held, "20% test split")
 
 
-def run_classify(args: argparse.Namespace) -> RunResult:
+def run_classify(args: argparse.Namespace) -> RunResult | None:
     if args.dataset:
         train, test = datasets.load_classification(args.dataset)
     else:
@@ -192,19 +201,19 @@ def run_classify(args: argparse.Namespace) -> RunResult:
         else:
             train, test = _split_file_dataset(train, args.seed)
     return train_classifier(
-        train, test, name=args.name, network=_network(args), config=_config(args), device=resolve_device(args.device),
+        train, test, name=args.name, network=_network(args), config=_config(args), device=_device(args),
         report_dir=_report_dir(args), val_fraction=args.val_fraction, save=not (args.no_save or args.dry_run),
         strong_baselines=not args.dry_run, instance_norm=args.instance_norm,
     )
 
 
-def run_forecast(args: argparse.Namespace) -> RunResult:
+def run_forecast(args: argparse.Namespace) -> RunResult | None:
     if args.dataset:
         collection = datasets.load_series(args.dataset)
     else:
         collection = read_series(args.data, id_col=args.id_col, time_col=args.time_col, targets=args.target)
     return train_forecaster(
-        collection, name=args.name, network=_network(args), config=_config(args), device=resolve_device(args.device),
+        collection, name=args.name, network=_network(args), config=_config(args), device=_device(args),
         report_dir=_report_dir(args), lookback=args.lookback, horizon=args.horizon, quantiles=args.quantiles,
         season=args.season, evaluation=args.eval, test_fraction=args.test_fraction,
         val_fraction=args.val_fraction or 0.1, save=not (args.no_save or args.dry_run), strong_baselines=not args.dry_run,
@@ -231,19 +240,26 @@ def run_list() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "quiet", True):
+    # Under torchrun only rank 0 speaks; the others show errors only (their warnings would repeat rank 0's).
+    level = logging.WARNING if distributed.is_main() else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not _quiet(args):
         logging.getLogger("training").setLevel(logging.INFO)  # the recipe and the plain progress lines
     try:
         if args.command == "list":
             run_list()
             return 0
         if args.command == "bench":
+            if distributed.launched():  # its runs are separate models, each would need every rank
+                raise ValueError("bench trains one process at a time; run it with python -m training bench, not torchrun")
             return bench.run(args, train_one)
-        result = train_one(args)
+        with distributed.session(args.device):  # a process group under torchrun; nothing in a plain run
+            result = train_one(args)
     except (DataError, ArtifactError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if result is None:  # a torchrun rank other than 0: it trained its shard; rank 0 reports
+        return 0
     print(report.format_table(result.test, result.baselines))
     for sentence in result.warnings:
         print(f"warning: {sentence}")
@@ -252,6 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_one(args: argparse.Namespace) -> RunResult:
-    """Run the ``classify`` or ``forecast`` command ``args`` describe."""
+def train_one(args: argparse.Namespace) -> RunResult | None:
+    """Run the ``classify`` or ``forecast`` command ``args`` describe (None on torchrun ranks other than 0)."""
     return run_classify(args) if args.command == "classify" else run_forecast(args)

@@ -31,7 +31,7 @@ import torch
 
 from models import ForecasterConfig, create_model
 from models.artifact import ModelCard, save_artifact
-from training import baselines as strong, report
+from training import baselines as strong, distributed, report
 from training.data import DataError, SeriesCollection, fingerprint
 from training.loop import TrainConfig, fit, seed_everything, sized_for
 from training.metrics import (compare_with_baselines, forecast_metrics, mase_scale, naive_forecast,
@@ -127,8 +127,11 @@ def train_forecaster(
     val_fraction: float = 0.1,
     save: bool = True,
     strong_baselines: bool = True,
-) -> RunResult:
-    """The whole forecasting run: choose season, protocol and lookback, window, train, evaluate, store, report."""
+) -> RunResult | None:
+    """The whole forecasting run: choose season, protocol and lookback, window, train, evaluate, store, report.
+
+    Returns None on torchrun ranks other than 0, which only train.
+    """
     if evaluation not in PROTOCOLS:
         raise ValueError(f"unknown evaluation {evaluation!r}; valid: {', '.join(PROTOCOLS)}")
     seed_everything(config.seed)
@@ -207,6 +210,8 @@ def train_forecaster(
     }
     log.info("recipe: %s", recipe)
     history = fit(model, len(train_w.inputs), len(val_w.inputs), make_batch, loss_fn, config)
+    if not distributed.is_main():
+        return None  # another torchrun rank: it helped train; rank 0 evaluates, runs ETS, stores and reports
 
     predicted = predict_windows(model, test_w.inputs, device)  # (N, H, K, Q)
     point = predicted[..., model.point_index]

@@ -4,6 +4,8 @@ A task supplies ``make_batch(indices) -> batch`` and ``loss_fn(model, batch) -> 
 knows nothing about classification or forecasting. Without validation rows it runs the whole
 schedule and keeps the last epoch (the one-cycle schedule has annealed the learning rate to ~0 by then).
 Progress is a tqdm bar on a terminal, else (``log_every`` seconds) a plain INFO line per interval.
+Under torchrun the same loop trains with DistributedDataParallel; ``training.distributed`` holds every
+piece of that (the shard of each epoch, the wrapper, the values every rank must agree on).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class History:
     best_val_loss: float = float("inf")
     stopped_early: bool = False
     seconds: float = 0.0
+    processes: int = 1  # torchrun processes that trained together (the batch size is per process)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -60,6 +65,7 @@ class History:
             "stopped_early": self.stopped_early,
             "seconds": round(self.seconds, 2),
             "seconds_per_epoch": round(self.seconds / max(1, len(self.train_loss)), 3),
+            "processes": self.processes,
         }
 
 
@@ -93,14 +99,18 @@ def fit(
     """Train ``model`` in place and leave it holding the weights of its best validation epoch (0: as it started).
 
     ``make_batch(indices, is_train)`` builds a batch from training (``is_train``) or validation rows.
+    Under torchrun each rank trains on its shard of every epoch and holds the same weights as the others
+    after every step; rank 0's validation loss decides for all of them (see ``training.distributed``).
     """
     rng = np.random.default_rng(config.seed)
-    steps_per_epoch = _count_batches(n_train, config)
+    device = next(model.parameters()).device
+    trainee = distributed.wrap(_Loss(model, loss_fn), device)  # DDP sees the whole loss computation
+    steps_per_epoch = _count_batches(distributed.shard_size(n_train), config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
     )
-    history = History()
+    history = History(processes=distributed.world_size())
     best_state = copy.deepcopy(model.state_dict()) if n_val else None
     if n_val:
         # Epoch 0 is the untrained model: a forecaster starts as its baseline, and if no epoch beats
@@ -112,15 +122,16 @@ def fit(
     for epoch in bar:
         model.train()
         losses = []
-        for indices in _batches(rng.permutation(n_train), config)[:steps_per_epoch]:
-            loss = loss_fn(model, make_batch(indices, True))
+        order = distributed.shard(n_train, epoch, config.seed) if distributed.active() else rng.permutation(n_train)
+        for indices in _batches(order, config)[:steps_per_epoch]:
+            loss = trainee(make_batch(indices, True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-        history.train_loss.append(float(np.mean(losses)))
+        history.train_loss.append(distributed.mean(float(np.mean(losses)), device))
         if n_val:
             history.val_loss.append(evaluate_loss(model, n_val, make_batch, loss_fn, config))
             if history.val_loss[-1] < history.best_val_loss - config.min_delta:
@@ -146,9 +157,35 @@ def fit(
     return history
 
 
-@torch.no_grad()
+class _Loss(nn.Module):
+    """A model and its task's loss as one module: ``forward(batch)`` is ``loss_fn(model, batch)``.
+
+    DistributedDataParallel averages gradients only for what runs inside its own forward pass, and a
+    task's loss may call other methods of the model than ``forward`` (the forecaster's loss works in
+    normalised units), so it wraps this rather than the model.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
 def evaluate_loss(model, n_val, make_batch, loss_fn, config: TrainConfig) -> float:
-    """Mean validation loss, weighted by batch size."""
+    """Mean validation loss, weighted by batch size.
+
+    Under torchrun rank 0 computes it and every rank receives that one number, so every rank takes the
+    same early-stopping decision (every rank must call this, as for any collective).
+    """
+    device = next(model.parameters()).device
+    return distributed.on_main(lambda: _mean_loss(model, n_val, make_batch, loss_fn, config), device)
+
+
+@torch.no_grad()
+def _mean_loss(model, n_val, make_batch, loss_fn, config: TrainConfig) -> float:
     model.eval()
     total, count = 0.0, 0
     for indices in _batches(np.arange(n_val), config):
