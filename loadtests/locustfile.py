@@ -61,6 +61,11 @@ def count_worker_requests(client_id, data, **kwargs):
             json.dump(WORKER_COUNTS, f, indent=2)
 
 
+def wanted_models(environment) -> list[str]:
+    """The names or tags given with ``--models``; empty: every served model."""
+    return [m.strip() for m in environment.parsed_options.models.split(",") if m.strip()]
+
+
 @events.test_start.add_listener
 def read_models(environment, **kwargs):
     """Read the served models; without them a headless run stops at once, a web UI run starts no users."""
@@ -86,7 +91,7 @@ class SeqServeUser(FastHttpUser):
 
     def on_start(self):
         options = self.environment.parsed_options
-        wanted = [m.strip() for m in options.models.split(",") if m.strip()]
+        wanted = wanted_models(self.environment)
         self.entries = served(MODELS, self.task_name, wanted)
         if not self.entries:
             among = f" among {wanted}" if wanted else ""
@@ -149,8 +154,7 @@ class StreamTokenUser(FastHttpUser):
     wait_time = between(0.0, 0.1)
 
     def on_start(self):
-        wanted = [m.strip() for m in self.environment.parsed_options.models.split(",") if m.strip()]
-        self.entries = streamable(MODELS, "classify", wanted)
+        self.entries = streamable(MODELS, "classify", wanted_models(self.environment))
         self.rng = np.random.default_rng()
         self.restart()
 
@@ -192,8 +196,7 @@ class StreamSocketUser(User):
     wait_time = between(0.0, 0.1)
 
     def on_start(self):
-        wanted = [m.strip() for m in self.environment.parsed_options.models.split(",") if m.strip()]
-        self.entries = streamable(MODELS, "classify", wanted)
+        self.entries = streamable(MODELS, "classify", wanted_models(self.environment))
         self.rng = np.random.default_rng()
         self.socket = None
         self.open()
