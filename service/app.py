@@ -162,7 +162,7 @@ class SeqServe:
     async def _answer(self, run, task: ClassifyTask | ForecastTask, instances: list, ctx: bentoml.Context) -> Response:
         """``run(task, instances)`` (ServedModels.answer or .step_streams) as JSON, its errors as 400/503."""
         try:
-            return _json(await run(task, instances, client_gone=ctx.request.is_disconnected))
+            return _json(await run(task, instances, client_gone=ctx.request.scope.get(http_protocol.CLIENT_GONE)))
         except (InstanceError, RequestError) as err:
             return _error(ctx, 400, err)
         except Overloaded as err:

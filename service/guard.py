@@ -92,8 +92,9 @@ class RequestGuard:
         self.inflight += expected
         try:
             try:
-                body = await asyncio.wait_for(self._read_body(receive), self.body_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await self._read_body(receive)
+            except TimeoutError:
                 return await _error(
                     408, f"body: not received within {self.body_timeout:g} s", {"connection": "close"}
                 )(send)

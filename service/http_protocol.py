@@ -1,9 +1,15 @@
-"""uvicorn's HTTP protocol with a header read timeout (slowloris protection).
+"""uvicorn's HTTP protocol with a header read timeout (slowloris protection) and a hang-up flag.
 
 uvicorn waits for a request's headers forever: a client that opens connections and sends a header
 line now and then holds them open. This protocol closes a connection whose request headers are not
 complete ``SEQSERVE_HEADER_TIMEOUT_S`` after the connection opened or the request began. The body has
 its own deadline in :mod:`service.guard`.
+
+It also puts ``seqserve.client_gone`` in every request's scope: a plain function that says whether
+the client has hung up (uvicorn's own flag, set as soon as the connection drops). The batcher asks
+it for every request before computing its work. Starlette's ``Request.is_disconnected`` asks the
+same by awaiting ``receive`` under a cancelled scope, an event-loop turn each time: too slow to ask
+for every request of every batch.
 
 BentoML starts uvicorn with ``http="auto"``; :func:`install` points that name at this class, once, in
 the worker process, before uvicorn builds its config.
@@ -17,6 +23,8 @@ import logging
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
+
+CLIENT_GONE = "seqserve.client_gone"  # scope key: () -> bool, has this request's client hung up?
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -35,7 +43,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
-        super().on_headers_complete()
+        super().on_headers_complete()  # makes the request's cycle; its app task starts on the next loop turn
+        cycle = self.cycle
+        self.scope[CLIENT_GONE] = lambda: cycle.disconnected
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()

@@ -130,7 +130,7 @@ class ClassifyTask:
         """One forward pass over sequences of any lengths; one answer per sequence, in order."""
         x, lengths = pad_sequences(sequences)  # (B, T, F), (B,)
         logits = model.module(x.to(model.device, non_blocking=True), lengths)  # (B, C)
-        return [self.answer(model, row) for row in logits.float().cpu().numpy()]
+        return self.answers(model, logits.float().cpu().numpy())
 
     def step_batch(self, model: LoadedModel, stream: ClassifierStream, items: list[StreamStep]) -> list[Stepped | OutOfRange]:
         """Advance many streams by their new steps together; each answer equals /classify on its sequence so far."""
@@ -139,13 +139,22 @@ class ClassifyTask:
 
     def answer(self, model: LoadedModel, logits: np.ndarray) -> dict[str, Any] | OutOfRange:
         """One sequence's logits (C,) as its answer: label, index and every class's probability."""
-        shifted = np.exp(logits - logits.max()) if np.isfinite(logits).all() else logits
-        probabilities = shifted / shifted.sum()  # (C,) softmax
-        if not np.isfinite(probabilities).all():
-            return _out_of_range(model)
-        k = int(probabilities.argmax())
-        labels = model.card.labels
-        return {"model": model.tag, "label": labels[k], "label_index": k, "probabilities": dict(zip(labels, probabilities.tolist()))}
+        return self.answers(model, logits[None])[0]
+
+    def answers(self, model: LoadedModel, logits: np.ndarray) -> list[dict[str, Any] | OutOfRange]:
+        """Many sequences' logits (B, C) as their answers, one softmax for all (per row it cost more than the
+        forward pass of a small model); a row whose probabilities are not finite gets OutOfRange."""
+        with np.errstate(all="ignore"):  # inf - inf is NaN: that row is refused just below
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probabilities = shifted / shifted.sum(axis=1, keepdims=True)  # (B, C) softmax
+        finite = np.isfinite(probabilities).all(axis=1).tolist()
+        best = probabilities.argmax(axis=1).tolist()
+        labels, tag = model.card.labels, model.tag
+        return [
+            {"model": tag, "label": labels[k], "label_index": k, "probabilities": dict(zip(labels, row))} if ok
+            else _out_of_range(model)
+            for row, k, ok in zip(probabilities.tolist(), best, finite)
+        ]
 
 
 class ForecastTask:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from models.artifact import ArtifactError, LoadedModel, list_artifacts, load_artifact
 from models.device import resolve_device
@@ -134,7 +134,7 @@ class ServedModels:
         self,
         task: ClassifyTask | ForecastTask,
         instances: list[Any],
-        client_gone: Callable[[], Awaitable[bool]] | None = None,
+        client_gone: Callable[[], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """Validate every instance of one /classify or /forecast request, then run them batched with others.
 
@@ -152,7 +152,7 @@ class ServedModels:
         self,
         task: ClassifyTask | ForecastTask,
         instances: list[Any],
-        client_gone: Callable[[], Awaitable[bool]] | None = None,
+        client_gone: Callable[[], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """One /stream/<task> request: advance every instance's stream (its state token, or a new stream).
 
@@ -196,7 +196,7 @@ class ServedModels:
     async def step(self, model: LoadedModel, item: StreamStep) -> Stepped:
         """Advance one WebSocket stream, batched with every other stream of ``model``. Raises OutOfRange too."""
         batcher = self.stream_batchers[model.tag]
-        await batcher.admit()
+        batcher.admit()
         [result] = await batcher.submit([item], timeout_s=self.request_timeout_s)
         if isinstance(result, BaseException):
             raise result
@@ -213,11 +213,11 @@ class ServedModels:
         groups: dict[str, list[tuple[int, Any]]],
         field: str,
         count: int,
-        client_gone: Callable[[], Awaitable[bool]] | None,
+        client_gone: Callable[[], bool] | None,
     ) -> list[Any]:
         """Queue every group on its model's batcher (after all of them admitted the work); results in request order."""
         for tag in groups:
-            await batchers[tag].admit()
+            batchers[tag].admit()
         results = await asyncio.gather(
             *(
                 batchers[tag].submit([item for _, item in items], timeout_s=self.request_timeout_s, client_gone=client_gone)

@@ -128,7 +128,7 @@ def test_work_of_a_client_that_hung_up_is_dropped_before_it_runs():
 
     batcher = MicroBatcher(run)
 
-    async def gone() -> bool:
+    def gone() -> bool:
         return True
 
     async def main():
@@ -160,7 +160,7 @@ def test_abandoned_work_in_the_queue_never_causes_a_503():
     batcher = MicroBatcher(lambda items: items, cost=lambda item: item, max_queue_ms=100)
     batcher.seconds_per_step = 0.001
 
-    async def gone() -> bool:
+    def gone() -> bool:
         return True
 
     async def main():
