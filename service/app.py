@@ -23,6 +23,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from service import http_protocol
+from service.admission import CLIENT_GONE, REFUSED
 from service.batching import ClientGone, DeadlineExceeded, Overloaded
 from service.config import Settings
 from service.errors import ReadableValidationErrors
@@ -53,7 +54,7 @@ from service.startup import start_up, stop_server_on_failure
 # if one cannot be (service.startup).
 SETTINGS = start_up()
 SERVED_TAGS = served_tags(SETTINGS.models)  # bundled by `bentoml build`, loaded by each worker
-http_protocol.install(SETTINGS.header_timeout_s)
+http_protocol.install(SETTINGS)
 
 
 class ClientErrorsWithoutTracebacks(logging.Filter):
@@ -162,7 +163,7 @@ class SeqServe:
     async def _answer(self, run, task: ClassifyTask | ForecastTask, instances: list, ctx: bentoml.Context) -> Response:
         """``run(task, instances)`` (ServedModels.answer or .step_streams) as JSON, its errors as 400/503."""
         try:
-            return _json(await run(task, instances, client_gone=ctx.request.scope.get(http_protocol.CLIENT_GONE)))
+            return _json(await run(task, instances, client_gone=ctx.request.scope.get(CLIENT_GONE)))
         except (InstanceError, RequestError) as err:
             return _error(ctx, 400, err)
         except Overloaded as err:
@@ -176,6 +177,7 @@ def _error(ctx: bentoml.Context, status: int, err: Exception, retry_after_s: int
     ctx.response.status_code = status
     if retry_after_s is not None:
         ctx.response.metadata["retry-after"] = str(retry_after_s)
+        ctx.request.scope[REFUSED] = retry_after_s  # this connection is not read again until then (service.http_protocol)
     return _json({"error": str(err)})
 
 

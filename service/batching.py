@@ -91,7 +91,7 @@ class MicroBatcher:
         cost: Callable[[Any], int] = lambda item: 1,
         max_batch_size: int = 64,
         max_wait_ms: float = 0.0,
-        max_queue_ms: float = 250.0,
+        max_queue_ms: float = 100.0,
         on_batch: Callable[[int], None] | None = None,
     ):
         self.run_batch = run_batch

@@ -11,7 +11,7 @@
 | SEQSERVE_MAX_INSTANCES | 256 | most instances in one request |
 | SEQSERVE_MAX_LENGTH | 4096 | most steps in one sequence or history |
 | SEQSERVE_MAX_BODY_MB | 1 | largest request body in MiB (413 past it) |
-| SEQSERVE_MAX_QUEUE_MS | 250 | estimated queue wait per model past which new requests get 503 |
+| SEQSERVE_MAX_QUEUE_MS | 100 | estimated wait in a worker (or a model's queue) past which new requests get 503 |
 | SEQSERVE_REQUEST_TIMEOUT_S | 10 | deadline: a request not answered by then gets 503 |
 | SEQSERVE_HEADER_TIMEOUT_S | 10 | a connection must send a request's headers within this |
 | SEQSERVE_BODY_TIMEOUT_S | 10 | and its body within this once the headers are in (408 otherwise) |
@@ -124,7 +124,7 @@ class Settings:
             max_instances=_int("SEQSERVE_MAX_INSTANCES", 256),
             max_length=_int("SEQSERVE_MAX_LENGTH", 4096),
             max_body_bytes=int(_float("SEQSERVE_MAX_BODY_MB", 1.0, minimum=0.001) * 2**20),
-            max_queue_ms=_float("SEQSERVE_MAX_QUEUE_MS", 250.0, minimum=1.0),
+            max_queue_ms=_float("SEQSERVE_MAX_QUEUE_MS", 100.0, minimum=1.0),
             request_timeout_s=_float("SEQSERVE_REQUEST_TIMEOUT_S", 10.0, minimum=0.01),
             header_timeout_s=_float("SEQSERVE_HEADER_TIMEOUT_S", 10.0, minimum=0.01),
             body_timeout_s=_float("SEQSERVE_BODY_TIMEOUT_S", 10.0, minimum=0.01),

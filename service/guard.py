@@ -1,7 +1,8 @@
 """The gate every HTTP request passes before BentoML parses anything: size, type, keys, time.
 
 ``RequestGuard`` is an ASGI middleware with one job: refuse what must never reach the parser or
-the models, cheaply and with a clear answer.
+the models, cheaply and with a clear answer. (Before it, outside BentoML's middleware, the worker's
+door refuses requests that would wait too long: :mod:`service.admission`.)
 
 * **Paths** ending in ``/`` are served as the same path without it (``/classify/`` is ``/classify``),
   so no redirect is ever built from the client's ``Host`` header.

@@ -1,4 +1,4 @@
-"""uvicorn's HTTP protocol with a header read timeout (slowloris protection) and a hang-up flag.
+"""uvicorn's HTTP protocol with a header read timeout (slowloris protection), a hang-up flag and the door.
 
 uvicorn waits for a request's headers forever: a client that opens connections and sends a header
 line now and then holds them open. This protocol closes a connection whose request headers are not
@@ -11,6 +11,9 @@ it for every request before computing its work. Starlette's ``Request.is_disconn
 same by awaiting ``receive`` under a cancelled scope, an event-loop turn each time: too slow to ask
 for every request of every batch.
 
+And it puts :class:`service.admission.Door` in front of the app, outside BentoML's middleware, so
+that a request the worker is too busy for is refused in a few microseconds.
+
 BentoML starts uvicorn with ``http="auto"``; :func:`install` points that name at this class, once, in
 the worker process, before uvicorn builds its config.
 """
@@ -22,15 +25,26 @@ import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-log = logging.getLogger(__name__)
+from service.admission import CLIENT_GONE, REFUSED, Door, WorkerQueue
+from service.config import Settings
+from service.metrics import count_refused
 
-CLIENT_GONE = "seqserve.client_gone"  # scope key: () -> bool, has this request's client hung up?
+log = logging.getLogger(__name__)
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """httptools-based protocol that drops connections which are too slow to send their headers."""
 
     header_timeout_s: float = 10.0
+    door: Door | None = None  # one per worker, made by install(); wraps the app uvicorn loaded
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        door = HeaderTimeoutProtocol.door
+        if door is not None:
+            if door.app is None:
+                door.app = self.app
+            self.app = door
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -46,6 +60,21 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()  # makes the request's cycle; its app task starts on the next loop turn
         cycle = self.cycle
         self.scope[CLIENT_GONE] = lambda: cycle.disconnected
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        retry_after_s = self.scope.get(REFUSED)
+        if retry_after_s and not self.transport.is_closing():
+            # The client was told when to retry. One that does not listen would send again at once, and
+            # here a refusal costs the event loop half as much as an answer (uvicorn's own work per
+            # request), so a flood of retries would take it from the requests let in. Its next request
+            # on this connection waits in the socket until the time it was given.
+            self.flow.pause_reading()
+            self.loop.call_later(retry_after_s, self._resume_after_refusal)
+
+    def _resume_after_refusal(self) -> None:
+        if not self.transport.is_closing():
+            self.flow.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
@@ -67,9 +96,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def install(header_timeout_s: float) -> None:
-    """Make uvicorn's default protocol (``http="auto"``) this one, with the given timeout."""
+def install(settings: Settings) -> None:
+    """Make uvicorn's default protocol (``http="auto"``) this one, with the settings' header timeout and
+    a door that lets requests wait at most ``SEQSERVE_MAX_QUEUE_MS``."""
     from uvicorn import config
 
-    HeaderTimeoutProtocol.header_timeout_s = header_timeout_s
+    HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
+    queue = WorkerQueue(settings.max_queue_ms / 1000)
+    HeaderTimeoutProtocol.door = Door(None, queue, settings.max_body_bytes, on_refused=count_refused)
     config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HeaderTimeoutProtocol"

@@ -57,6 +57,19 @@ def observe_state_batch(model_tag: str, size: int) -> None:
     _stream_metrics()[2].labels(model=model_tag).observe(size)
 
 
+@lru_cache(maxsize=None)
+def _refused_counter():
+    """``seqserve_refused_total``: requests the worker's door answered 503 because it was too busy
+    (service.admission); they never reach BentoML's request metrics. Created on first use."""
+    from prometheus_client import Counter
+
+    return Counter("seqserve_refused", "Requests refused with 503 before parsing: the worker was too busy")
+
+
+def count_refused() -> None:
+    _refused_counter().inc()
+
+
 UNKNOWN_ENDPOINT = "/<unknown>"
 _ORIGINAL_PATH = "seqserve.original_path"
 _exact_labels: dict[str, str] = {}  # path -> label, for paths that are routes: as many as the app has

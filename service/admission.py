@@ -1,0 +1,198 @@
+"""Admission at the door: how long a new request would wait in this worker, and whether to take it.
+
+A worker's event loop reads, parses, validates and answers every request one after another; only
+the forward pass leaves it (``service.batching``). So before a request reaches its model's queue,
+the worker itself is a queue: one arriving behind N others waits for their HTTP and JSON work first.
+With a small model that is where all the waiting is under overload (the model's own queue stays
+short), and 256 clients then wait ~4x longer than 64 do, for no more answers per second.
+
+:class:`WorkerQueue` keeps that wait bounded. Each request is weighed before its body is read: one
+unit for the fixed cost of a request, plus one per ``BYTES_PER_UNIT`` of body (parsing is linear in
+the body). While the worker is busy it learns the seconds it spends per unit answered, refusals and
+forward passes included, so the estimate follows the machine, the model and the mix of requests.
+A request whose estimated wait, the units ahead of it times that rate, is over ``max_wait_s`` is
+refused at once (503 with ``Retry-After``), before anything is parsed.
+
+:class:`Door` does the refusing, as the outermost ASGI app of the worker (``service.http_protocol``
+puts it there), because under overload refusals are most of the traffic: clients that ignore
+``Retry-After`` send again at once, and a refusal that went through BentoML's middleware stack cost a
+quarter of an answered request, time taken from the requests that were let in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+# The body size whose parsing costs about as much as the rest of a request (routing, validation,
+# batching, the answer): ~0.5 ms of each on one core here, and a MiB parses in ~45 ms.
+BYTES_PER_UNIT = 12_000
+LEARN_EVERY_S = 0.1  # busy time between updates of the learnt rate
+# A refusal at the door costs about half a small request here: uvicorn's own work per request (parsing
+# the head, a task, writing the answer) is most of what a small request costs. Counting it as work keeps
+# the learnt rate the worker's own speed: otherwise refusals, taking time and answering nothing, would make
+# each admitted request look slower, and the door would let in fewer and refuse more, and so on.
+REFUSAL_UNITS = 0.5
+PURGE_EVERY_S = 0.01
+CLIENT_GONE = "seqserve.client_gone"  # scope key: () -> bool, has this request's client hung up? (service.http_protocol)
+REFUSED = "seqserve.refused"  # scope key: the Retry-After seconds of a refused request (service.http_protocol reads it)
+
+
+class Busy(Exception):
+    """The worker has more queued than ``max_wait_s`` of work: retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request in flight: its units, and how to ask whether its client has hung up."""
+
+    units: float
+    entered: float
+    client_gone: Callable[[], bool] | None = None
+    counted: bool = True  # its units are in WorkerQueue.units (until its client is found gone)
+
+
+class WorkerQueue:
+    """The requests one worker has taken in and not answered yet, in units of work, and their expected wait."""
+
+    def __init__(self, max_wait_s: float, clock: Callable[[], float] = time.perf_counter):
+        self.max_wait_s = max_wait_s
+        self.clock = clock
+        self.units = 0.0  # the work in flight now
+        self.seconds_per_unit = 0.0  # learnt while busy; 0 (admit everything) until then
+        self._in_flight: dict[Ticket, None] = {}  # oldest first
+        self._busy_s = 0.0
+        self._units_done = 0.0
+        self._last = clock()
+        self._last_purge = -math.inf
+
+    @staticmethod
+    def weigh(body_bytes: int) -> float:
+        """A request's work in units: one for the request, plus its body's share."""
+        return 1.0 + body_bytes / BYTES_PER_UNIT
+
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait behind those in flight."""
+        return self.units * self.seconds_per_unit
+
+    def enter(self, units: float, client_gone: Callable[[], bool] | None = None) -> Ticket:
+        """Take a request of ``units`` in, or raise :class:`Busy` when the wait ahead of it is too long.
+
+        Before refusing, requests whose clients hung up stop counting: their work is dropped before
+        it runs (service.batching), so nobody waits behind it.
+        """
+        now = self._tick()
+        if self._overloaded(now):
+            self._forget_abandoned()
+        if self._overloaded(now):
+            wait = self.expected_wait_s()
+            self._units_done += REFUSAL_UNITS
+            raise Busy(
+                f"the server is busy: about {wait * 1000:.0f} ms of requests are ahead of this one "
+                f"(limit {self.max_wait_s * 1000:.0f} ms, SEQSERVE_MAX_QUEUE_MS); retry shortly",
+                retry_after_s=max(1, math.ceil(wait)),
+            )
+        ticket = Ticket(units, now, client_gone)
+        self._in_flight[ticket] = None
+        self.units += units
+        return ticket
+
+    def leave(self, ticket: Ticket) -> None:
+        """A request taken in by :meth:`enter` was answered (or failed)."""
+        self._tick()
+        self._in_flight.pop(ticket, None)
+        if ticket.counted:
+            self.units -= ticket.units
+            self._units_done += ticket.units
+        if not self._in_flight:
+            self.units = 0.0  # no float residue once idle
+        if self._busy_s >= LEARN_EVERY_S and self._units_done:
+            rate = self._busy_s / self._units_done
+            # A moving average over the last few tenths of a busy second.
+            self.seconds_per_unit = rate if not self.seconds_per_unit else 0.5 * self.seconds_per_unit + 0.5 * rate
+            self._busy_s = self._units_done = 0.0
+
+    def _overloaded(self, now: float) -> bool:
+        """Would a request arriving ``now`` wait too long? Both signs must say so.
+
+        The estimate alone is pessimistic when the rate was learnt at low concurrency (batches of a few
+        cost more per request than full ones), so a burst after a quiet spell would be refused for
+        nothing; a request already waiting half the limit says the queue is real.
+        """
+        if not self._in_flight or self.expected_wait_s() <= self.max_wait_s:
+            return False
+        oldest = next((ticket for ticket in self._in_flight if ticket.counted), None)
+        return oldest is not None and now - oldest.entered > self.max_wait_s / 2
+
+    def _tick(self) -> float:
+        """Count the time since the last event as busy when anything was in flight; returns now."""
+        now = self.clock()
+        if self._in_flight:
+            self._busy_s += now - self._last
+        self._last = now
+        return now
+
+    def _forget_abandoned(self) -> None:
+        """Stop counting the requests whose clients hung up (at most every ``PURGE_EVERY_S``: it looks at all)."""
+        now = self.clock()
+        if now - self._last_purge < PURGE_EVERY_S:
+            return
+        self._last_purge = now
+        for ticket in self._in_flight:
+            if ticket.counted and ticket.client_gone is not None and ticket.client_gone():
+                ticket.counted = False
+                self.units -= ticket.units
+
+
+class Door:
+    """The worker's outermost ASGI app: every POST enters :class:`WorkerQueue` or gets a 503 at once.
+
+    A POST is weighed by its ``Content-Length`` (at most ``max_body_bytes``: past that the guard answers
+    413 unread). Everything else (probes, metrics, WebSockets) goes straight through. ``on_refused()``
+    is called for each refusal (``seqserve_refused_total`` on ``/metrics``: the refusals never reach
+    BentoML's own request metrics).
+    """
+
+    def __init__(self, app, queue: WorkerQueue, max_body_bytes: int, on_refused: Callable[[], None] | None = None):
+        self.app = app
+        self.queue = queue
+        self.max_body_bytes = max_body_bytes
+        self.on_refused = on_refused
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        units = self.queue.weigh(min(_content_length(scope), self.max_body_bytes))
+        try:
+            ticket = self.queue.enter(units, scope.get(CLIENT_GONE))
+        except Busy as busy:
+            scope[REFUSED] = busy.retry_after_s
+            if self.on_refused:
+                self.on_refused()
+            return await _answer_busy(send, busy)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.queue.leave(ticket)
+
+
+def _content_length(scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0  # chunked: weighed as a request with a small body
+
+
+async def _answer_busy(send, busy: Busy) -> None:
+    body = json.dumps({"error": str(busy)}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"retry-after", str(busy.retry_after_s).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
