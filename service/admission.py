@@ -21,6 +21,7 @@ quarter of an answered request, time taken from the requests that were let in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -119,6 +120,10 @@ class WorkerQueue:
             self.seconds_per_unit = rate if not self.seconds_per_unit else 0.5 * self.seconds_per_unit + 0.5 * rate
             self._busy_s = self._units_done = 0.0
 
+    def overloaded(self) -> bool:
+        """Would a request arriving now be refused, unless some in flight are found abandoned?"""
+        return self._overloaded(self.clock())
+
     def _overloaded(self, now: float) -> bool:
         """Would a request arriving ``now`` wait too long? Both signs must say so.
 
@@ -170,6 +175,8 @@ class Door:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         units = self.queue.weigh(min(_content_length(scope), self.max_body_bytes))
+        if self.queue.overloaded():
+            await asyncio.sleep(0)  # let the event loop handle hang-ups it has read: they stop counting
         try:
             ticket = self.queue.enter(units, scope.get(CLIENT_GONE))
         except Busy as busy:

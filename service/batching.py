@@ -110,14 +110,17 @@ class MicroBatcher:
         """Estimated time to drain what is queued now."""
         return self._queued_steps * self.seconds_per_step
 
-    def admit(self) -> None:
+    async def admit(self) -> None:
         """Raise :class:`Overloaded` when the work queued now would take longer than ``max_queue_ms`` to drain.
 
         Before refusing, the queue is cleared of work nobody waits for any more (clients that hung up,
-        deadlines passed), so abandoned requests never cause a 503 for a live one.
+        deadlines passed), so abandoned requests do not cause a 503 for a live one once the server has
+        seen them go. That path first lets the event loop run once: hang-ups it has read but not yet
+        handled then count.
         """
         if not self._queue or self.queue_seconds() <= self.max_queue_s:
             return
+        await asyncio.sleep(0)
         self._mark_abandoned(list(self._queue))
         self._queue = deque(job for job in self._queue if _wanted(job))
         self._queued_steps = sum(self.cost(item) for item, _, _ in self._queue)
@@ -136,7 +139,7 @@ class MicroBatcher:
         Raises :class:`Overloaded` at once when the queue is too long (see :meth:`admit`), and
         :class:`DeadlineExceeded` after ``timeout_s``.
         """
-        self.admit()
+        await self.admit()
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()

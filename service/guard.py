@@ -28,12 +28,10 @@ import hmac
 import json
 from typing import Any
 
-import anyio
 
 from service.config import Settings
 
 JSON_TYPES = ("application/json",)
-UVICORN_HIGH_WATER = 65_536  # uvicorn pauses reading a request past this many buffered body bytes
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None):
@@ -55,7 +53,9 @@ class RequestGuard:
     def __init__(self, app, settings: Settings):
         self.app = app
         self.max_body = settings.max_body_bytes
-        self.inflight_budget = 4 * settings.max_body_bytes
+        # Bodies are parsed on the event loop one at a time; more than two big ones in flight only lengthen
+        # the wait of everything queued behind them (/livez included), and hold their memory meanwhile.
+        self.inflight_budget = 2 * settings.max_body_bytes
         self.inflight = 0  # bytes of bodies read and not yet answered, in this worker
         self.body_timeout = settings.body_timeout_s
         self.keys = [key.encode() for key in settings.api_keys]
@@ -101,8 +101,6 @@ class RequestGuard:
                 )(send)
             if body is None:
                 return await _error(413, self._too_large("more"), {"connection": "close"})(send)
-            if len(body) >= UVICORN_HIGH_WATER:
-                await _resume_reading(receive)
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.inflight -= expected
@@ -152,18 +150,6 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
-
-
-async def _resume_reading(receive) -> None:
-    """Ask for the next message without waiting for it.
-
-    uvicorn stops reading a socket while a large body is buffered and starts again only when asked
-    for more; until then it cannot see the client hang up, and work for a client that is gone would
-    be computed (``service.batching`` drops it when it notices).
-    """
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await receive()
 
 
 def _headers(scope) -> dict[str, str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -36,6 +37,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     """httptools-based protocol that drops connections which are too slow to send their headers."""
 
     header_timeout_s: float = 10.0
+    max_body_bytes: int = 1 << 20
     door: Door | None = None  # one per worker, made by install(); wraps the app uvicorn loaded
 
     def __init__(self, *args, **kwargs) -> None:
@@ -61,6 +63,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         cycle = self.cycle
         self.scope[CLIENT_GONE] = lambda: cycle.disconnected
 
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        # uvicorn stops reading a request past 64 KiB of body until the app asks for more, and a socket
+        # it does not read cannot tell it that the client hung up: the door would count, and the guard
+        # parse, work nobody waits for. Bodies up to the cap (the guard refuses bigger ones) are read on.
+        if self.flow.read_paused and self.cycle is not None and len(self.cycle.body) <= self.max_body_bytes:
+            self.flow.resume_reading()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         retry_after_s = self.scope.get(REFUSED)
@@ -68,9 +78,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             # The client was told when to retry. One that does not listen would send again at once, and
             # here a refusal costs the event loop half as much as an answer (uvicorn's own work per
             # request), so a flood of retries would take it from the requests let in. Its next request
-            # on this connection waits in the socket until the time it was given.
+            # on this connection waits in the socket until the time it was given (at most 1 s).
             self.flow.pause_reading()
-            self.loop.call_later(retry_after_s, self._resume_after_refusal)
+            # At most a second: uvicorn closes a keep-alive connection it has not read from in 5 s. Spread
+            # over the second half of that, so connections refused together do not come back together.
+            self.loop.call_later(min(retry_after_s, 1.0) * random.uniform(0.5, 1.0), self._resume_after_refusal)
 
     def _resume_after_refusal(self) -> None:
         if not self.transport.is_closing():
@@ -102,6 +114,7 @@ def install(settings: Settings) -> None:
     from uvicorn import config
 
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
+    HeaderTimeoutProtocol.max_body_bytes = settings.max_body_bytes
     queue = WorkerQueue(settings.max_queue_ms / 1000)
     HeaderTimeoutProtocol.door = Door(None, queue, settings.max_body_bytes, on_refused=count_refused)
     config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HeaderTimeoutProtocol"

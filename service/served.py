@@ -196,7 +196,7 @@ class ServedModels:
     async def step(self, model: LoadedModel, item: StreamStep) -> Stepped:
         """Advance one WebSocket stream, batched with every other stream of ``model``. Raises OutOfRange too."""
         batcher = self.stream_batchers[model.tag]
-        batcher.admit()
+        await batcher.admit()
         [result] = await batcher.submit([item], timeout_s=self.request_timeout_s)
         if isinstance(result, BaseException):
             raise result
@@ -217,7 +217,7 @@ class ServedModels:
     ) -> list[Any]:
         """Queue every group on its model's batcher (after all of them admitted the work); results in request order."""
         for tag in groups:
-            batchers[tag].admit()
+            await batchers[tag].admit()
         results = await asyncio.gather(
             *(
                 batchers[tag].submit([item for _, item in items], timeout_s=self.request_timeout_s, client_gone=client_gone)
