@@ -129,12 +129,13 @@ class WorkerQueue:
 
         The estimate alone is pessimistic when the rate was learnt at low concurrency (batches of a few
         cost more per request than full ones), so a burst after a quiet spell would be refused for
-        nothing; a request already waiting half the limit says the queue is real.
+        nothing, and it is an average, so a steady load just under the limit would be refused now and
+        then; a request in flight that has already waited the whole limit says the queue is real.
         """
         if not self._in_flight or self.expected_wait_s() <= self.max_wait_s:
             return False
         oldest = next((ticket for ticket in self._in_flight if ticket.counted), None)
-        return oldest is not None and now - oldest.entered > self.max_wait_s / 2
+        return oldest is not None and now - oldest.entered > self.max_wait_s
 
     def _tick(self) -> float:
         """Count the time since the last event as busy when anything was in flight; returns now."""
