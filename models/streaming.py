@@ -114,6 +114,8 @@ class Advanced:
 class ClassifierStream:
     """Steps a causal :class:`SequenceClassifier`, many streams at once (see the module docstring)."""
 
+    LOGIT_FIELDS = ("steps", "hidden", "out_sum")  # what :meth:`logits` reads from a state
+
     def __init__(self, module: SequenceClassifier):
         self.module = module
         rnn = module.encoder.rnn
@@ -145,7 +147,10 @@ class ClassifierStream:
     def advance(self, states: list[State], chunks: list[np.ndarray], every_step: list[bool]) -> list[Advanced]:
         """Advance stream ``i`` from ``states[i]`` by ``chunks[i]`` (k_i, F), all streams together, one step per pass."""
         device = self.module.feature_mean.device
-        s = {f.name: torch.from_numpy(np.stack([st[f.name] for st in states])).to(device) for f in self.fields}
+        if len(states) == 1:  # one stream (a lone WebSocket): a batch of one is a view, no copy
+            s = {f.name: torch.from_numpy(states[0][f.name][None]).to(device) for f in self.fields}
+        else:
+            s = {f.name: torch.from_numpy(np.stack([st[f.name] for st in states])).to(device) for f in self.fields}
         lengths = [len(c) for c in chunks]
         outputs: list[list[tuple[int, np.ndarray]]] = [[] for _ in states]
         for t in range(max(lengths)):
@@ -161,8 +166,10 @@ class ClassifierStream:
                     s[k][index] = v
             answer = [j for j, i in enumerate(rows) if every_step[i] or t == lengths[i] - 1]
             if answer:
-                logits = self.logits({k: v[answer] for k, v in sub.items()}).float().cpu().numpy()  # (a, C)
-                steps = sub["steps"][answer, 0].cpu().numpy()
+                # Usually every stream in the pass answers (its last step): then no rows need picking.
+                picked = sub if len(answer) == len(rows) else {k: sub[k][answer] for k in self.LOGIT_FIELDS}
+                logits = self.logits(picked).float().cpu().numpy()  # (a, C)
+                steps = picked["steps"][:, 0].cpu().numpy()
                 for j, row, n in zip(answer, logits, steps):
                     outputs[rows[j]].append((int(n), row))
         arrays = {k: v.cpu().numpy() for k, v in s.items()}
@@ -177,7 +184,7 @@ class ClassifierStream:
         if m.instance_norm == "running":
             standardized, s["moments"] = running_step(x, s["moments"], seen)
             z = torch.cat([z, standardized], dim=-1)  # (b, 2F)
-        emit = torch.ones_like(seen, dtype=torch.bool)  # (b,) whether the encoder takes a step now
+        emit = None  # (b,) bool: which streams' encoders take a step now; None: all of them
         if m.front is not None:
             window = torch.cat([s["conv_in"], z[:, None]], dim=1)  # (b, k_in, C)
             s["conv_in"] = window[:, 1:]
@@ -190,16 +197,20 @@ class ClassifierStream:
                 s["pool"] = torch.where(emit[:, None], torch.full_like(pooled, -torch.inf), pooled)
                 y = pooled
             window = torch.cat([s["conv_out"], y[:, None]], dim=1)  # (b, k_out, hidden)
-            s["conv_out"] = torch.where(emit[:, None, None], window[:, 1:], s["conv_out"])
+            s["conv_out"] = window[:, 1:] if emit is None else torch.where(emit[:, None, None], window[:, 1:], s["conv_out"])
             z = F.gelu(m.front.conv_out(window.transpose(1, 2)))[..., 0]  # (b, hidden)
+
+        def kept(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:  # new where the encoder stepped, else old
+            return new if emit is None else torch.where(emit.view(-1, *[1] * (new.dim() - 1)), new, old)
+
         h0 = s["hidden"].transpose(0, 1).contiguous()  # (layers, b, hidden)
         if self.lstm:
             out, (h, c) = m.encoder.rnn(z[:, None], (h0, s["cell"].transpose(0, 1).contiguous()))
-            s["cell"] = torch.where(emit[:, None, None], c.transpose(0, 1), s["cell"])
+            s["cell"] = kept(c.transpose(0, 1), s["cell"])
         else:
             out, h = m.encoder.rnn(z[:, None], h0)  # out: (b, 1, hidden), h: (layers, b, hidden)
-        s["hidden"] = torch.where(emit[:, None, None], h.transpose(0, 1), s["hidden"])
-        s["out_sum"] = s["out_sum"] + torch.where(emit[:, None], out[:, 0].double(), 0.0)
+        s["hidden"] = kept(h.transpose(0, 1), s["hidden"])
+        s["out_sum"] = s["out_sum"] + kept(out[:, 0].double(), torch.zeros((), dtype=torch.float64))
         s["steps"] = s["steps"] + 1
         return s
 

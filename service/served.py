@@ -193,11 +193,12 @@ class ServedModels:
             raise InstanceError(index, "model", f"{model.tag} cannot stream: {self.not_streamable[model.tag]}")
         return stream
 
-    async def step(self, model: LoadedModel, item: StreamStep) -> Stepped:
-        """Advance one WebSocket stream, batched with every other stream of ``model``. Raises OutOfRange too."""
+    async def step(self, model: LoadedModel, item: StreamStep, alone: bool = False) -> Stepped:
+        """Advance one WebSocket stream, batched with every other stream of ``model``. Raises OutOfRange too.
+
+        ``alone``: no other WebSocket stream is open (see MicroBatcher.submit)."""
         batcher = self.stream_batchers[model.tag]
-        await batcher.admit()
-        [result] = await batcher.submit([item], timeout_s=self.request_timeout_s)
+        [result] = await batcher.submit([item], timeout_s=self.request_timeout_s, alone=alone)
         if isinstance(result, BaseException):
             raise result
         self._count_steps(model.tag, len(item.steps))

@@ -98,8 +98,9 @@ class StreamSessions:
         state = stream.initial()
         while True:
             try:
-                message = await asyncio.wait_for(websocket.receive(), self.idle_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.idle_s):  # not wait_for: that makes a task per message
+                    message = await websocket.receive()
+            except TimeoutError:
                 await websocket.close(IDLE, f"no message for {self.idle_s:g} s (SEQSERVE_STREAM_IDLE_S)")
                 return
             if message["type"] == "websocket.disconnect":
@@ -109,7 +110,8 @@ class StreamSessions:
                 text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
             try:
                 item = self._parse(text, model, state)
-                result = await self.served.step(model, item)
+                # With one stream open no other message can join its pass: it may skip the batcher's queue.
+                result = await self.served.step(model, item, alone=self.open == 1)
             except _StreamError as err:
                 await websocket.send_text(json.dumps({"error": str(err)}))
                 continue

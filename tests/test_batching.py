@@ -172,3 +172,27 @@ def test_abandoned_work_in_the_queue_never_causes_a_503():
         return answer
 
     assert asyncio.run(main()) == [1]
+
+
+def test_a_lone_callers_light_work_runs_in_its_own_task_and_never_jumps_the_queue():
+    tasks: list[object] = []
+
+    def run(items):
+        tasks.append(asyncio.current_task())
+        return items
+
+    batcher = MicroBatcher(run)
+
+    async def main():
+        assert await batcher.submit(["now"], alone=True) == ["now"]
+        ran_here = tasks[-1] is asyncio.current_task()
+        # With work queued, `alone` changes nothing: it waits its turn in the drain task.
+        queued = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0)
+        second = await batcher.submit(["second"], alone=True)
+        return ran_here, await queued, second
+
+    ran_here, first, second = asyncio.run(main())
+    assert ran_here
+    assert (first, second) == (["first"], ["second"])
+    assert all(task is not tasks[0] for task in tasks[1:])  # both went through the drain task
