@@ -14,9 +14,11 @@ A request whose estimated wait, the units ahead of it times that rate, is over `
 refused at once (503 with ``Retry-After``), before anything is parsed.
 
 :class:`Door` does the refusing, as the outermost ASGI app of the worker (``service.http_protocol``
-puts it there), because under overload refusals are most of the traffic: clients that ignore
-``Retry-After`` send again at once, and a refusal that went through BentoML's middleware stack cost a
-quarter of an answered request, time taken from the requests that were let in.
+puts it there), because under overload refusals are most of the traffic (clients that ignore
+``Retry-After`` send again at once) and their cost is taken from the requests that were let in:
+refused before BentoML's middleware stack, a refusal skips all of it (metrics, tracing, timeouts,
+routing). What remains, uvicorn's own work per request, is still about half a small request, hence
+``REFUSAL_UNITS`` and the pause on refused connections in ``service.http_protocol``.
 """
 
 from __future__ import annotations
