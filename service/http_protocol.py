@@ -32,16 +32,22 @@ from service.metrics import count_refused
 
 log = logging.getLogger(__name__)
 
+READ_ON_CONNECTIONS = 32
+
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """httptools-based protocol that drops connections which are too slow to send their headers."""
+    """uvicorn's httptools protocol with seqserve's connection rules: a header timeout, the hang-up flag,
+    the door in front of the app, refused connections left unread until their Retry-After, and request
+    bodies read on up to the cap."""
 
     header_timeout_s: float = 10.0
     max_body_bytes: int = 1 << 20
     door: Door | None = None  # one per worker, made by install(); wraps the app uvicorn loaded
+    reading_on = 0  # connections of this worker read past uvicorn's 64 KiB pause (see on_body)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._reading_on = False
         door = HeaderTimeoutProtocol.door
         if door is not None:
             if door.app is None:
@@ -67,11 +73,25 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_body(body)
         # uvicorn stops reading a request past 64 KiB of body until the app asks for more, and a socket
         # it does not read cannot tell it that the client hung up: the door would count, and the guard
-        # parse, work nobody waits for. Bodies up to the cap (the guard refuses bigger ones) are read on.
-        if self.flow.read_paused and self.cycle is not None and len(self.cycle.body) <= self.max_body_bytes:
-            self.flow.resume_reading()
+        # parse, work nobody waits for. Bodies up to the cap (the guard refuses bigger ones) are read on,
+        # for at most READ_ON_CONNECTIONS connections of the worker at a time, so that unread bodies hold
+        # at most that many times the cap (32 MiB at the default 1 MiB).
+        if not (self.flow.read_paused and self.cycle is not None and len(self.cycle.body) <= self.max_body_bytes):
+            return
+        if not self._reading_on:
+            if HeaderTimeoutProtocol.reading_on >= READ_ON_CONNECTIONS:
+                return
+            HeaderTimeoutProtocol.reading_on += 1
+            self._reading_on = True
+        self.flow.resume_reading()
+
+    def _stop_reading_on(self) -> None:
+        if getattr(self, "_reading_on", False):
+            HeaderTimeoutProtocol.reading_on -= 1
+            self._reading_on = False
 
     def on_response_complete(self) -> None:
+        self._stop_reading_on()
         super().on_response_complete()
         retry_after_s = self.scope.get(REFUSED)
         if retry_after_s and not self.transport.is_closing():
@@ -90,6 +110,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
+        self._stop_reading_on()
         super().connection_lost(exc)
 
     def _start_header_timer(self) -> None:
