@@ -109,6 +109,8 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "connections": connections,
+        "requests": int(requests),
+        "seconds": float(duration),
         "requests_per_s": int(requests) / float(duration),
         "p50_ms": float(p50),
         "p99_ms": float(p99),

@@ -10,18 +10,20 @@ For each way, history H (64, 512, 4096) and number of concurrent streams C (1, 6
 first bring a stream to H steps (not timed), then send one new step at a time and wait for the answer,
 for ``seconds``. Reported: the p50 time per step (what one new reading costs a client) and steps/s
 (answers per second over all clients). The per-step cost of a stream must not depend on H; re-sending
-grows with H. The load comes from one asyncio process (httpx, httpx-ws) on the same machine as the
-server: on a small machine the client is part of what is measured, in every way (on 2 cores it held
-re-sending at 512 steps and 64 streams to 120 requests/s, where wrk gets 258).
-A lone WebSocket stream is driven by a synchronous client (websocket-client) instead: its latency is
-compared with the HTTP ceiling's, measured by wrk, and an asyncio client would add more than the
-server's own cost of a step.
+grows with H.
+
+Clients: token and re-send cells are driven by wrk when it is installed (each connection replays one
+body; see :func:`_wrk_cell`), so they measure the server. WebSocket cells come from Python: one asyncio
+process (httpx-ws) for many streams, and a blocking client (websocket-client) for a lone stream, whose
+latency is compared with the HTTP ceiling's. On a small machine a Python client shares the cores with
+the server and is part of what is measured; the table names the client of every cell.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 
 import httpx
@@ -133,11 +135,18 @@ async def _post(client: httpx.AsyncClient, path: str, body: dict) -> list:
     raise RuntimeError(f"{path}: no answer but 503 or a dropped connection for 120 s")
 
 
-async def _token_client(client: httpx.AsyncClient, model: str, history: int, seconds: float, start: asyncio.Barrier):
-    rng, state = np.random.default_rng(), None
+async def _token_at(client: httpx.AsyncClient, model: str, history: int, rng: np.random.Generator) -> str:
+    """The state token of a new stream brought to ``history`` steps."""
+    state = None
     for done in range(0, history, CHUNK):
         body = {"instances": [{"steps": _steps(rng, min(CHUNK, history - done)), "state": state, "model": model}]}
         state = (await _post(client, "/stream/classify", body))[0]["state"]
+    return state
+
+
+async def _token_client(client: httpx.AsyncClient, model: str, history: int, seconds: float, start: asyncio.Barrier):
+    rng = np.random.default_rng()
+    state = await _token_at(client, model, history, rng)
     step = _steps(rng, 1)
 
     async def one():
@@ -182,21 +191,64 @@ async def _cell(way: str, url: str, model: str, history: int, streams: int, seco
             runs = [_resend_client(client, model, history, seconds, start) for _ in range(streams)]
         results = await asyncio.gather(*runs)
     latencies = [x for lat, _ in results for x in lat]
+    client = "websocket-client" if way == "websocket" and streams == 1 else ("httpx-ws" if way == "websocket" else "httpx")
     return {
-        "way": way, "history": history, "streams": streams, "steps": len(latencies),
+        "way": way, "history": history, "streams": streams, "client": client, "steps": len(latencies),
         "failures": sum(f for _, f in results), "steps_per_s": len(latencies) / seconds,
         "p50_ms": 1000 * float(np.median(latencies)) if latencies else float("nan"),
     }
 
 
+def _wrk_cell(way: str, url: str, model: str, history: int, streams: int, seconds: float) -> dict:
+    """A token or re-send cell driven by wrk (C), ``streams`` connections each replaying one body.
+
+    The server keeps nothing between token requests, so replaying one valid token is exactly the work of
+    a stream's next step: this measures the server, where a Python client on the same cores measures
+    itself as much (on 2 cores httpx held re-sending at 512 steps and 64 streams to 120 requests/s, wrk
+    got 258).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from loadtests.bench import WRK_REPORT, wrk
+
+    rng = np.random.default_rng()
+    if way == "token":
+
+        async def token() -> str:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                return await _token_at(client, model, history, rng)
+
+        path, body = "/stream/classify", {"instances": [{"steps": _steps(rng, 1), "state": asyncio.run(token()), "model": model}]}
+    else:
+        path, body = "/classify", {"instances": [{"sequence": _steps(rng, history), "model": model}]}
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "post.lua"
+        script.write_text("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+                          f"wrk.body = [==[{json.dumps(body)}]==]\n{WRK_REPORT}")
+        wrk(url + path, script, min(streams, 8), 1)  # warm-up
+        result = wrk(url + path, script, streams, max(1, round(seconds)))
+    answered = result["requests"] - result["errors"]  # errors: 503s and other non-2xx, and socket errors
+    return {
+        "way": way, "history": history, "streams": streams, "client": "wrk", "steps": answered,
+        "failures": result["errors"], "steps_per_s": answered / result["seconds"], "p50_ms": result["p50_ms"],
+    }
+
+
 def run_streaming(url: str, model: str, histories: list[int], streams: list[int], seconds: float) -> list[dict]:
-    """Every (way, history, streams) cell against a running seqserve at ``url`` serving ``model``."""
+    """Every (way, history, streams) cell against a running seqserve at ``url`` serving ``model``.
+
+    Token and re-send cells use wrk when it is installed (see :func:`_wrk_cell`); WebSocket cells, and
+    every cell without wrk, use the Python clients."""
     rows = []
     asyncio.run(_warm_up(url, model))
     for way in ("websocket", "token", "re-send"):
         for history in histories:
             for n in streams:
-                row = asyncio.run(_cell(way, url, model, history, n, seconds))
+                if way != "websocket" and shutil.which("wrk"):
+                    row = _wrk_cell(way, url, model, history, n, seconds)
+                else:
+                    row = asyncio.run(_cell(way, url, model, history, n, seconds))
                 print(f"… {way} history {history} streams {n}: {row['steps_per_s']:.0f} steps/s, p50 {row['p50_ms']:.2f} ms", flush=True)
                 rows.append(row)
     return rows
@@ -205,8 +257,9 @@ def run_streaming(url: str, model: str, histories: list[int], streams: list[int]
 def streaming_markdown(rows: list[dict], seconds: float, ceiling_p50_ms: float | None = None) -> str:
     """The table, and the issue's three targets checked against it."""
     lines = [f"### Streaming: one new step vs re-sending the history ({seconds:g}s per cell, 1 worker)", "",
-             "| way | history | streams | steps/s | p50 ms per step | failures |", "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['way']} | {r['history']} | {r['streams']} | {r['steps_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['failures']} |" for r in rows]
+             "| way | history | streams | client | steps/s | p50 ms per step | failures |", "|---|---:|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['way']} | {r['history']} | {r['streams']} | {r.get('client', '')} | {r['steps_per_s']:,.0f} | {r['p50_ms']:.2f} "
+              f"| {r['failures']} |" for r in rows]
     cell = {(r["way"], r["history"], r["streams"]): r for r in rows}
     lines += ["", "| target | measured |", "|---|---|"]
     for way in ("websocket", "token"):
