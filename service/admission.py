@@ -24,11 +24,12 @@ routing). What remains, uvicorn's own work per request, is still about half a sm
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from service.guard import json_error
 
 # The body size whose parsing costs about as much as the rest of a request (routing, validation,
 # batching, the answer): ~0.5 ms of each on one core here, and a MiB parses in ~45 ms.
@@ -186,7 +187,7 @@ class Door:
             scope[REFUSED] = busy.retry_after_s
             if self.on_refused:
                 self.on_refused()
-            return await _answer_busy(send, busy)
+            return await json_error(503, str(busy), {"retry-after": str(busy.retry_after_s)})(send)
         try:
             await self.app(scope, receive, send)
         finally:
@@ -198,11 +199,3 @@ def _content_length(scope) -> int:
         if name == b"content-length":
             return int(value) if value.isdigit() else 0
     return 0  # chunked: weighed as a request with a small body
-
-
-async def _answer_busy(send, busy: Busy) -> None:
-    body = json.dumps({"error": str(busy)}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"retry-after", str(busy.retry_after_s).encode())]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -15,7 +15,7 @@ It also keeps overload from turning into latency for everyone:
   instances are dropped from the queue.
 * **Abandoned work**: before a batch runs, instances whose caller is gone (timed out, or the HTTP
   client hung up) are dropped, so nobody's forward pass is spent on answers nobody reads. Asking
-  whether a client is gone is a plain function call (``service.guard`` reads the server's own flag),
+  whether a client is gone is a plain function call (``service.http_protocol`` reads the server's own flag),
   never an await: it happens for every request in every batch.
 * **The event loop stays free**: a batch estimated to take longer than ``OFFLOAD_SECONDS`` runs on a
   thread (torch releases the GIL), so health checks and parsing go on meanwhile. Shorter batches run

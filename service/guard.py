@@ -28,14 +28,13 @@ import hmac
 import json
 from typing import Any
 
-
 from service.config import Settings
 
 JSON_TYPES = ("application/json",)
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None):
-    """An ASGI-level JSON error answer: ``{"error": message}``."""
+def json_error(status: int, message: str, headers: dict[str, str] | None = None):
+    """An ASGI-level JSON error answer: ``{"error": message}``; ``await json_error(...)(send)`` sends it."""
     body = json.dumps({"error": message}).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -73,20 +72,20 @@ class RequestGuard:
         if self.keys and scope["path"] not in self.open_paths and scope["method"] != "OPTIONS":
             problem = self._key_problem(headers.get("authorization", ""))
             if problem:
-                return await _error(401, problem, {"www-authenticate": "Bearer"})(send)
+                return await json_error(401, problem, {"www-authenticate": "Bearer"})(send)
         if scope["method"] != "POST":  # the only method with a body any route takes; routing answers the rest (405)
             return await self.app(scope, receive, send)
 
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in JSON_TYPES:
             shown = media_type[:60] or "none"
-            return await _error(415, f"content-type: {shown} is not accepted; send application/json")(send)
+            return await json_error(415, f"content-type: {shown} is not accepted; send application/json")(send)
         declared = headers.get("content-length", "")
         if declared and (not declared.isdigit() or int(declared) > self.max_body):
-            return await _error(413, self._too_large(declared), {"connection": "close"})(send)
+            return await json_error(413, self._too_large(declared), {"connection": "close"})(send)
         expected = int(declared) if declared else self.max_body
         if self.inflight and self.inflight + expected > self.inflight_budget:
-            return await _error(
+            return await json_error(
                 503, "the server is busy with other large requests; retry shortly", {"retry-after": "1"}
             )(send)
 
@@ -96,11 +95,11 @@ class RequestGuard:
                 async with asyncio.timeout(self.body_timeout):
                     body = await self._read_body(receive)
             except TimeoutError:
-                return await _error(
+                return await json_error(
                     408, f"body: not received within {self.body_timeout:g} s", {"connection": "close"}
                 )(send)
             if body is None:
-                return await _error(413, self._too_large("more"), {"connection": "close"})(send)
+                return await json_error(413, self._too_large("more"), {"connection": "close"})(send)
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.inflight -= expected

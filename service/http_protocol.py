@@ -86,7 +86,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
 
     def _stop_reading_on(self) -> None:
-        if getattr(self, "_reading_on", False):
+        if self._reading_on:
             HeaderTimeoutProtocol.reading_on -= 1
             self._reading_on = False
 
