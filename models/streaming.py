@@ -23,6 +23,8 @@ Models that cannot stream raise :class:`NotStreamable` with the reason: a bidire
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -138,6 +140,14 @@ class ClassifierStream:
         fields.append(StateField("out_sum", (self.hidden,), np.float64))
         self.fields = fields
         self.state_bytes = sum(f.nbytes for f in fields)
+        # The step's own handles on the weights, taken once (the model is on its device by now). At a
+        # batch of one stream a step is ~40 tiny ops, and the modules' per-call checks cost as much as the
+        # maths: a causal convolution's newest output is one matmul over its last k inputs, and the
+        # recurrent layers run as torch's functional op, which is what the module calls.
+        self.device = module.feature_mean.device
+        self.conv_in = _newest_conv_output(front.conv_in) if front is not None else None
+        self.conv_out = _newest_conv_output(front.conv_out) if front is not None else None
+        self.recurrence = _one_step_recurrence(rnn)
 
     def initial(self) -> State:
         """The state of a stream that has seen nothing."""
@@ -146,7 +156,7 @@ class ClassifierStream:
     @torch.inference_mode()
     def advance(self, states: list[State], chunks: list[np.ndarray], every_step: list[bool]) -> list[Advanced]:
         """Advance stream ``i`` from ``states[i]`` by ``chunks[i]`` (k_i, F), all streams together, one step per pass."""
-        device = self.module.feature_mean.device
+        device = self.device
         if len(states) == 1:  # one stream (a lone WebSocket): a batch of one is a view, no copy
             s = {f.name: torch.from_numpy(states[0][f.name][None]).to(device) for f in self.fields}
         else:
@@ -188,7 +198,7 @@ class ClassifierStream:
         if m.front is not None:
             window = torch.cat([s["conv_in"], z[:, None]], dim=1)  # (b, k_in, C)
             s["conv_in"] = window[:, 1:]
-            y = F.gelu(m.front.conv_in(window.transpose(1, 2)))[..., 0]  # (b, hidden)
+            y = F.gelu(self.conv_in(window))  # (b, hidden)
             if m.front.stride > 1:
                 # Pooled step j covers input steps j*stride-stride+1 .. j*stride: it is complete (and the
                 # encoder reads it) at steps 0, stride, 2*stride, ...; in between its maximum builds up.
@@ -198,19 +208,17 @@ class ClassifierStream:
                 y = pooled
             window = torch.cat([s["conv_out"], y[:, None]], dim=1)  # (b, k_out, hidden)
             s["conv_out"] = window[:, 1:] if emit is None else torch.where(emit[:, None, None], window[:, 1:], s["conv_out"])
-            z = F.gelu(m.front.conv_out(window.transpose(1, 2)))[..., 0]  # (b, hidden)
+            z = F.gelu(self.conv_out(window))  # (b, hidden)
 
         def kept(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:  # new where the encoder stepped, else old
             return new if emit is None else torch.where(emit.view(-1, *[1] * (new.dim() - 1)), new, old)
 
-        h0 = s["hidden"].transpose(0, 1).contiguous()  # (layers, b, hidden)
-        if self.lstm:
-            out, (h, c) = m.encoder.rnn(z[:, None], (h0, s["cell"].transpose(0, 1).contiguous()))
-            s["cell"] = kept(c.transpose(0, 1), s["cell"])
-        else:
-            out, h = m.encoder.rnn(z[:, None], h0)  # out: (b, 1, hidden), h: (layers, b, hidden)
-        s["hidden"] = kept(h.transpose(0, 1), s["hidden"])
-        s["out_sum"] = s["out_sum"] + kept(out[:, 0].double(), torch.zeros((), dtype=torch.float64))
+        hidden, cell = self.recurrence(z, s["hidden"], s.get("cell"))  # (b, layers, hidden) each
+        if cell is not None:
+            s["cell"] = kept(cell, s["cell"])
+        s["hidden"] = kept(hidden, s["hidden"])
+        top = hidden[:, -1]  # (b, hidden): the top layer's output at this step
+        s["out_sum"] = s["out_sum"] + kept(top.double(), torch.zeros((), dtype=torch.float64))
         s["steps"] = s["steps"] + 1
         return s
 
@@ -222,6 +230,37 @@ class ClassifierStream:
         read = torch.div(steps - 1, stride, rounding_mode="floor") + 1  # (b,) encoder steps so far
         mean = (s["out_sum"] / read[:, None]).float()  # (b, hidden)
         return m.head(torch.cat([s["hidden"][:, -1], mean], dim=-1))
+
+
+def _newest_conv_output(conv: nn.Conv1d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``conv``'s output at the newest step from its input window: (b, k, C) -> (b, out), one matmul."""
+    weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1).contiguous()  # (out, k * C), window order
+    bias = conv.bias
+    return lambda window: F.linear(window.flatten(1), weight, bias)
+
+
+def _one_step_recurrence(rnn: nn.RNNBase) -> Callable:
+    """One step of the stacked ``rnn`` (one-way, eval): each layer's cell in turn, on the module's own weights.
+
+    (x: (b, in), h: (b, layers, hidden), c: the same for an LSTM else None) -> (h', c' or None). At a batch
+    of one, torch's whole-sequence LSTM op costs 3x its cells (GRU and RNN: the same), and the cells'
+    state layout needs no transposes.
+    """
+    cell = {"RNN_TANH": torch.rnn_tanh_cell, "RNN_RELU": torch.rnn_relu_cell, "GRU": torch.gru_cell, "LSTM": torch.lstm_cell}[rnn.mode]
+    layers = rnn.all_weights  # per layer: w_ih, w_hh, and b_ih, b_hh when it has biases
+
+    def step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hs, cs = [], []
+        for layer, weights in enumerate(layers):
+            if c is None:
+                x = cell(x, h[:, layer], *weights)
+            else:
+                x, c_layer = cell(x, (h[:, layer], c[:, layer]), *weights)
+                cs.append(c_layer)
+            hs.append(x)
+        return torch.stack(hs, dim=1), (torch.stack(cs, dim=1) if c is not None else None)
+
+    return step
 
 
 class ForecasterStream:
