@@ -13,10 +13,10 @@ for ``seconds``. Reported: the p50 time per step (what one new reading costs a c
 grows with H.
 
 Clients: token and re-send cells are driven by wrk when it is installed (each connection replays one
-body; see :func:`_wrk_cell`), so they measure the server. WebSocket cells come from Python: one asyncio
-process (httpx-ws) for many streams, and a blocking client (websocket-client) for a lone stream, whose
-latency is compared with the HTTP ceiling's. On a small machine a Python client shares the cores with
-the server and is part of what is measured; the table names the client of every cell.
+body; see :func:`_wrk_cell`), so they measure the server. WebSocket cells use the bench's own lean client
+(:mod:`loadtests.lean_websocket`: each stream replays one pre-framed step message): one asyncio loop for
+many streams, a blocking socket for a lone stream, whose latency is compared with the HTTP ceiling's.
+It still shares the cores with the server on a small machine; the table names the client of every cell.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ import asyncio
 import json
 import shutil
 import time
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
+
+from loadtests.lean_websocket import AsyncStream, BlockingStream, client_frame
 
 FEATURES = 8
 # The default classifiers' recipe: one-way, running instance normalisation, a causal conv front end.
@@ -50,8 +53,15 @@ def store_stream_bench_model() -> str:
     return save_artifact("bench-stream-gru", model, card)
 
 
-def _steps(rng: np.random.Generator, n: int) -> list[list[float]]:
-    return rng.normal(size=(n, FEATURES)).round(3).tolist()
+@dataclass(frozen=True)
+class BenchModel:
+    """The served model a cell streams to: its tag, and its feature count for the random readings."""
+
+    tag: str
+    features: int
+
+    def steps(self, rng: np.random.Generator, n: int) -> list[list[float]]:
+        return rng.normal(size=(n, self.features)).round(3).tolist()
 
 
 async def _timed(work, seconds: float) -> tuple[list[float], int]:
@@ -67,56 +77,58 @@ async def _timed(work, seconds: float) -> tuple[list[float], int]:
     return latencies, failures
 
 
-async def _websocket_client(url: str, model: str, history: int, seconds: float, start: asyncio.Barrier):
-    from httpx_ws import aconnect_ws
+async def _websocket_client(url: str, model: BenchModel, history: int, seconds: float, start: asyncio.Barrier,
+                            setting_up: asyncio.Semaphore):
+    """One of many concurrent streams (lean asyncio client): brought to ``history`` steps, then timed.
 
+    Streams are brought to their history a few at a time, as a well-behaved client fleet would: all at
+    once, their long first messages are mostly refused (overloaded), and the retries alone keep the
+    worker busy parsing them."""
     rng = np.random.default_rng()
-    async with httpx.AsyncClient(timeout=60) as client, aconnect_ws(f"{url}/stream?model={model}", client) as ws:
-        await ws.receive_text()  # hello
-        for done in range(0, history, CHUNK):
-            await ws.send_text(json.dumps({"steps": _steps(rng, min(CHUNK, history - done))}))
-            await ws.receive_text()
-        step = json.dumps({"steps": _steps(rng, 1)})
-
-        async def one():
-            await ws.send_text(step)
-            if "error" in json.loads(await ws.receive_text()):
-                raise RuntimeError("error answer")
-
-        await start.wait()
-        return await _timed(one, seconds)
-
-
-def _websocket_lone_client(url: str, model: str, history: int, seconds: float) -> tuple[list[float], int]:
-    """One stream from a synchronous client (websocket-client): the per-step latency a lone device sees.
-
-    An asyncio client (httpx-ws) adds ~0.2 ms of its own per message, more than the server's cost of a
-    step; a blocking socket adds ~0.1 ms, and is what the HTTP ceiling's wrk is closest to.
-    """
-    import socket
-
-    import websocket
-
-    rng = np.random.default_rng()
-    ws = websocket.create_connection(url.replace("http://", "ws://", 1) + f"/stream?model={model}", timeout=60)
+    stream = await AsyncStream.open(url, f"/stream?model={model.tag}")
     try:
-        ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ws.recv()  # hello
+        await stream.receive()  # hello
+        async with setting_up:
+            give_up = time.perf_counter() + 300  # bounded, however slowly the worker lets the histories in
+            for done in range(0, history, CHUNK):
+                chunk = client_frame(json.dumps({"steps": model.steps(rng, min(CHUNK, history - done))}))
+                while True:
+                    stream.send(chunk)
+                    answer = json.loads(await stream.receive())
+                    if "retry_after_s" not in answer or time.perf_counter() > give_up:
+                        break
+                    await asyncio.sleep(0.05)  # overloaded: the chunk left the state as it was
+                if "error" in answer:
+                    raise RuntimeError(f"the stream refused its history: {answer}")
+        step = client_frame(json.dumps({"steps": model.steps(rng, 1)}))
+        await start.wait()
+        return await stream.replay(step, seconds)
+    finally:
+        stream.close()
+
+
+def _websocket_lone_client(url: str, model: BenchModel, history: int, seconds: float) -> tuple[list[float], int]:
+    """One stream on a blocking socket (lean client): the per-step latency a lone device sees, measured
+    the way wrk measures the HTTP ceiling (one connection, one request at a time)."""
+    rng = np.random.default_rng()
+    stream = BlockingStream(url, f"/stream?model={model.tag}")
+    try:
+        stream.receive()  # hello
         for done in range(0, history, CHUNK):
-            ws.send(json.dumps({"steps": _steps(rng, min(CHUNK, history - done))}))
-            ws.recv()
-        step = json.dumps({"steps": _steps(rng, 1)})
+            stream.send(client_frame(json.dumps({"steps": model.steps(rng, min(CHUNK, history - done))})))
+            stream.receive()
+        step = client_frame(json.dumps({"steps": model.steps(rng, 1)}))
         latencies, failures, stop = [], 0, time.perf_counter() + seconds
         while time.perf_counter() < stop:
             started = time.perf_counter()
-            ws.send(step)
-            if "error" in json.loads(ws.recv()):
+            stream.send(step)
+            if b'"error"' in stream.receive():
                 failures += 1
             else:
                 latencies.append(time.perf_counter() - started)
         return latencies, failures
     finally:
-        ws.close()
+        stream.close()
 
 
 async def _post(client: httpx.AsyncClient, path: str, body: dict) -> list:
@@ -135,23 +147,23 @@ async def _post(client: httpx.AsyncClient, path: str, body: dict) -> list:
     raise RuntimeError(f"{path}: no answer but 503 or a dropped connection for 120 s")
 
 
-async def _token_at(client: httpx.AsyncClient, model: str, history: int, rng: np.random.Generator) -> str:
+async def _token_at(client: httpx.AsyncClient, model: BenchModel, history: int, rng: np.random.Generator) -> str:
     """The state token of a new stream brought to ``history`` steps."""
     state = None
     for done in range(0, history, CHUNK):
-        body = {"instances": [{"steps": _steps(rng, min(CHUNK, history - done)), "state": state, "model": model}]}
+        body = {"instances": [{"steps": model.steps(rng, min(CHUNK, history - done)), "state": state, "model": model.tag}]}
         state = (await _post(client, "/stream/classify", body))[0]["state"]
     return state
 
 
-async def _token_client(client: httpx.AsyncClient, model: str, history: int, seconds: float, start: asyncio.Barrier):
+async def _token_client(client: httpx.AsyncClient, model: BenchModel, history: int, seconds: float, start: asyncio.Barrier):
     rng = np.random.default_rng()
     state = await _token_at(client, model, history, rng)
-    step = _steps(rng, 1)
+    step = model.steps(rng, 1)
 
     async def one():
         nonlocal state
-        response = await client.post("/stream/classify", json={"instances": [{"steps": step, "state": state, "model": model}]})
+        response = await client.post("/stream/classify", json={"instances": [{"steps": step, "state": state, "model": model.tag}]})
         response.raise_for_status()
         state = response.json()[0]["state"]
 
@@ -159,8 +171,8 @@ async def _token_client(client: httpx.AsyncClient, model: str, history: int, sec
     return await _timed(one, seconds)
 
 
-async def _resend_client(client: httpx.AsyncClient, model: str, history: int, seconds: float, start: asyncio.Barrier):
-    body = json.dumps({"instances": [{"sequence": _steps(np.random.default_rng(), history), "model": model}]})
+async def _resend_client(client: httpx.AsyncClient, model: BenchModel, history: int, seconds: float, start: asyncio.Barrier):
+    body = json.dumps({"instances": [{"sequence": model.steps(np.random.default_rng(), history), "model": model.tag}]})
 
     async def one():
         response = await client.post("/classify", content=body, headers={"content-type": "application/json"})
@@ -170,28 +182,29 @@ async def _resend_client(client: httpx.AsyncClient, model: str, history: int, se
     return await _timed(one, seconds)
 
 
-async def _warm_up(url: str, model: str) -> None:
+async def _warm_up(url: str, model: BenchModel) -> None:
     """One short stream first, so the first timed cell does not pay for the server's first requests."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         for _ in range(20):
-            await _post(client, "/stream/classify", {"instances": [{"steps": _steps(np.random.default_rng(), 4), "model": model}]})
+            await _post(client, "/stream/classify", {"instances": [{"steps": model.steps(np.random.default_rng(), 4), "model": model.tag}]})
 
 
-async def _cell(way: str, url: str, model: str, history: int, streams: int, seconds: float) -> dict:
+async def _cell(way: str, url: str, model: BenchModel, history: int, streams: int, seconds: float) -> dict:
     start = asyncio.Barrier(streams)
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         if way == "websocket" and streams == 1:
             runs = [asyncio.to_thread(_websocket_lone_client, url, model, history, seconds)]
         elif way == "websocket":
-            runs = [_websocket_client(url, model, history, seconds, start) for _ in range(streams)]
+            setting_up = asyncio.Semaphore(8)
+            runs = [_websocket_client(url, model, history, seconds, start, setting_up) for _ in range(streams)]
         elif way == "token":
             runs = [_token_client(client, model, history, seconds, start) for _ in range(streams)]
         else:
             runs = [_resend_client(client, model, history, seconds, start) for _ in range(streams)]
         results = await asyncio.gather(*runs)
     latencies = [x for lat, _ in results for x in lat]
-    client = "websocket-client" if way == "websocket" and streams == 1 else ("httpx-ws" if way == "websocket" else "httpx")
+    client = ("lean, blocking" if streams == 1 else "lean, asyncio") if way == "websocket" else "httpx"
     return {
         "way": way, "history": history, "streams": streams, "client": client, "steps": len(latencies),
         "failures": sum(f for _, f in results), "steps_per_s": len(latencies) / seconds,
@@ -199,7 +212,7 @@ async def _cell(way: str, url: str, model: str, history: int, streams: int, seco
     }
 
 
-def _wrk_cell(way: str, url: str, model: str, history: int, streams: int, seconds: float) -> dict:
+def _wrk_cell(way: str, url: str, model: BenchModel, history: int, streams: int, seconds: float) -> dict:
     """A token or re-send cell driven by wrk (C), ``streams`` connections each replaying one body.
 
     The server keeps nothing between token requests, so replaying one valid token is exactly the work of
@@ -219,9 +232,9 @@ def _wrk_cell(way: str, url: str, model: str, history: int, streams: int, second
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
                 return await _token_at(client, model, history, rng)
 
-        path, body = "/stream/classify", {"instances": [{"steps": _steps(rng, 1), "state": asyncio.run(token()), "model": model}]}
+        path, body = "/stream/classify", {"instances": [{"steps": model.steps(rng, 1), "state": asyncio.run(token()), "model": model.tag}]}
     else:
-        path, body = "/classify", {"instances": [{"sequence": _steps(rng, history), "model": model}]}
+        path, body = "/classify", {"instances": [{"sequence": model.steps(rng, history), "model": model.tag}]}
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "post.lua"
         script.write_text("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
@@ -235,11 +248,23 @@ def _wrk_cell(way: str, url: str, model: str, history: int, streams: int, second
     }
 
 
-def run_streaming(url: str, model: str, histories: list[int], streams: list[int], seconds: float) -> list[dict]:
-    """Every (way, history, streams) cell against a running seqserve at ``url`` serving ``model``.
+def _run(coroutine):
+    """Run ``coroutine`` on uvloop when it is there (uvicorn's own loop; a cheaper client), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def run_streaming(url: str, tag: str, histories: list[int], streams: list[int], seconds: float) -> list[dict]:
+    """Every (way, history, streams) cell against a running seqserve at ``url`` serving the classifier ``tag``.
 
     Token and re-send cells use wrk when it is installed (see :func:`_wrk_cell`); WebSocket cells, and
     every cell without wrk, use the Python clients."""
+    info = next(m for m in httpx.get(f"{url}/models", timeout=30).json() if tag in (m["tag"], m["tag"].split(":")[0]))
+    model = BenchModel(tag, len(info["features"]))
     rows = []
     asyncio.run(_warm_up(url, model))
     for way in ("websocket", "token", "re-send"):
@@ -248,7 +273,7 @@ def run_streaming(url: str, model: str, histories: list[int], streams: list[int]
                 if way != "websocket" and shutil.which("wrk"):
                     row = _wrk_cell(way, url, model, history, n, seconds)
                 else:
-                    row = asyncio.run(_cell(way, url, model, history, n, seconds))
+                    row = _run(_cell(way, url, model, history, n, seconds))
                 print(f"… {way} history {history} streams {n}: {row['steps_per_s']:.0f} steps/s, p50 {row['p50_ms']:.2f} ms", flush=True)
                 rows.append(row)
     return rows
@@ -275,5 +300,5 @@ def streaming_markdown(rows: list[dict], seconds: float, ceiling_p50_ms: float |
     one = [r for r in rows if r["way"] == "websocket" and r["streams"] == 1]
     if one and ceiling_p50_ms is not None:
         lines.append(f"| WebSocket p50 at 1 stream within 0.5 ms of the HTTP ceiling's p50 "
-                     f"| {min(r['p50_ms'] for r in one):.2f} vs {ceiling_p50_ms:.2f} ms (ceiling by wrk, ours by websocket-client, a blocking Python client) |")
+                     f"| {min(r['p50_ms'] for r in one):.2f} vs {ceiling_p50_ms:.2f} ms (ceiling by wrk, ours by the lean blocking client) |")
     return "\n".join(lines)

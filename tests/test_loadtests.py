@@ -207,3 +207,25 @@ def test_a_saturated_generator_is_warned_about(tmp_path):
     assert generator.report(tmp_path, 100, local_target=False)[1] == []
     assert "this machine was 95% busy and runs both the service and the load generator" in \
         generator.report(tmp_path, 100, local_target=True)[1][0]
+
+
+def test_lean_websocket_frames_are_masked_and_split_server_frames_are_reassembled():
+    import struct
+
+    from loadtests.lean_websocket import FrameReader, client_frame
+
+    for size in (5, 300, 70_000):  # the 7-bit, 16-bit and 64-bit length forms
+        text = "x" * size
+        frame = client_frame(text)
+        start = {5: 2, 300: 4, 70_000: 10}[size]
+        assert frame[0] == 0x81 and frame[1] & 0x80  # final text frame, masked
+        mask, body = frame[start : start + 4], frame[start + 4 :]
+        assert bytes(b ^ mask[i % 4] for i, b in enumerate(body)).decode() == text
+    server_frames = b"".join(
+        bytes([0x81, n]) + b"a" * n if n < 126 else bytes([0x81, 126]) + struct.pack("!H", n) + b"b" * n for n in (3, 200)
+    ) + bytes([0x89, 4]) + b"ping" + bytes([0x81, 127]) + struct.pack("!Q", 70_000) + b"c" * 70_000
+    reader, frames = FrameReader(), []
+    for i in range(0, len(server_frames), 7):  # bytes arrive in arbitrary pieces
+        frames += reader.feed(server_frames[i : i + 7])
+    assert [(op, len(p)) for op, p in frames] == [(0x1, 3), (0x1, 200), (0x9, 4), (0x1, 70_000)]
+    assert reader.buffer == b""

@@ -172,3 +172,17 @@ def test_streams_through_the_real_server_by_token_and_websocket(server):
         ws.close()
     assert f'seqserve_stream_steps_total{{model="{tag}"}} 42.0' in metrics
     assert f'seqserve_state_batch_size_count{{model="{tag}"}}' in metrics
+
+
+def test_streaming_bench_cells_run_against_the_real_server(server):
+    """`loadtests bench`'s streaming table, in miniature: every way in answers steps, with no failures."""
+    from loadtests.stream_bench import run_streaming, streaming_markdown
+
+    url, _ = server
+    tag = next(m["tag"] for m in httpx.get(f"{url}/models").json() if m["tag"].startswith("real-stream"))
+    rows = run_streaming(url, tag, histories=[8], streams=[1, 3], seconds=0.3)
+    assert {(r["way"], r["streams"]) for r in rows} == {(w, n) for w in ("websocket", "token", "re-send") for n in (1, 3)}
+    for row in rows:
+        assert row["steps"] > 0 and row["failures"] == 0 and row["p50_ms"] > 0, row
+    assert {r["client"] for r in rows if r["way"] == "websocket"} == {"lean, blocking", "lean, asyncio"}
+    assert "| websocket | 8 | 3 | lean, asyncio |" in streaming_markdown(rows, 0.3)
