@@ -126,6 +126,9 @@ class SeqServe:
                 SETTINGS, SERVED_TAGS, on_batch=observe_batch, on_state_batch=observe_state_batch, on_steps=count_stream_steps
             )
         self.sessions = StreamSessions(self.served, SETTINGS, on_open=change_open_streams)
+        # uvicorn hands /stream WebSockets to the sessions directly (past BentoML's per-message layers);
+        # the route below serves in-process clients (tests), the same sessions either way.
+        http_protocol.serve_streams(RequestGuard(self.sessions.asgi, SETTINGS))
         # Everything loaded so far lives for the whole process: keep the garbage collector from
         # walking it again and again (gen-2 passes over torch's objects stalled requests 100-200 ms
         # every ~2 s under load). Each request also leaves a few objects alive until BentoML's

@@ -58,6 +58,10 @@ class StreamSessions:
         self.on_open = on_open  # hears +1 / -1 as streams open and close
         self.open = 0
 
+    async def asgi(self, scope, receive, send) -> None:
+        """The same, as a plain ASGI app (what :mod:`service.http_protocol` hands ``/stream`` to)."""
+        await self.serve(WebSocket(scope, receive, send))
+
     async def serve(self, websocket: WebSocket) -> None:
         """Run one stream from the handshake to its close."""
         if self.open >= self.max_open:

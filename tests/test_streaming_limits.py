@@ -25,3 +25,34 @@ def test_idle_streams_are_closed_and_api_keys_guard_the_handshake(tag):
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_json()  # nothing sent: closed after 0.2 s
         assert closed.value.code == 4408
+
+
+def test_the_real_servers_stream_lane_checks_keys_and_closes_idle_streams_and_on_shutdown(tag):
+    """Through `bentoml serve`, /stream skips BentoML's app (service.http_protocol): the guard and the lifecycle still hold."""
+    import json
+
+    from websocket import WebSocketBadStatusException, create_connection
+
+    from loadtests.server import running_server
+
+    env = {"SEQSERVE_MODELS": tag, "SEQSERVE_STREAM_IDLE_S": "0.5", "SEQSERVE_API_KEYS": "secret-key"}
+    with running_server(env) as url:
+        ws_url = f"{url.replace('http', 'ws', 1)}/stream?model={tag}"
+        with pytest.raises(WebSocketBadStatusException) as denied:
+            create_connection(ws_url, timeout=10)
+        assert denied.value.status_code == 401
+        ws = create_connection(ws_url, timeout=10, header=["Authorization: Bearer secret-key"])
+        try:
+            assert json.loads(ws.recv())["model"] == tag
+            ws.send(json.dumps({"steps": [[0.5, 1.0, -1.0]] * 3}))
+            assert set(json.loads(ws.recv())["probabilities"]) == {"walk", "run", "sit", "jump"}
+            opcode, frame = ws.recv_data_frame(control_frame=True)  # nothing sent for 0.5 s: the server closes
+            assert opcode == 0x8 and int.from_bytes(frame.data[:2], "big") == 4408
+        finally:
+            ws.close()
+        open_at_shutdown = create_connection(ws_url, timeout=10, header=["Authorization: Bearer secret-key"])
+        open_at_shutdown.recv()  # hello
+    # The server was stopped (SIGTERM) with the stream open: it closed it cleanly, "service restart".
+    opcode, frame = open_at_shutdown.recv_data_frame(control_frame=True)
+    assert opcode == 0x8 and int.from_bytes(frame.data[:2], "big") == 1012
+    open_at_shutdown.close()
