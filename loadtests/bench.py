@@ -119,6 +119,9 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
     }
 
 
+CEILING = "HTTP+JSON ceiling (parse only)"
+
+
 def targets(tag: str) -> list[tuple[str, list[str], dict, str, str]]:
     """(label, command, env, ready path, request path) for every server, in the order they run."""
     py = sys.executable
@@ -128,14 +131,15 @@ def targets(tag: str) -> list[tuple[str, list[str], dict, str, str]]:
         return [py, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port"]
 
     return [
-        ("HTTP+JSON ceiling (parse only)", uvicorn, {"BENCH_MODEL": tag}, "/healthz", "/parse-only"),
+        (CEILING, uvicorn, {"BENCH_MODEL": tag}, "/healthz", "/parse-only"),
         ("plain BentoML batchable", bentoml("loadtests.baselines.plain_bentoml:PlainBatchable"), {"BENCH_MODEL": tag}, "/readyz", "/classify"),
         ("no batching (plain ASGI)", uvicorn, {"BENCH_MODEL": tag}, "/healthz", "/classify"),
         ("seqserve", bentoml("service.app:SeqServe"), {"SEQSERVE_MODELS": tag}, "/readyz", "/classify"),
     ]
 
 
-def run(concurrency: list[int], seconds: int) -> dict:
+def run(concurrency: list[int], seconds: int, only: set[str] | None = None) -> dict:
+    """The model-only rows and every server of :func:`targets` (or the ``only`` ones) at each connection count."""
     tag = store_bench_model()
     results: dict = {"model_only": model_only(tag), "servers": {}}
     with tempfile.TemporaryDirectory() as folder:
@@ -146,6 +150,8 @@ def run(concurrency: list[int], seconds: int) -> dict:
             f"wrk.body = [==[{body}]==]\n{WRK_REPORT}"
         )
         for label, command, env, ready, path in targets(tag):
+            if only is not None and label not in only:
+                continue
             port = free_port()
             print(f"… {label}", file=sys.stderr, flush=True)
             with running_process(command + [str(port)], port=port, ready_path=ready, env={**env, "OMP_NUM_THREADS": "1"}) as url:
@@ -176,7 +182,7 @@ def markdown(results: dict, seconds: int) -> str:
 
         lines.append(
             f"| {c} | {r['requests_per_s'] / other('plain BentoML batchable'):.2f}× "
-            f"| {r['requests_per_s'] / other('HTTP+JSON ceiling (parse only)'):.2f}× "
+            f"| {r['requests_per_s'] / other(CEILING):.2f}× "
             f"| {r['p50_ms'] - other('no batching (plain ASGI)', 'p50_ms'):+.2f} |"
         )
     return "\n".join(lines)
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", default="1,64,256", help="concurrent streams in the streaming table (default: 1,64,256)")
     parser.add_argument("--histories", default="64,512,4096", help="history lengths in the streaming table (default: 64,512,4096)")
     parser.add_argument("--stream-seconds", type=float, default=10, help="length of each streaming cell (default: 10)")
-    parser.add_argument("--only-streaming", action="store_true", help="only the streaming table (no wrk needed)")
+    parser.add_argument("--only-streaming", action="store_true", help="only the streaming table (and, with wrk, the HTTP ceiling at 1 connection it is compared with)")
     args = parser.parse_args(argv)
     if not args.only_streaming and not shutil.which("wrk"):
         print("error: the benchmark needs wrk (a C load generator): apt-get install wrk", file=sys.stderr)
@@ -223,10 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="seqserve-bench-")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    results = {"model_only": [], "servers": {}} if args.only_streaming else run(concurrency, args.seconds)
+    if not args.only_streaming:
+        results = run(concurrency, args.seconds)
+    elif shutil.which("wrk"):  # the lone stream's target is the HTTP ceiling's p50 at one connection: that server only
+        results = run([1], args.seconds, only={CEILING})
+    else:
+        results = {"model_only": [], "servers": {}}
     results["streaming"] = streaming(args)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    ceiling = next((r["p50_ms"] for r in results["servers"].get("HTTP+JSON ceiling (parse only)", []) if r["connections"] == 1), None)
+    ceiling = next((r["p50_ms"] for r in results["servers"].get(CEILING, []) if r["connections"] == 1), None)
     table = "" if args.only_streaming else markdown(results, args.seconds) + "\n\n"
     table += streaming_markdown(results["streaming"], args.stream_seconds, ceiling)
     results.update({"machine": machine() if shutil.which("wrk") else platform.platform(), "date": when})
