@@ -140,14 +140,18 @@ class ClassifierStream:
         fields.append(StateField("out_sum", (self.hidden,), np.float64))
         self.fields = fields
         self.state_bytes = sum(f.nbytes for f in fields)
-        # The step's own handles on the weights, taken once (the model is on its device by now). At a
-        # batch of one stream a step is ~40 tiny ops, and the modules' per-call checks cost as much as the
-        # maths: a causal convolution's newest output is one matmul over its last k inputs, and the
-        # recurrent layers run as torch's functional op, which is what the module calls.
+        # The step's own handles on the model, taken once (the model is on its device by now). At a batch
+        # of one stream a step is ~50 tiny ops, and the modules' per-call checks (and nn.Module attribute
+        # lookups) cost as much as the maths: a causal convolution's newest output is one matmul over its
+        # last k inputs, and the recurrent layers run as their cells.
         self.device = module.feature_mean.device
+        self.mean, self.std = module.feature_mean, module.feature_std
+        self.running = module.instance_norm == "running"
+        self.stride = front.stride if front is not None else 0  # 0: no conv front end
         self.conv_in = _newest_conv_output(front.conv_in) if front is not None else None
         self.conv_out = _newest_conv_output(front.conv_out) if front is not None else None
         self.recurrence = _one_step_recurrence(rnn)
+        self.head = module.head
 
     def initial(self) -> State:
         """The state of a stream that has seen nothing."""
@@ -187,23 +191,22 @@ class ClassifierStream:
 
     def step(self, s: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One new step of every stream in ``s`` (tensors with a leading batch dim b); x: (b, F) -> the new state."""
-        m = self.module
         s = dict(s)
         seen = s["steps"][:, 0]  # (b,) float64, steps before this one
-        z = (x - m.feature_mean) / m.feature_std  # (b, F)
-        if m.instance_norm == "running":
+        z = (x - self.mean) / self.std  # (b, F)
+        if self.running:
             standardized, s["moments"] = running_step(x, s["moments"], seen)
             z = torch.cat([z, standardized], dim=-1)  # (b, 2F)
         emit = None  # (b,) bool: which streams' encoders take a step now; None: all of them
-        if m.front is not None:
+        if self.stride:
             window = torch.cat([s["conv_in"], z[:, None]], dim=1)  # (b, k_in, C)
             s["conv_in"] = window[:, 1:]
             y = F.gelu(self.conv_in(window))  # (b, hidden)
-            if m.front.stride > 1:
+            if self.stride > 1:
                 # Pooled step j covers input steps j*stride-stride+1 .. j*stride: it is complete (and the
                 # encoder reads it) at steps 0, stride, 2*stride, ...; in between its maximum builds up.
                 pooled = torch.maximum(s["pool"], y)
-                emit = torch.remainder(seen, m.front.stride) == 0
+                emit = torch.remainder(seen, self.stride) == 0
                 s["pool"] = torch.where(emit[:, None], torch.full_like(pooled, -torch.inf), pooled)
                 y = pooled
             window = torch.cat([s["conv_out"], y[:, None]], dim=1)  # (b, k_out, hidden)
@@ -224,12 +227,10 @@ class ClassifierStream:
 
     def logits(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
         """The head's answer from a state, as the whole-sequence forward gives it: (b, C)."""
-        m = self.module
         steps = s["steps"][:, 0]
-        stride = m.front.stride if m.front is not None else 1
-        read = torch.div(steps - 1, stride, rounding_mode="floor") + 1  # (b,) encoder steps so far
+        read = torch.div(steps - 1, self.stride, rounding_mode="floor") + 1 if self.stride > 1 else steps  # (b,) encoder steps so far
         mean = (s["out_sum"] / read[:, None]).float()  # (b, hidden)
-        return m.head(torch.cat([s["hidden"][:, -1], mean], dim=-1))
+        return self.head(torch.cat([s["hidden"][:, -1], mean], dim=-1))
 
 
 def _newest_conv_output(conv: nn.Conv1d) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -135,7 +135,9 @@ class ClassifyTask:
     def step_batch(self, model: LoadedModel, stream: ClassifierStream, items: list[StreamStep]) -> list[Stepped | OutOfRange]:
         """Advance many streams by their new steps together; each answer equals /classify on its sequence so far."""
         advanced = stream.advance([i.state for i in items], [i.steps for i in items], [i.every_step for i in items])
-        return [_stepped(model, a, [(n, self.answer(model, logits)) for n, logits in a.outputs]) for a in advanced]
+        logits = [row for a in advanced for _, row in a.outputs]
+        answers = iter(self.answers(model, np.stack(logits)) if logits else [])  # one softmax for the whole pass
+        return [_stepped(model, a, [(n, next(answers)) for n, _ in a.outputs]) for a in advanced]
 
     def answer(self, model: LoadedModel, logits: np.ndarray) -> dict[str, Any] | OutOfRange:
         """One sequence's logits (C,) as its answer: label, index and every class's probability."""
