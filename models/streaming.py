@@ -23,8 +23,6 @@ Models that cannot stream raise :class:`NotStreamable` with the reason: a bidire
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -82,6 +80,8 @@ def not_streamable_reason(module: nn.Module) -> str | None:
     if module.encoder.directions == 2:
         return ("it is bidirectional: its backward pass reads the whole sequence again with every new step; "
                 "train it with --no-bidirectional to stream")
+    if getattr(module.encoder.rnn, "proj_size", 0):
+        return "its LSTM projects its hidden state (proj_size), which the streaming step does not do"
     if module.instance_norm == "sequence":
         return ("it standardises each sequence by the statistics of all its steps, which every new step changes; "
                 "train it with --instance-norm running to stream")
@@ -140,17 +140,16 @@ class ClassifierStream:
         fields.append(StateField("out_sum", (self.hidden,), np.float64))
         self.fields = fields
         self.state_bytes = sum(f.nbytes for f in fields)
-        # The step's own handles on the model, taken once (the model is on its device by now). At a batch
-        # of one stream a step is ~50 tiny ops, and the modules' per-call checks (and nn.Module attribute
-        # lookups) cost as much as the maths: a causal convolution's newest output is one matmul over its
-        # last k inputs, and the recurrent layers run as their cells.
+        # The step's own handles on the model, taken once: make the stream after the model is on its device
+        # (and make a new one after moving it). At a batch of one stream a step is ~50 tiny ops, and the
+        # modules' per-call checks (and nn.Module attribute lookups) cost as much as the maths.
         self.device = module.feature_mean.device
         self.mean, self.std = module.feature_mean, module.feature_std
         self.running = module.instance_norm == "running"
-        self.stride = front.stride if front is not None else 0  # 0: no conv front end
-        self.conv_in = _newest_conv_output(front.conv_in) if front is not None else None
-        self.conv_out = _newest_conv_output(front.conv_out) if front is not None else None
-        self.recurrence = _one_step_recurrence(rnn)
+        self.conv_in = NewestConvOutput(front.conv_in) if front is not None else None
+        self.conv_out = NewestConvOutput(front.conv_out) if front is not None else None
+        self.stride = front.stride if front is not None else 1  # input steps per encoder step
+        self.cells = StackedCells(rnn)
         self.head = module.head
 
     def initial(self) -> State:
@@ -198,7 +197,7 @@ class ClassifierStream:
             standardized, s["moments"] = running_step(x, s["moments"], seen)
             z = torch.cat([z, standardized], dim=-1)  # (b, 2F)
         emit = None  # (b,) bool: which streams' encoders take a step now; None: all of them
-        if self.stride:
+        if self.conv_in is not None:
             window = torch.cat([s["conv_in"], z[:, None]], dim=1)  # (b, k_in, C)
             s["conv_in"] = window[:, 1:]
             y = F.gelu(self.conv_in(window))  # (b, hidden)
@@ -216,7 +215,7 @@ class ClassifierStream:
         def kept(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:  # new where the encoder stepped, else old
             return new if emit is None else torch.where(emit.view(-1, *[1] * (new.dim() - 1)), new, old)
 
-        hidden, cell = self.recurrence(z, s["hidden"], s.get("cell"))  # (b, layers, hidden) each
+        hidden, cell = self.cells.step(z, s["hidden"], s.get("cell"))  # (b, layers, hidden) each
         if cell is not None:
             s["cell"] = kept(cell, s["cell"])
         s["hidden"] = kept(hidden, s["hidden"])
@@ -228,40 +227,55 @@ class ClassifierStream:
     def logits(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
         """The head's answer from a state, as the whole-sequence forward gives it: (b, C)."""
         steps = s["steps"][:, 0]
-        read = torch.div(steps - 1, self.stride, rounding_mode="floor") + 1 if self.stride > 1 else steps  # (b,) encoder steps so far
+        read = steps if self.stride == 1 else torch.div(steps - 1, self.stride, rounding_mode="floor") + 1  # (b,) encoder steps so far
         mean = (s["out_sum"] / read[:, None]).float()  # (b, hidden)
         return self.head(torch.cat([s["hidden"][:, -1], mean], dim=-1))
 
 
-def _newest_conv_output(conv: nn.Conv1d) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``conv``'s output at the newest step from its input window: (b, k, C) -> (b, out), one matmul."""
-    weight = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1).contiguous()  # (out, k * C), window order
-    bias = conv.bias
-    return lambda window: F.linear(window.flatten(1), weight, bias)
+class NewestConvOutput:
+    """A causal ``Conv1d``'s output at the newest step, from its last ``k`` inputs: one matmul.
 
-
-def _one_step_recurrence(rnn: nn.RNNBase) -> Callable:
-    """One step of the stacked ``rnn`` (one-way, eval): each layer's cell in turn, on the module's own weights.
-
-    (x: (b, in), h: (b, layers, hidden), c: the same for an LSTM else None) -> (h', c' or None). At a batch
-    of one, torch's whole-sequence LSTM op costs 3x its cells (GRU and RNN: the same), and the cells'
-    state layout needs no transposes.
+    The conv's weight is copied once, in window order; build it after the model has its weights and device.
     """
-    cell = {"RNN_TANH": torch.rnn_tanh_cell, "RNN_RELU": torch.rnn_relu_cell, "GRU": torch.gru_cell, "LSTM": torch.lstm_cell}[rnn.mode]
-    layers = rnn.all_weights  # per layer: w_ih, w_hh, and b_ih, b_hh when it has biases
 
-    def step(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __init__(self, conv: nn.Conv1d):
+        self.weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.out_channels, -1).contiguous()  # (out, k * C)
+        self.bias = None if conv.bias is None else conv.bias.detach()
+
+    def __call__(self, window: torch.Tensor) -> torch.Tensor:
+        # window: (b, k, C) -> (b, out)
+        return F.linear(window.flatten(1), self.weight, self.bias)
+
+
+class StackedCells:
+    """One step of a stacked one-way RNN, GRU or LSTM (in eval mode): each layer's cell in turn, on the module's own weights.
+
+    On CPU at a batch of one, torch's whole-sequence LSTM op costs 3x its cells (GRU and RNN about the
+    same), and the cells take the state as the stream keeps it, (b, layers, hidden), with no transposes.
+    """
+
+    def __init__(self, rnn: nn.RNNBase):
+        if rnn.mode == "RNN_TANH":
+            self.cell = torch.rnn_tanh_cell
+        elif rnn.mode == "RNN_RELU":
+            self.cell = torch.rnn_relu_cell
+        elif rnn.mode == "GRU":
+            self.cell = torch.gru_cell
+        else:
+            self.cell = torch.lstm_cell
+        self.layers = rnn.all_weights  # per layer: w_ih, w_hh, and b_ih, b_hh when it has biases
+
+    def step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x: (b, in), h: (b, layers, hidden), c: the same for an LSTM else None -> (h', c' or None)
         hs, cs = [], []
-        for layer, weights in enumerate(layers):
+        for layer, weights in enumerate(self.layers):
             if c is None:
-                x = cell(x, h[:, layer], *weights)
+                x = self.cell(x, h[:, layer], *weights)
             else:
-                x, c_layer = cell(x, (h[:, layer], c[:, layer]), *weights)
+                x, c_layer = self.cell(x, (h[:, layer], c[:, layer]), *weights)
                 cs.append(c_layer)
             hs.append(x)
         return torch.stack(hs, dim=1), (torch.stack(cs, dim=1) if c is not None else None)
-
-    return step
 
 
 class ForecasterStream:
