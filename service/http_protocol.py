@@ -138,20 +138,32 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 class StreamSocketProtocol(WSProtocol):
     """uvicorn's wsproto WebSocket protocol, with ``/stream`` served by :attr:`streams` directly.
 
-    Other paths, and ``/stream`` before the service has called :func:`serve_streams`, go to the app."""
+    Other paths, and ``/stream`` before the service has called :func:`serve_streams`, go to the app.
+    Streams thereby skip BentoML's own per-request metrics and access log (seqserve's stream metrics
+    count them) and uvicorn's proxy-headers rewrite of the client address (nothing on /stream reads it).
+    """
 
     streams = None  # ASGI app for /stream in this worker (the guard in front of the stream sessions)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.app_behind = self.app
-        self.app = self._route
+        self.app = StreamRoute(self.app)
 
-    async def _route(self, scope, receive, send) -> None:
+
+class StreamRoute:
+    """ASGI: ``/stream`` to :attr:`StreamSocketProtocol.streams` once there is one, everything else to ``app``.
+
+    An object of its own, not a bound method of the protocol: that would make every connection a
+    reference cycle, left for the garbage collector the service runs rarely (service.app)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
         streams = StreamSocketProtocol.streams
-        if streams is not None and scope["path"] == "/stream":
+        if streams is not None and scope["path"].removeprefix(scope.get("root_path", "")) == "/stream":
             return await streams(scope, receive, send)
-        return await self.app_behind(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def serve_streams(app) -> None:
@@ -160,8 +172,9 @@ def serve_streams(app) -> None:
 
 
 def install(settings: Settings) -> None:
-    """Make uvicorn's default protocol (``http="auto"``) this one, with the settings' header timeout and
-    a door that lets requests wait at most ``SEQSERVE_MAX_QUEUE_MS``."""
+    """Make uvicorn's default protocols (``http="auto"``, ``ws="auto"``) the ones above: HTTP with the settings'
+    header timeout and a door that lets requests wait at most ``SEQSERVE_MAX_QUEUE_MS``; WebSockets with
+    the /stream lane."""
     from uvicorn import config
 
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s

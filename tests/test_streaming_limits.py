@@ -56,3 +56,40 @@ def test_the_real_servers_stream_lane_checks_keys_and_closes_idle_streams_and_on
     opcode, frame = open_at_shutdown.recv_data_frame(control_frame=True)
     assert opcode == 0x8 and int.from_bytes(frame.data[:2], "big") == 1012
     open_at_shutdown.close()
+
+
+def test_uvicorn_hands_stream_websockets_to_the_sessions_and_the_rest_to_the_app(monkeypatch):
+    """The /stream lane (service.http_protocol): what `bentoml serve` relies on, without a server."""
+    import asyncio
+
+    from uvicorn import config as uvicorn_config
+
+    from service import http_protocol
+    from service.config import Settings
+
+    monkeypatch.setitem(uvicorn_config.HTTP_PROTOCOLS, "auto", uvicorn_config.HTTP_PROTOCOLS["auto"])
+    monkeypatch.setitem(uvicorn_config.WS_PROTOCOLS, "auto", uvicorn_config.WS_PROTOCOLS["auto"])
+    monkeypatch.setattr(http_protocol.HeaderTimeoutProtocol, "door", None)
+    monkeypatch.setattr(http_protocol.StreamSocketProtocol, "streams", None)
+    http_protocol.install(Settings.from_env())
+    assert uvicorn_config.WS_PROTOCOLS["auto"] == "service.http_protocol:StreamSocketProtocol"
+
+    served = []
+
+    async def app(scope, receive, send):
+        served.append(("app", scope["path"]))
+
+    async def streams(scope, receive, send):
+        served.append(("streams", scope["path"]))
+
+    route = http_protocol.StreamRoute(app)
+
+    def visit(path: str, root_path: str = "") -> None:
+        asyncio.run(route({"type": "websocket", "path": path, "root_path": root_path}, None, None))
+
+    visit("/stream")  # before the service registers its sessions: the app's own route
+    http_protocol.serve_streams(streams)
+    visit("/stream")
+    visit("/api/stream", root_path="/api")
+    visit("/other")
+    assert served == [("app", "/stream"), ("streams", "/stream"), ("streams", "/api/stream"), ("app", "/other")]
