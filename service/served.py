@@ -16,6 +16,8 @@ import logging
 from functools import partial
 from typing import Any, Callable
 
+import torch
+
 from models.artifact import ArtifactError, LoadedModel, list_artifacts, load_artifact
 from models.device import resolve_device
 from service.batching import MicroBatcher
@@ -65,6 +67,10 @@ class ServedModels:
         self.on_steps = on_steps
         self.request_timeout_s = settings.request_timeout_s
         self.device = resolve_device(settings.device)
+        if self.device.type == "cuda":
+            # cuDNN may compute convolutions and RNNs in TF32 (10-bit mantissa) by default; a stream's step
+            # runs on cuBLAS in float32, and its answers must equal /classify's within 1e-5.
+            torch.backends.cudnn.allow_tf32 = False
         if not tags:
             raise ArtifactError(
                 "no seqserve model in the BentoML store to serve; train one first, e.g. "

@@ -36,3 +36,22 @@ def test_batched_inference_on_the_gpu_matches_the_cpu():
     histories = [rng.normal(size=(12, 1)).astype(np.float32) * 100 for _ in range(8)]
     for a, b in zip(FORECAST.run_batch(load_artifact(fc, "cpu"), histories), FORECAST.run_batch(load_artifact(fc, "cuda"), histories)):
         np.testing.assert_allclose(a["forecast"], b["forecast"], rtol=1e-3, atol=1e-2)
+
+
+@needs_gpu
+def test_a_stream_on_the_gpu_equals_the_whole_sequence_on_the_gpu():
+    """Serving turns cuDNN's TF32 off (service.served): the stream's float32 cells and the whole-sequence
+    cuDNN pass agree as closely as on the CPU."""
+    from service.config import Settings
+    from service.served import ServedModels
+
+    tag = tiny_models.store_streaming_classifier("gpu-stream", "gru", 2)
+    served = ServedModels(Settings.from_env(), [tag])
+    assert served.device.type == "cuda" and not torch.backends.cudnn.allow_tf32
+    model, stream = served.models[tag], served.streams[tag]
+    sequence = np.random.default_rng(1).normal(size=(37, 3)).astype(np.float32)
+    [advanced] = stream.advance([stream.initial()], [sequence], every_step=[True])
+    for n, logits in advanced.outputs:
+        with torch.inference_mode():
+            whole = model.module(torch.from_numpy(sequence[:n])[None].cuda(), torch.tensor([n]))[0].float().cpu().numpy()
+        np.testing.assert_allclose(logits, whole, atol=1e-5, rtol=0)
