@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 
 from loadtests.server import free_port, running_process
-from loadtests.stream_bench import run_streaming, store_stream_bench_model, streaming_markdown
+from loadtests.stream_bench import run_streaming, run_websocket_ceiling, store_stream_bench_model, streaming_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 HPARAMS = {"n_features": 8, "n_classes": 5, "hidden_size": 64, "num_layers": 2, "bidirectional": False, "dropout": 0.0}
@@ -141,7 +141,7 @@ def targets(tag: str) -> list[tuple[str, list[str], dict, str, str]]:
 def run(concurrency: list[int], seconds: int, only: set[str] | None = None) -> dict:
     """The model-only rows and every server of :func:`targets` (or the ``only`` ones) at each connection count."""
     tag = store_bench_model()
-    results: dict = {"model_only": model_only(tag), "servers": {}}
+    results: dict = {"model_only": model_only(tag) if only is None else [], "servers": {}}
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "post.lua"
         body = request_body()
@@ -189,15 +189,21 @@ def markdown(results: dict, seconds: int) -> str:
 
 
 def streaming(args: argparse.Namespace) -> list[dict]:
-    """The streaming table's rows: seqserve serving the streaming benchmark model, one worker, one torch thread."""
+    """The streaming table's rows: seqserve serving the streaming benchmark model, one worker, one torch thread,
+    then the WebSocket ceiling (a wsproto server that only parses each message) at the same stream counts."""
     tag = store_stream_bench_model()
+    streams = [int(n) for n in args.streams.split(",")]
     port = free_port()
     print("… seqserve streaming", file=sys.stderr, flush=True)
     env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": "1000"}
     with running_process([sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(port)],
                          port=port, ready_path="/readyz", env=env) as url:
-        return run_streaming(url, tag.split(":")[0], [int(h) for h in args.histories.split(",")],
-                             [int(n) for n in args.streams.split(",")], args.stream_seconds)
+        rows = run_streaming(url, tag.split(":")[0], [int(h) for h in args.histories.split(",")], streams, args.stream_seconds)
+    port = free_port()
+    echo = [sys.executable, "-m", "uvicorn", "loadtests.baselines.websocket_echo:app", "--ws", "wsproto", "--no-access-log",
+            "--host", "127.0.0.1", "--port", str(port)]
+    with running_process(echo, port=port, ready_path="/healthz") as url:
+        return rows + run_websocket_ceiling(url, streams, args.stream_seconds)
 
 
 def machine() -> str:

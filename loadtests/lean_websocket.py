@@ -99,7 +99,7 @@ class BlockingStream:
             if not chunk:
                 raise ConnectionError("closed during the WebSocket upgrade")
             response += chunk
-        self.reader, self.pending = FrameReader(), []
+        self.reader = FrameReader()
         self.pending = self.reader.feed(_after_upgrade(response))
 
     def send(self, frame: bytes) -> None:
@@ -176,8 +176,8 @@ class AsyncStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.messages.put_nowait(None)
-        if self._replay is not None and not self._replay[4].done():
-            self._replay[4].set_result(None)
+        if self._replay is not None and not self._replay[4].done():  # closed before its time was up
+            self._replay[4].set_exception(ConnectionError(f"stream {self.closed_because}"))
 
     async def receive(self) -> bytes:
         """The next text message; ConnectionError when the stream closed."""
@@ -190,7 +190,9 @@ class AsyncStream(asyncio.Protocol):
         self.transport.write(frame)
 
     async def replay(self, frame: bytes, seconds: float) -> tuple[list[float], int]:
-        """Send ``frame``, wait for its answer, again, for ``seconds``: (seconds per answered step, error answers)."""
+        """Send ``frame``, wait for its answer, again, for ``seconds``: (seconds per answered step, error answers).
+
+        ConnectionError when the server closes the stream before the time is up."""
         done = asyncio.get_running_loop().create_future()
         self._replay = (frame, time.perf_counter() + seconds, [], [0], done)
         self._sent_at = time.perf_counter()

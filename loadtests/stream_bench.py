@@ -258,12 +258,26 @@ def _run(coroutine):
         return runner.run(coroutine)
 
 
+def run_websocket_ceiling(url: str, streams: list[int], seconds: float) -> list[dict]:
+    """WebSocket cells against the WebSocket ceiling (``loadtests.baselines.websocket_echo``): no model, no state."""
+    echo = BenchModel("ceiling", FEATURES)
+    rows = []
+    for n in streams:
+        row = {**_run(_cell("websocket", url, echo, 1, n, seconds)), "way": "websocket ceiling (parse only)", "history": None}
+        print(f"… websocket ceiling streams {n}: {row['steps_per_s']:.0f} messages/s, p50 {row['p50_ms']:.2f} ms", flush=True)
+        rows.append(row)
+    return rows
+
+
 def run_streaming(url: str, tag: str, histories: list[int], streams: list[int], seconds: float) -> list[dict]:
     """Every (way, history, streams) cell against a running seqserve at ``url`` serving the classifier ``tag``.
 
     Token and re-send cells use wrk when it is installed (see :func:`_wrk_cell`); WebSocket cells, and
     every cell without wrk, use the Python clients."""
-    info = next(m for m in httpx.get(f"{url}/models", timeout=30).json() if tag in (m["tag"], m["tag"].split(":")[0]))
+    served = httpx.get(f"{url}/models", timeout=30).json()
+    info = next((m for m in served if tag in (m["tag"], m["tag"].split(":")[0])), None)
+    if info is None:
+        raise ValueError(f"{url} does not serve {tag!r}; it serves {', '.join(m['tag'] for m in served)}")
     model = BenchModel(tag, len(info["features"]))
     rows = []
     asyncio.run(_warm_up(url, model))
@@ -283,8 +297,8 @@ def streaming_markdown(rows: list[dict], seconds: float, ceiling_p50_ms: float |
     """The table, and the issue's three targets checked against it."""
     lines = [f"### Streaming: one new step vs re-sending the history ({seconds:g}s per cell, 1 worker)", "",
              "| way | history | streams | client | steps/s | p50 ms per step | failures |", "|---|---:|---:|---|---:|---:|---:|"]
-    lines += [f"| {r['way']} | {r['history']} | {r['streams']} | {r.get('client', '')} | {r['steps_per_s']:,.0f} | {r['p50_ms']:.2f} "
-              f"| {r['failures']} |" for r in rows]
+    lines += [f"| {r['way']} | {r['history'] if r['history'] is not None else '–'} | {r['streams']} | {r.get('client', '')} "
+              f"| {r['steps_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['failures']} |" for r in rows]
     cell = {(r["way"], r["history"], r["streams"]): r for r in rows}
     lines += ["", "| target | measured |", "|---|---|"]
     for way in ("websocket", "token"):
@@ -297,6 +311,11 @@ def streaming_markdown(rows: list[dict], seconds: float, ceiling_p50_ms: float |
             if ours and resend and resend["steps_per_s"]:
                 lines.append(f"| {way}: ≥50× the steps/s of re-sending at history 512, {n} streams "
                              f"| {ours['steps_per_s'] / resend['steps_per_s']:.1f}× |")
+    for n in sorted({r["streams"] for r in rows}):
+        ours, floor = cell.get(("websocket", 512, n)), cell.get(("websocket ceiling (parse only)", None, n))
+        if ours and floor:
+            lines.append(f"| (context) websocket at history 512 ÷ the WebSocket ceiling, {n} streams "
+                         f"| {ours['steps_per_s'] / floor['steps_per_s']:.2f}× ({ours['steps_per_s']:,.0f} vs {floor['steps_per_s']:,.0f} messages/s) |")
     one = [r for r in rows if r["way"] == "websocket" and r["streams"] == 1]
     if one and ceiling_p50_ms is not None:
         lines.append(f"| WebSocket p50 at 1 stream within 0.5 ms of the HTTP ceiling's p50 "
