@@ -20,7 +20,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
 
 from service import http_protocol
 from service.admission import CLIENT_GONE, REFUSED
@@ -77,10 +76,13 @@ for _name in ("service", "models"):
     logging.getLogger(_name).setLevel(logging.INFO)
 
 
+# Answers are already plain lists and dicts of finite numbers (service.inference checks); skipping
+# BentoML's per-field pydantic serialisation of the response is a measurable share of a small request.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def _json(body) -> Response:
-    # Answers are already plain lists and dicts of finite numbers (service.inference checks); skipping
-    # BentoML's per-field pydantic serialisation of the response is a measurable share of a small request.
-    return Response(json.dumps(body, separators=(",", ":"), allow_nan=False), media_type="application/json")
+    return Response(_ENCODE(body), media_type="application/json")
 
 
 async def list_models(request: Request) -> Response:
@@ -88,13 +90,16 @@ async def list_models(request: Request) -> Response:
     return _json([info.model_dump() for info in bentoml.get_current_service().served.describe()])
 
 
-async def stream_socket(websocket: WebSocket) -> None:
-    """The /stream WebSocket: one connection, one stream (service.streams)."""
-    await bentoml.get_current_service().sessions.serve(websocket)
+class StreamSocket:
+    """The /stream WebSocket as an ASGI app (service.streams). uvicorn hands real connections to the sessions
+    directly (service.http_protocol); this route serves the ones that come through the app (in-process clients)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await bentoml.get_current_service().sessions.asgi(scope, receive, send)
 
 
 # BentoML APIs answer POST; GET /models and the /stream WebSocket are plain routes mounted beside them.
-extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"]), WebSocketRoute("/stream", stream_socket)])
+extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"]), WebSocketRoute("/stream", StreamSocket())])
 
 
 @bentoml.service(
