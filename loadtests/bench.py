@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtests.server import free_port, running_process
+from loadtests.server import free_port, running_process, serve_command
 from loadtests.stream_bench import run_streaming, run_websocket_ceiling, store_stream_bench_model, streaming_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,8 +196,7 @@ def streaming(args: argparse.Namespace) -> list[dict]:
     port = free_port()
     print("… seqserve streaming", file=sys.stderr, flush=True)
     env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": "1000"}
-    with running_process([sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1", "--port", str(port)],
-                         port=port, ready_path="/readyz", env=env) as url:
+    with running_process(serve_command(port), port=port, ready_path="/readyz", env=env) as url:
         rows = run_streaming(url, tag.split(":")[0], [int(h) for h in args.histories.split(",")], streams, args.stream_seconds)
     port = free_port()
     echo = [sys.executable, "-m", "uvicorn", "loadtests.baselines.websocket_echo:app", "--ws", "wsproto", "--no-access-log",

@@ -65,7 +65,7 @@ class BenchModel:
 
 
 async def _timed(work, seconds: float) -> tuple[list[float], int]:
-    """Run ``work()`` (one step, returns its steps) back to back for ``seconds``: (latencies in s, failures)."""
+    """Run ``work()`` (one step) back to back for ``seconds``: (latencies in s, failures)."""
     latencies, failures, stop = [], 0, time.perf_counter() + seconds
     while time.perf_counter() < stop:
         started = time.perf_counter()
@@ -116,7 +116,9 @@ def _websocket_lone_client(url: str, model: BenchModel, history: int, seconds: f
         stream.receive()  # hello
         for done in range(0, history, CHUNK):
             stream.send(client_frame(json.dumps({"steps": model.steps(rng, min(CHUNK, history - done))})))
-            stream.receive()
+            answer = json.loads(stream.receive())
+            if "error" in answer:
+                raise RuntimeError(f"the stream refused its history: {answer}")
         step = client_frame(json.dumps({"steps": model.steps(rng, 1)}))
         latencies, failures, stop = [], 0, time.perf_counter() + seconds
         while time.perf_counter() < stop:

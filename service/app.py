@@ -10,7 +10,6 @@ once, here, at import.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 
 import bentoml
@@ -27,7 +26,7 @@ from service.batching import ClientGone, DeadlineExceeded, Overloaded
 from service.config import Settings
 from service.errors import ReadableValidationErrors
 from service.guard import RequestGuard
-from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError
+from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError, answer_json
 from service.metrics import change_open_streams, count_stream_steps, observe_batch, observe_state_batch
 from service.openapi import SeqServeService
 from service.schemas import (
@@ -76,13 +75,9 @@ for _name in ("service", "models"):
     logging.getLogger(_name).setLevel(logging.INFO)
 
 
-# Answers are already plain lists and dicts of finite numbers (service.inference checks); skipping
-# BentoML's per-field pydantic serialisation of the response is a measurable share of a small request.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
-
 def _json(body) -> Response:
-    return Response(_ENCODE(body), media_type="application/json")
+    # Skipping BentoML's per-field pydantic serialisation of the response is a measurable share of a small request.
+    return Response(answer_json(body), media_type="application/json")
 
 
 async def list_models(request: Request) -> Response:

@@ -19,6 +19,7 @@ One request's path: ``app.py`` (HTTP) -> ``schemas.py`` (pydantic) -> ``served.p
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,10 +140,6 @@ class ClassifyTask:
         answers = iter(self.answers(model, np.stack(logits)) if logits else [])  # one softmax for the whole pass
         return [_stepped(model, a, [(n, next(answers)) for n, _ in a.outputs]) for a in advanced]
 
-    def answer(self, model: LoadedModel, logits: np.ndarray) -> dict[str, Any] | OutOfRange:
-        """One sequence's logits (C,) as its answer: label, index and every class's probability."""
-        return self.answers(model, logits[None])[0]
-
     def answers(self, model: LoadedModel, logits: np.ndarray) -> list[dict[str, Any] | OutOfRange]:
         """Many sequences' logits (B, C) as their answers, one softmax for all (per row it cost more than the
         forward pass of a small model); a row whose probabilities are not finite gets OutOfRange."""
@@ -216,6 +213,11 @@ class ForecastTask:
         if card.quantiles:
             answer["quantiles"] = {str(q): series(out[..., i]) for i, q in enumerate(card.quantiles)}
         return answer
+
+
+# Answers hold only plain lists and dicts of finite numbers (checked above), so they are written as JSON
+# directly, by one encoder (json.dumps with options builds a new one per call): HTTP answers and stream messages.
+answer_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _stepped(model: LoadedModel, advanced: Advanced, answers: list[tuple[int, dict[str, Any] | OutOfRange]]) -> Stepped | OutOfRange:

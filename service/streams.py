@@ -36,7 +36,7 @@ from models.streaming import ClassifierStream, ForecasterStream, State
 from service.batching import DeadlineExceeded, Overloaded
 from service.config import Settings
 from service.errors import readable_error
-from service.inference import TASKS, InstanceError, OutOfRange, StreamStep, validate_steps
+from service.inference import TASKS, InstanceError, OutOfRange, StreamStep, answer_json, validate_steps
 from service.schemas import StreamMessage
 from service.served import ServedModels
 
@@ -138,7 +138,7 @@ class StreamSessions:
             return state, [_error(str(err), retry_after_s=err.retry_after_s)]
         except DeadlineExceeded as err:
             return state, [_error(str(err), retry_after_s=1)]
-        return result.state, [_ANSWER(answer) for answer in result.answers]
+        return result.state, [answer_json(answer) for answer in result.answers]
 
     def _parse(self, text: str, model: LoadedModel, state) -> StreamStep:
         if len(text) > self.max_message_bytes:
@@ -154,10 +154,6 @@ class StreamSessions:
         self.open += delta
         if self.on_open:
             self.on_open(delta)
-
-
-# Answers hold only finite numbers (service.inference checks); one encoder, not one per json.dumps call.
-_ANSWER = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _error(problem: str, **extra) -> str:
