@@ -137,10 +137,19 @@ def stop_server_on_failure() -> Iterator[None]:
         if run is None:
             raise
         line = _describe(err).line
-        print(line, file=sys.stderr, flush=True)
+        _say(line)
         if not stop_server(run, line):
             raise
         os._exit(1)  # no traceback and nothing to restart: the main process stops the others and exits 1
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr in one write(2), newline included: workers failing together must not interleave."""
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), f"{line}\n".encode())
+    except (AttributeError, OSError, ValueError):  # stderr replaced by something without a file descriptor
+        print(line, file=sys.stderr, flush=True)
 
 
 def _model_problem(tag: str, message: str, named: bool) -> CannotStart:
