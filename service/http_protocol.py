@@ -18,6 +18,7 @@ WebSockets get :class:`StreamSocketProtocol`: uvicorn's wsproto protocol, with `
 straight to the worker's stream sessions (behind the guard's key check) instead of through BentoML's
 app. A stream's messages are many and small, and each one crossed a dozen ASGI layers twice (metrics,
 timeout, context, Starlette's error handling and routing, mounted twice): ~12% of a step at 64 streams.
+Its messages are capped at the request body cap, and it does not offer per-message deflate.
 
 BentoML starts uvicorn with ``http="auto"`` and ``ws="auto"``; :func:`install` points those names at
 these classes, once, in the worker process, before uvicorn builds its config.
@@ -144,9 +145,17 @@ class StreamSocketProtocol(WSProtocol):
     """
 
     streams = None  # ASGI app for /stream in this worker (the guard in front of the stream sessions)
+    max_message_bytes = 1 << 20  # SEQSERVE_MAX_BODY_MB, set by install()
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config, *args, **kwargs) -> None:
+        # uvicorn buffers a message whole before the app sees it, up to 16 MiB by default, inflated from
+        # as little as 16 KiB with per-message deflate: 100 such streams took 1.5 GiB of a worker. So a
+        # message over the request body cap closes the stream with 1009 (message too big) as it arrives,
+        # and deflate is off: a stream's messages are a few hundred bytes, and each compressed stream
+        # would also keep ~27 KiB of zlib state.
+        config.ws_max_size = self.max_message_bytes
+        config.ws_per_message_deflate = False
+        super().__init__(config, *args, **kwargs)
         self.app = StreamRoute(self.app)
 
 
@@ -179,6 +188,7 @@ def install(settings: Settings) -> None:
 
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     HeaderTimeoutProtocol.max_body_bytes = settings.max_body_bytes
+    StreamSocketProtocol.max_message_bytes = settings.max_body_bytes
     queue = WorkerQueue(settings.max_queue_ms / 1000)
     HeaderTimeoutProtocol.door = Door(None, queue, settings.max_body_bytes, on_refused=count_refused)
     config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HeaderTimeoutProtocol"

@@ -12,6 +12,7 @@ Limits and lifecycle:
 * at most ``SEQSERVE_STREAM_MAX_OPEN`` open streams per worker: the next connection is accepted and
   closed at once with code 1013 (try again later) and a reason, so nobody else is slowed;
 * a stream with no message for ``SEQSERVE_STREAM_IDLE_S`` is closed with 4408;
+* a message over ``SEQSERVE_MAX_BODY_MB`` closes the stream with 1009 (message too big), as it arrives;
 * a message with more than ``SEQSERVE_STREAM_MAX_STEPS`` steps, or bad input (wrong feature count,
   not finite, not JSON) gets ``{"error": ...}`` and the stream goes on with its state unchanged; so
   does an overloaded model (``{"error", "retry_after_s"}``);
@@ -42,6 +43,7 @@ from service.served import ServedModels
 
 log = logging.getLogger(__name__)
 
+MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 BAD_REQUEST = 4400
 IDLE = 4408
@@ -111,7 +113,13 @@ class StreamSessions:
                     idle.reschedule(None)  # a slow step (an overloaded model) is not the client's silence
                     if message["type"] == "websocket.disconnect":
                         return
-                    state, replies = await self._step(message, model, state)
+                    text = message.get("text")
+                    if text is None:
+                        text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+                    if len(text) > self.max_message_bytes:  # uvicorn closes such a stream itself; in-process clients get the same
+                        reason = f"message over {self.max_message_bytes} bytes (SEQSERVE_MAX_BODY_MB)"
+                        return await send({"type": "websocket.close", "code": MESSAGE_TOO_BIG, "reason": reason})
+                    state, replies = await self._step(text, model, state)
                     for reply in replies:
                         await send({"type": "websocket.send", "text": reply})
         except TimeoutError:
@@ -119,11 +127,8 @@ class StreamSessions:
                 raise
             await send({"type": "websocket.close", "code": IDLE, "reason": f"no message for {self.idle_s:g} s (SEQSERVE_STREAM_IDLE_S)"})
 
-    async def _step(self, message: dict, model: LoadedModel, state: State) -> tuple[State, list[str]]:
+    async def _step(self, text: str, model: LoadedModel, state: State) -> tuple[State, list[str]]:
         """One message: the stream's state after it and the texts to send back (its answers, or one error)."""
-        text = message.get("text")
-        if text is None:
-            text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
         try:
             item = self._parse(text, model, state)
             # With one stream open no other message can join its pass: it may skip the batcher's queue.
@@ -141,8 +146,6 @@ class StreamSessions:
         return result.state, [answer_json(answer) for answer in result.answers]
 
     def _parse(self, text: str, model: LoadedModel, state) -> StreamStep:
-        if len(text) > self.max_message_bytes:
-            raise _StreamError(f"message: {len(text) / 2**20:.1f} MiB is over the limit of {self.max_message_bytes / 2**20:g} MiB (SEQSERVE_MAX_BODY_MB)")
         try:
             message = StreamMessage.model_validate_json(text)
         except ValidationError as err:

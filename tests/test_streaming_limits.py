@@ -28,20 +28,35 @@ def test_idle_streams_are_closed_and_api_keys_guard_the_handshake(tag):
 
 
 def test_the_real_servers_stream_lane_checks_keys_and_closes_idle_streams_and_on_shutdown(tag):
-    """Through `bentoml serve`, /stream skips BentoML's app (service.http_protocol): the guard and the lifecycle still hold."""
+    """Through `bentoml serve`, /stream skips BentoML's app (service.http_protocol): the guard, the message
+    size cap and the lifecycle still hold."""
     import json
 
     from websocket import WebSocketBadStatusException, create_connection
 
     from loadtests.server import running_server
 
-    env = {"SEQSERVE_MODELS": tag, "SEQSERVE_STREAM_IDLE_S": "0.5", "SEQSERVE_API_KEYS": "secret-key"}
+    env = {"SEQSERVE_MODELS": tag, "SEQSERVE_STREAM_IDLE_S": "0.5", "SEQSERVE_API_KEYS": "secret-key", "SEQSERVE_MAX_BODY_MB": "0.05"}
+    key = "Authorization: Bearer secret-key"
     with running_server(env) as url:
         ws_url = f"{url.replace('http', 'ws', 1)}/stream?model={tag}"
         with pytest.raises(WebSocketBadStatusException) as denied:
             create_connection(ws_url, timeout=10)
         assert denied.value.status_code == 401
-        ws = create_connection(ws_url, timeout=10, header=["Authorization: Bearer secret-key"])
+
+        # A message over the body cap (50 KiB here) closes the stream as it arrives, before it is buffered
+        # whole; per-message deflate, which would let a small upload inflate to the cap, is not agreed to.
+        big = create_connection(ws_url, timeout=10, header=[key, "Sec-WebSocket-Extensions: permessage-deflate"])
+        try:
+            assert "sec-websocket-extensions" not in {name.lower() for name in big.getheaders()}
+            big.recv()  # hello
+            big.send(json.dumps({"steps": [[0.5, 1.0, -1.0]] * 1000}) + " " * 60_000)
+            opcode, frame = big.recv_data_frame(control_frame=True)
+            assert opcode == 0x8 and int.from_bytes(frame.data[:2], "big") == 1009
+        finally:
+            big.close()
+
+        ws = create_connection(ws_url, timeout=10, header=[key])
         try:
             assert json.loads(ws.recv())["model"] == tag
             ws.send(json.dumps({"steps": [[0.5, 1.0, -1.0]] * 3}))
@@ -50,7 +65,7 @@ def test_the_real_servers_stream_lane_checks_keys_and_closes_idle_streams_and_on
             assert opcode == 0x8 and int.from_bytes(frame.data[:2], "big") == 4408
         finally:
             ws.close()
-        open_at_shutdown = create_connection(ws_url, timeout=10, header=["Authorization: Bearer secret-key"])
+        open_at_shutdown = create_connection(ws_url, timeout=10, header=[key])
         open_at_shutdown.recv()  # hello
     # The server was stopped (SIGTERM) with the stream open: it closed it cleanly, "service restart".
     opcode, frame = open_at_shutdown.recv_data_frame(control_frame=True)

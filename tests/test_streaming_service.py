@@ -195,6 +195,10 @@ def test_websocket_stream_equals_classify_and_survives_bad_messages(client, tags
             answer = ws.receive_json()
             assert answer["seen"] == n
             assert_same_answer(answer, classify(client, tag, sequence[:n]))
+        ws.send_text(" " * (1 << 20) + "{}")  # over SEQSERVE_MAX_BODY_MB: closed, as uvicorn closes it in a real server
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1009
 
 
 def test_websocket_forecast_by_task_default_and_unknown_models_close_with_4400(client, tags):
