@@ -196,3 +196,23 @@ def test_a_lone_callers_light_work_runs_in_its_own_task_and_never_jumps_the_queu
     assert ran_here
     assert (first, second) == (["first"], ["second"])
     assert all(task is not tasks[0] for task in tasks[1:])  # both went through the drain task
+
+
+def test_the_learnt_cost_weighs_each_batch_by_its_steps_so_lone_steps_do_not_push_full_passes_off_the_loop():
+    """A pass has a fixed cost: here 64 streams' steps take 2 ms together and one alone 0.4 ms. A few lone
+    steps must not make the next full pass look long enough to leave the event loop (see MicroBatcher._learn)."""
+    batcher = MicroBatcher(lambda items: items)
+
+    def ran(steps: int, seconds: float) -> None:
+        batcher._learn(time.perf_counter() - seconds, [0] * steps)  # cost: 1 step per item
+
+    for _ in range(20):
+        ran(64, 0.002)
+    assert batcher.seconds_per_step == pytest.approx(0.002 / 64, rel=0.05)
+    for _ in range(6):
+        ran(1, 0.0004)
+    assert batcher.seconds_per_step < 2 * 0.002 / 64
+    assert batcher._light([0] * 64)  # the next full pass still runs on the event loop
+    for _ in range(30):
+        ran(1, 0.0004)  # lone steps only, for a while: the estimate becomes theirs
+    assert batcher.seconds_per_step == pytest.approx(0.0004, rel=0.05)
