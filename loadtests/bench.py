@@ -195,9 +195,9 @@ def streaming(args: argparse.Namespace) -> list[dict]:
     streams = [int(n) for n in args.streams.split(",")]
     port = free_port()
     print("… seqserve streaming", file=sys.stderr, flush=True)
-    env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": "1000"}
+    env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": "1000"}  # 3 histories x 256 streams open at once
     with running_process(serve_command(port), port=port, ready_path="/readyz", env=env) as url:
-        rows = run_streaming(url, tag.split(":")[0], [int(h) for h in args.histories.split(",")], streams, args.stream_seconds)
+        rows = run_streaming(url, tag.split(":")[0], [int(h) for h in args.histories.split(",")], streams, args.stream_seconds, args.stream_rounds)
     port = free_port()
     echo = [sys.executable, "-m", "uvicorn", "loadtests.baselines.websocket_echo:app", "--ws", "wsproto", "--no-access-log",
             "--host", "127.0.0.1", "--port", str(port)]
@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", default="1,64,256", help="concurrent streams in the streaming table (default: 1,64,256)")
     parser.add_argument("--histories", default="64,512,4096", help="history lengths in the streaming table (default: 64,512,4096)")
     parser.add_argument("--stream-seconds", type=float, default=10, help="length of each streaming cell (default: 10)")
+    parser.add_argument("--stream-rounds", type=int, default=5,
+                        help="windows each streaming cell is split into, taken in turn with the other cells of its stream count (default: 5)")
     parser.add_argument("--only-streaming", action="store_true", help="only the streaming table (and, with wrk, the HTTP ceiling at 1 connection it is compared with)")
     args = parser.parse_args(argv)
     if not args.only_streaming and not shutil.which("wrk"):

@@ -12,8 +12,12 @@ for ``seconds``. Reported: the p50 time per step (what one new reading costs a c
 (answers per second over all clients). The per-step cost of a stream must not depend on H; re-sending
 grows with H.
 
+The targets are ratios between cells, and this machine's speed drifts by half within minutes. So the
+cells of one stream count are all set up first and then take turns, in ``rounds`` short windows
+(:func:`compare`): a slow spell slows every cell it is compared with, not one of them.
+
 Clients: token and re-send cells are driven by wrk when it is installed (each connection replays one
-body; see :func:`_wrk_cell`), so they measure the server. WebSocket cells use the bench's own lean client
+body; see :class:`HttpWay`), so they measure the server. WebSocket cells use the bench's own lean client
 (:mod:`loadtests.lean_websocket`: each stream replays one pre-framed step message): one asyncio loop for
 many streams, a blocking socket for a lone stream, whose latency is compared with the HTTP ceiling's.
 It still shares the cores with the server on a small machine; the table names the client of every cell.
@@ -25,7 +29,10 @@ import asyncio
 import json
 import shutil
 import time
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -37,6 +44,7 @@ FEATURES = 8
 STREAM_HPARAMS = {"n_features": FEATURES, "n_classes": 5, "hidden_size": 64, "num_layers": 2, "bidirectional": False,
                   "dropout": 0.0, "instance_norm": "running", "conv_stride": 1}
 CHUNK = 1024  # steps per message while a stream is brought to its history (SEQSERVE_STREAM_MAX_STEPS)
+WAYS = ("websocket", "token", "re-send")
 
 
 def store_stream_bench_model() -> str:
@@ -77,60 +85,188 @@ async def _timed(work, seconds: float) -> tuple[list[float], int]:
     return latencies, failures
 
 
-async def _websocket_client(url: str, model: BenchModel, history: int, seconds: float, start: asyncio.Barrier,
-                            setting_up: asyncio.Semaphore):
-    """One of many concurrent streams (lean asyncio client): brought to ``history`` steps, then timed.
+@dataclass
+class Tally:
+    """One cell's timed windows so far: answered steps, failures, seconds timed, and each window's p50."""
 
-    Streams are brought to their history a few at a time, as a well-behaved client fleet would: all at
-    once, their long first messages are mostly refused (overloaded), and the retries alone keep the
-    worker busy parsing them."""
-    rng = np.random.default_rng()
-    stream = await AsyncStream.open(url, f"/stream?model={model.tag}")
-    try:
-        await stream.receive()  # hello
-        async with setting_up:
-            give_up = time.perf_counter() + 300  # bounded, however slowly the worker lets the histories in
-            for done in range(0, history, CHUNK):
-                chunk = client_frame(json.dumps({"steps": model.steps(rng, min(CHUNK, history - done))}))
-                while True:
-                    stream.send(chunk)
-                    answer = json.loads(await stream.receive())
-                    if "retry_after_s" not in answer or time.perf_counter() > give_up:
-                        break
-                    await asyncio.sleep(0.05)  # overloaded: the chunk left the state as it was
-                if "error" in answer:
-                    raise RuntimeError(f"the stream refused its history: {answer}")
-        step = client_frame(json.dumps({"steps": model.steps(rng, 1)}))
-        await start.wait()
-        return await stream.replay(step, seconds)
-    finally:
-        stream.close()
+    way: str
+    history: int | None
+    streams: int
+    client: str
+    answered: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    p50s_ms: list[float] = field(default_factory=list)
+
+    def add(self, answered: int, failures: int, seconds: float, p50_ms: float) -> None:
+        self.answered, self.failures, self.seconds = self.answered + answered, self.failures + failures, self.seconds + seconds
+        self.p50s_ms.append(p50_ms)
+
+    def add_latencies(self, latencies: list[float], failures: int, seconds: float) -> None:
+        self.add(len(latencies), failures, seconds, 1000 * float(np.median(latencies)) if latencies else float("nan"))
+
+    def row(self) -> dict:
+        """steps/s over all windows; p50: the median of the windows' p50s."""
+        return {
+            "way": self.way, "history": self.history, "streams": self.streams, "client": self.client,
+            "steps": self.answered, "failures": self.failures, "steps_per_s": self.answered / self.seconds if self.seconds else 0.0,
+            "p50_ms": float(np.median(self.p50s_ms)) if self.p50s_ms else float("nan"), "windows": len(self.p50s_ms),
+        }
 
 
-def _websocket_lone_client(url: str, model: BenchModel, history: int, seconds: float) -> tuple[list[float], int]:
-    """One stream on a blocking socket (lean client): the per-step latency a lone device sees, measured
-    the way wrk measures the HTTP ceiling (one connection, one request at a time)."""
-    rng = np.random.default_rng()
-    stream = BlockingStream(url, f"/stream?model={model.tag}")
-    try:
+class WebSocketWay:
+    """``streams`` WebSocket streams brought to ``history`` steps (not timed); each window, every stream
+    replays one new step back to back. One lean asyncio client for many streams, a blocking socket for one."""
+
+    def __init__(self, url: str, model: BenchModel, history: int, streams: int):
+        self.url, self.model, self.history = url, model, history
+        self.tally = Tally("websocket", history, streams, "lean, blocking" if streams == 1 else "lean, asyncio")
+        self.lone: BlockingStream | None = None
+        self.many: list[tuple[AsyncStream, bytes]] = []
+
+    async def open(self) -> None:
+        if self.tally.streams == 1:
+            self.lone, self.step = await asyncio.to_thread(self._open_lone)
+            return
+        setting_up = asyncio.Semaphore(8)
+        opened = await asyncio.gather(*(self._open_one(setting_up) for _ in range(self.tally.streams)), return_exceptions=True)
+        self.many = [o for o in opened if not isinstance(o, BaseException)]
+        failed = next((o for o in opened if isinstance(o, BaseException)), None)
+        if failed is not None:
+            raise failed
+
+    async def _open_one(self, setting_up: asyncio.Semaphore) -> tuple[AsyncStream, bytes]:
+        """One stream brought to its history, a few streams at a time, as a well-behaved fleet would: all at
+        once, their long first messages are mostly refused (overloaded), and the retries alone keep the
+        worker busy parsing them."""
+        rng = np.random.default_rng()
+        stream = await AsyncStream.open(self.url, f"/stream?model={self.model.tag}")
+        try:
+            await stream.receive()  # hello
+            async with setting_up:
+                give_up = time.perf_counter() + 300  # bounded, however slowly the worker lets the histories in
+                for done in range(0, self.history, CHUNK):
+                    chunk = client_frame(json.dumps({"steps": self.model.steps(rng, min(CHUNK, self.history - done))}))
+                    while True:
+                        stream.send(chunk)
+                        answer = json.loads(await stream.receive())
+                        if "retry_after_s" not in answer or time.perf_counter() > give_up:
+                            break
+                        await asyncio.sleep(0.05)  # overloaded: the chunk left the state as it was
+                    if "error" in answer:
+                        raise RuntimeError(f"the stream refused its history: {answer}")
+        except BaseException:
+            stream.close()
+            raise
+        return stream, client_frame(json.dumps({"steps": self.model.steps(rng, 1)}))
+
+    def _open_lone(self) -> tuple[BlockingStream, bytes]:
+        rng = np.random.default_rng()
+        stream = BlockingStream(self.url, f"/stream?model={self.model.tag}")
         stream.receive()  # hello
-        for done in range(0, history, CHUNK):
-            stream.send(client_frame(json.dumps({"steps": model.steps(rng, min(CHUNK, history - done))})))
+        for done in range(0, self.history, CHUNK):
+            stream.send(client_frame(json.dumps({"steps": self.model.steps(rng, min(CHUNK, self.history - done))})))
             answer = json.loads(stream.receive())
             if "error" in answer:
+                stream.close()
                 raise RuntimeError(f"the stream refused its history: {answer}")
-        step = client_frame(json.dumps({"steps": model.steps(rng, 1)}))
+        return stream, client_frame(json.dumps({"steps": self.model.steps(rng, 1)}))
+
+    async def window(self, seconds: float) -> None:
+        started = time.perf_counter()
+        if self.lone is not None:
+            latencies, failures = await asyncio.to_thread(self._lone_window, seconds)
+        else:
+            results = await asyncio.gather(*(stream.replay(step, seconds) for stream, step in self.many))
+            latencies, failures = [x for lat, _ in results for x in lat], sum(f for _, f in results)
+        self.tally.add_latencies(latencies, failures, time.perf_counter() - started)
+
+    def _lone_window(self, seconds: float) -> tuple[list[float], int]:
+        """The per-step latency a lone device sees, measured the way wrk measures the HTTP ceiling (one
+        connection, one request at a time)."""
         latencies, failures, stop = [], 0, time.perf_counter() + seconds
         while time.perf_counter() < stop:
             started = time.perf_counter()
-            stream.send(step)
-            if b'"error"' in stream.receive():
+            self.lone.send(self.step)
+            if b'"error"' in self.lone.receive():
                 failures += 1
             else:
                 latencies.append(time.perf_counter() - started)
         return latencies, failures
-    finally:
-        stream.close()
+
+    async def close(self) -> None:
+        for stream in [self.lone] if self.lone is not None else [s for s, _ in self.many]:
+            stream.close()
+
+
+class HttpWay:
+    """``streams`` HTTP clients taking a new step by token (``/stream/classify``) or re-sending the whole
+    history (``/classify``).
+
+    With wrk installed, each window is a wrk run, each connection replaying one body. The server keeps
+    nothing between token requests, so replaying one valid token is exactly the work of a stream's next
+    step: this measures the server, where a Python client on the same cores measures itself as much (on
+    2 cores httpx held re-sending at 512 steps and 64 streams to 120 requests/s, wrk got 258). Without
+    wrk, httpx clients, each carrying its stream's token forward.
+    """
+
+    def __init__(self, way: str, url: str, model: BenchModel, history: int, streams: int, folder: Path):
+        self.way, self.url, self.model, self.history, self.folder = way, url, model, history, folder
+        self.path = "/stream/classify" if way == "token" else "/classify"
+        self.tally = Tally(way, history, streams, "wrk" if shutil.which("wrk") else "httpx")
+        self.client: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        rng, streams = np.random.default_rng(), self.tally.streams
+        limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
+        self.client = httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits)
+        if self.way == "token":  # one stream's token serves every wrk connection; httpx clients each need one
+            tokens = await asyncio.gather(*(_token_at(self.client, self.model, self.history, rng) for _ in range(streams if self.tally.client == "httpx" else 1)))
+            self.bodies = [{"instances": [{"steps": self.model.steps(rng, 1), "state": t, "model": self.model.tag}]} for t in tokens]
+        else:
+            self.bodies = [{"instances": [{"sequence": self.model.steps(rng, self.history), "model": self.model.tag}]}]
+        if self.tally.client == "wrk":
+            from loadtests.bench import WRK_REPORT, wrk
+
+            self.script = self.folder / f"{self.way}-{self.history}.lua"
+            self.script.write_text("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+                                   f"wrk.body = [==[{json.dumps(self.bodies[0])}]==]\n{WRK_REPORT}")
+            await asyncio.to_thread(wrk, self.url + self.path, self.script, min(streams, 8), 1)  # warm-up
+
+    async def window(self, seconds: float) -> None:
+        if self.tally.client == "wrk":
+            from loadtests.bench import wrk
+
+            result = await asyncio.to_thread(wrk, self.url + self.path, self.script, self.tally.streams, max(1, round(seconds)))
+            answered = result["requests"] - result["errors"]  # errors: 503s and other non-2xx, and socket errors
+            self.tally.add(answered, result["errors"], result["seconds"], result["p50_ms"])
+        else:
+            started = time.perf_counter()
+            results = await asyncio.gather(*(_timed(partial(self._step, i), seconds) for i in range(self.tally.streams)))
+            self.tally.add_latencies([x for lat, _ in results for x in lat], sum(f for _, f in results), time.perf_counter() - started)
+        await self._settle()
+
+    async def _settle(self, quick_s: float = 0.02, give_up_s: float = 30) -> None:
+        """Wait until a one-step /classify is answered quickly three times in a row: wrk stops with requests
+        in flight (256 re-sent 4,096-step histories are seconds of parsing), and that tail would otherwise
+        be timed in the next cell's window."""
+        rng, quick, give_up = np.random.default_rng(), 0, time.perf_counter() + give_up_s
+        while quick < 3 and time.perf_counter() < give_up:
+            started = time.perf_counter()
+            response = await self.client.post("/classify", json={"instances": [{"sequence": self.model.steps(rng, 1), "model": self.model.tag}]})
+            quick = quick + 1 if response.status_code == 200 and time.perf_counter() - started < quick_s else 0
+            await asyncio.sleep(0.01)
+
+    async def _step(self, i: int) -> None:
+        body = self.bodies[i % len(self.bodies)]
+        response = await self.client.post(self.path, json=body)
+        response.raise_for_status()
+        if self.way == "token":
+            body["instances"][0]["state"] = response.json()[0]["state"]
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
 
 
 async def _post(client: httpx.AsyncClient, path: str, body: dict) -> list:
@@ -158,32 +294,6 @@ async def _token_at(client: httpx.AsyncClient, model: BenchModel, history: int, 
     return state
 
 
-async def _token_client(client: httpx.AsyncClient, model: BenchModel, history: int, seconds: float, start: asyncio.Barrier):
-    rng = np.random.default_rng()
-    state = await _token_at(client, model, history, rng)
-    step = model.steps(rng, 1)
-
-    async def one():
-        nonlocal state
-        response = await client.post("/stream/classify", json={"instances": [{"steps": step, "state": state, "model": model.tag}]})
-        response.raise_for_status()
-        state = response.json()[0]["state"]
-
-    await start.wait()
-    return await _timed(one, seconds)
-
-
-async def _resend_client(client: httpx.AsyncClient, model: BenchModel, history: int, seconds: float, start: asyncio.Barrier):
-    body = json.dumps({"instances": [{"sequence": model.steps(np.random.default_rng(), history), "model": model.tag}]})
-
-    async def one():
-        response = await client.post("/classify", content=body, headers={"content-type": "application/json"})
-        response.raise_for_status()
-
-    await start.wait()
-    return await _timed(one, seconds)
-
-
 async def _warm_up(url: str, model: BenchModel) -> None:
     """One short stream first, so the first timed cell does not pay for the server's first requests."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -191,63 +301,26 @@ async def _warm_up(url: str, model: BenchModel) -> None:
             await _post(client, "/stream/classify", {"instances": [{"steps": model.steps(np.random.default_rng(), 4), "model": model.tag}]})
 
 
-async def _cell(way: str, url: str, model: BenchModel, history: int, streams: int, seconds: float) -> dict:
-    start = asyncio.Barrier(streams)
-    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        if way == "websocket" and streams == 1:
-            runs = [asyncio.to_thread(_websocket_lone_client, url, model, history, seconds)]
-        elif way == "websocket":
-            setting_up = asyncio.Semaphore(8)
-            runs = [_websocket_client(url, model, history, seconds, start, setting_up) for _ in range(streams)]
-        elif way == "token":
-            runs = [_token_client(client, model, history, seconds, start) for _ in range(streams)]
-        else:
-            runs = [_resend_client(client, model, history, seconds, start) for _ in range(streams)]
-        results = await asyncio.gather(*runs)
-    latencies = [x for lat, _ in results for x in lat]
-    client = ("lean, blocking" if streams == 1 else "lean, asyncio") if way == "websocket" else "httpx"
-    return {
-        "way": way, "history": history, "streams": streams, "client": client, "steps": len(latencies),
-        "failures": sum(f for _, f in results), "steps_per_s": len(latencies) / seconds,
-        "p50_ms": 1000 * float(np.median(latencies)) if latencies else float("nan"),
-    }
-
-
-def _wrk_cell(way: str, url: str, model: BenchModel, history: int, streams: int, seconds: float) -> dict:
-    """A token or re-send cell driven by wrk (C), ``streams`` connections each replaying one body.
-
-    The server keeps nothing between token requests, so replaying one valid token is exactly the work of
-    a stream's next step: this measures the server, where a Python client on the same cores measures
-    itself as much (on 2 cores httpx held re-sending at 512 steps and 64 streams to 120 requests/s, wrk
-    got 258).
-    """
-    import tempfile
-    from pathlib import Path
-
-    from loadtests.bench import WRK_REPORT, wrk
-
-    rng = np.random.default_rng()
-    if way == "token":
-
-        async def token() -> str:
-            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-                return await _token_at(client, model, history, rng)
-
-        path, body = "/stream/classify", {"instances": [{"steps": model.steps(rng, 1), "state": asyncio.run(token()), "model": model.tag}]}
-    else:
-        path, body = "/classify", {"instances": [{"sequence": model.steps(rng, history), "model": model.tag}]}
+async def compare(url: str, model: BenchModel, histories: list[int], streams: int, seconds: float, rounds: int,
+                  ways: tuple[str, ...] = WAYS) -> list[dict]:
+    """The cells of one stream count, every way at every history: all are set up first (streams brought to
+    their histories, untimed), then they take turns, ``rounds`` windows of ``seconds / rounds`` each, so a
+    slow spell of a shared machine falls on every cell alike and the ratios between them hold."""
     with tempfile.TemporaryDirectory() as folder:
-        script = Path(folder) / "post.lua"
-        script.write_text("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-                          f"wrk.body = [==[{json.dumps(body)}]==]\n{WRK_REPORT}")
-        wrk(url + path, script, min(streams, 8), 1)  # warm-up
-        result = wrk(url + path, script, streams, max(1, round(seconds)))
-    answered = result["requests"] - result["errors"]  # errors: 503s and other non-2xx, and socket errors
-    return {
-        "way": way, "history": history, "streams": streams, "client": "wrk", "steps": answered,
-        "failures": result["errors"], "steps_per_s": answered / result["seconds"], "p50_ms": result["p50_ms"],
-    }
+        cells: list[WebSocketWay | HttpWay] = []
+        try:
+            for history in histories:
+                for way in ways:
+                    cells.append(WebSocketWay(url, model, history, streams) if way == "websocket"
+                                 else HttpWay(way, url, model, history, streams, Path(folder)))
+                    await cells[-1].open()
+            for _ in range(rounds):
+                for cell in cells:
+                    await cell.window(seconds / rounds)
+        finally:
+            for cell in cells:
+                await cell.close()
+    return [cell.tally.row() for cell in cells]
 
 
 def _run(coroutine):
@@ -265,17 +338,16 @@ def run_websocket_ceiling(url: str, streams: list[int], seconds: float) -> list[
     echo = BenchModel("ceiling", FEATURES)
     rows = []
     for n in streams:
-        row = {**_run(_cell("websocket", url, echo, 1, n, seconds)), "way": "websocket ceiling (parse only)", "history": None}
+        [row] = _run(compare(url, echo, [1], n, seconds, rounds=1, ways=("websocket",)))
+        row.update(way="websocket ceiling (parse only)", history=None)
         print(f"… websocket ceiling streams {n}: {row['steps_per_s']:.0f} messages/s, p50 {row['p50_ms']:.2f} ms", flush=True)
         rows.append(row)
     return rows
 
 
-def run_streaming(url: str, tag: str, histories: list[int], streams: list[int], seconds: float) -> list[dict]:
-    """Every (way, history, streams) cell against a running seqserve at ``url`` serving the classifier ``tag``.
-
-    Token and re-send cells use wrk when it is installed (see :func:`_wrk_cell`); WebSocket cells, and
-    every cell without wrk, use the Python clients."""
+def run_streaming(url: str, tag: str, histories: list[int], streams: list[int], seconds: float, rounds: int = 5) -> list[dict]:
+    """Every (way, history, streams) cell against a running seqserve at ``url`` serving the classifier ``tag``:
+    ``seconds`` each, in ``rounds`` windows taken in turn with every other cell of the same stream count."""
     served = httpx.get(f"{url}/models", timeout=30).json()
     info = next((m for m in served if tag in (m["tag"], m["tag"].split(":")[0])), None)
     if info is None:
@@ -283,21 +355,18 @@ def run_streaming(url: str, tag: str, histories: list[int], streams: list[int], 
     model = BenchModel(tag, len(info["features"]))
     rows = []
     asyncio.run(_warm_up(url, model))
-    for way in ("websocket", "token", "re-send"):
-        for history in histories:
-            for n in streams:
-                if way != "websocket" and shutil.which("wrk"):
-                    row = _wrk_cell(way, url, model, history, n, seconds)
-                else:
-                    row = _run(_cell(way, url, model, history, n, seconds))
-                print(f"… {way} history {history} streams {n}: {row['steps_per_s']:.0f} steps/s, p50 {row['p50_ms']:.2f} ms", flush=True)
-                rows.append(row)
-    return rows
+    for n in streams:
+        for row in _run(compare(url, model, histories, n, seconds, rounds)):
+            print(f"… {row['way']} history {row['history']} streams {n}: {row['steps_per_s']:.0f} steps/s, p50 {row['p50_ms']:.2f} ms", flush=True)
+            rows.append(row)
+    return sorted(rows, key=lambda r: (WAYS.index(r["way"]), r["history"], r["streams"]))
 
 
 def streaming_markdown(rows: list[dict], seconds: float, ceiling_p50_ms: float | None = None) -> str:
     """The table, and the issue's three targets checked against it."""
-    lines = [f"### Streaming: one new step vs re-sending the history ({seconds:g}s per cell, 1 worker)", "",
+    windows = max((r.get("windows", 1) for r in rows), default=1)
+    lines = [f"### Streaming: one new step vs re-sending the history ({seconds:g}s per cell in {windows} windows, "
+             "taken in turn with the other cells of its stream count; 1 worker)", "",
              "| way | history | streams | client | steps/s | p50 ms per step | failures |", "|---|---:|---:|---|---:|---:|---:|"]
     lines += [f"| {r['way']} | {r['history'] if r['history'] is not None else '–'} | {r['streams']} | {r.get('client', '')} "
               f"| {r['steps_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['failures']} |" for r in rows]

@@ -180,9 +180,11 @@ def test_streaming_bench_cells_run_against_the_real_server(server):
 
     url, _ = server
     tag = next(m["tag"] for m in httpx.get(f"{url}/models").json() if m["tag"].startswith("real-stream"))
-    rows = run_streaming(url, tag, histories=[8], streams=[1, 3], seconds=0.3)
-    assert {(r["way"], r["streams"]) for r in rows} == {(w, n) for w in ("websocket", "token", "re-send") for n in (1, 3)}
+    rows = run_streaming(url, tag, histories=[8, 20], streams=[1, 3], seconds=0.3, rounds=2)
+    assert [(r["way"], r["history"], r["streams"]) for r in rows] == [
+        (w, h, n) for w in ("websocket", "token", "re-send") for h in (8, 20) for n in (1, 3)
+    ]
     for row in rows:
-        assert row["steps"] > 0 and row["failures"] == 0 and row["p50_ms"] > 0, row
+        assert row["steps"] > 0 and row["failures"] == 0 and row["p50_ms"] > 0 and row["windows"] == 2, row
     assert {r["client"] for r in rows if r["way"] == "websocket"} == {"lean, blocking", "lean, asyncio"}
     assert "| websocket | 8 | 3 | lean, asyncio |" in streaming_markdown(rows, 0.3)
