@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run (default: 10)")
     parser.add_argument("--concurrency", default="1,16,64", help="connection counts (default: 1,16,64)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for results.json and table.md")
-    parser.add_argument("--no-update", action="store_true", help="do not rewrite loadtests/BENCHMARKS.md")
+    parser.add_argument("--no-update", action="store_true", help="do not rewrite loadtests/BENCHMARKS.md (--only-streaming never does)")
     parser.add_argument("--streams", default="1,64,256", help="concurrent streams in the streaming table (default: 1,64,256)")
     parser.add_argument("--histories", default="64,512,4096", help="history lengths in the streaming table (default: 64,512,4096)")
     parser.add_argument("--stream-seconds", type=float, default=10, help="length of each streaming cell (default: 10)")
@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "table.md").write_text(table + "\n")
     print(table)
-    if not args.no_update:
+    if args.only_streaming:  # one table of several: BENCHMARKS.md would lose the others
+        print(f"(the streaming table alone is in {args.out / 'table.md'}; loadtests/BENCHMARKS.md is left as it was)")
+    elif not args.no_update:
         header = (
             "# Benchmarks\n\nThe latest `python -m loadtests bench` (see `loadtests/bench.py` for what each row is).\n\n"
             f"- date: {when}\n- machine: {results['machine']}\n- request: one sequence of {STEPS} steps x 8 features, GRU 2x64, 5 classes\n\n"
