@@ -195,9 +195,11 @@ def streaming(args: argparse.Namespace) -> list[dict]:
     streams = [int(n) for n in args.streams.split(",")]
     port = free_port()
     print("… seqserve streaming", file=sys.stderr, flush=True)
-    env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": "1000"}  # 3 histories x 256 streams open at once
+    histories = [int(h) for h in args.histories.split(",")]
+    open_at_once = len(histories) * max(streams)  # every history's streams of one stream count (stream_bench.compare)
+    env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": str(max(1000, 2 * open_at_once))}
     with running_process(serve_command(port), port=port, ready_path="/readyz", env=env) as url:
-        rows = run_streaming(url, tag.split(":")[0], [int(h) for h in args.histories.split(",")], streams, args.stream_seconds, args.stream_rounds)
+        rows = run_streaming(url, tag.split(":")[0], histories, streams, args.stream_seconds, args.stream_rounds)
     port = free_port()
     echo = [sys.executable, "-m", "uvicorn", "loadtests.baselines.websocket_echo:app", "--ws", "wsproto", "--no-access-log",
             "--host", "127.0.0.1", "--port", str(port)]
