@@ -94,6 +94,13 @@ def request_body() -> str:
     return json.dumps({"instances": [{"sequence": sequence}]})
 
 
+def post_script(path: Path, body: str) -> Path:
+    """A wrk script at ``path`` that POSTs the JSON ``body`` on every request and prints :data:`WRK_REPORT`'s line."""
+    path.write_text("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+                    f"wrk.body = [==[{body}]==]\n{WRK_REPORT}")
+    return path
+
+
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
     """One wrk run (1 thread); also how much CPU wrk itself used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -143,12 +150,8 @@ def run(concurrency: list[int], seconds: int, only: set[str] | None = None) -> d
     tag = store_bench_model()
     results: dict = {"model_only": model_only(tag) if only is None else [], "servers": {}}
     with tempfile.TemporaryDirectory() as folder:
-        script = Path(folder) / "post.lua"
         body = request_body()
-        script.write_text(
-            "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-            f"wrk.body = [==[{body}]==]\n{WRK_REPORT}"
-        )
+        script = post_script(Path(folder) / "post.lua", body)
         for label, command, env, ready, path in targets(tag):
             if only is not None and label not in only:
                 continue

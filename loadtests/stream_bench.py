@@ -122,7 +122,8 @@ class WebSocketWay:
         self.url, self.model, self.history = url, model, history
         self.tally = Tally("websocket", history, streams, "lean, blocking" if streams == 1 else "lean, asyncio")
         self.lone: BlockingStream | None = None
-        self.many: list[tuple[AsyncStream, bytes]] = []
+        self.step = b""  # the lone stream's step frame
+        self.many: list[tuple[AsyncStream, bytes]] = []  # each stream with its step frame
 
     async def open(self) -> None:
         if self.tally.streams == 1:
@@ -215,6 +216,8 @@ class HttpWay:
         self.path = "/stream/classify" if way == "token" else "/classify"
         self.tally = Tally(way, history, streams, "wrk" if shutil.which("wrk") else "httpx")
         self.client: httpx.AsyncClient | None = None
+        self.bodies: list[dict] = []  # one per client (httpx, token), else one for every connection
+        self.script: Path | None = None  # wrk's
 
     async def open(self) -> None:
         rng, streams = np.random.default_rng(), self.tally.streams
@@ -226,11 +229,9 @@ class HttpWay:
         else:
             self.bodies = [{"instances": [{"sequence": self.model.steps(rng, self.history), "model": self.model.tag}]}]
         if self.tally.client == "wrk":
-            from loadtests.bench import WRK_REPORT, wrk
+            from loadtests.bench import post_script, wrk
 
-            self.script = self.folder / f"{self.way}-{self.history}.lua"
-            self.script.write_text("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-                                   f"wrk.body = [==[{json.dumps(self.bodies[0])}]==]\n{WRK_REPORT}")
+            self.script = post_script(self.folder / f"{self.way}-{self.history}.lua", json.dumps(self.bodies[0]))
             await asyncio.to_thread(wrk, self.url + self.path, self.script, min(streams, 8), 1)  # warm-up
 
     async def window(self, seconds: float) -> None:
