@@ -36,6 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from loadtests.baselines import websocket_echo
 from loadtests.server import free_port, running_process, serve_command
 from loadtests.stream_bench import run_streaming, run_websocket_ceiling, store_stream_bench_model, streaming_markdown
 
@@ -204,9 +205,7 @@ def streaming(args: argparse.Namespace) -> list[dict]:
     with running_process(serve_command(port), port=port, ready_path="/readyz", env=env) as url:
         rows = run_streaming(url, tag.split(":")[0], histories, streams, args.stream_seconds, args.stream_rounds)
     port = free_port()
-    echo = [sys.executable, "-m", "uvicorn", "loadtests.baselines.websocket_echo:app", "--ws", "wsproto", "--no-access-log",
-            "--host", "127.0.0.1", "--port", str(port)]
-    with running_process(echo, port=port, ready_path="/healthz") as url:
+    with running_process(websocket_echo.serve_command(port), port=port, ready_path="/healthz") as url:
         return rows + run_websocket_ceiling(url, streams, args.stream_seconds)
 
 

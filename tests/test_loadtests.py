@@ -233,12 +233,12 @@ def test_lean_websocket_frames_are_masked_and_split_server_frames_are_reassemble
 
 def test_the_websocket_ceiling_answers_the_streaming_cells():
     """The streaming table's ceiling row: the lean clients against the parse-only WebSocket server."""
+    from loadtests.baselines import websocket_echo
     from loadtests.server import free_port, running_process
     from loadtests.stream_bench import run_websocket_ceiling
 
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "loadtests.baselines.websocket_echo:app", "--ws", "wsproto", "--host", "127.0.0.1", "--port", str(port)]
-    with running_process(command, port=port, ready_path="/healthz", timeout=60) as url:
+    with running_process(websocket_echo.serve_command(port), port=port, ready_path="/healthz", timeout=60) as url:
         rows = run_websocket_ceiling(url, [1, 3], 0.3)
     assert [r["streams"] for r in rows] == [1, 3]
     assert all(r["way"] == "websocket ceiling (parse only)" and r["steps"] > 0 and r["failures"] == 0 for r in rows)

@@ -8,6 +8,7 @@ server on this machine before any work is done; the streaming table sets seqserv
 from __future__ import annotations
 
 import json
+import sys
 
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -41,3 +42,9 @@ async def healthz(request: Request) -> Response:
 
 
 app = Starlette(routes=[WebSocketRoute("/stream", stream), Route("/healthz", healthz)])
+
+
+def serve_command(port: int) -> list[str]:
+    """The command that serves this ceiling on 127.0.0.1:``port`` (the bench and its test run the same one)."""
+    return [sys.executable, "-m", "uvicorn", "loadtests.baselines.websocket_echo:app", "--ws", "wsproto", "--no-access-log",
+            "--host", "127.0.0.1", "--port", str(port)]
