@@ -60,6 +60,28 @@ def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) 
     }
 
 
+def quantile_metrics(y_true: np.ndarray, predicted: np.ndarray, levels: list[float]) -> dict[str, float]:
+    """Calibration and quantile loss of quantile forecasts ``predicted`` (N, H, K, Q) at ``levels``.
+
+    Per level ``q``: ``q{q}_coverage``, the share of actual values at or below the forecast quantile (q
+    when calibrated), and ``q{q}_wql``, the weighted quantile loss ``2 * sum(pinball_q) / sum(|y|)`` (the
+    GluonTS / M5 definition: 0 is perfect, and at q=0.5 it is the weighted absolute percentage error).
+    Also ``coverage_{lo}_{hi}``, the share inside the outermost band, and ``mean_wql`` over the levels.
+    """
+    q = np.asarray(levels, dtype=np.float64)
+    error = y_true[..., None] - predicted  # (N, H, K, Q)
+    pinball = np.maximum(q * error, (q - 1) * error).sum(axis=(0, 1, 2))  # (Q,)
+    wql = 2 * pinball / max(float(np.abs(y_true).sum()), 1e-12)
+    out = {}
+    for i, level in enumerate(levels):
+        out[f"q{level:g}_coverage"] = float((y_true <= predicted[..., i]).mean())
+        out[f"q{level:g}_wql"] = float(wql[i])
+    inside = (y_true >= predicted[..., 0]) & (y_true <= predicted[..., -1])
+    out[f"coverage_{levels[0]:g}_{levels[-1]:g}"] = float(inside.mean())
+    out["mean_wql"] = float(wql.mean())
+    return out
+
+
 def naive_forecast(series: list[np.ndarray], series_index: np.ndarray, start: np.ndarray, horizon: int, n_targets: int) -> np.ndarray:
     """Repeat the last observed value: ``(N, H, K)``."""
     last = np.stack([series[s][t - 1, :n_targets] for s, t in zip(series_index, start)])
