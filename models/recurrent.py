@@ -14,6 +14,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.normalization import instance_norm_name, instance_standardize, running_standardize
+from models.starts import StartSpec, min_lookback, start_weights
+
+TRANSFORMS = ("none", "log")
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -179,7 +182,8 @@ class SequenceClassifier(nn.Module):
 class ForecasterConfig:
     """Hyper-parameters of :class:`Forecaster`; stored as the card's ``hparams``.
 
-    ``ForecasterConfig(**card.hparams)`` rebuilds it; fields added later default to the old behaviour.
+    ``ForecasterConfig(**card.hparams)`` rebuilds it; fields added later default to the old behaviour,
+    so older cards still load (``skip_season`` is how they named their start).
     """
 
     n_features: int
@@ -190,18 +194,69 @@ class ForecasterConfig:
     num_layers: int = 2
     dropout: float = 0.1
     bidirectional: bool = False
-    skip_season: int = 0  # 0: starts at the window mean; m >= 1: predicts the residual over seasonal naive (lag m)
+    skip_season: int = 0  # older cards' start: 0 the window mean, m >= 1 seasonal naive (lag m)
     linear_lookback: int = 0  # 0: none; L: a linear map of the last L target steps is added too (NLinear-style)
+    lookback: int = 0  # the window the model reads (0: any length; older cards)
+    transform: str = "none"  # "log": the targets are modelled as their logarithm
+    start: dict | None = None  # a models.starts.StartSpec as a dict; None: from skip_season
+    members: int = 1  # recurrent networks whose outputs are averaged
+    # (H, K, Q) nested lists: each quantile as the median plus these, in normalised units; empty: the
+    # members learn every quantile themselves (older cards)
+    quantile_offsets: list = field(default_factory=list)
+
+
+class ForecastMember(nn.Module):
+    """One network of a :class:`Forecaster`: a recurrent encoder, a quantile head and an optional linear map.
+
+    Reads a window in normalised units and returns its correction to the forecaster's start, ``(B, H, K, Q)``
+    ordered along Q. Both the head's last layer and the linear map start at zero, so a fresh member adds
+    nothing and the forecaster forecasts its start exactly.
+    """
+
+    def __init__(self, n_features: int, n_targets: int, horizon: int, n_outputs: int, cell: str, hidden_size: int,
+                 num_layers: int, dropout: float, bidirectional: bool, linear_lookback: int):
+        super().__init__()
+        self.horizon, self.n_targets, self.n_outputs = horizon, n_targets, n_outputs
+        self.encoder = RecurrentEncoder(n_features, hidden_size, num_layers, cell, dropout, bidirectional)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.output_size, horizon * n_targets * n_outputs))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.linear = nn.Linear(linear_lookback, horizon) if linear_lookback else None
+        if self.linear is not None:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x_norm: torch.Tensor) -> torch.Tensor:
+        # x_norm: (B, T, F) -> (B, H, K, Q) in the window's normalised units, ordered along Q
+        _, last = self.encoder(x_norm)
+        raw = self.head(last).view(-1, self.horizon, self.n_targets, self.n_outputs)
+        if self.n_outputs > 1:
+            increments = F.softplus(raw[..., 1:])
+            raw = torch.cat([raw[..., :1], raw[..., :1] + increments.cumsum(dim=-1)], dim=-1)
+        if self.linear is not None:
+            recent = x_norm[:, -self.linear.in_features :, : self.n_targets].transpose(1, 2)  # (B, K, L)
+            raw = raw + self.linear(recent).transpose(1, 2).unsqueeze(-1)  # (B, H, K, 1)
+        return raw
 
 
 class Forecaster(nn.Module):
     """Direct multi-horizon forecaster: a history window in, the next ``horizon`` steps out.
 
-    Every window is normalised by its own per-channel mean and standard deviation before the encoder
-    and the forecast is mapped back with the target channels' statistics, so a model trained on one
-    scale forecasts a series of any scale in that series' own units. With ``quantiles`` the head
-    predicts one output per quantile; they are built as a base plus cumulative positive increments,
-    so they can never cross. The median (0.5) is always among them and is the point forecast.
+    The forecast is a classical start plus what the networks learnt on top of it:
+
+    1. ``transform="log"`` models the targets' logarithm (a season that grows with the level becomes a
+       fixed pattern); the answer is mapped back with ``exp``, which keeps quantiles in order.
+    2. Every window is standardised by its own per-channel mean and standard deviation, so a model
+       trained on one scale forecasts a series of any scale in that series' own units.
+    3. The start, a classical forecast written as a fixed linear map of the window (``models.starts``:
+       the window mean, seasonal naive, or exponential smoothing of the seasonally adjusted window), is
+       the same for every quantile.
+    4. ``members`` networks (:class:`ForecastMember`) each add a correction; their outputs are averaged.
+    5. With ``quantile_offsets`` the members forecast the median alone and every quantile is the median
+       plus its offset (per step and channel, in normalised units: calibrated on errors the model did not
+       train on); without them each member learns every quantile itself, never crossing.
+
+    The median (0.5) is always among the quantiles and is the point forecast.
 
     Parameters
     ----------
@@ -213,15 +268,11 @@ class Forecaster(nn.Module):
         H, the steps forecast in one pass.
     quantiles:
         Quantile levels in (0, 1); empty for a point forecaster trained on absolute error.
-    skip_season:
-        With ``m >= 1`` the window's seasonal naive forecast (the last observed season, ``m = 1``: the last
-        value) is added to every output, so the network learns a correction to that baseline and starts
-        out as it (the head's last layer starts at zero). Needs a lookback of at least ``m``. With ``0``
-        the network starts out forecasting the window's mean (its normalised zero).
+    lookback, start, skip_season:
+        The window length and the start (a ``StartSpec`` dict, which may need the whole window); cards
+        written before ``start`` existed give ``skip_season`` (m >= 1: seasonal naive, 0: the mean).
     linear_lookback:
-        With ``L >= 1`` a linear map from the last ``L`` steps of each target channel to the horizon
-        (shared across channels, starting at zero) is added as well: on short series it learns the level
-        and trend that a recurrent network overfits. Needs a lookback of at least ``L``.
+        With ``L >= 1`` each member also adds a linear map of the last ``L`` steps of each target channel.
     """
 
     def __init__(
@@ -237,30 +288,45 @@ class Forecaster(nn.Module):
         bidirectional: bool = False,
         skip_season: int = 0,
         linear_lookback: int = 0,
+        lookback: int = 0,
+        transform: str = "none",
+        start: dict | None = None,
+        members: int = 1,
+        quantile_offsets: list | tuple = (),
     ):
         super().__init__()
         if not 1 <= n_targets <= n_features:
             raise ValueError(f"n_targets must be between 1 and n_features={n_features}, got {n_targets}")
         if any(not 0.0 < q < 1.0 for q in quantiles):
             raise ValueError(f"quantiles must lie strictly between 0 and 1, got {list(quantiles)}")
+        if transform not in TRANSFORMS:
+            raise ValueError(f"unknown transform {transform!r}; valid: {', '.join(TRANSFORMS)}")
+        if members < 1:
+            raise ValueError(f"members must be at least 1, got {members}")
         self.quantiles = sorted(set(quantiles) | {0.5}) if quantiles else []
         self.point_index = self.quantiles.index(0.5) if quantiles else 0
         self.n_targets = n_targets
         self.horizon = horizon
-        self.encoder = RecurrentEncoder(n_features, hidden_size, num_layers, cell, dropout, bidirectional)
-        self.n_outputs = max(len(self.quantiles), 1)
-        self.head = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(self.encoder.output_size, horizon * n_targets * self.n_outputs)
+        self.transform = transform
+        offsets = torch.tensor(quantile_offsets, dtype=torch.float32) if len(quantile_offsets) else None
+        if offsets is not None and tuple(offsets.shape) != (horizon, n_targets, len(self.quantiles)):
+            raise ValueError(f"quantile_offsets must have shape (horizon, n_targets, quantiles) = "
+                             f"{(horizon, n_targets, len(self.quantiles))}, got {tuple(offsets.shape)}")
+        n_outputs = 1 if offsets is not None else max(len(self.quantiles), 1)
+        self.members = nn.ModuleList(
+            ForecastMember(n_features, n_targets, horizon, n_outputs, cell, hidden_size, num_layers, dropout,
+                           bidirectional, linear_lookback)
+            for _ in range(members)
         )
-        self.skip_season = skip_season
-        # The head starts at zero, so a fresh model forecasts its starting baseline exactly: seasonal naive
-        # with skip_season, else the window's mean. Training moves it away only as far as the data asks.
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
-        self.linear = nn.Linear(linear_lookback, horizon) if linear_lookback else None
-        if self.linear is not None:
-            nn.init.zeros_(self.linear.weight)
-            nn.init.zeros_(self.linear.bias)
+        self.start = StartSpec(**start) if start else (
+            StartSpec("seasonal_naive", skip_season) if skip_season else StartSpec("mean"))
+        # The start reads the last `reach` steps: the whole window, or one season for seasonal naive. Its
+        # weights follow from the config, except a fitted linear start's, which are stored with the weights.
+        reach = lookback if self.start.kind in ("smoothing", "linear") else min_lookback(self.start)
+        weights = torch.from_numpy(start_weights(self.start, reach, horizon)) if self.start.kind != "mean" else None
+        self.register_buffer("start_weights", weights, persistent=self.start.kind == "linear")  # (H, reach)
+        self.register_buffer("quantile_offsets", offsets, persistent=False)  # (H, K, Q), from the config
+        self.register_load_state_dict_pre_hook(_one_member_layout)
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # x: (B, T, F) -> x_norm: (B, T, F), loc: (B, 1, F), scale: (B, 1, F)
@@ -270,25 +336,31 @@ class Forecaster(nn.Module):
         scale = x.std(dim=1, keepdim=True, unbiased=False).maximum(floor)
         return (x - loc) / scale, loc, scale
 
-    def forward_normalized(self, x_norm: torch.Tensor) -> torch.Tensor:
-        # x_norm: (B, T, F) -> (B, H, K, Q) in the window's normalised units, ordered along Q
-        _, last = self.encoder(x_norm)
-        raw = self.head(last).view(-1, self.horizon, self.n_targets, self.n_outputs)
-        if self.n_outputs > 1:
-            increments = F.softplus(raw[..., 1:])
-            raw = torch.cat([raw[..., :1], raw[..., :1] + increments.cumsum(dim=-1)], dim=-1)
-        if self.skip_season:
-            m = self.skip_season
-            steps = torch.arange(self.horizon, device=x_norm.device) % m - m  # offsets from the end, all < 0
-            raw = raw + x_norm[:, x_norm.shape[1] + steps, : self.n_targets, None]  # (B, H, K, 1)
-        if self.linear is not None:
-            recent = x_norm[:, -self.linear.in_features :, : self.n_targets].transpose(1, 2)  # (B, K, L)
-            raw = raw + self.linear(recent).transpose(1, 2).unsqueeze(-1)  # (B, H, K, 1)
-        return raw
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, F), targets in the first K channels -> (B, H, K, Q) in the series' own scale
-        x_norm, loc, scale = self.normalize(x)
+    def forward(self, x: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
+        # x: (B, T, F), targets in the first K channels -> (B, H, K, Q) in the series' own scale;
+        # members: the networks to average (default: all; training fits one at a time)
         k = self.n_targets
-        # loc/scale: (B, 1, K) -> (B, 1, K, 1) to broadcast over H and Q
-        return self.forward_normalized(x_norm) * scale[..., :k, None] + loc[..., :k, None]
+        if self.transform == "log":
+            # A non-positive value has no logarithm: it counts as the smallest positive float32.
+            x = torch.cat([x[..., :k].clamp_min(torch.finfo(x.dtype).tiny).log(), x[..., k:]], dim=-1)
+        x_norm, loc, scale = self.normalize(x)
+        out = self.forward_normalized(x_norm, members)
+        out = out * scale[..., :k, None] + loc[..., :k, None]  # loc/scale: (B, 1, K) -> (B, 1, K, 1)
+        return out.clamp(max=80.0).exp() if self.transform == "log" else out  # exp(80) is near float32's largest
+
+    def forward_normalized(self, x_norm: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
+        # x_norm: (B, T, F) -> (B, H, K, Q) in the window's normalised (and transformed) units, ordered along Q
+        chosen = [self.members[i] for i in members] if members is not None else list(self.members)
+        out = torch.stack([member(x_norm) for member in chosen]).mean(dim=0)  # (B, H, K, Q)
+        if self.start_weights is not None:
+            recent = x_norm[:, -self.start_weights.shape[1] :, : self.n_targets]  # (B, reach, K)
+            out = out + torch.einsum("hl,blk->bhk", self.start_weights, recent).unsqueeze(-1)  # (B, H, K, 1)
+        if self.quantile_offsets is not None:
+            out = out + self.quantile_offsets  # (B, H, K, 1) + (H, K, Q) -> (B, H, K, Q)
+        return out
+
+
+def _one_member_layout(module, state_dict, prefix, *_):
+    """Weights stored before forecasters had members hold one member's parameters at the top level."""
+    for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".")[0] in ("encoder", "head", "linear")]:
+        state_dict[f"{prefix}members.0.{key[len(prefix):]}"] = state_dict.pop(key)

@@ -293,7 +293,7 @@ class ForecasterStream:
 
     def __init__(self, module: Forecaster, lookback: int):
         self.module, self.lookback = module, lookback
-        n_features = module.encoder.rnn.input_size
+        n_features = module.members[0].encoder.rnn.input_size
         self.fields = [StateField("steps", (1,), np.float64), StateField("window", (lookback, n_features))]
         self.state_bytes = sum(f.nbytes for f in self.fields)
 

@@ -1,0 +1,127 @@
+"""Classical forecasts of one window, written as fixed linear maps: the forecast a Forecaster starts from.
+
+Every forecast here is linear in the window's values, so each is one matrix ``W`` of shape
+``(horizon, lookback)``: ``forecast = W @ window``. Every row sums to 1 (a constant window forecasts that
+constant), so ``W`` commutes with the per-window standardisation the network works in and can be applied
+to normalised values directly.
+
+Kinds (a ``StartSpec`` names one and its parameters):
+
+* ``mean`` — the window's mean (all zeros in normalised units): noise around a level.
+* ``seasonal_naive`` — the last observed season (``season=1``: the last value).
+* ``linear`` — a linear map fitted to the training windows by ridge regression (``fit_linear``), an
+  autoregression on the standardised window: cycles of varying length (sunspots, population counts)
+  are what it forecasts and the fixed-period kinds cannot. Its weights are fitted, so they are stored
+  with the model's weights rather than derived from the spec.
+* ``smoothing`` — exponential smoothing of the seasonally adjusted window: the season is estimated by one
+  least-squares fit of a line plus one offset per phase (offsets summing to zero) over the whole window;
+  a damped-trend Holt filter (``alpha``, ``beta``, ``phi``) starts from that line and runs over the
+  adjusted values, and the forecast is its damped-trend path plus the season. ``phi=0`` is simple
+  exponential smoothing (no trend); ``beta=0, phi=1`` keeps the fitted line's slope (a drift).
+  That is the M4 competition's strong statistical family (SES / Holt / damped on deseasonalised data,
+  whose average "Comb" beat most entries), and the level/season split ES-RNN fed its network, here
+  computed inside each window so that the stored model stays one function of the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+KINDS = ("mean", "seasonal_naive", "smoothing", "linear")
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    """One classical forecast: its kind and parameters (stored in a forecaster's hyper-parameters)."""
+
+    kind: str = "mean"
+    season: int = 1
+    alpha: float = 0.0
+    beta: float = 0.0
+    phi: float = 1.0
+    ridge: float = 0.0  # linear: the penalty, as a share of the mean squared input
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown start kind {self.kind!r}; valid: {', '.join(KINDS)}")
+        if self.season < 1:
+            raise ValueError(f"a start's season must be at least 1, got {self.season}")
+
+    def describe(self) -> str:
+        if self.kind == "mean":
+            return "window mean"
+        if self.kind == "seasonal_naive":
+            return f"seasonal naive (lag {self.season})" if self.season > 1 else "naive (last value)"
+        if self.kind == "linear":
+            return f"linear autoregression of the window (ridge {self.ridge:g})"
+        trend = f", trend beta {self.beta:g} phi {self.phi:g}" if self.phi else ""
+        season = f" of the season-{self.season}-adjusted window" if self.season > 1 else ""
+        return f"exponential smoothing{season} (alpha {self.alpha:g}{trend})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def min_lookback(spec: StartSpec) -> int:
+    """The shortest window ``spec`` can forecast from."""
+    if spec.kind == "seasonal_naive":
+        return spec.season
+    if spec.kind == "smoothing":
+        return 2 * spec.season if spec.season > 1 else 2
+    return 1
+
+
+def start_weights(spec: StartSpec, lookback: int, horizon: int) -> np.ndarray:
+    """``W`` (horizon, lookback) with ``forecast = W @ window`` for the kind and parameters of ``spec``
+    (zeros for ``linear``, whose weights are fitted: ``fit_linear``)."""
+    if spec.kind == "linear":
+        return np.zeros((horizon, lookback), dtype=np.float32)
+    if lookback < min_lookback(spec):
+        raise ValueError(f"{spec.describe()} needs a window of at least {min_lookback(spec)} steps, got {lookback}")
+    # Every kind is linear in the window, so forecasting each unit window gives W's columns.
+    return _forecast(spec, np.eye(lookback), horizon).T.astype(np.float32)
+
+
+def fit_linear(inputs: np.ndarray, targets: np.ndarray, ridge: float) -> np.ndarray:
+    """``W`` (H, L) minimising ``|W x - y|^2 + ridge * mean(x^2) * N * |W|^2`` over standardised windows.
+
+    ``inputs`` (N, L, K) and ``targets`` (N, H, K) in the windows' standardised units; every channel of
+    every window is one example.
+    """
+    x = inputs.transpose(0, 2, 1).reshape(-1, inputs.shape[1])  # (N * K, L)
+    y = targets.transpose(0, 2, 1).reshape(-1, targets.shape[1])  # (N * K, H)
+    gram = x.T @ x
+    penalty = ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
+    return np.linalg.solve(gram + penalty, x.T @ y).T.astype(np.float32)
+
+
+def _forecast(spec: StartSpec, windows: np.ndarray, horizon: int) -> np.ndarray:
+    # windows: (N, L) -> (N, H)
+    n, lookback = windows.shape
+    steps = np.arange(horizon)
+    if spec.kind == "mean":
+        return np.repeat(windows.mean(axis=1, keepdims=True), horizon, axis=1)
+    if spec.kind == "seasonal_naive":
+        return windows[:, lookback + steps % spec.season - spec.season]
+    start, slope, season = _line_and_season(windows, spec.season)  # (N,), (N,), (N, m); phase of step t: t % m
+    adjusted = windows - season[:, np.arange(lookback) % spec.season]
+    level, trend = start, slope  # the fitted line at step 0 starts the filter
+    for t in range(1, lookback):
+        before = level
+        level = spec.alpha * adjusted[:, t] + (1 - spec.alpha) * (before + spec.phi * trend)
+        trend = spec.beta * (level - before) + (1 - spec.beta) * spec.phi * trend
+    damped = np.cumsum(spec.phi ** (steps + 1))  # phi + phi^2 + ... + phi^(h+1); phi = 0: no trend
+    return level[:, None] + damped[None, :] * trend[:, None] + season[:, (lookback + steps) % spec.season]
+
+
+def _line_and_season(windows: np.ndarray, season: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares fit of ``a + b t + s[t % m]`` (offsets summing to zero) to each window (N, L):
+    the line's value at step 0 (N,), its slope (N,) and the offsets (N, m)."""
+    n, lookback = windows.shape
+    t = np.arange(lookback, dtype=np.float64)
+    sum_zero = np.vstack([np.eye(season - 1), -np.ones((1, season - 1))])  # offsets s = sum_zero @ c
+    design = np.column_stack([np.ones(lookback), t, np.eye(season)[t.astype(int) % season] @ sum_zero])  # (L, m + 1)
+    coef, *_ = np.linalg.lstsq(design, windows.T, rcond=None)  # (m + 1, N)
+    return coef[0], coef[1], (sum_zero @ coef[2:]).T
