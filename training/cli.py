@@ -30,6 +30,8 @@ from training.types import NetworkOptions, RunResult
 
 
 def _quantiles(text: str) -> list[float]:
+    if text.strip().lower() == "none":
+        return []
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -130,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(fc, FORECAST_DEFAULTS, bidirectional=False)
     fc.add_argument("--horizon", type=_positive_int, default=12, help="steps to forecast (default: 12)")
     fc.add_argument("--lookback", type=_positive_int, default=None, help="history steps the model reads (default: chosen from the data: one season, at least 2x horizon and 24, shorter for panels of short series)")
-    fc.add_argument("--quantiles", type=_quantiles, default=[], help="comma-separated quantile levels, e.g. 0.1,0.5,0.9 (0.5 is always added)")
+    fc.add_argument("--quantiles", type=_quantiles, default=[0.1, 0.9], help="comma-separated quantile levels, calibrated on the validation windows; 0.5 is always added and is the point forecast; 'none' for a point forecaster trained on absolute error (default: 0.1,0.9)")
+    fc.add_argument("--members", type=_positive_int, default=None, help="networks trained with seeds seed, seed+1, ... and averaged into one model (default: 5, fewer for large data)")
     fc.add_argument("--season", type=_positive_int, default=None, help="seasonal period for the seasonal naive baseline and MASE (default: the dataset's, else inferred)")
     fc.add_argument("--test-fraction", type=_fraction, default=0.2, help="last share of every series kept for testing under --eval windows (default: 0.2)")
     fc.add_argument(
@@ -217,6 +220,7 @@ def run_forecast(args: argparse.Namespace) -> RunResult | None:
         report_dir=_report_dir(args), lookback=args.lookback, horizon=args.horizon, quantiles=args.quantiles,
         season=args.season, evaluation=args.eval, test_fraction=args.test_fraction,
         val_fraction=args.val_fraction or 0.1, save=not (args.no_save or args.dry_run), strong_baselines=not args.dry_run,
+        members=1 if args.dry_run else args.members,
     )
 
 

@@ -69,15 +69,15 @@ class History:
         }
 
 
-def sized_for(config: TrainConfig, n_train: int, target_steps: int = 1500) -> TrainConfig:
+def sized_for(config: TrainConfig, n_train: int, target_steps: int = 1500, min_epochs: int = 20) -> TrainConfig:
     """Fill the settings left as None from the amount of data.
 
     The batch gives at least ~16 steps an epoch (8 to 64 rows), and epochs add up to about
-    ``target_steps`` optimiser steps (20 to 300 epochs). On 144 monthly airline points (66 windows)
+    ``target_steps`` optimiser steps (``min_epochs`` to 300 epochs). On 144 monthly airline points (66 windows)
     that is batch 8 for 200 epochs; on 2,284 weekly CO2 points (1,536 windows) batch 64 for 63.
     """
     batch = config.batch_size or int(np.clip(n_train // 16, 8, 64))
-    epochs = config.epochs or int(np.clip(target_steps // max(1, -(-n_train // batch)), 20, 300))
+    epochs = config.epochs or int(np.clip(target_steps // max(1, -(-n_train // batch)), min_epochs, 300))
     return dataclasses.replace(config, batch_size=batch, epochs=epochs, patience=config.patience or max(10, epochs // 4))
 
 
