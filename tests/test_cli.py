@@ -67,8 +67,11 @@ def test_forecast_on_synthetic_with_quantiles_reports_ets(capsys, tmp_path):
     assert metrics["recipe"]["evaluation"] == "last-horizon"
     assert (tmp_path / "forecasts.png").exists()
     card = load_artifact(stored_tag(out)).card
-    assert (card.horizon, card.lookback, card.quantiles) == (6, 24, [0.1, 0.5, 0.9])
-    assert card.arch == "lstm" and card.data["season"] == 24 and card.hparams["skip_season"] == 24
+    assert (card.horizon, card.lookback, card.quantiles) == (6, 96, [0.1, 0.5, 0.9])  # four seasons
+    assert card.arch == "lstm" and card.data["season"] == 24 and card.hparams["lookback"] == card.lookback
+    assert card.hparams["start"]["kind"] in ("mean", "seasonal_naive", "smoothing", "linear")
+    assert {"q0.1_coverage", "q0.9_wql", "coverage_0.1_0.9", "mean_wql"} <= set(metrics["test"])
+    assert {"q0.1_coverage", "coverage_0.1_0.9"} <= set(metrics["baselines"]["ets"])
 
 
 @pytest.mark.parametrize("task", ["classify", "forecast"])

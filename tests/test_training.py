@@ -14,7 +14,7 @@ from models.artifact import load_artifact
 from training import datasets
 from training.cli import build_parser, main, train_one
 from training.data import SeriesCollection
-from training.forecast import choose_start, train_forecaster
+from training.forecast import train_forecaster
 from training.loop import TrainConfig, fit
 from training.metrics import (compare_with_baselines, forecast_metrics, macro_f1, mase_scale,
                               majority_class_baseline, seasonal_naive_forecast, accuracy)
@@ -118,7 +118,9 @@ def short_panel(lengths, seed=0):
 
 
 def test_choose_lookback_fits_most_short_series():
-    assert choose_lookback([600] * 3, horizon=12, season=24, protocol="windows") == 24
+    assert choose_lookback([600] * 3, horizon=12, season=24, protocol="windows") == 96  # four seasons
+    assert choose_lookback([140] * 3, horizon=12, season=12, protocol="windows") == 48  # 34 training windows
+    assert choose_lookback([100] * 3, horizon=12, season=12, protocol="windows") == 24  # the least it takes
     lengths = list(range(15, 59))
     lookback = choose_lookback(lengths, horizon=6, season=1, protocol="last-horizon")
     assert lookback == int(np.percentile(np.array(lengths) - 12, 10))
@@ -214,26 +216,3 @@ def test_defaults_stream_each_models_progress_prefixed_by_its_name(capsys, monke
     assert any(line.startswith("[demo-clf] training.loop: epoch 1/1") for line in lines)
     assert any(line.startswith("[demo-clf] model ") for line in lines)
     assert lines[-1].startswith("== demo-clf (classify on synthetic): done in ")
-
-
-# ----------------------------------------------------------------------------- the forecaster's start
-
-
-def _train_windows(values: np.ndarray):
-    collection = SeriesCollection([values.astype(np.float32)[:, None]], ["s"], ["value"], [], None, "test")
-    train, _, _ = split_by_time(collection, lookback=24, horizon=12)
-    return train
-
-
-def test_a_forecaster_starts_from_the_window_mean_on_noise_around_a_level():
-    rng = np.random.default_rng(0)
-    start = choose_start(_train_windows(100 + rng.normal(size=300)), season=12, k=1)
-    assert start["skip_season"] == 0 and start["start"] == "window mean"
-    assert start["errors"]["window_mean"] < start["errors"]["seasonal_naive"]
-
-
-def test_a_forecaster_starts_from_seasonal_naive_on_a_strong_season():
-    rng = np.random.default_rng(0)
-    t = np.arange(300)
-    start = choose_start(_train_windows(100 + 10 * np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=300)), season=12, k=1)
-    assert start["skip_season"] == 12 and start["start"] == "seasonal naive (lag 12)"

@@ -1,0 +1,228 @@
+"""The forecasting recipe's parts: classical starts as linear maps, the season of a cycle, the log and start
+choice, calibrated intervals, quantile metrics, ETS's quantiles, and cards written before members existed."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from models import ForecasterConfig, create_model
+from models.artifact import ModelCard, load_artifact, save_artifact
+from models.starts import StartSpec, start_weights
+from training import baselines, starts
+from training.data import SeriesCollection
+from training.forecast import resolve_season
+from training.metrics import quantile_metrics
+from training.windows import before_test, make_windows, rolling_origins, split_by_time
+
+# ----------------------------------------------------------------------------- starts as linear maps
+
+
+@pytest.mark.parametrize("spec", [StartSpec("mean"), StartSpec("seasonal_naive", 1), StartSpec("seasonal_naive", 12),
+                                  StartSpec("smoothing", 1, 0.3), StartSpec("smoothing", 12, 0.5, 0.1, 0.9),
+                                  StartSpec("smoothing", 4, 1.0, 0.0, 1.0)])
+def test_every_start_forecasts_a_constant_as_itself(spec):
+    w = start_weights(spec, lookback=48, horizon=7)
+    assert w.shape == (7, 48)
+    np.testing.assert_allclose(w @ np.full(48, 3.5), 3.5, rtol=1e-5)
+
+
+def test_seasonal_naive_repeats_the_last_season():
+    x = np.arange(24, dtype=np.float64)
+    np.testing.assert_allclose(start_weights(StartSpec("seasonal_naive", 4), 24, 6) @ x, [20, 21, 22, 23, 20, 21])
+
+
+def test_smoothing_of_the_adjusted_window_continues_a_line_and_its_season_exactly():
+    t = np.arange(36)
+    season = np.tile([1.0, -1.0, 2.0, -2.0], 9)
+    x = 5 + 0.5 * t + season
+    w = start_weights(StartSpec("smoothing", 4, alpha=0.3, beta=0.0, phi=1.0), 36, 8)
+    expected = 5 + 0.5 * np.arange(36, 44) + np.tile([1.0, -1.0, 2.0, -2.0], 2)
+    np.testing.assert_allclose(w @ x, expected, atol=1e-4)
+
+
+def test_a_bad_start_is_refused_with_the_valid_kinds():
+    with pytest.raises(ValueError, match="unknown start kind 'holt'; valid: mean, seasonal_naive, smoothing, linear"):
+        StartSpec("holt")
+    with pytest.raises(ValueError, match="needs a window of at least 24 steps"):
+        start_weights(StartSpec("smoothing", 12, 0.5), lookback=20, horizon=3)
+
+
+# ----------------------------------------------------------------------------- the season of a cycle
+
+
+def _one_series(values, season=None):
+    return SeriesCollection([np.asarray(values, np.float32)[:, None]], ["s"], ["value"], [], season, "test")
+
+
+def test_a_cycle_of_varying_length_is_its_period_not_a_multiple():
+    # ~10-step cycles whose length wanders between 9 and 11, as in annual counts of a population cycle
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(9, 12, size=14)
+    phase = np.concatenate([np.linspace(0, 2 * np.pi, n, endpoint=False) for n in lengths])
+    values = 1000 + 800 * np.sin(phase) + rng.normal(0, 60, len(phase))
+    season, source = resolve_season(None, _one_series(values), horizon=10)
+    assert 9 <= season <= 11 and source == "inferred from autocorrelation"
+
+
+def test_a_season_with_a_strong_half_season_is_the_whole_season():
+    rng = np.random.default_rng(0)
+    t = np.arange(240)
+    values = 50 + 10 * np.sin(2 * np.pi * t / 12) + 6 * np.sin(2 * np.pi * t / 6) + rng.normal(0, 1, len(t))
+    assert resolve_season(None, _one_series(values), horizon=12) == (12, "inferred from autocorrelation")
+
+
+def test_noise_has_no_season():
+    values = np.random.default_rng(1).normal(size=300)
+    assert resolve_season(None, _one_series(values), horizon=12) == (1, "none found")
+
+
+# ----------------------------------------------------------------------------- the start and the log
+
+
+def _train_windows(values: np.ndarray, lookback: int = 48, horizon: int = 12):
+    return before_test(_one_series(values), lookback=lookback, horizon=horizon, protocol="windows")
+
+
+def test_noise_around_a_level_starts_from_a_level_without_a_season_or_trend():
+    w = _train_windows(100 + np.random.default_rng(0).normal(size=300))
+    chosen = starts.choose_start(w, 1, season=12, allow_log=True)
+    spec = chosen["start"]
+    assert spec.kind == "mean" or (spec.kind == "smoothing" and spec.season == 1 and spec.alpha <= 0.1 and spec.phi == 0)
+    assert chosen["errors"]["none: mean"] < chosen["errors"]["none: seasonal_naive"]
+
+
+def test_a_season_growing_with_a_trend_is_modelled_in_logs():
+    rng = np.random.default_rng(0)
+    t = np.arange(240)
+    level = 10 * np.exp(0.01 * t)
+    values = level * (1 + 0.3 * np.sin(2 * np.pi * t / 12)) * np.exp(rng.normal(0, 0.02, len(t)))
+    w = _train_windows(values)
+    chosen = starts.choose_start(w, 1, season=12, allow_log=True)
+    # The log makes the growing season a fixed one: its smoother is three times closer than without.
+    assert chosen["errors"]["log: smoothing"] < chosen["errors"]["none: smoothing"] / 2
+    assert chosen["start"].kind == "linear" or (chosen["transform"], chosen["start"].season) == ("log", 12)
+    assert "log: smoothing" not in starts.choose_start(w, 1, season=12, allow_log=False)["errors"]
+
+
+def test_a_cycle_of_varying_length_starts_from_a_fitted_autoregression():
+    rng = np.random.default_rng(3)
+    phase = np.concatenate([np.linspace(0, 2 * np.pi, n, endpoint=False) for n in rng.integers(9, 12, size=40)])
+    values = 1000 + 800 * np.sin(phase) + rng.normal(0, 60, len(phase))
+    w = _train_windows(values, lookback=30, horizon=10)
+    chosen = starts.choose_start(w, 1, season=10, allow_log=False)
+    assert chosen["start"].kind == "linear" and chosen["weights"].shape == (10, 30)
+    model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=10, lookback=30,
+                         start=chosen["start"].to_dict())
+    assert "start_weights" in model.state_dict()  # fitted, so stored with the weights
+
+
+def test_a_fresh_forecaster_forecasts_its_start_in_the_series_own_scale():
+    spec = StartSpec("smoothing", 12, alpha=0.3, beta=0.1, phi=0.9)
+    model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=12, lookback=48, transform="log",
+                         start=spec.to_dict(), members=2, hidden_size=8).eval()
+    x = np.exp(np.random.default_rng(0).normal(3, 0.3, size=(3, 48)))
+    with torch.inference_mode():
+        out = model(torch.from_numpy(x[..., None].astype(np.float32)))[..., 0, 0].numpy()  # (B, H)
+    expected = np.exp(np.log(x) @ start_weights(spec, 48, 12).T.astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- calibrated intervals
+
+
+def test_intervals_from_the_starts_errors_cover_their_share_of_new_data():
+    rng = np.random.default_rng(0)
+    t = np.arange(2400)
+    values = 100 + np.cumsum(rng.normal(0, 1, len(t))) + 5 * np.sin(2 * np.pi * t / 12)
+    collection = _one_series(values)
+    train, _, test = split_by_time(collection, lookback=48, horizon=12)
+    chosen = starts.choose_start(train, 1, season=12, allow_log=False)
+    offsets = starts.interval_offsets(train, 1, chosen, [0.1, 0.5, 0.9])
+    assert offsets.shape == (12, 1, 3) and np.all(np.diff(offsets, axis=-1) > 0) and np.all(offsets[..., 1] == 0)
+    model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=12, quantiles=[0.1, 0.9], lookback=48,
+                         start=chosen["start"].to_dict(), quantile_offsets=offsets.tolist()).eval()
+    if chosen["start"].kind == "linear":
+        model.start_weights.copy_(torch.from_numpy(chosen["weights"]))
+    with torch.inference_mode():
+        predicted = model(torch.from_numpy(test.inputs)).numpy()  # (N, H, 1, 3)
+    metrics = quantile_metrics(test.targets, predicted, model.quantiles)
+    assert abs(metrics["coverage_0.1_0.9"] - 0.8) < 0.07
+    assert abs(metrics["q0.1_coverage"] - 0.1) < 0.05 and abs(metrics["q0.9_coverage"] - 0.9) < 0.05
+
+
+def test_quantile_metrics_by_hand():
+    y = np.array([[[1.0], [2.0]]])  # (N=1, H=2, K=1)
+    predicted = np.array([[[[0.5, 1.0, 2.0]], [[1.0, 1.5, 3.0]]]])  # (1, 2, 1, Q=3)
+    m = quantile_metrics(y, predicted, [0.1, 0.5, 0.9])
+    assert m["q0.1_coverage"] == 0.0 and m["q0.5_coverage"] == 0.5 and m["q0.9_coverage"] == 1.0
+    assert m["coverage_0.1_0.9"] == 1.0
+    # q=0.1: errors 0.5 and 1.0 -> pinball 0.05 + 0.1 = 0.15; 2 * 0.15 / sum|y| (3) = 0.1
+    assert m["q0.1_wql"] == pytest.approx(0.1)
+    # q=0.5: errors 0 and 0.5 -> 0.25; 2 * 0.25 / 3
+    assert m["q0.5_wql"] == pytest.approx(0.5 / 3)
+    assert m["mean_wql"] == pytest.approx(np.mean([m["q0.1_wql"], m["q0.5_wql"], m["q0.9_wql"]]))
+
+
+def test_ets_gives_ordered_quantiles_beside_its_forecast():
+    t = np.arange(120)
+    series = (50 + 0.2 * t + 5 * np.sin(2 * np.pi * t / 12) + np.random.default_rng(0).normal(0, 1, 120))[:, None]
+    out, note = baselines.ets_forecasts([series[:96]], [[series[:96], series[:100]]], 6, 12, [0.1, 0.5, 0.9])
+    assert out[0].shape == (2, 6, 1, 4) and "damped additive trend" in note
+    assert np.all(np.diff(out[0][..., 1:], axis=-1) > 0)
+    np.testing.assert_allclose(out[0][..., 0], out[0][..., 2], rtol=0.05)  # the mean near the median
+
+
+# ----------------------------------------------------------------------------- rolling origins
+
+
+def test_rolling_origins_step_back_one_validation_part_at_a_time():
+    collection = _one_series(np.arange(300.0))
+    folds = rolling_origins(collection, lookback=24, horizon=12, protocol="windows", folds=3)
+    assert len(folds) == 3
+    train, val, _ = split_by_time(collection, lookback=24, horizon=12)
+    assert np.array_equal(folds[0][1].start, val.start) and np.array_equal(folds[0][0].start, train.start)
+    for (train_a, val_a), (train_b, val_b) in zip(folds, folds[1:]):
+        assert val_b.start.max() + 12 <= val_a.start.min() + 12 and train_b.start.max() + 12 <= val_b.start.min()
+    every = make_windows(collection, 24, 12)
+    assert before_test(collection, lookback=24, horizon=12, protocol="windows").start.max() + 12 <= 240 + 1
+    assert len(every) > len(before_test(collection, lookback=24, horizon=12, protocol="windows"))
+
+
+# ----------------------------------------------------------------------------- cards written before members
+
+
+def test_a_forecaster_card_written_before_members_and_starts_still_loads():
+    old = {"n_features": 1, "n_targets": 1, "horizon": 4, "quantiles": [0.1, 0.9], "hidden_size": 8,
+           "skip_season": 4, "linear_lookback": 12}
+    torch.manual_seed(0)
+    model = create_model("gru_forecaster", **old)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    # The weights as they were stored then: one member's parameters at the top level.
+    state = {k.removeprefix("members.0."): v for k, v in model.state_dict().items()}
+
+    class Stored(torch.nn.Module):
+        def state_dict(self, *args, **kwargs):
+            return state
+
+    card = ModelCard(task="forecast", model_name="gru_forecaster", hparams=old, features=["v"], targets=["v"],
+                     lookback=12, horizon=4, quantiles=[0.1, 0.5, 0.9])
+    loaded = load_artifact(save_artifact("old-fc", Stored(), card))
+    assert ForecasterConfig(**loaded.card.hparams).members == 1
+    x = torch.randn(2, 12, 1) + 5
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.module(x), model.eval()(x))
+
+
+def test_config_round_trips_with_every_new_field():
+    config = ForecasterConfig(n_features=1, n_targets=1, horizon=3, quantiles=[0.1, 0.9], lookback=24,
+                              transform="log", start=StartSpec("smoothing", 4, 0.3).to_dict(), members=3,
+                              quantile_offsets=np.zeros((3, 1, 3)).tolist())
+    assert ForecasterConfig(**dataclasses.asdict(config)) == config
+    model = create_model("lstm_forecaster", **dataclasses.asdict(config))
+    assert len(model.members) == 3 and model.start == StartSpec("smoothing", 4, 0.3)
+    with pytest.raises(ValueError, match=r"quantile_offsets must have shape \(horizon, n_targets, quantiles\) = \(3, 1, 3\)"):
+        create_model("lstm_forecaster", **{**dataclasses.asdict(config), "quantile_offsets": [[0.0]]})
