@@ -80,6 +80,28 @@ def test_dry_run_stores_nothing(capsys, tmp_path, task):
     assert {info.tag for info in list_artifacts()} == before
 
 
+# Every epoch count and batch size the CLI accepts trains, down to a single optimiser step.
+SHORT_RUNS = [
+    ("classify", 1, None),  # about ten batches an epoch: ten steps in all
+    ("classify", 2, None),
+    ("classify", 1, 100_000),  # a batch larger than the data: one step
+    ("classify", 2, 100_000),  # one batch per epoch
+    ("forecast", 1, None),
+    ("forecast", 2, 100_000),
+]
+
+
+@pytest.mark.parametrize("task, epochs, batch_size", SHORT_RUNS)
+def test_short_runs_train_to_the_end(capsys, tmp_path, task, epochs, batch_size):
+    batch = ("--batch-size", str(batch_size)) if batch_size else ()
+    code, out, err = run(capsys, task, "--dataset", "synthetic", "--name", "short-run", "--epochs", str(epochs), *batch,
+                         "--hidden-size", "8", "--num-layers", "1", "--no-save", "--report", str(tmp_path))
+    assert code == 0, err
+    assert "not stored (--no-save)" in out
+    recipe = json.loads((tmp_path / "metrics.json").read_text())["recipe"]
+    assert recipe["epochs"] == epochs and recipe["batch_size"] == (batch_size or recipe["batch_size"])
+
+
 def test_the_same_seed_repeats_a_cpu_run_exactly(capsys, tmp_path):
     tags = []
     for run_index in range(2):
