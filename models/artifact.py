@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +36,10 @@ WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "seqserve.json"
 SEQSERVE_LABEL = "seqserve"
 TASKS = ("classify", "forecast")
+# A model name is a BentoML tag name (BentoML 1.4's rule, bentoml._internal.tag; tests/test_artifact.py checks they agree).
+NAME_PATTERN = re.compile(r"[a-z0-9]([-._a-z0-9]*[a-z0-9])?")
+NAME_MAX_LENGTH = 63
+NAME_RULE = f"1 to {NAME_MAX_LENGTH} lowercase letters, digits, '_', '-' or '.', starting and ending with a letter or digit"
 
 
 class ArtifactError(RuntimeError):
@@ -121,8 +126,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def check_name(name: str) -> str:
+    """``name`` itself if the store takes it as a model name unchanged; else a ValueError that states the rule.
+
+    BentoML lowercases capitals (with a warning): they are refused here, so a model has one name everywhere.
+    A valid name is one plain path component (no '/', never '.' or '..'), so a folder named after it stays
+    inside its parent folder.
+    """
+    if len(name) > NAME_MAX_LENGTH or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"invalid model name {name!r}: a name is {NAME_RULE}")
+    return name
+
+
 def save_artifact(name: str, module: nn.Module, card: ModelCard) -> str:
     """Store ``module``'s weights and ``card`` as a new version of ``name``; return the tag ``name:version``."""
+    check_name(name)
     card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
     card.versions = card.versions or library_versions()
     summary = {

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from models import create_model
-from models.artifact import CARD_FILE, WEIGHTS_FILE, ArtifactError, ModelCard, list_artifacts, load_artifact, save_artifact
+from models.artifact import (CARD_FILE, WEIGHTS_FILE, ArtifactError, ModelCard, check_name, list_artifacts, load_artifact,
+                             save_artifact)
 
 HPARAMS = {"n_features": 2, "n_classes": 3, "hidden_size": 8}
 
@@ -47,6 +48,39 @@ def test_every_save_is_a_new_version_and_nothing_is_overwritten():
     assert {info.tag for info in list_artifacts()} >= {first, second}
     assert load_artifact("versions:latest").tag == second
     assert load_artifact(first).tag == first
+
+
+GOOD_NAMES = ["a", "9", "gunpoint-gru", "co2.v2_lstm", "a..b", "x" * 63]
+BAD_NAMES = ["", "Bad Name", "Caps", "a/b", "../x", "a\\b", ".", "..", "-a", "a-", "a.", "_a", "a b", "é", "x" * 64]
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_a_valid_name_is_a_bentoml_tag_as_it_is(name):
+    assert check_name(name) == name
+    assert str(bentoml.Tag(name)) == name
+
+
+@pytest.mark.parametrize("name", [*BAD_NAMES, "a\n"])
+def test_an_invalid_name_is_refused_with_the_rule(name):
+    with pytest.raises(ValueError) as refused:
+        check_name(name)
+    assert str(refused.value) == (f"invalid model name {name!r}: a name is 1 to 63 lowercase letters, digits, "
+                                  "'_', '-' or '.', starting and ending with a letter or digit")
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)  # not "a\n": BentoML's pattern ends in $, which matches before a final newline
+def test_bentoml_refuses_or_renames_what_check_name_refuses(name):
+    try:
+        assert str(bentoml.Tag(name)) != name  # capitals: BentoML lowercases them
+    except ValueError:
+        pass  # refused
+
+
+def test_saving_under_an_invalid_name_stores_nothing():
+    before = {info.tag for info in list_artifacts()}
+    with pytest.raises(ValueError, match="invalid model name 'Bad Name'"):
+        store_classifier("Bad Name")
+    assert {info.tag for info in list_artifacts()} == before
 
 
 def test_weights_are_plain_tensors_loadable_with_weights_only():

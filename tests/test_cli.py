@@ -83,6 +83,53 @@ def test_dry_run_stores_nothing(capsys, tmp_path, task):
     assert {info.tag for info in list_artifacts()} == before
 
 
+# Every epoch count and batch size the CLI accepts trains, down to a single optimiser step.
+SHORT_RUNS = [
+    ("classify", 1, None),  # about ten batches an epoch: ten steps in all
+    ("classify", 2, None),
+    ("classify", 1, 100_000),  # a batch larger than the data: one step
+    ("classify", 2, 100_000),  # one batch per epoch
+    ("forecast", 1, None),
+    ("forecast", 2, 100_000),
+]
+
+
+@pytest.mark.parametrize("task, epochs, batch_size", SHORT_RUNS)
+def test_short_runs_train_to_the_end(capsys, tmp_path, task, epochs, batch_size):
+    batch = ("--batch-size", str(batch_size)) if batch_size else ()
+    code, out, err = run(capsys, task, "--dataset", "synthetic", "--name", "short-run", "--epochs", str(epochs), *batch,
+                         "--hidden-size", "8", "--num-layers", "1", "--no-save", "--report", str(tmp_path))
+    assert code == 0, err
+    assert "not stored (--no-save)" in out
+    recipe = json.loads((tmp_path / "metrics.json").read_text())["recipe"]
+    assert recipe["epochs"] == epochs and recipe["batch_size"] == (batch_size or recipe["batch_size"])
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "a/b", "../x", "", "x" * 64])
+@pytest.mark.parametrize("task", ["classify", "forecast"])
+def test_a_bad_name_is_refused_before_any_work_and_nothing_is_written(capsys, tmp_path, monkeypatch, task, name):
+    monkeypatch.chdir(tmp_path)  # where runs/, the default report folders' parent, would appear
+    monkeypatch.setattr("training.cli.train_one", lambda args: pytest.fail("a run started"))
+    with pytest.raises(SystemExit) as exited:
+        main([task, "--dataset", "synthetic", "--name", name, "--epochs", "1", "--report", str(tmp_path / "report")])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"seqserve-train {task}: error: argument --name: invalid model name {name!r}: a name is 1 to 63 lowercase "
+        "letters, digits, '_', '-' or '.', starting and ending with a letter or digit"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("report, folder", [((), "runs/a..b-"), (("--report", "chosen"), "chosen")])
+def test_a_good_names_report_lands_in_the_report_folder(capsys, tmp_path, monkeypatch, report, folder):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "classify", "--dataset", "synthetic", "--name", "a..b", "--dry-run", *report)
+    assert code == 0, err
+    written = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("report: "))
+    assert written.startswith(folder) and (tmp_path / written / "metrics.json").exists()
+    assert [path.name for path in tmp_path.iterdir()] == [folder.split("/")[0]]
+
+
 def test_the_same_seed_repeats_a_cpu_run_exactly(capsys, tmp_path):
     tags = []
     for run_index in range(2):

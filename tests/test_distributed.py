@@ -91,3 +91,11 @@ def test_a_two_process_forecaster_takes_rank_0s_early_stopping_decision_on_every
     assert done.stdout.count("report: ") == 1 and "ets" in done.stdout and "not stored (--no-save)" in done.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "ets" in metrics["baselines"] and metrics["recipe"]["validation"].endswith("early stopping")
+
+
+def test_two_processes_train_a_short_run_with_the_batch_sized_to_the_data(tmp_path):
+    # About ten batches an epoch on synthetic, split over two processes: five a rank, ten steps in all.
+    done = torchrun("classify", "--dataset", "synthetic", "--name", "ddp-short", "--epochs", "2", "--hidden-size", "16",
+                    "--num-layers", "1", "--no-save", "--report", str(tmp_path))
+    assert done.stdout.count("report: ") == 1 and "not stored (--no-save)" in done.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["recipe"]["epochs"] == 2

@@ -15,7 +15,7 @@ from training import datasets
 from training.cli import build_parser, main, train_one
 from training.data import SeriesCollection
 from training.forecast import train_forecaster
-from training.loop import TrainConfig, fit
+from training.loop import TrainConfig, fit, one_cycle
 from training.metrics import (compare_with_baselines, forecast_metrics, macro_f1, mase_scale,
                               majority_class_baseline, seasonal_naive_forecast, accuracy)
 from training.types import NetworkOptions
@@ -94,6 +94,47 @@ def test_without_validation_the_loop_runs_every_epoch_and_keeps_the_last():
     config = TrainConfig(epochs=4, batch_size=1, patience=1, progress=False)
     history = fit(model, 1, 0, lambda idx, is_train: None, lambda m, b: m.weight.pow(2).sum(), config)
     assert len(history.train_loss) == 4 and history.best_epoch == 4 and not history.val_loss
+
+
+@pytest.mark.parametrize("total", [11, 20, 37, 1500])
+def test_one_cycle_gives_torchs_one_cycle_values_wherever_that_schedule_trains(total):
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([weight], lr=3e-3)
+    reference = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=total, pct_start=0.1)
+    for step in range(total):
+        group = optimizer.param_groups[0]
+        assert one_cycle(step, total, 3e-3) == (group["lr"], group["betas"][0])
+        optimizer.step()
+        reference.step()
+
+
+def test_one_cycle_is_defined_for_every_total_and_a_short_run_starts_at_the_peak():
+    for total in range(1, 41):
+        rates = [one_cycle(step, total, 1.0)[0] for step in range(total)]
+        assert all(0 < rate <= 1 for rate in rates), total
+        top = rates.index(max(rates))
+        assert rates[top:] == sorted(rates[top:], reverse=True), total  # no rise after the top
+        if total <= 10:
+            assert rates[0] == 1.0, total
+        if total >= 2:
+            assert rates[-1] == pytest.approx(1 / 25e4), total
+
+
+@pytest.mark.parametrize("epochs, batch_size, n_train", [
+    (1, 1, 1),  # one step in all
+    (1, 1, 10),  # ten steps in all: torch's OneCycleLR divided by zero there
+    (2, 5, 25),  # ten steps over two epochs
+    (1, 8, 3),  # a batch larger than the data
+    (2, 3, 3),  # one batch per epoch
+])
+def test_short_runs_train(epochs, batch_size, n_train):
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.1, progress=False)
+    history = fit(model, n_train, 0, lambda idx, is_train: None, lambda m, b: (m.weight - 5.0).pow(2).sum(), config)
+    assert len(history.train_loss) == epochs and history.best_epoch == epochs
+    # AdamW's first step moves a weight by about the rate: at least one step at the peak took it toward 5.
+    assert model.weight.item() > 0.9 * config.lr
 
 
 # ----------------------------------------------------------------------------- configs round-trip

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from models import CELLS
 from models.normalization import INSTANCE_NORMS
-from models.artifact import ArtifactError, list_artifacts
+from models.artifact import NAME_RULE, ArtifactError, check_name, list_artifacts
 from models.device import resolve_device
 from training import bench, datasets, distributed, report
 from training.classify import stratified_split, train_classifier
@@ -47,6 +47,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _model_name(text: str) -> str:
+    try:
+        return check_name(text)
+    except ValueError as err:  # argparse prints an ArgumentTypeError's own words, after "argument --name:"
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -62,6 +69,7 @@ def _fraction(text: str) -> float:
 CLASSIFY_DEFAULTS = TrainConfig(epochs=None, batch_size=None, patience=None)
 FORECAST_DEFAULTS = TrainConfig(epochs=None, batch_size=None, patience=None)
 PROGRESS_SECONDS = 5.0  # a plain progress line this often when stderr is not a terminal
+RUNS = Path("runs")  # the report folders of runs without --report
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: TrainConfig, bidirectional: bool) -> None:
@@ -94,8 +102,8 @@ def _add_common(parser: argparse.ArgumentParser, defaults: TrainConfig, bidirect
     opt.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = CUDA when present)")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--name", required=True, help="model name in the BentoML store; every run adds a new version")
-    out.add_argument("--report", type=Path, default=None, help="folder for metrics.json and plots (default: runs/<name>-<time>)")
+    out.add_argument("--name", required=True, type=_model_name, help=f"model name in the BentoML store, {NAME_RULE}; every run adds a new version")
+    out.add_argument("--report", type=Path, default=None, help=f"folder for metrics.json and plots (default: {RUNS}/<name>-<time>)")
     out.add_argument("--dry-run", action="store_true", help="one epoch of two batches and no strong baselines: checks data and settings in seconds; stores nothing")
     out.add_argument("--no-save", action="store_true", help="train and report, but do not store the model")
     out.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
@@ -180,7 +188,8 @@ def _network(args: argparse.Namespace) -> NetworkOptions:
 
 
 def _report_dir(args: argparse.Namespace) -> Path:
-    return args.report or Path("runs") / f"{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    """``--report``, else a new folder inside ``runs/``: a valid ``--name`` is one plain path component."""
+    return args.report or RUNS / f"{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _split_file_dataset(data: SequenceDataset, seed: int) -> tuple[SequenceDataset, SequenceDataset]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,35 @@ def sized_for(config: TrainConfig, n_train: int, target_steps: int = 1500, min_e
     return dataclasses.replace(config, batch_size=batch, epochs=epochs, patience=config.patience or max(10, epochs // 4))
 
 
+# The one-cycle schedule with torch's OneCycleLR defaults: the rate rises from peak / 25 over the first 10% of
+# the steps, then falls to peak / 25e4 at the last one, while Adam's beta1 falls from 0.95 to 0.85 and back.
+WARMUP = 0.1
+START_DIV, END_DIV = 25.0, 1e4
+BETA1_HIGH, BETA1_LOW = 0.95, 0.85
+
+
+def one_cycle(step: int, total: int, peak_lr: float) -> tuple[float, float]:
+    """The learning rate and Adam's beta1 for optimiser step ``step`` (0-based) of ``total`` (any total ≥ 1).
+
+    These are the values of ``torch.optim.lr_scheduler.OneCycleLR(pct_start=0.1)`` (the same floats from 11
+    steps on), with the peak at step ``max(0.1 * total - 1, 0)``. OneCycleLR puts it at ``0.1 * total - 1``
+    even below step 0: at 10 steps its warm-up spans no step and it divides by zero, and a run of one step
+    gets the final rate (~0) and does not train. Here a run of up to 10 steps starts at the peak and falls.
+    """
+    peak = max(WARMUP * total - 1, 0.0)  # the step where the rise ends (or a point between two steps)
+    start_lr = peak_lr / START_DIV
+    if step < peak:
+        pct = step / peak
+        return _cosine(start_lr, peak_lr, pct), _cosine(BETA1_HIGH, BETA1_LOW, pct)
+    pct = (step - peak) / max(total - 1 - peak, 1)  # a run of one step stays at the peak
+    return _cosine(peak_lr, start_lr / END_DIV, pct), _cosine(BETA1_LOW, BETA1_HIGH, pct)
+
+
+def _cosine(start: float, end: float, pct: float) -> float:
+    """From ``start`` (pct 0) to ``end`` (pct 1) along half a cosine, as OneCycleLR computes it."""
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
 def seed_everything(seed: int) -> None:
     """Make a CPU run repeatable: same seed, same data order, same weights."""
     random.seed(seed)
@@ -106,10 +136,8 @@ def fit(
     device = next(model.parameters()).device
     trainee = distributed.wrap(_Loss(model, loss_fn), device)  # DDP sees the whole loss computation
     steps_per_epoch = _count_batches(distributed.shard_size(n_train), config)
+    total_steps = config.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
-    )
     history = History(processes=distributed.world_size())
     best_state = copy.deepcopy(model.state_dict()) if n_val else None
     if n_val:
@@ -123,13 +151,15 @@ def fit(
         model.train()
         losses = []
         order = distributed.shard(n_train, epoch, config.seed) if distributed.active() else rng.permutation(n_train)
-        for indices in _batches(order, config)[:steps_per_epoch]:
+        for i, indices in enumerate(_batches(order, config)[:steps_per_epoch]):
             loss = trainee(make_batch(indices, True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            lr, beta1 = one_cycle(epoch * steps_per_epoch + i, total_steps, config.lr)
+            for group in optimizer.param_groups:
+                group["lr"], group["betas"] = lr, (beta1, group["betas"][1])
             optimizer.step()
-            schedule.step()
             losses.append(loss.item())
         history.train_loss.append(distributed.mean(float(np.mean(losses)), device))
         if n_val:
