@@ -82,15 +82,16 @@ def test_two_processes_store_one_model_that_serves_and_the_same_seed_gives_the_s
     assert answer.json()[0]["label"] in first.card.labels
 
 
-def test_a_two_process_forecaster_takes_rank_0s_early_stopping_decision_on_every_rank(tmp_path):
-    # --patience 1 on a 6-epoch schedule: the stop comes from rank 0's validation loss; a rank that
-    # disagreed would wait in the next epoch's collectives until the subprocess timeout.
+def test_a_two_process_forecaster_takes_rank_0s_decision_on_the_networks_on_every_rank(tmp_path):
+    # The rolling-origin validation decides whether the members train; a rank that decided otherwise
+    # would wait in the members' collectives until the subprocess timeout.
     done = torchrun("forecast", "--dataset", "synthetic", "--horizon", "6", "--name", "ddp-fc", "--epochs", "6",
-                    "--patience", "1", "--batch-size", "64", "--hidden-size", "16", "--num-layers", "1",
+                    "--batch-size", "64", "--hidden-size", "16", "--num-layers", "1", "--members", "2",
                     "--no-save", "--report", str(tmp_path))
     assert done.stdout.count("report: ") == 1 and "ets" in done.stdout and "not stored (--no-save)" in done.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert "ets" in metrics["baselines"] and metrics["recipe"]["validation"].endswith("early stopping")
+    assert "ets" in metrics["baselines"] and metrics["recipe"]["validation"].startswith("rolling origin")
+    assert set(metrics["recipe"]["validation_error"]) == {"start", "networks"}
 
 
 def test_two_processes_train_a_short_run_with_the_batch_sized_to_the_data(tmp_path):

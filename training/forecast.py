@@ -147,7 +147,15 @@ def fit_member(model, i: int, train_w: Windows, config: TrainConfig, device: tor
 
 
 def held_out_error(model, windows: Windows, device: torch.device) -> float:
-    """Mean absolute error of the point forecast on ``windows``, in each window's standardised units."""
+    """Mean absolute error of the point forecast on ``windows``, in each window's standardised units.
+
+    Under torchrun rank 0 computes it and every rank receives that number, so every rank takes the same
+    decision on the networks (every rank must call this).
+    """
+    return distributed.on_main(lambda: _held_out_error(model, windows, device), device)
+
+
+def _held_out_error(model, windows: Windows, device: torch.device) -> float:
     _, loc, scale = (t.numpy() for t in model.normalize(torch.from_numpy(windows.inputs[..., : model.n_targets])))
     point = predict_windows(model, windows.inputs, device)[..., model.point_index]
     return float(np.abs((point - windows.targets) / scale).mean())
