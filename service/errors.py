@@ -1,20 +1,47 @@
-"""One shape for every 400: ``{"error": "instances[2].sequence[0][1]: <problem>", ...}``.
+"""One shape for every 400: ``{"error": "instances[2].sequence[0][1]: <problem>", ...}``, and one retry hint.
 
 Our own checks already answer that way. Bodies that fail pydantic are answered by BentoML before our
 code runs, as ``{"error": "1 validation error for Input", "detail": [{"loc": [...], "msg": ...}]}``;
 this middleware rewrites the ``error`` of those answers so it names the instance, the field and the
 problem like every other 400, and keeps the first few entries of BentoML's ``detail`` list for
 programs that read it. Lists in the request schemas validate fail-fast, so there are few to begin with.
+
+Every 503, and a stream's message refused for overload, says when to retry the same way (:func:`retry_fields`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
 MAX_PROBLEMS = 3  # problems named in one answer; the rest are counted
 MAX_MESSAGE = 200  # characters of one problem's message
+
+
+class RetryLater(Exception):
+    """Overload: the same work is likely to be taken after ``retry_after_ms`` milliseconds (at least 1)."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = max(1, retry_after_ms)
+
+    @property
+    def retry_after_s(self) -> int:
+        """The same wait in whole seconds, at least 1, as the ``Retry-After`` header gives it."""
+        return retry_fields(self.retry_after_ms)["retry_after_s"]
+
+
+def retry_fields(retry_after_ms: int) -> dict[str, int]:
+    """When to retry, as a 503's JSON body and a stream's error message say it.
+
+    ``retry_after_s`` is what the ``Retry-After`` header says: HTTP allows only whole seconds there
+    (RFC 9110, delay-seconds), so a wait of 3 ms is 1 s. ``retry_after_ms`` is the wait itself, for a
+    client that can act on less than a second.
+    """
+    retry_after_ms = max(1, retry_after_ms)
+    return {"retry_after_s": max(1, math.ceil(retry_after_ms / 1000)), "retry_after_ms": retry_after_ms}
 
 
 def _is_field(part: Any) -> bool:

@@ -11,6 +11,7 @@ import torch
 
 from models.artifact import load_artifact
 from models.padding import pad_sequences
+from service.batching import MicroBatcher, Overloaded
 from service.config import Settings
 from service.inference import StreamStep
 from service.served import ServedModels
@@ -258,6 +259,26 @@ def test_websocket_stream_equals_classify_and_survives_bad_messages(client, tags
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == 1009
+
+
+def test_an_overloaded_model_says_when_to_retry_in_milliseconds_too(client, tags, monkeypatch):
+    """A wait of 3 ms is 1 s in Retry-After (whole seconds only) and 3 in retry_after_ms, on HTTP and on a WebSocket."""
+    busy = "the model is busy: about 3 ms of work is queued (limit 2 ms)"
+
+    async def refuse(batcher):
+        raise Overloaded(busy, retry_after_ms=3)
+
+    monkeypatch.setattr(MicroBatcher, "admit", refuse)
+    tag = tags["gru-1"]
+    response = client.post("/stream/classify", json={"instances": [{"steps": steps(2), "model": tag}]})
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    assert response.json() == {"error": busy, "retry_after_s": 1, "retry_after_ms": 3}
+    with client.websocket_connect(f"/stream?model={tag}") as ws:
+        ws.receive_json()
+        ws.send_json({"steps": steps(2)})
+        assert ws.receive_json() == {"error": busy, "retry_after_s": 1, "retry_after_ms": 3}
+    monkeypatch.undo()
+    assert stream(client, "classify", steps=steps(2), model=tag)["seen"] == 2
 
 
 def test_websocket_forecast_by_task_default_and_unknown_models_close_with_4400(client, tags):
