@@ -57,25 +57,43 @@ def describe_location(loc: list[Any]) -> str:
     return text or "body"
 
 
+def _failed_value(loc: list[Any]) -> tuple[Any, ...]:
+    """Where the value a problem is about sits: ``loc`` up to its first union branch name
+    (``["steps", 1, "list[float]", 0]`` -> ``("steps", 1)``), or all of ``loc`` outside a union."""
+    for end, part in enumerate(loc):
+        if not _is_field(part):
+            return tuple(loc[:end])
+    return tuple(loc)
+
+
 def readable_error(body: dict[str, Any]) -> dict[str, Any]:
     """Replace BentoML's "N validation errors" headline with the first few problems themselves.
 
-    A value that fails every branch of a union is reported once, with the first branch's message
-    (``instances[0].history[3]: Input should be a finite number``). The ``detail`` list is cut to the
+    A value that fails every branch of a union is reported once, by the branch that got furthest into
+    it: a step ``[NaN, 1.0]`` of ``list[float | list[float]]`` is ``steps[1][0]: Input should be a
+    finite number`` (the list branch), a step ``NaN`` is ``steps[1]: Input should be a finite number``
+    (the first branch, as deep as the list branch's "not an array"). The ``detail`` list is cut to the
     same few entries, so an answer stays small however many values a body got wrong.
     """
     details = body.get("detail")
     if not isinstance(details, list) or not details:
         return body
-    problems: dict[str, dict[str, Any]] = {}
+    problems: dict[tuple[Any, ...], dict[str, Any]] = {}  # one per failed value, first seen first
     for detail in details:
-        where = describe_location(detail.get("loc", []))
-        problems.setdefault(where, {**detail, "msg": str(detail.get("msg", "is invalid"))[:MAX_MESSAGE]})
-    named = list(problems.items())[:MAX_PROBLEMS]
-    headline = [f"{where}: {detail['msg']}" for where, detail in named]
+        loc = list(detail.get("loc", []))
+        value = _failed_value(loc)
+        kept = problems.get(value)
+        if kept is None or _depth(loc) > _depth(kept.get("loc", [])):
+            problems[value] = {**detail, "msg": str(detail.get("msg", "is invalid"))[:MAX_MESSAGE]}
+    named = list(problems.values())[:MAX_PROBLEMS]
+    headline = [f"{describe_location(detail.get('loc', []))}: {detail['msg']}" for detail in named]
     if len(problems) > MAX_PROBLEMS:
         headline.append(f"and {len(problems) - MAX_PROBLEMS} more")
-    return {**body, "error": "; ".join(headline), "detail": [detail for _, detail in named]}
+    return {**body, "error": "; ".join(headline), "detail": named}
+
+
+def _depth(loc: Any) -> int:
+    return sum(1 for part in loc if _is_field(part))
 
 
 class ReadableValidationErrors:

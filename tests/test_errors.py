@@ -28,6 +28,17 @@ def test_union_branches_are_reported_once_at_the_step():
     assert body["error"] == "instances[0].history[3]: Input should be a finite number"
 
 
+def test_a_step_that_fails_inside_the_list_branch_is_reported_once_where_it_fails():
+    detail = [
+        {"loc": ["steps", 1, "float"], "msg": "Input should be a valid number"},
+        {"loc": ["steps", 1, "list[float]", 0], "msg": "Input should be a finite number"},
+        {"loc": ["every_step"], "msg": "Input should be a valid boolean"},
+    ]
+    body = readable_error({"error": "3 validation errors for StreamMessage", "detail": detail})
+    assert body["error"] == "steps[1][0]: Input should be a finite number; every_step: Input should be a valid boolean"
+    assert body["detail"] == detail[1:]
+
+
 def test_our_own_errors_pass_through_unchanged():
     body = {"error": "instances[0].model: unknown model 'x'"}
     assert readable_error(body) == body

@@ -281,6 +281,21 @@ def test_an_overloaded_model_says_when_to_retry_in_milliseconds_too(client, tags
     assert stream(client, "classify", steps=steps(2), model=tag)["seen"] == 2
 
 
+def test_a_non_finite_value_in_a_step_is_reported_once_at_the_value(client, tags):
+    tag, fc = tags["gru-1"], tags["fc"]
+    with client.websocket_connect(f"/stream?model={tag}") as ws:
+        ws.receive_json()
+        ws.send_text('{"steps": [[1.0, 2.0, 3.0], [NaN, 1.0, 2.0]]}')
+        assert ws.receive_json() == {"error": "steps[1][0]: Input should be a finite number"}
+        ws.send_text('{"steps": [[1.0, 2.0, 3.0], [1.0, 2.0, Infinity]]}')
+        assert ws.receive_json() == {"error": "steps[1][2]: Input should be a finite number"}
+        ws.send_json({"steps": steps(1)})
+        assert ws.receive_json()["seen"] == 1  # the bad messages left the stream's state alone
+    body = '{"instances": [{"steps": [[1.0], [NaN]], "model": "%s"}]}' % fc
+    response = client.post("/stream/forecast", content=body, headers={"content-type": "application/json"})
+    assert error_of(response) == "instances[0].steps[1][0]: Input should be a finite number"
+
+
 def test_websocket_forecast_by_task_default_and_unknown_models_close_with_4400(client, tags):
     with client.websocket_connect(f"/stream?model={tags['fc']}") as ws:
         assert ws.receive_json()["task"] == "forecast"
