@@ -116,6 +116,7 @@ extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"]),
 class SeqServe:
     """Serves every stored seqserve model (or those in ``SEQSERVE_MODELS``) with adaptive batching."""
 
+    settings = SETTINGS  # what the API page describes (service.openapi.SeqServeService)
     # One BentoModel attribute per served model: `bentoml build` bundles exactly these into the bento.
     vars().update({f"model_{i}": bentoml.models.BentoModel(tag) for i, tag in enumerate(SERVED_TAGS)})
 

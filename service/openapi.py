@@ -190,5 +190,5 @@ class SeqServeService(bentoml.Service):
 
     @property
     def openapi_spec(self) -> OpenAPISpecification:
-        # The same environment service.app read its settings from at import.
-        return describe(super().openapi_spec, Settings.from_env(), seqserve_version(self))
+        # The settings service.app read once, at import, and gave its service class (SeqServe.settings).
+        return describe(super().openapi_spec, self.inner.settings, seqserve_version(self))
