@@ -37,7 +37,6 @@ import httpx
 import numpy as np
 
 from loadtests.server import started_server
-from service.config import Settings
 
 
 def worker_peak_mb(server_pid: int | None) -> float:
@@ -286,15 +285,20 @@ def format_report(rows: list[dict], table: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests hostile", description=__doc__.splitlines()[0])
     parser.add_argument("--host", help="a running seqserve (default: start one on 127.0.0.1 with the store's models); "
-                        "set SEQSERVE_MAX_BODY_MB here as it is set there, to size the heaviest request")
+                        "pass its SEQSERVE_MAX_BODY_MB as --max-body-mb, to size the heaviest request")
+    parser.add_argument("--max-body-mb", type=float, default=1.0,
+                        help="the server's body cap in MiB, its SEQSERVE_MAX_BODY_MB (default: 1, the server's default); "
+                        "a server started here is given it")
     parser.add_argument("--seconds", type=float, default=10, help="length of each load run (default: 10)")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("error: the hostile run needs wrk (a C load generator): apt-get install wrk", file=sys.stderr)
         return 2
-    with nullcontext((args.host, None)) if args.host else started_server() as (url, server_pid):
-        rows, table = asyncio.run(run_cases(url, server_pid, args.seconds, Settings.from_env().max_body_bytes))
+    # The load test never imports the service: the cap is passed in, and a server started here is given the same.
+    server_env = {"SEQSERVE_MAX_BODY_MB": str(args.max_body_mb)}
+    with nullcontext((args.host, None)) if args.host else started_server(server_env) as (url, server_pid):
+        rows, table = asyncio.run(run_cases(url, server_pid, args.seconds, int(args.max_body_mb * 2**20)))
     report = format_report(rows, table)
     print(report)
     if args.out:

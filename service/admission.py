@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from service.errors import RetryLater
 from service.guard import json_error
 
 # The body size whose parsing costs about as much as the rest of a request (routing, validation,
@@ -45,12 +46,8 @@ CLIENT_GONE = "seqserve.client_gone"  # scope key: () -> bool, has this request'
 REFUSED = "seqserve.refused"  # scope key: the Retry-After seconds of a refused request (service.http_protocol reads it)
 
 
-class Busy(Exception):
-    """The worker has more queued than ``max_wait_s`` of work: retry after ``retry_after_s`` seconds."""
-
-    def __init__(self, message: str, retry_after_s: int):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+class Busy(RetryLater):
+    """The worker has more queued than ``max_wait_s`` of work: retry after ``retry_after_ms`` milliseconds."""
 
 
 @dataclass(eq=False)
@@ -101,7 +98,7 @@ class WorkerQueue:
             raise Busy(
                 f"the server is busy: about {wait * 1000:.0f} ms of requests are ahead of this one "
                 f"(limit {self.max_wait_s * 1000:.0f} ms, SEQSERVE_MAX_QUEUE_MS); retry shortly",
-                retry_after_s=max(1, math.ceil(wait)),
+                retry_after_ms=round(wait * 1000),
             )
         ticket = Ticket(units, now, client_gone)
         self._in_flight[ticket] = None
@@ -187,7 +184,7 @@ class Door:
             scope[REFUSED] = busy.retry_after_s
             if self.on_refused:
                 self.on_refused()
-            return await json_error(503, str(busy), {"retry-after": str(busy.retry_after_s)})(send)
+            return await json_error(503, str(busy), retry_after_ms=busy.retry_after_ms)(send)
         try:
             await self.app(scope, receive, send)
         finally:

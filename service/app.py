@@ -24,8 +24,8 @@ from service import http_protocol
 from service.admission import CLIENT_GONE, REFUSED
 from service.batching import ClientGone, DeadlineExceeded, Overloaded
 from service.config import Settings
-from service.errors import ReadableValidationErrors
-from service.guard import RequestGuard
+from service.errors import ReadableValidationErrors, retry_fields
+from service.guard import UNKNOWN_WAIT_MS, RequestGuard
 from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError, answer_json
 from service.metrics import change_open_streams, count_stream_steps, observe_batch, observe_state_batch
 from service.openapi import SeqServeService
@@ -116,6 +116,7 @@ extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"]),
 class SeqServe:
     """Serves every stored seqserve model (or those in ``SEQSERVE_MODELS``) with adaptive batching."""
 
+    settings = SETTINGS  # what the API page describes (service.openapi.SeqServeService)
     # One BentoModel attribute per served model: `bentoml build` bundles exactly these into the bento.
     vars().update({f"model_{i}": bentoml.models.BentoModel(tag) for i, tag in enumerate(SERVED_TAGS)})
 
@@ -171,18 +172,21 @@ class SeqServe:
         except (InstanceError, RequestError) as err:
             return _error(ctx, 400, err)
         except Overloaded as err:
-            return _error(ctx, 503, err, retry_after_s=err.retry_after_s)
+            return _error(ctx, 503, err, retry_after_ms=err.retry_after_ms)
         except (DeadlineExceeded, ClientGone) as err:
-            return _error(ctx, 503, err, retry_after_s=1)
+            return _error(ctx, 503, err, retry_after_ms=UNKNOWN_WAIT_MS)
 
 
-def _error(ctx: bentoml.Context, status: int, err: Exception, retry_after_s: int | None = None) -> Response:
+def _error(ctx: bentoml.Context, status: int, err: Exception, retry_after_ms: int | None = None) -> Response:
     # With a Context parameter BentoML answers with ctx.response's status and headers, not the Response's.
     ctx.response.status_code = status
-    if retry_after_s is not None:
-        ctx.response.metadata["retry-after"] = str(retry_after_s)
-        ctx.request.scope[REFUSED] = retry_after_s  # this connection is not read again until then (service.http_protocol)
-    return _json({"error": str(err)})
+    answer: dict = {"error": str(err)}
+    if retry_after_ms is not None:
+        answer.update(retry_fields(retry_after_ms))
+        ctx.response.metadata["retry-after"] = str(answer["retry_after_s"])
+        # This connection is not read again for up to Retry-After (service.http_protocol).
+        ctx.request.scope[REFUSED] = answer["retry_after_s"]
+    return _json(answer)
 
 
 # Outermost first. CORS answers browsers' preflights before the guard asks them for a key.

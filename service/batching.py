@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+from service.errors import RetryLater
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,8 @@ OFFLOAD_SECONDS = 0.02  # batches estimated longer than this leave the event loo
 OFFLOAD_STEPS = 32_768  # ... and so does any batch this large (padded steps) before the speed is known
 
 
-class Overloaded(Exception):
-    """The model's queue is full: try again after ``retry_after_s`` seconds."""
-
-    def __init__(self, message: str, retry_after_s: int):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+class Overloaded(RetryLater):
+    """The model's queue is full: try again after ``retry_after_ms`` milliseconds (``retry_after_s``: whole seconds)."""
 
 
 class DeadlineExceeded(Exception):
@@ -130,7 +127,7 @@ class MicroBatcher:
         if self._queue and waiting > self.max_queue_s:
             raise Overloaded(
                 f"the model is busy: about {waiting * 1000:.0f} ms of work is queued (limit {self.max_queue_s * 1000:.0f} ms)",
-                retry_after_s=max(1, math.ceil(waiting)),
+                retry_after_ms=round(waiting * 1000),
             )
 
     async def submit(

@@ -1,20 +1,47 @@
-"""One shape for every 400: ``{"error": "instances[2].sequence[0][1]: <problem>", ...}``.
+"""One shape for every 400: ``{"error": "instances[2].sequence[0][1]: <problem>", ...}``, and one retry hint.
 
 Our own checks already answer that way. Bodies that fail pydantic are answered by BentoML before our
 code runs, as ``{"error": "1 validation error for Input", "detail": [{"loc": [...], "msg": ...}]}``;
 this middleware rewrites the ``error`` of those answers so it names the instance, the field and the
 problem like every other 400, and keeps the first few entries of BentoML's ``detail`` list for
 programs that read it. Lists in the request schemas validate fail-fast, so there are few to begin with.
+
+Every 503, and a stream's message refused for overload, says when to retry the same way (:func:`retry_fields`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
 MAX_PROBLEMS = 3  # problems named in one answer; the rest are counted
 MAX_MESSAGE = 200  # characters of one problem's message
+
+
+class RetryLater(Exception):
+    """Overload: the same work is likely to be taken after ``retry_after_ms`` milliseconds (at least 1)."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = max(1, retry_after_ms)
+
+    @property
+    def retry_after_s(self) -> int:
+        """The same wait in whole seconds, at least 1, as the ``Retry-After`` header gives it."""
+        return retry_fields(self.retry_after_ms)["retry_after_s"]
+
+
+def retry_fields(retry_after_ms: int) -> dict[str, int]:
+    """When to retry, as a 503's JSON body and a stream's error message say it.
+
+    ``retry_after_s`` is what the ``Retry-After`` header says: HTTP allows only whole seconds there
+    (RFC 9110, delay-seconds), so a wait of 3 ms is 1 s. ``retry_after_ms`` is the wait itself, for a
+    client that can act on less than a second.
+    """
+    retry_after_ms = max(1, retry_after_ms)
+    return {"retry_after_s": max(1, math.ceil(retry_after_ms / 1000)), "retry_after_ms": retry_after_ms}
 
 
 def _is_field(part: Any) -> bool:
@@ -30,25 +57,43 @@ def describe_location(loc: list[Any]) -> str:
     return text or "body"
 
 
+def _failed_value(loc: list[Any]) -> tuple[Any, ...]:
+    """Where the value a problem is about sits: ``loc`` up to its first union branch name
+    (``["steps", 1, "list[float]", 0]`` -> ``("steps", 1)``), or all of ``loc`` outside a union."""
+    for end, part in enumerate(loc):
+        if not _is_field(part):
+            return tuple(loc[:end])
+    return tuple(loc)
+
+
 def readable_error(body: dict[str, Any]) -> dict[str, Any]:
     """Replace BentoML's "N validation errors" headline with the first few problems themselves.
 
-    A value that fails every branch of a union is reported once, with the first branch's message
-    (``instances[0].history[3]: Input should be a finite number``). The ``detail`` list is cut to the
+    A value that fails every branch of a union is reported once, by the branch that got furthest into
+    it: a step ``[NaN, 1.0]`` of ``list[float | list[float]]`` is ``steps[1][0]: Input should be a
+    finite number`` (the list branch), a step ``NaN`` is ``steps[1]: Input should be a finite number``
+    (the first branch, as deep as the list branch's "not an array"). The ``detail`` list is cut to the
     same few entries, so an answer stays small however many values a body got wrong.
     """
     details = body.get("detail")
     if not isinstance(details, list) or not details:
         return body
-    problems: dict[str, dict[str, Any]] = {}
+    problems: dict[tuple[Any, ...], dict[str, Any]] = {}  # one per failed value, first seen first
     for detail in details:
-        where = describe_location(detail.get("loc", []))
-        problems.setdefault(where, {**detail, "msg": str(detail.get("msg", "is invalid"))[:MAX_MESSAGE]})
-    named = list(problems.items())[:MAX_PROBLEMS]
-    headline = [f"{where}: {detail['msg']}" for where, detail in named]
+        loc = list(detail.get("loc", []))
+        value = _failed_value(loc)
+        kept = problems.get(value)
+        if kept is None or _depth(loc) > _depth(kept.get("loc", [])):
+            problems[value] = {**detail, "msg": str(detail.get("msg", "is invalid"))[:MAX_MESSAGE]}
+    named = list(problems.values())[:MAX_PROBLEMS]
+    headline = [f"{describe_location(detail.get('loc', []))}: {detail['msg']}" for detail in named]
     if len(problems) > MAX_PROBLEMS:
         headline.append(f"and {len(problems) - MAX_PROBLEMS} more")
-    return {**body, "error": "; ".join(headline), "detail": [detail for _, detail in named]}
+    return {**body, "error": "; ".join(headline), "detail": named}
+
+
+def _depth(loc: Any) -> int:
+    return sum(1 for part in loc if _is_field(part))
 
 
 class ReadableValidationErrors:

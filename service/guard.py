@@ -29,13 +29,23 @@ import json
 from typing import Any
 
 from service.config import Settings
+from service.errors import retry_fields
 
 JSON_TYPES = ("application/json",)
+UNKNOWN_WAIT_MS = 1000  # the retry hint of a 503 whose wait the server cannot estimate (Retry-After: 1)
 
 
-def json_error(status: int, message: str, headers: dict[str, str] | None = None):
-    """An ASGI-level JSON error answer: ``{"error": message}``; ``await json_error(...)(send)`` sends it."""
-    body = json.dumps({"error": message}).encode()
+def json_error(status: int, message: str, headers: dict[str, str] | None = None, retry_after_ms: int | None = None):
+    """An ASGI-level JSON error answer: ``{"error": message}``; ``await json_error(...)(send)`` sends it.
+
+    With ``retry_after_ms`` (a 503) it also says when to retry: the ``Retry-After`` header and the
+    body's ``retry_after_s`` and ``retry_after_ms`` (:func:`service.errors.retry_fields`).
+    """
+    answer: dict[str, Any] = {"error": message}
+    if retry_after_ms is not None:
+        answer.update(retry_fields(retry_after_ms))
+        headers = {**(headers or {}), "retry-after": str(answer["retry_after_s"])}
+    body = json.dumps(answer).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
 
@@ -86,7 +96,7 @@ class RequestGuard:
         expected = int(declared) if declared else self.max_body
         if self.inflight and self.inflight + expected > self.inflight_budget:
             return await json_error(
-                503, "the server is busy with other large requests; retry shortly", {"retry-after": "1"}
+                503, "the server is busy with other large requests; retry shortly", retry_after_ms=UNKNOWN_WAIT_MS
             )(send)
 
         self.inflight += expected

@@ -45,6 +45,16 @@ class ErrorAnswer(BaseModel):
         "(loc, msg, type), for programs that read them.",
         examples=[[{"type": "finite_number", "loc": ["instances", 0, "sequence", 0, 0], "msg": "Input should be a finite number"}]],
     )
+    retry_after_s: int | None = Field(
+        default=None,
+        description="503 only: whole seconds to wait before retrying, at least 1, the same as the `Retry-After` header.",
+        examples=[1],
+    )
+    retry_after_ms: int | None = Field(
+        default=None,
+        description="503 only: the estimated wait in milliseconds, for clients that can retry sooner than a second.",
+        examples=[140],
+    )
 
 
 def seqserve_version(svc: bentoml.Service | None = None) -> str:
@@ -96,7 +106,8 @@ sequence or history, {settings.stream_max_steps} new steps per stream instance o
 
 Every error is `{{"error": "..."}}`: 400 names the instance, the field and the problem; 413 a body over the
 limit; 415 a content type other than `application/json`; 408 a body that arrived too slowly; 503 (with
-`Retry-After`) an overloaded server or a missed deadline: retry later."""
+`Retry-After` in whole seconds, and `retry_after_s` and `retry_after_ms` in the body) an overloaded server or
+a missed deadline: retry later."""
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +130,8 @@ API_ERRORS = {
     "408": _error("The body did not arrive within the server's body timeout."),
     "413": _error("The body is over the server's size limit (`SEQSERVE_MAX_BODY_MB`): send fewer instances per request."),
     "415": _error("The content type is not `application/json`."),
-    "503": _error("Overloaded, or the answer missed the request deadline: retry after `Retry-After` seconds.", retry_after=True),
+    "503": _error("Overloaded, or the answer missed the request deadline: retry after `Retry-After` seconds "
+                  "(the body's `retry_after_ms` gives the estimated wait in milliseconds).", retry_after=True),
 }
 
 MODELS_PATH = {
@@ -178,5 +190,5 @@ class SeqServeService(bentoml.Service):
 
     @property
     def openapi_spec(self) -> OpenAPISpecification:
-        # The same environment service.app read its settings from at import.
-        return describe(super().openapi_spec, Settings.from_env(), seqserve_version(self))
+        # The settings service.app read once, at import, and gave its service class (SeqServe.settings).
+        return describe(super().openapi_spec, self.inner.settings, seqserve_version(self))

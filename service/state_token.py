@@ -18,6 +18,8 @@ A token is base64url (no padding) of::
   seen, the running statistics and the last few values of its own inputs, and the model's hidden state
   (from which, with the weights, its inputs can partly be inferred). Nothing of other streams or of
   the weights is in it. Treat a token like the data the client sent.
+* **One spelling**: base64 decoders forgive a stray last character and nonzero unused bits, so several
+  strings decode to the same bytes; only the exact text :meth:`StateSigner.seal` makes is accepted.
 * **Fixed size per model** (uncompressed: hidden states do not compress; a 2x64 GRU classifier's token
   is about 2 KB), so a cut-off token is recognised as truncated.
 """
@@ -39,8 +41,17 @@ HEADER_BYTES = 1 + FINGERPRINT_BYTES
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
+NOT_CANONICAL = ("is altered: not spelled as this server spells tokens (base64url without padding, "
+                 "no extra character, unused low bits of the last character zero)")
+
+
 class StateTokenError(ValueError):
     """A state token that cannot be used; the message says why."""
+
+
+def _encode(raw: bytes) -> str:
+    """The one spelling of ``raw`` as a token: base64url without padding."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def fingerprint(model: LoadedModel) -> bytes:
@@ -67,7 +78,7 @@ class StateSigner:
         """The token for ``state`` (a packed state of ``model``)."""
         body = bytes([VERSION]) + fingerprint(model) + state
         mac = hmac.new(self._model_key(model), body, hashlib.sha256).digest()[:MAC_BYTES]
-        return base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode("ascii")
+        return _encode(body + mac)
 
     def open(self, token: str, model: LoadedModel, state_bytes: int) -> bytes:
         """The packed state inside ``token``, after checking it was made by ``model`` and not changed since.
@@ -95,6 +106,12 @@ class StateSigner:
         if len(raw) != expected:
             problem = "is truncated" if len(raw) < expected else "is too long"
             raise StateTokenError(f"{problem}: {len(raw)} bytes, a state token of {model.tag} has {expected}")
+        # base64 decoding forgives a lone trailing character and nonzero unused low bits of the last one, so
+        # several spellings decode to these bytes: only the one seal() makes is a token. The comparison is
+        # plain: both sides come from the client's own text, no secret is involved (the MAC check below is
+        # the constant-time one).
+        if _encode(raw) != token:
+            raise StateTokenError(NOT_CANONICAL)
         body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
         if not hmac.compare_digest(mac, hmac.new(self._model_key(model), body, hashlib.sha256).digest()[:MAC_BYTES]):
             raise StateTokenError("signature does not match: the token was altered, or signed with another SEQSERVE_STATE_KEY")

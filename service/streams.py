@@ -15,7 +15,8 @@ Limits and lifecycle:
 * a message over ``SEQSERVE_MAX_BODY_MB`` closes the stream with 1009 (message too big), as it arrives;
 * a message with more than ``SEQSERVE_STREAM_MAX_STEPS`` steps, or bad input (wrong feature count,
   not finite, not JSON) gets ``{"error": ...}`` and the stream goes on with its state unchanged; so
-  does an overloaded model (``{"error", "retry_after_s"}``);
+  does an overloaded model (``{"error", "retry_after_s", "retry_after_ms"}``: whole seconds, as HTTP's
+  ``Retry-After``, and the estimated wait in milliseconds);
 * an unknown model, or one that cannot stream, closes with 4400 and the reason;
 * on server shutdown uvicorn closes every stream with 1012 (service restart).
 
@@ -36,7 +37,8 @@ from models.artifact import LoadedModel
 from models.streaming import ClassifierStream, ForecasterStream, State
 from service.batching import DeadlineExceeded, Overloaded
 from service.config import Settings
-from service.errors import readable_error
+from service.errors import readable_error, retry_fields
+from service.guard import UNKNOWN_WAIT_MS
 from service.inference import TASKS, InstanceError, OutOfRange, StreamStep, answer_json, validate_steps
 from service.schemas import StreamMessage
 from service.served import ServedModels
@@ -140,9 +142,9 @@ class StreamSessions:
         except OutOfRange as err:
             return state, [_error(f"steps: {err}")]
         except Overloaded as err:
-            return state, [_error(str(err), retry_after_s=err.retry_after_s)]
+            return state, [_error(str(err), **retry_fields(err.retry_after_ms))]
         except DeadlineExceeded as err:
-            return state, [_error(str(err), retry_after_s=1)]
+            return state, [_error(str(err), **retry_fields(UNKNOWN_WAIT_MS))]
         return result.state, [answer_json(answer) for answer in result.answers]
 
     def _parse(self, text: str, model: LoadedModel, state) -> StreamStep:

@@ -2,7 +2,10 @@
 
 import pytest
 
-from service.admission import BYTES_PER_UNIT, Busy, WorkerQueue
+import asyncio
+import json
+
+from service.admission import BYTES_PER_UNIT, Busy, Door, WorkerQueue
 
 
 class Clock:
@@ -44,6 +47,7 @@ def test_a_request_that_would_wait_past_the_limit_is_refused_with_a_retry_hint()
     with pytest.raises(Busy, match=r"about 102 ms of requests are ahead of this one \(limit 101 ms") as refused:
         queue.enter(1.0)
     assert refused.value.retry_after_s == 1
+    assert refused.value.retry_after_ms == 102  # the estimate itself, for clients that can act on less than a second
     assert queue.units == 51  # the refused one was never counted
 
 
@@ -121,3 +125,28 @@ def test_a_flood_of_refused_retries_does_not_distort_the_learnt_rate(monkeypatch
     queue, clock = busy_queue(0.001, max_wait_s=0.1)
     flood(queue, clock)
     assert queue.seconds_per_unit > 0.005
+
+
+def test_the_door_answers_503_with_the_wait_in_whole_seconds_and_in_milliseconds():
+    queue, clock = busy_queue(0.002, max_wait_s=0.101)
+    for _ in range(51):
+        queue.enter(1.0)
+    clock.now += 0.11
+    sent = []
+
+    async def app(scope, receive, send):
+        raise AssertionError("a refused request must not reach the app")
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"0")]}
+    asyncio.run(Door(app, queue, max_body_bytes=1 << 20)(scope, None, send))
+    start, body = sent
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert json.loads(body["body"]) == {
+        "error": "the server is busy: about 102 ms of requests are ahead of this one (limit 101 ms, "
+        "SEQSERVE_MAX_QUEUE_MS); retry shortly",
+        "retry_after_s": 1,
+        "retry_after_ms": 102,
+    }

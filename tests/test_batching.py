@@ -92,6 +92,7 @@ def test_past_the_queue_limit_new_work_is_refused_at_once_with_a_retry_hint():
         with pytest.raises(Overloaded) as refused:
             await batcher.submit([1])  # the 300 steps ahead are still wanted: refused
         assert refused.value.retry_after_s >= 1 and "300 ms of work is queued" in str(refused.value)
+        assert (refused.value.retry_after_s, refused.value.retry_after_ms) == (1, 300)
         return await first
 
     assert asyncio.run(main()) == [300]

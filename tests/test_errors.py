@@ -1,6 +1,6 @@
 """service.errors: pydantic locations and messages turned into one readable line."""
 
-from service.errors import describe_location, readable_error
+from service.errors import describe_location, readable_error, retry_fields
 
 
 def test_locations_read_like_python():
@@ -28,6 +28,29 @@ def test_union_branches_are_reported_once_at_the_step():
     assert body["error"] == "instances[0].history[3]: Input should be a finite number"
 
 
+def test_a_step_that_fails_inside_the_list_branch_is_reported_once_where_it_fails():
+    detail = [
+        {"loc": ["steps", 1, "float"], "msg": "Input should be a valid number"},
+        {"loc": ["steps", 1, "list[float]", 0], "msg": "Input should be a finite number"},
+        {"loc": ["every_step"], "msg": "Input should be a valid boolean"},
+    ]
+    body = readable_error({"error": "3 validation errors for StreamMessage", "detail": detail})
+    assert body["error"] == "steps[1][0]: Input should be a finite number; every_step: Input should be a valid boolean"
+    assert body["detail"] == detail[1:]
+
+
 def test_our_own_errors_pass_through_unchanged():
     body = {"error": "instances[0].model: unknown model 'x'"}
     assert readable_error(body) == body
+
+
+def test_a_retry_hint_is_whole_seconds_of_at_least_one_as_retry_after_and_milliseconds():
+    hints = {ms: retry_fields(ms) for ms in (0, 3, 999, 1000, 1001, 2500)}
+    assert hints == {
+        0: {"retry_after_s": 1, "retry_after_ms": 1},
+        3: {"retry_after_s": 1, "retry_after_ms": 3},
+        999: {"retry_after_s": 1, "retry_after_ms": 999},
+        1000: {"retry_after_s": 1, "retry_after_ms": 1000},
+        1001: {"retry_after_s": 2, "retry_after_ms": 1001},
+        2500: {"retry_after_s": 3, "retry_after_ms": 2500},
+    }

@@ -1,5 +1,6 @@
 """Load tests: the payload builder, the answer checks and the /metrics parser, then one short real run."""
 
+import ast
 import csv
 import json
 import os
@@ -242,3 +243,14 @@ def test_the_websocket_ceiling_answers_the_streaming_cells():
         rows = run_websocket_ceiling(url, [1, 3], 0.3)
     assert [r["streams"] for r in rows] == [1, 3]
     assert all(r["way"] == "websocket ceiling (parse only)" and r["steps"] > 0 and r["failures"] == 0 for r in rows)
+
+
+def test_no_load_test_imports_the_service():
+    """Load tests drive the service over HTTP only: what they need from it is passed in (flags, env of a server they start)."""
+    imports = {}
+    for path in sorted((ROOT / "loadtests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            imports.setdefault(path.name, set()).update(n for n in names if n.split(".")[0] == "service")
+    assert {name: found for name, found in imports.items() if found} == {}

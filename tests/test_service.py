@@ -97,6 +97,12 @@ def test_readyz_livez_and_openapi(client):
     assert "one list of feature values per time step" in text and "examples" in text
 
 
+def test_the_api_page_describes_the_settings_the_service_read_at_import(client, monkeypatch):
+    monkeypatch.setenv("SEQSERVE_MAX_INSTANCES", "99")  # after import: the service does not read it again
+    description = client.get("/docs.json").json()["info"]["description"]
+    assert "8 instances per request, 100 steps per" in description
+
+
 # ---------------------------------------------------------------------------------------------- 4xx
 
 

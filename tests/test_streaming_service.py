@@ -11,10 +11,11 @@ import torch
 
 from models.artifact import load_artifact
 from models.padding import pad_sequences
+from service.batching import MicroBatcher, Overloaded
 from service.config import Settings
 from service.inference import StreamStep
 from service.served import ServedModels
-from service.state_token import StateSigner, StateTokenError
+from service.state_token import NOT_CANONICAL, StateSigner, StateTokenError
 from tests import tiny_models
 from tests.service_client import in_process
 
@@ -164,6 +165,65 @@ def test_a_token_signed_under_another_deployment_key_is_refused(tags):
     assert mine.open(mine.seal(model, b"\1" * 8), model, 8) == b"\1" * 8
 
 
+BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+UNUSED_BITS = {0: 0, 2: 4, 3: 2}  # unused low bits of the last character, by the token's length mod 4
+NOT_TEXT = "is not a state token: not base64url text"
+
+
+def other_spellings(token: str) -> dict[str, str]:
+    """Every way to write ``token`` that a lenient base64 decoder reads as the same bytes, or nearly."""
+    last = BASE64URL.index(token[-1])
+    spellings = {f"unused bit {bit} of the last character set": token[:-1] + BASE64URL[last ^ (1 << bit)]
+                 for bit in range(UNUSED_BITS[len(token) % 4])}
+    spellings["a character appended"] = token + "A"
+    spellings["padded"] = token + "=" * (-len(token) % 4 or 1)
+    spellings["'+' for a character"] = token[:5] + "+" + token[6:]
+    spellings["'/' for a character"] = token[:5] + "/" + token[6:]
+    spellings["a non-ASCII letter for a character"] = token[:5] + "\u00e9" + token[6:]
+    spellings["a newline inside"] = token[:10] + "\n" + token[10:]
+    spellings["a space inside"] = token[:10] + " " + token[10:]
+    spellings["a newline at the end"] = token + "\n"
+    return spellings
+
+
+def refusals_of_other_spellings(token: str, tag: str) -> dict[str, str]:
+    """The refusal each of :func:`other_spellings` of ``token`` (a token of model ``tag``) must get."""
+    size = len(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    expected = {name: NOT_TEXT for name in other_spellings(token)}
+    expected.update({f"unused bit {bit} of the last character set": NOT_CANONICAL for bit in range(UNUSED_BITS[len(token) % 4])})
+    # A fifth character after a full quartet is dropped by the decoder (the same bytes); after a partial one it adds a byte.
+    expected["a character appended"] = (NOT_CANONICAL if len(token) % 4 == 0
+                                        else f"is too long: {size + 1} bytes, a state token of {tag} has {size}")
+    return expected
+
+
+@pytest.mark.parametrize("state_bytes", [8, 9, 10])  # 33, 34, 35 bytes: tokens of length 0, 2 and 3 mod 4
+def test_a_token_has_exactly_one_spelling(tags, state_bytes):
+    model = load_artifact(tags["gru-1"])
+    signer = StateSigner("k" * 32, [model])
+    state = bytes(range(1, state_bytes + 1))
+    token = signer.seal(model, state)
+    assert len(token) % 4 == (0, 2, 3)[state_bytes - 8] and "=" not in token
+    assert signer.open(token, model, state_bytes) == state
+    refusals = {}
+    for name, spelling in other_spellings(token).items():
+        with pytest.raises(StateTokenError) as refused:
+            signer.open(spelling, model, state_bytes)
+        refusals[name] = str(refused.value)
+    assert refusals == refusals_of_other_spellings(token, model.tag)
+
+
+def test_another_spelling_of_a_token_gets_a_400_naming_the_field(client, tags):
+    tag = tags["gru-1"]
+    token = stream(client, "classify", steps=steps(3), model=tag)["state"]
+    refusals = {}
+    for name, spelling in other_spellings(token).items():
+        response = client.post("/stream/classify", json={"instances": [{"steps": steps(1), "state": spelling, "model": tag}]})
+        refusals[name] = error_of(response)
+    assert refusals == {name: f"instances[0].state: {why}" for name, why in refusals_of_other_spellings(token, tag).items()}
+    assert stream(client, "classify", steps=steps(1), state=token, model=tag)["seen"] == 4
+
+
 def test_bidirectional_models_and_bad_steps_get_400s_that_say_why(client, tags):
     assert error_of(client.post("/stream/classify", json={"instances": [{"steps": steps(2), "model": tags["bidi"]}]})) == (
         f"instances[0].model: {tags['bidi']} cannot stream: it is bidirectional: its backward pass reads the whole "
@@ -199,6 +259,41 @@ def test_websocket_stream_equals_classify_and_survives_bad_messages(client, tags
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == 1009
+
+
+def test_an_overloaded_model_says_when_to_retry_in_milliseconds_too(client, tags, monkeypatch):
+    """A wait of 3 ms is 1 s in Retry-After (whole seconds only) and 3 in retry_after_ms, on HTTP and on a WebSocket."""
+    busy = "the model is busy: about 3 ms of work is queued (limit 2 ms)"
+
+    async def refuse(batcher):
+        raise Overloaded(busy, retry_after_ms=3)
+
+    monkeypatch.setattr(MicroBatcher, "admit", refuse)
+    tag = tags["gru-1"]
+    response = client.post("/stream/classify", json={"instances": [{"steps": steps(2), "model": tag}]})
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    assert response.json() == {"error": busy, "retry_after_s": 1, "retry_after_ms": 3}
+    with client.websocket_connect(f"/stream?model={tag}") as ws:
+        ws.receive_json()
+        ws.send_json({"steps": steps(2)})
+        assert ws.receive_json() == {"error": busy, "retry_after_s": 1, "retry_after_ms": 3}
+    monkeypatch.undo()
+    assert stream(client, "classify", steps=steps(2), model=tag)["seen"] == 2
+
+
+def test_a_non_finite_value_in_a_step_is_reported_once_at_the_value(client, tags):
+    tag, fc = tags["gru-1"], tags["fc"]
+    with client.websocket_connect(f"/stream?model={tag}") as ws:
+        ws.receive_json()
+        ws.send_text('{"steps": [[1.0, 2.0, 3.0], [NaN, 1.0, 2.0]]}')
+        assert ws.receive_json() == {"error": "steps[1][0]: Input should be a finite number"}
+        ws.send_text('{"steps": [[1.0, 2.0, 3.0], [1.0, 2.0, Infinity]]}')
+        assert ws.receive_json() == {"error": "steps[1][2]: Input should be a finite number"}
+        ws.send_json({"steps": steps(1)})
+        assert ws.receive_json()["seen"] == 1  # the bad messages left the stream's state alone
+    body = '{"instances": [{"steps": [[1.0], [NaN]], "model": "%s"}]}' % fc
+    response = client.post("/stream/forecast", content=body, headers={"content-type": "application/json"})
+    assert error_of(response) == "instances[0].steps[1][0]: Input should be a finite number"
 
 
 def test_websocket_forecast_by_task_default_and_unknown_models_close_with_4400(client, tags):
