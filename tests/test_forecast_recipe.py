@@ -226,3 +226,21 @@ def test_config_round_trips_with_every_new_field():
     assert len(model.members) == 3 and model.start == StartSpec("smoothing", 4, 0.3)
     with pytest.raises(ValueError, match=r"quantile_offsets must have shape \(horizon, n_targets, quantiles\) = \(3, 1, 3\)"):
         create_model("lstm_forecaster", **{**dataclasses.asdict(config), "quantile_offsets": [[0.0]]})
+
+
+def test_a_forecaster_of_the_current_recipe_round_trips_through_the_store():
+    hparams = {"n_features": 1, "n_targets": 1, "horizon": 6, "quantiles": [0.1, 0.9], "hidden_size": 8, "lookback": 24,
+               "transform": "log", "start": StartSpec("linear", ridge=0.1).to_dict(), "members": 2,
+               "quantile_offsets": np.tile([-0.4, 0.0, 0.5], (6, 1, 1)).tolist()}
+    torch.manual_seed(0)
+    model = create_model("gru_forecaster", **hparams)
+    with torch.no_grad():
+        model.start_weights.copy_(torch.randn(6, 24) * 0.1)
+        for p in model.members.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    card = ModelCard(task="forecast", model_name="gru_forecaster", hparams=hparams, features=["v"], targets=["v"],
+                     lookback=24, horizon=6, quantiles=[0.1, 0.5, 0.9])
+    loaded = load_artifact(save_artifact("recipe-fc", model, card))
+    x = torch.exp(torch.randn(3, 24, 1) * 0.2 + 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.module(x), model.eval()(x))
