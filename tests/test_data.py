@@ -374,6 +374,7 @@ def test_builtin_classification_is_valid(name):
     ("italypower", 67, 1029, 1, (24, 24)),
     ("japanesevowels", 270, 370, 12, (7, 29)),
     ("basicmotions", 40, 40, 6, (100, 100)),
+    ("arrowhead", 36, 175, 1, (251, 251)),
     ("osuleaf", 200, 242, 1, (427, 427)),
     ("acsf1", 100, 100, 1, (1460, 1460)),
 ])
@@ -392,7 +393,8 @@ def test_builtin_label_names():
 
 @pytest.mark.parametrize("name, n_series, length, season", [
     ("synthetic", 3, 600, 24), ("co2", 1, 2284, 52), ("airline", 1, 144, 12), ("sunspots", 1, 309, None),
-    ("nile", 1, 100, None), ("elnino", 1, 732, 12), ("macrodata", 8, 203, 4)])
+    ("nile", 1, 100, None), ("elnino", 1, 732, 12), ("macrodata", 8, 203, 4), ("auscafe", 1, 426, 12),
+    ("arrivals", 4, 127, 4), ("elecdemand", 1, 4032, 48)])
 def test_builtin_series(name, n_series, length, season):
     col = load_series(name)
     assert FORECAST_DATASETS[name] and col.source == f"builtin:{name}"
