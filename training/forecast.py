@@ -225,9 +225,9 @@ def train_forecaster(
     else:
         *_, test_w = last_horizon_split(kept, lookback=lookback, horizon=horizon)
         parts = [s[: len(s) - horizon, :k] for s in kept.series]
-    sizes = {"lookback": lookback, "horizon": horizon, "protocol": evaluation, **split}
-    train_w = before_test(kept, **sizes)  # the final members train on every window before the test part
-    folds = rolling_origins(kept, folds=MAX_FOLDS, **sizes)
+    protocol = {"lookback": lookback, "horizon": horizon, "protocol": evaluation, **split}
+    train_w = before_test(kept, **protocol)  # the final members train on every window before the test part
+    folds = rolling_origins(kept, folds=MAX_FOLDS, **protocol)
     if folds and len(folds[0][1]) >= MANY_VAL_WINDOWS:
         folds = folds[:1]
 
@@ -284,7 +284,7 @@ def train_forecaster(
     recipe["validation_error"] = {name: [round(v, 4) for v in values] for name, values in errors.items()}
     recipe["networks"] = "trained" if use_networks else "not used: the start alone forecast better at the validation origins"
     if not use_networks:
-        hparams.members = 1
+        hparams.members = recipe["members"] = 1
     model = new_model(model_name, hparams, chosen["weights"], device)
     history = History()
     if use_networks:
