@@ -60,7 +60,7 @@ class ClientGone(Exception):
 
 @dataclass(eq=False)
 class Caller:
-    """One submit(): its deadline (event-loop time) and how to ask whether its client is still there."""
+    """One submit(): its deadline (on the batcher's clock) and how to ask whether its client is still there."""
 
     deadline: float
     client_gone: Callable[[], bool] | None = None
@@ -79,6 +79,7 @@ class MicroBatcher:
     ``run_batch`` must return one result per item, in order; a result may be an ``Exception`` that
     says what is wrong with that item alone (returned to its caller, not raised). When ``run_batch``
     itself raises, every caller in the batch gets the error. ``cost(item)`` is the item's work in steps (its length).
+    ``clock()`` is the time in seconds the batcher times passes and checks deadlines by; tests pass a fake one.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class MicroBatcher:
         max_wait_ms: float = 0.0,
         max_queue_ms: float = 100.0,
         on_batch: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.run_batch = run_batch
         self.cost = cost
@@ -97,6 +99,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_s = max_queue_ms / 1000
         self.on_batch = on_batch
+        self.clock = clock
         self.seconds_per_step = 0.0  # learnt from the batches run (see _learn); 0 until the first one
         self._recent_seconds = self._recent_steps = 0.0
         self._queue: deque[tuple[Any, asyncio.Future, Caller]] = deque()
@@ -149,7 +152,7 @@ class MicroBatcher:
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
             self._worker = loop.create_task(self._drain())
-        caller = Caller(deadline=loop.time() + timeout_s, client_gone=client_gone)
+        caller = Caller(deadline=self.clock() + timeout_s, client_gone=client_gone)
         for item in items:
             future = loop.create_future()
             self._queue.append((item, future, caller))
@@ -187,7 +190,7 @@ class MicroBatcher:
 
     def _mark_abandoned(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> None:
         """Mark the callers of ``jobs`` that are past their deadline or whose client hung up as gone."""
-        now = asyncio.get_running_loop().time()
+        now = self.clock()
         checked: set[int] = set()
         for _, _, caller in jobs:
             if caller.gone or id(caller) in checked:
@@ -210,7 +213,7 @@ class MicroBatcher:
         """Run one caller's light batch here and now (the model is idle and nothing else is coming)."""
         if self.on_batch:
             self.on_batch(len(items))
-        started = time.perf_counter()
+        started = self.clock()
         try:
             results = self.run_batch(list(items))
         except Exception:
@@ -223,7 +226,7 @@ class MicroBatcher:
         if self.on_batch:
             self.on_batch(len(jobs))
         items = [item for item, _, _ in jobs]
-        started = time.perf_counter()
+        started = self.clock()
         try:
             if self._light(items):
                 results = self.run_batch(items)
@@ -241,7 +244,7 @@ class MicroBatcher:
                 future.set_result(result)  # an item's own problem (an Exception) is a result too
 
     def _learn(self, started: float, items: Sequence[Any]) -> None:
-        """Fold a batch that started at ``started`` (perf_counter) into the learnt seconds per step.
+        """Fold a batch that started at ``started`` (on :attr:`clock`) into the learnt seconds per step.
 
         The recent batches' seconds over their steps, each a moving average that follows changes in load
         within a few batches: a batch counts by its steps. A pass has a fixed cost, so one step alone costs
@@ -250,6 +253,6 @@ class MicroBatcher:
         long enough to leave the event loop, on a thread it waited for the GIL, ran 10-30x slower, and
         kept the estimate there: a stream batcher at 256 streams refused steps and lost 2/3 of its speed.
         """
-        self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * (time.perf_counter() - started)
+        self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * (self.clock() - started)
         self._recent_steps = 0.8 * self._recent_steps + 0.2 * max(sum(self.cost(item) for item in items), 1)
         self.seconds_per_step = self._recent_seconds / self._recent_steps
