@@ -9,7 +9,7 @@ adds that window anyway, for models where a bigger batch is worth a little laten
 It also keeps overload from turning into latency for everyone:
 
 * **Admission**: it learns how long the model takes per step of input and refuses new work
-  (:class:`Overloaded`, answered 503 with ``Retry-After``) once the queue ahead would take longer than
+  (:class:`~service.errors.RetryLater`, answered 503 with ``Retry-After``) once the queue ahead would take longer than
   ``max_queue_ms`` to drain. Admitted requests therefore wait at most about that long.
 * **Deadline**: a caller that is not answered by its deadline gets :class:`DeadlineExceeded`, and its
   instances are dropped from the queue.
@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from service.errors import RetryLater
+from service.errors import UNKNOWN_WAIT_MS, RetryLater
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,20 @@ OFFLOAD_SECONDS = 0.02  # batches estimated longer than this leave the event loo
 OFFLOAD_STEPS = 32_768  # ... and so does any batch this large (padded steps) before the speed is known
 
 
-class Overloaded(RetryLater):
-    """The model's queue is full: try again after ``retry_after_ms`` milliseconds (``retry_after_s``: whole seconds)."""
+class DeadlineExceeded(RetryLater):
+    """The request was not answered within its deadline; its queued work was dropped. Overload, answered like
+    the rest (503), with the retry hint of a wait nobody can estimate."""
+
+    def __init__(self, message: str):
+        super().__init__(message, UNKNOWN_WAIT_MS)
 
 
-class DeadlineExceeded(Exception):
-    """The request was not answered within its deadline; its queued work was dropped."""
+class ClientGone(RetryLater):
+    """The HTTP client hung up before its work ran; the work was dropped. Answered like any overload (503),
+    should anyone still read it."""
 
-
-class ClientGone(Exception):
-    """The HTTP client hung up before its work ran; the work was dropped."""
+    def __init__(self, message: str):
+        super().__init__(message, UNKNOWN_WAIT_MS)
 
 
 @dataclass(eq=False)
@@ -113,7 +117,7 @@ class MicroBatcher:
         return self._queued_steps * self.seconds_per_step
 
     async def admit(self) -> None:
-        """Raise :class:`Overloaded` when the work queued now would take longer than ``max_queue_ms`` to drain.
+        """Raise :class:`~service.errors.RetryLater` when the work queued now would take longer than ``max_queue_ms`` to drain.
 
         Before refusing, the queue is cleared of work nobody waits for any more (clients that hung up,
         deadlines passed), so abandoned requests do not cause a 503 for a live one once the server has
@@ -128,7 +132,7 @@ class MicroBatcher:
         self._queued_steps = sum(self.cost(item) for item, _, _ in self._queue)
         waiting = self.queue_seconds()
         if self._queue and waiting > self.max_queue_s:
-            raise Overloaded(
+            raise RetryLater(
                 f"the model is busy: about {waiting * 1000:.0f} ms of work is queued (limit {self.max_queue_s * 1000:.0f} ms)",
                 retry_after_ms=round(waiting * 1000),
             )
@@ -139,7 +143,7 @@ class MicroBatcher:
     ) -> list[Any]:
         """Queue ``items`` and wait for their results (in order; a per-item problem comes back as an Exception).
 
-        Raises :class:`Overloaded` at once when the queue is too long (see :meth:`admit`), and
+        Raises :class:`~service.errors.RetryLater` at once when the queue is too long (see :meth:`admit`), and
         :class:`DeadlineExceeded` after ``timeout_s``. ``alone``: the caller knows nothing else is on its
         way to this batcher (a lone stream's message); then, if the model is idle and the work light, it
         runs at once in the caller's task, two event-loop turns sooner. Never guess it: requests that

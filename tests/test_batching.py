@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from service.batching import OFFLOAD_STEPS, ClientGone, DeadlineExceeded, MicroBatcher, Overloaded
+from service.batching import OFFLOAD_STEPS, ClientGone, DeadlineExceeded, MicroBatcher
+from service.errors import RetryLater
 
 
 class FakeClock:
@@ -148,7 +149,7 @@ def test_past_the_queue_limit_new_work_is_refused_at_once_with_a_retry_hint():
         assert batcher.seconds_per_step == pytest.approx(0.001)
         first = asyncio.ensure_future(batcher.submit([300]))  # 300 steps = ~300 ms queued
         await asyncio.sleep(0)  # queued; the drain task has not run it yet
-        with pytest.raises(Overloaded) as refused:
+        with pytest.raises(RetryLater) as refused:
             await batcher.submit([1])  # the 300 steps ahead are still wanted: refused
         assert refused.value.retry_after_s >= 1 and "300 ms of work is queued" in str(refused.value)
         assert (refused.value.retry_after_s, refused.value.retry_after_ms) == (1, 300)
