@@ -24,6 +24,7 @@ import torch
 
 from loadtests.server import ROOT, free_port, running_server
 from models.artifact import CARD_FILE, WEIGHTS_FILE, list_artifacts
+from service.config import Settings
 from service.startup import check_servable
 from service.workers import register_worker
 from tests import tiny_models
@@ -33,8 +34,8 @@ START_TIMEOUT = 60  # seconds before a failing start-up still running is killed:
 
 # The main process skips its check, so only the worker meets the damaged model: the safety net's case.
 WITHOUT_MAIN_CHECK = (
-    "import sys, service.startup as s; from service.config import Settings; "
-    "s.check_servable = Settings.from_env; from bentoml_cli.cli import cli; sys.argv[0] = 'bentoml'; cli()"
+    "import sys, service.startup as s; s.check_servable = lambda settings: None; "
+    "from bentoml_cli.cli import cli; sys.argv[0] = 'bentoml'; cli()"
 )
 
 
@@ -203,12 +204,33 @@ def test_an_unreadable_model_is_listed_and_warned_about_not_skipped(old_unreadab
 
     monkeypatch.setenv("SEQSERVE_MODELS", name)  # the newest version, which loads
     with caplog.at_level(logging.WARNING, logger="service.startup"):
-        check_servable()
+        check_servable(Settings.from_env())
     assert f"seqserve model {old} cannot be read ({CARD_FILE} is not valid JSON" in caplog.text
 
     assert train_cli(["list"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(old))
     assert "UNREADABLE" in row and "not valid JSON" in row
+
+
+def test_the_main_process_reads_the_settings_once_and_checks_that_object(monkeypatch):
+    from service import startup
+
+    read, checked, closing = [], [], []
+
+    def from_env(cls):
+        read.append(object())  # a stand-in: only who gets which object matters here
+        return read[-1]
+
+    monkeypatch.setattr(Settings, "from_env", classmethod(from_env))
+    monkeypatch.setattr(startup, "check_servable", checked.append)
+    monkeypatch.setattr(startup, "_serve_command", lambda: type("Serve", (), {"call_on_close": closing.append})())
+    monkeypatch.setattr(startup, "open_run", lambda: "run")
+    monkeypatch.setattr(startup, "watch_workers", lambda run: None)
+    settings = startup.start_up()
+    assert read == [settings] and checked == [settings] and len(closing) == 1
+
+    monkeypatch.setattr(startup, "_serve_command", lambda: None)  # a worker, or imported elsewhere: no check
+    assert startup.start_up() is read[-1] and len(read) == 2 and checked == [settings]
 
 
 def test_a_worker_replacing_a_dead_one_warns(tmp_path, caplog):
