@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -39,17 +37,11 @@ import numpy as np
 from loadtests.baselines import websocket_echo
 from loadtests.server import free_port, running_process, serve_command
 from loadtests.stream_bench import run_streaming, run_websocket_ceiling, store_stream_bench_model, streaming_markdown
+from loadtests.wrk import post_script, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 HPARAMS = {"n_features": 8, "n_classes": 5, "hidden_size": 64, "num_layers": 2, "bidirectional": False, "dropout": 0.0}
 STEPS = 64
-WRK_REPORT = """
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %f %f %f %d\\n", summary.requests, summary.duration / 1e6,
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-"""
 
 
 def store_bench_model() -> str:
@@ -93,38 +85,6 @@ def model_only(tag: str, batch_sizes=(1, 8, 32, 64), seconds: float = 2.0) -> li
 def request_body() -> str:
     sequence = np.random.default_rng(1).uniform(-1, 1, size=(STEPS, 8)).round(6).tolist()
     return json.dumps({"instances": [{"sequence": sequence}]})
-
-
-def post_script(path: Path, body: str) -> Path:
-    """A wrk script at ``path`` that POSTs the JSON ``body`` on every request and prints :data:`WRK_REPORT`'s line."""
-    path.write_text("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-                    f"wrk.body = [==[{body}]==]\n{WRK_REPORT}")
-    return path
-
-
-def wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
-    """One wrk run (1 thread); also how much CPU wrk itself used."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 30,
-    ).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    match = re.search(r"RESULT (\d+) (\S+) (\S+) (\S+) (\d+)", out)
-    if not match:
-        raise RuntimeError(f"wrk printed no result:\n{out}")
-    requests, duration, p50, p99, errors = match.groups()
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {
-        "connections": connections,
-        "requests": int(requests),
-        "seconds": float(duration),
-        "requests_per_s": int(requests) / float(duration),
-        "p50_ms": float(p50),
-        "p99_ms": float(p99),
-        "errors": int(errors),
-        "generator_cpu_pct": 100 * cpu / float(duration),
-    }
 
 
 CEILING = "HTTP+JSON ceiling (parse only)"

@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 
 from loadtests.lean_websocket import AsyncStream, BlockingStream, client_frame
+from loadtests.wrk import post_script, wrk
 
 FEATURES = 8
 # The default classifiers' recipe: one-way, running instance normalisation, a causal conv front end.
@@ -229,15 +230,11 @@ class HttpWay:
         else:
             self.bodies = [{"instances": [{"sequence": self.model.steps(rng, self.history), "model": self.model.tag}]}]
         if self.tally.client == "wrk":
-            from loadtests.bench import post_script, wrk
-
             self.script = post_script(self.folder / f"{self.way}-{self.history}.lua", json.dumps(self.bodies[0]))
             await asyncio.to_thread(wrk, self.url + self.path, self.script, min(streams, 8), 1)  # warm-up
 
     async def window(self, seconds: float) -> None:
         if self.tally.client == "wrk":
-            from loadtests.bench import wrk
-
             result = await asyncio.to_thread(wrk, self.url + self.path, self.script, self.tally.streams, max(1, round(seconds)))
             answered = result["requests"] - result["errors"]  # errors: 503s and other non-2xx, and socket errors
             self.tally.add(answered, result["errors"], result["seconds"], result["p50_ms"])

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from service.errors import RetryLater
-from service.guard import json_error
+from service.guard import refused
 
 # The body size whose parsing costs about as much as the rest of a request (routing, validation,
 # batching, the answer): ~0.5 ms of each on one core here, and a MiB parses in ~45 ms.
@@ -43,11 +43,6 @@ LEARN_EVERY_S = 0.1  # busy time between updates of the learnt rate
 REFUSAL_UNITS = 0.5
 PURGE_EVERY_S = 0.01
 CLIENT_GONE = "seqserve.client_gone"  # scope key: () -> bool, has this request's client hung up? (service.http_protocol)
-REFUSED = "seqserve.refused"  # scope key: the Retry-After seconds of a refused request (service.http_protocol reads it)
-
-
-class Busy(RetryLater):
-    """The worker has more queued than ``max_wait_s`` of work: retry after ``retry_after_ms`` milliseconds."""
 
 
 @dataclass(eq=False)
@@ -84,7 +79,7 @@ class WorkerQueue:
         return self.units * self.seconds_per_unit
 
     def enter(self, units: float, client_gone: Callable[[], bool] | None = None) -> Ticket:
-        """Take a request of ``units`` in, or raise :class:`Busy` when the wait ahead of it is too long.
+        """Take a request of ``units`` in, or raise :class:`~service.errors.RetryLater` when the wait ahead of it is too long.
 
         Before refusing, requests whose clients hung up stop counting: their work is dropped before
         it runs (service.batching), so nobody waits behind it.
@@ -95,7 +90,7 @@ class WorkerQueue:
         if self._overloaded(now):
             wait = self.expected_wait_s()
             self._units_done += REFUSAL_UNITS
-            raise Busy(
+            raise RetryLater(
                 f"the server is busy: about {wait * 1000:.0f} ms of requests are ahead of this one "
                 f"(limit {self.max_wait_s * 1000:.0f} ms, SEQSERVE_MAX_QUEUE_MS); retry shortly",
                 retry_after_ms=round(wait * 1000),
@@ -180,11 +175,10 @@ class Door:
             await asyncio.sleep(0)  # let the event loop handle hang-ups it has read: they stop counting
         try:
             ticket = self.queue.enter(units, scope.get(CLIENT_GONE))
-        except Busy as busy:
-            scope[REFUSED] = busy.retry_after_s
+        except RetryLater as busy:
             if self.on_refused:
                 self.on_refused()
-            return await json_error(503, str(busy), retry_after_ms=busy.retry_after_ms)(send)
+            return await refused(busy, scope)(send)
         try:
             await self.app(scope, receive, send)
         finally:

@@ -21,11 +21,10 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from service import http_protocol
-from service.admission import CLIENT_GONE, REFUSED
-from service.batching import ClientGone, DeadlineExceeded, Overloaded
+from service.admission import CLIENT_GONE
 from service.config import Settings
-from service.errors import ReadableValidationErrors, retry_fields
-from service.guard import UNKNOWN_WAIT_MS, RequestGuard
+from service.errors import ReadableValidationErrors, RetryLater, refusal
+from service.guard import RequestGuard
 from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError, answer_json
 from service.metrics import change_open_streams, count_stream_steps, observe_batch, observe_state_batch
 from service.openapi import SeqServeService
@@ -170,23 +169,17 @@ class SeqServe:
         try:
             return _json(await run(task, instances, client_gone=ctx.request.scope.get(CLIENT_GONE)))
         except (InstanceError, RequestError) as err:
-            return _error(ctx, 400, err)
-        except Overloaded as err:
-            return _error(ctx, 503, err, retry_after_ms=err.retry_after_ms)
-        except (DeadlineExceeded, ClientGone) as err:
-            return _error(ctx, 503, err, retry_after_ms=UNKNOWN_WAIT_MS)
+            return _answer_with(ctx, 400, {"error": str(err)})
+        except RetryLater as err:  # the model's queue is full, the deadline passed or the client hung up
+            status, headers, body = refusal(err, ctx.request.scope)
+            return _answer_with(ctx, status, body, headers)
 
 
-def _error(ctx: bentoml.Context, status: int, err: Exception, retry_after_ms: int | None = None) -> Response:
+def _answer_with(ctx: bentoml.Context, status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
     # With a Context parameter BentoML answers with ctx.response's status and headers, not the Response's.
     ctx.response.status_code = status
-    answer: dict = {"error": str(err)}
-    if retry_after_ms is not None:
-        answer.update(retry_fields(retry_after_ms))
-        ctx.response.metadata["retry-after"] = str(answer["retry_after_s"])
-        # This connection is not read again for up to Retry-After (service.http_protocol).
-        ctx.request.scope[REFUSED] = answer["retry_after_s"]
-    return _json(answer)
+    ctx.response.metadata.update(headers or {})
+    return _json(body)
 
 
 # Outermost first. CORS answers browsers' preflights before the guard asks them for a key.

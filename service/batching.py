@@ -9,7 +9,7 @@ adds that window anyway, for models where a bigger batch is worth a little laten
 It also keeps overload from turning into latency for everyone:
 
 * **Admission**: it learns how long the model takes per step of input and refuses new work
-  (:class:`Overloaded`, answered 503 with ``Retry-After``) once the queue ahead would take longer than
+  (:class:`~service.errors.RetryLater`, answered 503 with ``Retry-After``) once the queue ahead would take longer than
   ``max_queue_ms`` to drain. Admitted requests therefore wait at most about that long.
 * **Deadline**: a caller that is not answered by its deadline gets :class:`DeadlineExceeded`, and its
   instances are dropped from the queue.
@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from service.errors import RetryLater
+from service.errors import UNKNOWN_WAIT_MS, RetryLater
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +46,25 @@ OFFLOAD_SECONDS = 0.02  # batches estimated longer than this leave the event loo
 OFFLOAD_STEPS = 32_768  # ... and so does any batch this large (padded steps) before the speed is known
 
 
-class Overloaded(RetryLater):
-    """The model's queue is full: try again after ``retry_after_ms`` milliseconds (``retry_after_s``: whole seconds)."""
+class DeadlineExceeded(RetryLater):
+    """The request was not answered within its deadline; its queued work was dropped. Overload, answered like
+    the rest (503), with the retry hint of a wait nobody can estimate."""
+
+    def __init__(self, message: str):
+        super().__init__(message, UNKNOWN_WAIT_MS)
 
 
-class DeadlineExceeded(Exception):
-    """The request was not answered within its deadline; its queued work was dropped."""
+class ClientGone(RetryLater):
+    """The HTTP client hung up before its work ran; the work was dropped. Answered like any overload (503),
+    should anyone still read it."""
 
-
-class ClientGone(Exception):
-    """The HTTP client hung up before its work ran; the work was dropped."""
+    def __init__(self, message: str):
+        super().__init__(message, UNKNOWN_WAIT_MS)
 
 
 @dataclass(eq=False)
 class Caller:
-    """One submit(): its deadline (event-loop time) and how to ask whether its client is still there."""
+    """One submit(): its deadline (on the batcher's clock) and how to ask whether its client is still there."""
 
     deadline: float
     client_gone: Callable[[], bool] | None = None
@@ -79,6 +83,7 @@ class MicroBatcher:
     ``run_batch`` must return one result per item, in order; a result may be an ``Exception`` that
     says what is wrong with that item alone (returned to its caller, not raised). When ``run_batch``
     itself raises, every caller in the batch gets the error. ``cost(item)`` is the item's work in steps (its length).
+    ``clock()`` is the time in seconds the batcher times passes and checks deadlines by; tests pass a fake one.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class MicroBatcher:
         max_wait_ms: float = 0.0,
         max_queue_ms: float = 100.0,
         on_batch: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self.run_batch = run_batch
         self.cost = cost
@@ -97,6 +103,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_s = max_queue_ms / 1000
         self.on_batch = on_batch
+        self.clock = clock
         self.seconds_per_step = 0.0  # learnt from the batches run (see _learn); 0 until the first one
         self._recent_seconds = self._recent_steps = 0.0
         self._queue: deque[tuple[Any, asyncio.Future, Caller]] = deque()
@@ -110,7 +117,7 @@ class MicroBatcher:
         return self._queued_steps * self.seconds_per_step
 
     async def admit(self) -> None:
-        """Raise :class:`Overloaded` when the work queued now would take longer than ``max_queue_ms`` to drain.
+        """Raise :class:`~service.errors.RetryLater` when the work queued now would take longer than ``max_queue_ms`` to drain.
 
         Before refusing, the queue is cleared of work nobody waits for any more (clients that hung up,
         deadlines passed), so abandoned requests do not cause a 503 for a live one once the server has
@@ -125,7 +132,7 @@ class MicroBatcher:
         self._queued_steps = sum(self.cost(item) for item, _, _ in self._queue)
         waiting = self.queue_seconds()
         if self._queue and waiting > self.max_queue_s:
-            raise Overloaded(
+            raise RetryLater(
                 f"the model is busy: about {waiting * 1000:.0f} ms of work is queued (limit {self.max_queue_s * 1000:.0f} ms)",
                 retry_after_ms=round(waiting * 1000),
             )
@@ -136,7 +143,7 @@ class MicroBatcher:
     ) -> list[Any]:
         """Queue ``items`` and wait for their results (in order; a per-item problem comes back as an Exception).
 
-        Raises :class:`Overloaded` at once when the queue is too long (see :meth:`admit`), and
+        Raises :class:`~service.errors.RetryLater` at once when the queue is too long (see :meth:`admit`), and
         :class:`DeadlineExceeded` after ``timeout_s``. ``alone``: the caller knows nothing else is on its
         way to this batcher (a lone stream's message); then, if the model is idle and the work light, it
         runs at once in the caller's task, two event-loop turns sooner. Never guess it: requests that
@@ -149,7 +156,7 @@ class MicroBatcher:
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
             self._worker = loop.create_task(self._drain())
-        caller = Caller(deadline=loop.time() + timeout_s, client_gone=client_gone)
+        caller = Caller(deadline=self.clock() + timeout_s, client_gone=client_gone)
         for item in items:
             future = loop.create_future()
             self._queue.append((item, future, caller))
@@ -187,7 +194,7 @@ class MicroBatcher:
 
     def _mark_abandoned(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> None:
         """Mark the callers of ``jobs`` that are past their deadline or whose client hung up as gone."""
-        now = asyncio.get_running_loop().time()
+        now = self.clock()
         checked: set[int] = set()
         for _, _, caller in jobs:
             if caller.gone or id(caller) in checked:
@@ -210,7 +217,7 @@ class MicroBatcher:
         """Run one caller's light batch here and now (the model is idle and nothing else is coming)."""
         if self.on_batch:
             self.on_batch(len(items))
-        started = time.perf_counter()
+        started = self.clock()
         try:
             results = self.run_batch(list(items))
         except Exception:
@@ -223,7 +230,7 @@ class MicroBatcher:
         if self.on_batch:
             self.on_batch(len(jobs))
         items = [item for item, _, _ in jobs]
-        started = time.perf_counter()
+        started = self.clock()
         try:
             if self._light(items):
                 results = self.run_batch(items)
@@ -241,7 +248,7 @@ class MicroBatcher:
                 future.set_result(result)  # an item's own problem (an Exception) is a result too
 
     def _learn(self, started: float, items: Sequence[Any]) -> None:
-        """Fold a batch that started at ``started`` (perf_counter) into the learnt seconds per step.
+        """Fold a batch that started at ``started`` (on :attr:`clock`) into the learnt seconds per step.
 
         The recent batches' seconds over their steps, each a moving average that follows changes in load
         within a few batches: a batch counts by its steps. A pass has a fixed cost, so one step alone costs
@@ -250,6 +257,6 @@ class MicroBatcher:
         long enough to leave the event loop, on a thread it waited for the GIL, ran 10-30x slower, and
         kept the estimate there: a stream batcher at 256 streams refused steps and lost 2/3 of its speed.
         """
-        self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * (time.perf_counter() - started)
+        self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * (self.clock() - started)
         self._recent_steps = 0.8 * self._recent_steps + 0.2 * max(sum(self.cost(item) for item in items), 1)
         self.seconds_per_step = self._recent_seconds / self._recent_steps

@@ -6,7 +6,11 @@ this middleware rewrites the ``error`` of those answers so it names the instance
 problem like every other 400, and keeps the first few entries of BentoML's ``detail`` list for
 programs that read it. Lists in the request schemas validate fail-fast, so there are few to begin with.
 
-Every 503, and a stream's message refused for overload, says when to retry the same way (:func:`retry_fields`).
+Overload has one account too. Every layer that sheds load raises :class:`RetryLater`: the worker's door
+(its queue would take too long, ``service.admission``), the guard (bodies in flight would pass the memory
+budget, ``service.guard``) and a model's batcher (its queue would take too long, the deadline passed or
+the client hung up, ``service.batching``). :func:`refusal` turns it into the 503, and a stream's message
+refused for overload says the same (:meth:`RetryLater.body`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 MAX_PROBLEMS = 3  # problems named in one answer; the rest are counted
 MAX_MESSAGE = 200  # characters of one problem's message
+UNKNOWN_WAIT_MS = 1000  # the retry hint of a 503 whose wait the server cannot estimate (Retry-After: 1)
+REFUSED = "seqserve.refused"  # scope key: the Retry-After seconds of a refused request (service.http_protocol reads it)
 
 
 class RetryLater(Exception):
@@ -31,6 +37,22 @@ class RetryLater(Exception):
     def retry_after_s(self) -> int:
         """The same wait in whole seconds, at least 1, as the ``Retry-After`` header gives it."""
         return retry_fields(self.retry_after_ms)["retry_after_s"]
+
+    def body(self) -> dict[str, Any]:
+        """``{"error", "retry_after_s", "retry_after_ms"}``: the 503's JSON body, and a stream's error message."""
+        return {"error": str(self), **retry_fields(self.retry_after_ms)}
+
+
+def refusal(err: RetryLater, scope: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """The HTTP answer to ``err``, whichever layer raised it: 503, a ``Retry-After`` header, :meth:`RetryLater.body`.
+
+    It also marks the request's ``scope`` (:data:`REFUSED`): ``service.http_protocol`` then reads nothing
+    more from that connection until the time it gave (at most 1 s), so a client that retries at once
+    does not take the worker's time from the requests let in.
+    """
+    body = err.body()
+    scope[REFUSED] = body["retry_after_s"]
+    return 503, {"retry-after": str(body["retry_after_s"])}, body
 
 
 def retry_fields(retry_after_ms: int) -> dict[str, int]:

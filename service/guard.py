@@ -29,22 +29,13 @@ import json
 from typing import Any
 
 from service.config import Settings
-from service.errors import retry_fields
+from service.errors import UNKNOWN_WAIT_MS, RetryLater, refusal
 
 JSON_TYPES = ("application/json",)
-UNKNOWN_WAIT_MS = 1000  # the retry hint of a 503 whose wait the server cannot estimate (Retry-After: 1)
 
 
-def json_error(status: int, message: str, headers: dict[str, str] | None = None, retry_after_ms: int | None = None):
-    """An ASGI-level JSON error answer: ``{"error": message}``; ``await json_error(...)(send)`` sends it.
-
-    With ``retry_after_ms`` (a 503) it also says when to retry: the ``Retry-After`` header and the
-    body's ``retry_after_s`` and ``retry_after_ms`` (:func:`service.errors.retry_fields`).
-    """
-    answer: dict[str, Any] = {"error": message}
-    if retry_after_ms is not None:
-        answer.update(retry_fields(retry_after_ms))
-        headers = {**(headers or {}), "retry-after": str(answer["retry_after_s"])}
+def json_answer(status: int, answer: dict[str, Any], headers: dict[str, str] | None = None):
+    """An ASGI-level JSON answer; ``await json_answer(...)(send)`` sends it."""
     body = json.dumps(answer).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -54,6 +45,17 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None,
         await send({"type": "http.response.body", "body": body})
 
     return send_to
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None):
+    """An ASGI-level JSON error answer: ``{"error": message}``; ``await json_error(...)(send)`` sends it."""
+    return json_answer(status, {"error": message}, headers)
+
+
+def refused(err: RetryLater, scope):
+    """The ASGI-level 503 for an overload (:func:`service.errors.refusal`); ``await refused(err, scope)(send)`` sends it."""
+    status, headers, body = refusal(err, scope)
+    return json_answer(status, body, headers)
 
 
 class RequestGuard:
@@ -75,7 +77,7 @@ class RequestGuard:
             return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
+        received, path = scope, scope["path"]  # the server's own scope: a refusal marks it (service.errors.refusal)
         if len(path) > 1 and path.endswith("/"):
             scope = {**scope, "path": path.rstrip("/") or "/", "raw_path": path.rstrip("/").encode() or b"/"}
         headers = _headers(scope)
@@ -95,9 +97,8 @@ class RequestGuard:
             return await json_error(413, self._too_large(declared), {"connection": "close"})(send)
         expected = int(declared) if declared else self.max_body
         if self.inflight and self.inflight + expected > self.inflight_budget:
-            return await json_error(
-                503, "the server is busy with other large requests; retry shortly", retry_after_ms=UNKNOWN_WAIT_MS
-            )(send)
+            busy = RetryLater("the server is busy with other large requests; retry shortly", UNKNOWN_WAIT_MS)
+            return await refused(busy, received)(send)
 
         self.inflight += expected
         try:

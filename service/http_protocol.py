@@ -33,8 +33,9 @@ import random
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
-from service.admission import CLIENT_GONE, REFUSED, Door, WorkerQueue
+from service.admission import CLIENT_GONE, Door, WorkerQueue
 from service.config import Settings
+from service.errors import REFUSED
 from service.metrics import count_refused
 
 log = logging.getLogger(__name__)

@@ -144,7 +144,7 @@ class ServedModels:
     ) -> list[dict[str, Any]]:
         """Validate every instance of one /classify or /forecast request, then run them batched with others.
 
-        Raises InstanceError or RequestError (400), and the batcher's Overloaded or DeadlineExceeded (503).
+        Raises InstanceError or RequestError (400), and the batcher's RetryLater (503: overloaded, or past the deadline).
         """
         self._check_count(instances)
         groups: dict[str, list[tuple[int, Any]]] = {}

@@ -55,15 +55,20 @@ class CannotStart(Exception):
 def start_up() -> Settings:
     """The settings ``service.app`` is built with; in ``bentoml serve``'s main process, also the start-up check.
 
-    Called once, at import of ``service.app``, in every process that imports it.
+    Called once, at import of ``service.app``, in every process that imports it: the one place that
+    reads the settings; everything else is handed this object.
     """
     label_unknown_paths_together()
     serve = _serve_command()
+    try:
+        settings = Settings.from_env()
+        if serve is not None:
+            check_servable(settings)
+    except (SettingError, CannotStart) as err:
+        if serve is None:
+            raise  # a worker, tests, `bentoml build`: the error surfaces where the service is created
+        raise SystemExit(_describe(err).line) from None  # one line on stderr, exit status 1
     if serve is not None:
-        try:
-            settings = check_servable()
-        except CannotStart as err:
-            raise SystemExit(err.line) from None  # one line on stderr, exit status 1
         run = open_run()
         serve.call_on_close(lambda: _finish_run(run))
         watch_workers(run)
@@ -72,16 +77,12 @@ def start_up() -> Settings:
     index = _worker_index()
     if run is not None and index is not None:
         register_worker(run, index)
-    return Settings.from_env()
+    return settings
 
 
-def check_servable() -> Settings:
-    """Read the settings, resolve the device and load every model that would be served; CannotStart if any fails."""
+def check_servable(settings: Settings) -> None:
+    """Resolve the device and load every model ``settings`` would serve; CannotStart if any fails."""
     started = time.perf_counter()
-    try:
-        settings = Settings.from_env()
-    except SettingError as err:
-        raise CannotStart(err.name, err.problem) from None
     try:
         resolve_device(settings.device)
     except ValueError as err:
@@ -121,7 +122,6 @@ def check_servable() -> Settings:
             named = tag in settings.models
             raise _model_problem(tag, str(err), named) from None
     log.info("start-up check: %d model(s) load, in %.2fs", len(tags), time.perf_counter() - started)
-    return settings
 
 
 @contextmanager

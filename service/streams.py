@@ -35,10 +35,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from models.artifact import LoadedModel
 from models.streaming import ClassifierStream, ForecasterStream, State
-from service.batching import DeadlineExceeded, Overloaded
 from service.config import Settings
-from service.errors import readable_error, retry_fields
-from service.guard import UNKNOWN_WAIT_MS
+from service.errors import RetryLater, readable_error
 from service.inference import TASKS, InstanceError, OutOfRange, StreamStep, answer_json, validate_steps
 from service.schemas import StreamMessage
 from service.served import ServedModels
@@ -141,10 +139,8 @@ class StreamSessions:
             return state, [_error(f"{err.field}: {err.problem}")]
         except OutOfRange as err:
             return state, [_error(f"steps: {err}")]
-        except Overloaded as err:
-            return state, [_error(str(err), **retry_fields(err.retry_after_ms))]
-        except DeadlineExceeded as err:
-            return state, [_error(str(err), **retry_fields(UNKNOWN_WAIT_MS))]
+        except RetryLater as err:  # the model's queue is full, or the deadline passed
+            return state, [json.dumps(err.body())]
         return result.state, [answer_json(answer) for answer in result.answers]
 
     def _parse(self, text: str, model: LoadedModel, state) -> StreamStep:
@@ -161,8 +157,8 @@ class StreamSessions:
             self.on_open(delta)
 
 
-def _error(problem: str, **extra) -> str:
-    return json.dumps({"error": problem, **extra})
+def _error(problem: str) -> str:
+    return json.dumps({"error": problem})
 
 
 class _StreamError(ValueError):

@@ -5,7 +5,8 @@ import pytest
 import asyncio
 import json
 
-from service.admission import BYTES_PER_UNIT, Busy, Door, WorkerQueue
+from service.admission import BYTES_PER_UNIT, Door, WorkerQueue
+from service.errors import REFUSED, RetryLater
 
 
 class Clock:
@@ -44,7 +45,7 @@ def test_a_request_that_would_wait_past_the_limit_is_refused_with_a_retry_hint()
     for _ in range(51):  # 51 x 2 ms ahead: the next one would wait 102 ms
         queue.enter(1.0)
     clock.now += 0.11  # and the oldest has waited past the limit: the queue is real
-    with pytest.raises(Busy, match=r"about 102 ms of requests are ahead of this one \(limit 101 ms") as refused:
+    with pytest.raises(RetryLater, match=r"about 102 ms of requests are ahead of this one \(limit 101 ms") as refused:
         queue.enter(1.0)
     assert refused.value.retry_after_s == 1
     assert refused.value.retry_after_ms == 102  # the estimate itself, for clients that can act on less than a second
@@ -59,7 +60,7 @@ def test_an_estimate_alone_refuses_nobody_until_a_request_has_waited_the_limit()
     clock.now += 0.099
     queue.enter(1.0)
     clock.now += 0.002
-    with pytest.raises(Busy):
+    with pytest.raises(RetryLater):
         queue.enter(1.0)
 
 
@@ -73,7 +74,7 @@ def test_big_bodies_weigh_more_so_fewer_of_them_are_admitted():
             queue.enter(WorkerQueue.weigh(10 * BYTES_PER_UNIT))
             admitted += 1
             clock.now += 0.11
-    except Busy:
+    except RetryLater:
         pass
     assert admitted == 5  # after the fifth: 5 x 11 units x 2 ms = 110 ms ahead
 
@@ -106,7 +107,7 @@ def flood(queue: WorkerQueue, clock: Clock, clients: int = 300, answers: int = 3
         for _ in range(clients - len(in_flight)):
             try:
                 in_flight.append(queue.enter(1.0))
-            except Busy:
+            except RetryLater:
                 clock.now += 0.0005
         clock.now += 0.001
         queue.leave(in_flight.pop(0))
@@ -144,6 +145,7 @@ def test_the_door_answers_503_with_the_wait_in_whole_seconds_and_in_milliseconds
     asyncio.run(Door(app, queue, max_body_bytes=1 << 20)(scope, None, send))
     start, body = sent
     assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert scope[REFUSED] == 1  # the connection is left unread for up to that second (service.http_protocol)
     assert json.loads(body["body"]) == {
         "error": "the server is busy: about 102 ms of requests are ahead of this one (limit 101 ms, "
         "SEQSERVE_MAX_QUEUE_MS); retry shortly",

@@ -1,12 +1,62 @@
-"""The micro-batcher on its own: merging, order, limits and failures, without a server."""
+"""The micro-batcher on its own: merging, order, limits and failures, without a server.
+
+Nothing here reads the wall clock. The batcher times its passes and checks deadlines on its ``clock``;
+tests give it a :class:`FakeClock` that a pass moves by as long as it says it took. Its waits (the
+merging window, a request's deadline) are the event loop's: :func:`run_in_fake_time` runs them on a
+loop whose time is the same fake clock and which, with nothing to do, jumps to its next timer.
+"""
 
 import asyncio
+import selectors
 import threading
-import time
 
 import pytest
 
-from service.batching import OFFLOAD_STEPS, ClientGone, DeadlineExceeded, MicroBatcher, Overloaded
+from service.batching import OFFLOAD_STEPS, ClientGone, DeadlineExceeded, MicroBatcher
+from service.errors import RetryLater
+
+
+class FakeClock:
+    """Seconds that pass only when :meth:`advance` is called."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _SkippingSelector(selectors.DefaultSelector):
+    """Where the event loop would sleep until its next timer, move the clock there instead."""
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+
+    def select(self, timeout=None):
+        ready = super().select(None if timeout is None else 0)
+        if not ready and timeout:
+            self.clock.advance(timeout)
+        return ready
+
+
+class FakeTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self, clock: FakeClock):
+        super().__init__(_SkippingSelector(clock))
+        self.clock = clock
+
+    def time(self) -> float:
+        return self.clock()
+
+
+def run_in_fake_time(clock: FakeClock, main):
+    """``asyncio.run(main)`` with sleeps and timeouts on ``clock``. Passes must stay light (on the loop):
+    a pass on the forward-pass thread would not hold the clock back."""
+    with asyncio.Runner(loop_factory=lambda: FakeTimeLoop(clock)) as runner:
+        return runner.run(main)
 
 
 def make(max_batch_size=64, max_wait_ms=0.0):
@@ -46,18 +96,21 @@ def test_batches_never_exceed_the_cap():
     assert max(sizes) <= 8 and sum(sizes) == 50
 
 
-def test_a_wait_window_collects_requests_that_arrive_a_little_later():
-    batcher, sizes = make(max_wait_ms=50)
+@pytest.mark.parametrize(("max_wait_ms", "batches"), [(50, [[0, 1, 2, 3], [4]]), (0, [[0], [1], [2], [3], [4]])])
+def test_a_wait_window_collects_requests_that_arrive_a_little_later(max_wait_ms, batches):
+    """Requests at 0, 10, 20 and 40 ms share the pass a 50 ms window holds back; one at 70 ms gets the next."""
+    clock, ran = FakeClock(), []
+    batcher = MicroBatcher(lambda items: ran.append(items) or items, max_wait_ms=max_wait_ms, clock=clock)
 
-    async def late(i):
-        await asyncio.sleep(0.005 * i)
+    async def at(i, seconds):
+        await asyncio.sleep(seconds)
         return await batcher.submit([i])
 
     async def main():
-        await asyncio.gather(*(late(i) for i in range(5)))
+        return await asyncio.gather(*(at(i, s) for i, s in enumerate([0, 0.01, 0.02, 0.04, 0.07])))
 
-    asyncio.run(main())
-    assert sum(sizes) == 5 and len(sizes) < 5  # merged, though a busy machine may split them differently
+    assert run_in_fake_time(clock, main()) == [[0], [1], [2], [3], [4]]
+    assert ran == batches
 
 
 def test_a_failing_forward_pass_reaches_every_caller_of_that_batch():
@@ -83,13 +136,20 @@ def test_a_failing_forward_pass_reaches_every_caller_of_that_batch():
 
 
 def test_past_the_queue_limit_new_work_is_refused_at_once_with_a_retry_hint():
-    batcher = MicroBatcher(lambda items: items, cost=lambda item: item, max_queue_ms=100)
-    batcher.seconds_per_step = 0.001  # as if learnt: 1 ms per step
+    clock = FakeClock()
+
+    def run(items):
+        clock.advance(0.001 * sum(items))  # 1 ms per step
+        return items
+
+    batcher = MicroBatcher(run, cost=lambda item: item, max_queue_ms=100, clock=clock)
 
     async def main():
+        assert await batcher.submit([100]) == [100]  # 100 steps in 100 ms: the rate is learnt
+        assert batcher.seconds_per_step == pytest.approx(0.001)
         first = asyncio.ensure_future(batcher.submit([300]))  # 300 steps = ~300 ms queued
         await asyncio.sleep(0)  # queued; the drain task has not run it yet
-        with pytest.raises(Overloaded) as refused:
+        with pytest.raises(RetryLater) as refused:
             await batcher.submit([1])  # the 300 steps ahead are still wanted: refused
         assert refused.value.retry_after_s >= 1 and "300 ms of work is queued" in str(refused.value)
         assert (refused.value.retry_after_s, refused.value.retry_after_ms) == (1, 300)
@@ -99,25 +159,32 @@ def test_past_the_queue_limit_new_work_is_refused_at_once_with_a_retry_hint():
 
 
 def test_nobody_waits_past_the_deadline_and_late_work_is_dropped():
-    ran: list[int] = []
+    """20 requests with a 100 ms deadline, one pass of 15 ms at a time: the passes that start before the
+    deadline (at 0, 15, ..., 90 ms) answer theirs; the other 13 callers hear DeadlineExceeded as soon as
+    the pass running at the deadline ends, and their work never reaches the model."""
+    clock, ran = FakeClock(), []
 
     def slow(items):
-        time.sleep(0.03)
+        clock.advance(0.015)
         ran.extend(items)
         return items
 
-    batcher = MicroBatcher(slow, max_batch_size=1)
+    batcher = MicroBatcher(slow, max_batch_size=1, clock=clock)
+
+    async def timed(i):
+        try:
+            return await batcher.submit([i], timeout_s=0.1)
+        except DeadlineExceeded as late:
+            return late, clock() - started
 
     async def main():
-        started = time.perf_counter()
-        results = await asyncio.gather(*(batcher.submit([i], timeout_s=0.1) for i in range(20)), return_exceptions=True)
-        return results, time.perf_counter() - started
+        return await asyncio.gather(*(timed(i) for i in range(20)))
 
-    results, elapsed = asyncio.run(main())
-    answered = [r for r in results if not isinstance(r, Exception)]
-    late = [r for r in results if isinstance(r, DeadlineExceeded)]
-    assert answered and late and len(answered) + len(late) == 20
-    assert len(ran) < 20  # the late ones never reached the model
+    started = clock()
+    results = run_in_fake_time(clock, main())
+    assert results[:7] == [[i] for i in range(7)]
+    assert all(isinstance(late, DeadlineExceeded) and heard == pytest.approx(0.105) for late, heard in results[7:])
+    assert ran == list(range(7))  # the late ones never reached the model
 
 
 def test_work_of_a_client_that_hung_up_is_dropped_before_it_runs():
@@ -158,13 +225,19 @@ def test_heavy_batches_leave_the_event_loop_and_light_ones_do_not():
 
 
 def test_abandoned_work_in_the_queue_never_causes_a_503():
-    batcher = MicroBatcher(lambda items: items, cost=lambda item: item, max_queue_ms=100)
-    batcher.seconds_per_step = 0.001
+    clock = FakeClock()
+
+    def run(items):
+        clock.advance(0.001 * sum(items))  # 1 ms per step
+        return items
+
+    batcher = MicroBatcher(run, cost=lambda item: item, max_queue_ms=100, clock=clock)
 
     def gone() -> bool:
         return True
 
     async def main():
+        await batcher.submit([100])  # the rate is learnt: 1 ms per step
         ghost = asyncio.ensure_future(batcher.submit([300], client_gone=gone))
         await asyncio.sleep(0)
         answer = await batcher.submit([1])  # admitted: the ghost's 300 steps are purged first
@@ -202,14 +275,21 @@ def test_a_lone_callers_light_work_runs_in_its_own_task_and_never_jumps_the_queu
 def test_the_learnt_cost_weighs_each_batch_by_its_steps_so_lone_steps_do_not_push_full_passes_off_the_loop():
     """A pass has a fixed cost: here 64 streams' steps take 2 ms together and one alone 0.4 ms. A few lone
     steps must not make the next full pass look long enough to leave the event loop (see MicroBatcher._learn)."""
-    batcher = MicroBatcher(lambda items: items)
+    clock, pass_s = FakeClock(), [0.0]
+
+    def run(items):
+        clock.advance(pass_s[0])
+        return items
+
+    batcher = MicroBatcher(run, clock=clock)
 
     def ran(steps: int, seconds: float) -> None:
-        batcher._learn(time.perf_counter() - seconds, [0] * steps)  # cost: 1 step per item
+        pass_s[0] = seconds
+        asyncio.run(batcher.submit([0] * steps))  # cost: 1 step per item
 
     for _ in range(20):
         ran(64, 0.002)
-    assert batcher.seconds_per_step == pytest.approx(0.002 / 64, rel=0.05)
+    assert batcher.seconds_per_step == pytest.approx(0.002 / 64, rel=1e-9)
     for _ in range(6):
         ran(1, 0.0004)
     assert batcher.seconds_per_step < 2 * 0.002 / 64

@@ -1,6 +1,7 @@
 """service.errors: pydantic locations and messages turned into one readable line."""
 
-from service.errors import describe_location, readable_error, retry_fields
+from service.batching import ClientGone, DeadlineExceeded
+from service.errors import REFUSED, RetryLater, describe_location, readable_error, refusal, retry_fields
 
 
 def test_locations_read_like_python():
@@ -54,3 +55,17 @@ def test_a_retry_hint_is_whole_seconds_of_at_least_one_as_retry_after_and_millis
         1001: {"retry_after_s": 2, "retry_after_ms": 1001},
         2500: {"retry_after_s": 3, "retry_after_ms": 2500},
     }
+
+
+def test_every_overload_is_answered_by_one_refusal_that_also_marks_the_connection():
+    scope = {}
+    assert refusal(RetryLater("the model is busy", 2500), scope) == (
+        503, {"retry-after": "3"}, {"error": "the model is busy", "retry_after_s": 3, "retry_after_ms": 2500},
+    )
+    assert scope == {REFUSED: 3}  # service.http_protocol leaves the connection unread until then
+
+
+def test_a_missed_deadline_and_a_gone_client_are_overload_with_an_unknown_wait():
+    for err in (DeadlineExceeded("not answered within the deadline"), ClientGone("the client hung up")):
+        assert isinstance(err, RetryLater)
+        assert err.body() == {"error": str(err), "retry_after_s": 1, "retry_after_ms": 1000}

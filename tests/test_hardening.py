@@ -4,12 +4,17 @@ Sizes are scaled down (a body cap of 64 KiB) so every case runs in milliseconds;
 measurements are in ``python -m loadtests hostile``.
 """
 
+import asyncio
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from service.config import Settings
+from service.errors import REFUSED
+from service.guard import RequestGuard
 from tests import tiny_models
 from tests.service_client import in_process
 
@@ -54,6 +59,26 @@ def test_a_streamed_body_that_grows_past_the_cap_gets_413(client):
 
     response = client.post("/classify", content=chunks(), headers={"content-type": "application/json", **KEY})
     assert response.status_code == 413
+
+
+def test_past_the_memory_budget_for_bodies_in_flight_the_guard_refuses_like_the_door():
+    """A body that would pass the budget (two bodies at the cap) gets the 503 every overload gets, unread."""
+    guard = RequestGuard(None, replace(Settings.from_env(), max_body_bytes=1 << 20, api_keys=()))
+    guard.inflight = 2 << 20
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/classify/",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")]}
+    asyncio.run(guard(scope, None, send))
+    start, body = sent
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert json.loads(body["body"]) == {
+        "error": "the server is busy with other large requests; retry shortly", "retry_after_s": 1, "retry_after_ms": 1000,
+    }
+    assert scope[REFUSED] == 1  # on the server's own scope, though the guard answered for /classify
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded", ""])

@@ -11,7 +11,8 @@ import torch
 
 from models.artifact import load_artifact
 from models.padding import pad_sequences
-from service.batching import MicroBatcher, Overloaded
+from service.batching import MicroBatcher
+from service.errors import RetryLater
 from service.config import Settings
 from service.inference import StreamStep
 from service.served import ServedModels
@@ -266,7 +267,7 @@ def test_an_overloaded_model_says_when_to_retry_in_milliseconds_too(client, tags
     busy = "the model is busy: about 3 ms of work is queued (limit 2 ms)"
 
     async def refuse(batcher):
-        raise Overloaded(busy, retry_after_ms=3)
+        raise RetryLater(busy, retry_after_ms=3)
 
     monkeypatch.setattr(MicroBatcher, "admit", refuse)
     tag = tags["gru-1"]

@@ -230,7 +230,7 @@ def test_bench_on_synthetic_writes_a_table_and_stores_nothing(tmp_path, capsys, 
         parsed.epochs, parsed.batch_size = 1, 256
         return train_one(parsed)
 
-    assert bench.run(args, quick) == 0
+    assert bench.run(args, build_parser(), quick) == 0
     text = output.read_text()
     assert "| synthetic | 0 |" in text and "| skipped |" in text and "1-NN DTW" in text and "s/epoch" in text
     assert {info.tag for info in list_artifacts()} == before

@@ -65,10 +65,13 @@ def _selected(spec: str) -> list[tuple[str, str]]:
     return picked
 
 
-def run(args: argparse.Namespace, train_one: Callable[[argparse.Namespace], RunResult]) -> int:
-    """Train every selected dataset for every seed, write the Markdown table, print where."""
-    from training.cli import build_parser  # the CLI builds this command's parser: import late
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser,
+        train_one: Callable[[argparse.Namespace], RunResult]) -> int:
+    """Train every selected dataset for every seed, write the Markdown table, print where.
 
+    ``parser`` is the CLI's own (``training.cli.build_parser()``): every run parses its argv with it, so
+    a run gets the CLI's defaults exactly. The CLI hands it in; this module never imports the CLI.
+    """
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     jobs = [(task, ["--dataset", name], name) for task, name in _selected(args.datasets)]
     jobs += [("classify", ["--data", str(p)], p.name) for p in args.classify_data]
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace, train_one: Callable[[argparse.Namespace], RunR
                 if args.quiet:
                     argv.append("--quiet")
                 print(f"bench: {task} {label} seed {seed}", flush=True)
-                result = train_one(build_parser().parse_args(argv))
+                result = train_one(parser.parse_args(argv))
                 rows[task].append(_row(task, label, seed, result))
                 print("bench: " + " | ".join(rows[task][-1]), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             if distributed.launched():  # its runs are separate models, each would need every rank
                 raise ValueError("bench trains one process at a time; run it with python -m training bench, not torchrun")
-            return bench.run(args, train_one)
+            return bench.run(args, build_parser(), train_one)
         with distributed.session(args.device):  # a process group under torchrun; nothing in a plain run
             result = train_one(args)
     except (DataError, ArtifactError, ValueError) as err:
