@@ -81,7 +81,22 @@ def _as_array(index: int, field: str, values: list, n_features: int, tag: str, l
 
 def validate_steps(index: int, steps: list, model: LoadedModel, max_steps: int) -> np.ndarray:
     """A stream's new steps as (k, F) float32, at most ``max_steps`` of them (either task)."""
-    return _as_array(index, "steps", steps, len(model.card.features), model.tag, Limits(max_length=max_steps))
+    array = _as_array(index, "steps", steps, len(model.card.features), model.tag, Limits(max_length=max_steps))
+    return _positive_if_log(index, "steps", array, model)
+
+
+def _positive_if_log(index: int, field: str, array: np.ndarray, model: LoadedModel, first_step: int = 0) -> np.ndarray:
+    """``array`` (T, C) (steps ``first_step`` on of the field), unless ``model`` forecasts the log of its
+    targets and one of them is not above 0."""
+    if getattr(model.module, "transform", "none") != "log":
+        return array
+    k = model.module.n_targets
+    bad = np.argwhere(array[:, :k] <= 0)
+    if len(bad):
+        step, feature = bad[0]
+        raise InstanceError(index, field, f"step {first_step + step}, feature {feature} is {array[step, feature]:g}, but {model.tag} "
+                                          f"forecasts the logarithm of its targets and needs them above 0")
+    return array
 
 
 @dataclass
@@ -168,7 +183,7 @@ class ForecastTask:
         array = _as_array(index, self.field, history, len(model.card.features), model.tag, limits)
         if len(array) < lookback:
             raise InstanceError(index, self.field, f"has {len(array)} steps but {model.tag} needs at least {lookback}")
-        return array[-lookback:]
+        return _positive_if_log(index, self.field, array[-lookback:], model, first_step=len(array) - lookback)
 
     def cost(self, window: np.ndarray) -> int:
         return len(window)
