@@ -374,6 +374,7 @@ def test_builtin_classification_is_valid(name):
     ("italypower", 67, 1029, 1, (24, 24)),
     ("japanesevowels", 270, 370, 12, (7, 29)),
     ("basicmotions", 40, 40, 6, (100, 100)),
+    ("arrowhead", 36, 175, 1, (251, 251)),
     ("osuleaf", 200, 242, 1, (427, 427)),
     ("acsf1", 100, 100, 1, (1460, 1460)),
 ])

@@ -107,6 +107,8 @@ _archive("japanesevowels", "JapaneseVowels", "UEA JapaneseVowels: 9 speakers; 12
          "unequal lengths 7-29, 270 train / 370 test")
 _archive("basicmotions", "BasicMotions", "UEA BasicMotions: smartwatch activity, 4 classes; 6 features, "
          "length 100, 40 train / 40 test")
+_archive("arrowhead", "ArrowHead", "UCR ArrowHead: arrowhead outlines, 3 classes; univariate, length 251, "
+         "36 train / 175 test")
 _archive("osuleaf", "OSULeaf", "UCR OSULeaf: leaf outlines, 6 classes; univariate, length 427, "
          "200 train / 242 test")
 _archive("acsf1", "ACSF1", "UCR ACSF1: appliance power consumption, 10 classes; univariate, length 1460, "
