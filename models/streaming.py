@@ -15,9 +15,14 @@ arrays, one stream, no batch dimension) and steps many streams at once:
   steps, and a forecast runs the window (O(lookback), never more). Before ``lookback`` steps have
   arrived there is no forecast, exactly as ``/forecast`` refuses a shorter history.
 
+* :class:`NeighbourStream` — a :class:`~models.neighbours.DTWNearestNeighbour` reads a query one DTW row
+  at a time; the state is the last row against every reference (N x L float64), and the logits after
+  ``t`` steps equal the whole-sequence forward on those ``t`` steps exactly (the same row function).
+
 Models that cannot stream raise :class:`NotStreamable` with the reason: a bidirectional classifier
 (its backward pass reads every step again with each new one) and one with ``instance_norm="sequence"``
-(each new step changes the statistics every earlier step was standardised with).
+(each new step changes the statistics every earlier step was standardised with), and an ensemble of
+networks (a stream steps one network).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.ensemble import ClassifierEnsemble
+from models.neighbours import DTWNearestNeighbour, dtw_row
 from models.normalization import running_step
 from models.recurrent import Forecaster, SequenceClassifier
 
@@ -75,6 +82,11 @@ def not_streamable_reason(module: nn.Module) -> str | None:
     """Why ``module`` cannot stream, or None when it can."""
     if isinstance(module, Forecaster):
         return None  # the state is the last `lookback` steps: any forecaster, one-way or not
+    if isinstance(module, DTWNearestNeighbour):
+        return None  # the state is the last DTW row against every reference
+    if isinstance(module, ClassifierEnsemble):
+        return (f"it is an ensemble of {len(module.members)} networks, and a stream steps one network; "
+                "train it with --family network to stream")
     if not isinstance(module, SequenceClassifier):
         return f"{type(module).__name__} has no streaming step"
     if module.encoder.directions == 2:
@@ -88,7 +100,7 @@ def not_streamable_reason(module: nn.Module) -> str | None:
     return None
 
 
-def stream_for(module: nn.Module, lookback: int | None = None) -> "ClassifierStream | ForecasterStream":
+def stream_for(module: nn.Module, lookback: int | None = None) -> "ClassifierStream | ForecasterStream | NeighbourStream":
     """The streaming wrapper for ``module`` (a forecaster needs its ``lookback``); NotStreamable says why not."""
     reason = not_streamable_reason(module)
     if reason:
@@ -97,6 +109,8 @@ def stream_for(module: nn.Module, lookback: int | None = None) -> "ClassifierStr
         if not lookback:
             raise ValueError("a forecaster streams over its lookback window; pass lookback")
         return ForecasterStream(module, lookback)
+    if isinstance(module, DTWNearestNeighbour):
+        return NeighbourStream(module)
     return ClassifierStream(module)
 
 
@@ -323,3 +337,42 @@ class ForecasterStream:
                 outputs[i].append((n, row))
         return [Advanced(state, out) for state, out in zip(new_states, outputs)]
 
+
+
+class NeighbourStream:
+    """Steps a :class:`DTWNearestNeighbour`, many streams at once: one DTW row per new step."""
+
+    def __init__(self, module: DTWNearestNeighbour):
+        self.module = module
+        n, length = module.references.shape[:2]
+        self.fields = [StateField("steps", (1,), np.float64), StateField("row", (n, length), np.float64, start=np.inf)]
+        self.state_bytes = sum(f.nbytes for f in self.fields)
+        self.device = module.references.device  # make the stream after the model is on its device
+        self.references = module.references.double()
+        self.last = (module.reference_lengths - 1)[None, :, None]  # (1, N, 1): each reference's last step
+
+    def initial(self) -> State:
+        """The state of a stream that has seen nothing."""
+        return {f.name: np.full(f.shape, f.start, dtype=f.dtype) for f in self.fields}
+
+    @torch.inference_mode()
+    def advance(self, states: list[State], chunks: list[np.ndarray], every_step: list[bool]) -> list[Advanced]:
+        """Advance stream ``i`` from ``states[i]`` by ``chunks[i]`` (k_i, F), all streams together, one step per pass."""
+        rows = torch.from_numpy(np.stack([s["row"] for s in states])).to(self.device)  # (b, N, L)
+        steps = np.array([s["steps"][0] for s in states], dtype=np.float64)  # (b,)
+        lengths = [len(c) for c in chunks]
+        outputs: list[list[tuple[int, np.ndarray]]] = [[] for _ in states]
+        for t in range(max(lengths)):
+            active = [i for i, k in enumerate(lengths) if k > t]
+            x_t = torch.from_numpy(np.stack([chunks[i][t] for i in active])).to(self.device)  # (a, F)
+            first = torch.from_numpy(steps[active] == 0).to(self.device)
+            new = dtw_row(rows[active], first, x_t, self.references)  # (a, N, L)
+            rows[active] = new
+            steps[active] += 1
+            answer = [j for j, i in enumerate(active) if every_step[i] or t == lengths[i] - 1]
+            if answer:
+                ends = new[answer].gather(-1, self.last.expand(len(answer), -1, -1))[..., 0]  # (n, N)
+                for j, logits in zip(answer, self.module.logits(ends).cpu().numpy()):
+                    outputs[active[j]].append((int(steps[active[j]]), logits))
+        rows_out = rows.cpu().numpy()
+        return [Advanced({"steps": steps[i : i + 1].copy(), "row": rows_out[i].copy()}, outputs[i]) for i in range(len(states))]

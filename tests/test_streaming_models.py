@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from models import CELLS, create_model
+from models.padding import pad_sequences
 from models.streaming import NotStreamable, pack_state, stream_for, unpack_state
 
 FEATURES, CLASSES, HORIZON, LOOKBACK = 3, 4, 5, 12
@@ -91,6 +92,38 @@ def test_a_stream_state_is_the_same_size_however_long_it_ran():
     assert len(pack_state(short.state, stream.fields)) == len(pack_state(long.state, stream.fields))
 
 
+def test_dtw_1nn_stream_equals_the_whole_sequence_after_every_step():
+    from tests.test_models import dtw_model
+
+    model, seq = dtw_model(), series(sum(CHUNKS[:5]), FEATURES)  # 46 steps, past the longest reference
+    stream = stream_for(model)
+    state, seen = stream.initial(), 0
+    for k in CHUNKS[:5]:
+        [advanced] = stream.advance([state], [seq[seen : seen + k]], every_step=[True])
+        seen += k
+        assert [n for n, _ in advanced.outputs] == list(range(seen - k + 1, seen + 1))
+        with torch.inference_mode():
+            for n, logits in advanced.outputs:
+                whole = model(torch.from_numpy(seq[:n])[None], torch.tensor([n]))[0].numpy()
+                np.testing.assert_array_equal(logits, whole)
+        state = unpack_state(pack_state(advanced.state, stream.fields), stream.fields)
+
+
+def test_dtw_1nn_streams_batched_together_keep_their_own_answers():
+    from tests.test_models import dtw_model
+
+    model = dtw_model()
+    stream = stream_for(model)
+    sequences = [series(n, FEATURES, seed=n) for n in (7, 1, 30)]
+    advanced = stream.advance([stream.initial()] * 3, sequences, every_step=[False, True, False])
+    x, lengths = pad_sequences(sequences)
+    with torch.inference_mode():
+        whole = model(x, lengths).numpy()
+    for row, a in zip(whole, advanced):
+        [(n, logits)] = a.outputs
+        np.testing.assert_array_equal(logits, row)
+
+
 @pytest.mark.parametrize("recipe, reason", [
     ({"bidirectional": True}, "it is bidirectional: its backward pass reads the whole sequence again with every new step; "
                               "train it with --no-bidirectional to stream"),
@@ -101,6 +134,14 @@ def test_a_stream_state_is_the_same_size_however_long_it_ran():
 def test_classifiers_that_cannot_stream_say_why(recipe, reason):
     with pytest.raises(NotStreamable, match=reason.replace("(", r"\(")):
         stream_for(classifier("gru", **recipe))
+
+
+def test_an_ensemble_cannot_stream_and_says_why():
+    model = create_model("gru_ensemble", members=4, n_features=FEATURES, n_classes=CLASSES, hidden_size=8,
+                         bidirectional=False, instance_norm="running")
+    with pytest.raises(NotStreamable, match="^it is an ensemble of 4 networks, and a stream steps one network; "
+                                            "train it with --family network to stream$"):
+        stream_for(model)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

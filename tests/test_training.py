@@ -12,6 +12,7 @@ import torch
 from models import ClassifierConfig, ForecasterConfig, create_model
 from models.artifact import load_artifact
 from training import datasets
+from training.classify import SMALL_SET_SEQUENCES, stratified_folds, train_classifier
 from training.cli import build_parser, main, train_one
 from training.data import SeriesCollection
 from training.forecast import train_forecaster
@@ -212,6 +213,78 @@ def test_a_model_that_does_not_beat_its_baseline_is_flagged_everywhere(capsys, c
     card = load_artifact(tag).card
     assert card.metrics["beats_baseline"] is False
     assert card.metrics["warnings"][0].startswith("the model does not beat its simplest baseline: test accuracy")
+
+
+# ----------------------------------------------------------------------------- small training sets
+
+
+def small_set(n_train: int = 13):
+    """The first ``n_train`` synthetic training sequences (every class among them) and 20 test sequences."""
+    train, test = datasets.load_classification("synthetic")
+    subset = lambda ds, n, part: dataclasses.replace(ds, sequences=ds.sequences[:n], labels=ds.labels[:n], source=part)
+    return subset(train, n_train, "test:small/train"), subset(test, 20, "test:small/test")
+
+
+def test_stratified_folds_cover_every_row_once_and_deal_each_class_evenly():
+    labels = np.array([0] * 7 + [1] * 5 + [2] * 2)
+    folds = stratified_folds(labels, 4, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(14))
+    assert sorted(len(f) for f in folds) == [3, 3, 4, 4]
+    for c in range(3):
+        counts = [int(np.sum(labels[f] == c)) for f in folds]
+        assert max(counts) - min(counts) <= 1
+
+
+@pytest.mark.parametrize("family, served, model_name", [
+    ("ensemble", "ensemble of 4 networks", "gru_ensemble"),
+    ("dtw_1nn", "dtw_1nn", "dtw_1nn"),
+])
+def test_a_small_set_model_trains_saves_loads_and_answers_as_trained(tmp_path, family, served, model_name):
+    from models.streaming import NotStreamable, stream_for
+    from service.inference import CLASSIFY
+
+    train, test = small_set()
+    config = TrainConfig(epochs=1, batch_size=8, max_batches=2, progress=False)
+    result = train_classifier(train, test, name=f"small-{family}", network=NetworkOptions(hidden_size=8), config=config,
+                              device=torch.device("cpu"), report_dir=tmp_path, strong_baselines=False, family=family)
+    loaded = load_artifact(result.tag)
+    assert loaded.card.model_name == model_name
+    recorded = loaded.card.training["recipe"]["family"]
+    assert (recorded["served"], recorded["why"]) == (served, f"asked for (--family {family})")
+    assert list(recorded["training_set_accuracy"]) == ["networks" if family == "ensemble" else "dtw_1nn"]
+    answers = CLASSIFY.run_batch(loaded, test.sequences)  # the service's own path: pad, forward, postprocess
+    predicted = [loaded.card.labels.index(a["label"]) for a in answers]
+    assert np.mean(np.array(predicted) == test.labels) == result.test["accuracy"]
+    if family == "dtw_1nn":
+        assert loaded.card.hparams == {"n_features": 2, "n_classes": 3, "n_references": 13,
+                                        "reference_length": max(len(s) for s in train.sequences)}
+        assert result.test["accuracy"] == 1.0  # the synthetic waves are far apart
+        stream_for(loaded.module)
+    else:
+        assert loaded.card.hparams["members"] == 4
+        with pytest.raises(NotStreamable, match="ensemble of 4 networks"):
+            stream_for(loaded.module)
+
+
+def test_below_the_small_set_size_auto_serves_what_cross_validates_better_and_says_why(tmp_path):
+    train, test = small_set()
+    config = TrainConfig(epochs=1, batch_size=8, max_batches=2, progress=False)
+    result = train_classifier(train, test, name="small-auto", network=NetworkOptions(hidden_size=8), config=config,
+                              device=torch.device("cpu"), report_dir=tmp_path, save=False, strong_baselines=False)
+    family = result.training["recipe"]["family"]
+    scores = family["training_set_accuracy"]
+    assert scores["dtw_1nn"] == 1.0 and scores["networks"] < 1.0  # one epoch of two batches learns little
+    assert family["served"] == "dtw_1nn"
+    assert family["why"] == (f"fewer than 50 training sequences: 4-fold accuracy of the networks {scores['networks']:.3f}, "
+                             "leave-one-out accuracy of 1-NN DTW 1.000; 1-NN DTW is as high or higher")
+
+
+def test_from_the_small_set_size_on_auto_trains_one_network(tmp_path):
+    train, test = small_set(SMALL_SET_SEQUENCES)
+    config = TrainConfig(epochs=1, batch_size=8, max_batches=2, progress=False)
+    result = train_classifier(train, test, name="big", network=NetworkOptions(hidden_size=8), config=config,
+                              device=torch.device("cpu"), report_dir=tmp_path, save=False, strong_baselines=False)
+    assert result.training["recipe"]["family"] == {"served": "network", "why": "50 training sequences (cross-validation below 50)"}
 
 
 # ----------------------------------------------------------------------------- the benchmark

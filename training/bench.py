@@ -111,7 +111,13 @@ def _row(task: str, label: str, seed: int, result: RunResult) -> list[str]:
     if task == "classify":
         beats = result.test[key] > max(simple)
         reaches = strong is not None and result.test[key] >= strong
-        setup = f"stride {recipe.get('conv_stride')}, {'holdout' if 'held-out' in str(recipe.get('validation')) else 'no val'}"
+        served = recipe.get("family", {}).get("served", "network")
+        setup = "1-NN DTW" if served == "dtw_1nn" else (
+            f"{'' if served == 'network' else served + ', '}stride {recipe.get('conv_stride')}, "
+            f"{'holdout' if 'held-out' in str(recipe.get('validation')) else 'no val'}")
+        cv = recipe.get("family", {}).get("training_set_accuracy", {})
+        if len(cv) == 2:
+            setup += f" (train CV: networks {cv['networks']:.2f}, DTW {cv['dtw_1nn']:.2f})"
     else:
         beats = result.test[key] < min(simple)
         reaches = strong is not None and result.test[key] <= ETS_MARGIN * strong

@@ -10,7 +10,13 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
 * batch and epochs sized to the data (``training.loop.sized_for``, ~1,200 optimiser steps);
 * no validation split below ``HOLDOUT_MIN_SEQUENCES`` training sequences: a handful of held-out
   sequences makes early stopping pick noise (a 36-sequence set kept a model that had learned nothing),
-  so small sets train on everything for the whole one-cycle schedule and keep the last epoch.
+  so small sets train on everything for the whole one-cycle schedule and keep the last epoch;
+* below ``SMALL_SET_SEQUENCES`` training sequences (``--family auto``), ``FOLDS`` networks, one per
+  stratified fold, each trained on the other folds, and 1-NN DTW are both scored on the training set:
+  the networks on the fold each one never saw, 1-NN DTW leaving one sequence out at a time. The better
+  of the two is served (the networks together, as one :class:`~models.ensemble.ClassifierEnsemble`
+  averaging their probabilities; 1-NN DTW as a :class:`~models.neighbours.DTWNearestNeighbour`),
+  1-NN DTW on a tie. The card's ``training["recipe"]["family"]`` records both scores and the choice.
 """
 
 from __future__ import annotations
@@ -18,18 +24,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import ClassifierConfig, create_model
+from models import ClassifierConfig, ClassifierEnsemble, DTWNearestNeighbour, NeighbourConfig, create_model
 from models.artifact import ModelCard, save_artifact
 from models.padding import pad_sequences
 from training import baselines as strong, distributed, report
 from training.data import SequenceDataset, fingerprint
-from training.loop import TrainConfig, fit, seed_everything, sized_for
+from training.loop import History, TrainConfig, fit, seed_everything, sized_for
 from training.metrics import classification_metrics, compare_with_baselines, majority_class_baseline
 from training.read_classification import check_compatible
 from training.types import NetworkOptions, RunResult
@@ -39,6 +46,9 @@ log = logging.getLogger(__name__)
 LONG_SEQUENCE_STEPS = 128  # the front end pools the longest training sequence down to about this
 HOLDOUT_MIN_SEQUENCES = 500  # below this, no validation split (see the module docstring)
 TARGET_STEPS = 1200  # optimiser steps when epochs are left to the recipe
+SMALL_SET_SEQUENCES = 50  # below this, --family auto weighs a fold ensemble against 1-NN DTW
+FOLDS = 4  # networks in that ensemble: one per fold
+FAMILIES = ("auto", "network", "ensemble", "dtw_1nn")
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +64,18 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 @torch.no_grad()
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint sorted index arrays covering every row, each class dealt over them in turn."""
+    rng = np.random.default_rng(seed)
+    dealt: list[list[int]] = [[] for _ in range(folds)]
+    start = 0
+    for c in np.unique(labels):
+        for i, row in enumerate(rng.permutation(np.flatnonzero(labels == c))):
+            dealt[(start + i) % folds].append(int(row))
+        start += int((labels == c).sum())  # the next class starts where this one stopped: folds stay even
+    return [np.sort(np.asarray(rows, dtype=np.int64)) for rows in dealt]
+
+
 def predict_labels(model: torch.nn.Module, sequences: list[np.ndarray], device: torch.device, batch_size: int = 256) -> np.ndarray:
     """Arg-max class of every sequence: ``(N,)``."""
     model.eval()
@@ -92,44 +114,27 @@ def classifier_config(train: SequenceDataset, network: NetworkOptions, instance_
     )
 
 
-def train_classifier(
+def train_network(
     train: SequenceDataset,
-    test: SequenceDataset,
-    *,
-    name: str,
-    network: NetworkOptions,
+    fit_rows: np.ndarray,
+    val_rows: np.ndarray,
+    model_name: str,
+    hparams: ClassifierConfig,
+    stats: tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
     device: torch.device,
-    report_dir: Path,
-    val_fraction: float | None = None,
-    save: bool = True,
-    strong_baselines: bool = True,
-    instance_norm: str = "sequence",
-) -> RunResult | None:
-    """The whole classification run: split, normalise, train, evaluate, compare, store, report.
+    target_steps: int = TARGET_STEPS,
+) -> tuple[torch.nn.Module, History, TrainConfig]:
+    """One network trained on ``train``'s ``fit_rows`` (early stopping on ``val_rows`` when there are any).
 
-    ``val_fraction`` None lets the recipe choose (a 20% split from ``HOLDOUT_MIN_SEQUENCES`` on, else none).
-    Returns None on torchrun ranks other than 0, which only train.
+    ``stats`` are the per-feature (mean, std) it standardises with; returns it with its history and the
+    settings it trained with (batch and epochs sized to ``fit_rows`` when left as None).
     """
-    check_compatible(train, test)
-    seed_everything(config.seed)
-    if val_fraction is None:
-        val_fraction = 0.2 if len(train) >= HOLDOUT_MIN_SEQUENCES else 0.0
-    if val_fraction > 0:
-        fit_rows, val_rows = stratified_split(train.labels, val_fraction, config.seed)
-    else:
-        fit_rows, val_rows = np.arange(len(train)), np.zeros(0, dtype=np.int64)
-    stacked = np.concatenate([train.sequences[i] for i in fit_rows])  # every valid step: (sum T_i, F)
-    mean, std = stacked.mean(axis=0), stacked.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-
-    hparams = classifier_config(train, network, instance_norm)
-    model_name = f"{network.arch}_classifier"
+    mean, std = stats
     model = create_model(model_name, **dataclasses.asdict(hparams))
     model.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
     model.feature_std.copy_(torch.as_tensor(std, dtype=torch.float32))
     model.to(device)
-
     rng = np.random.default_rng(config.seed + distributed.rank())  # under torchrun, each rank draws its own views
 
     def make_batch(indices: np.ndarray, is_train: bool):
@@ -144,19 +149,148 @@ def train_classifier(
 
     if config.batch_size is None:  # about ten batches an epoch, 8 to 32 sequences each
         config = dataclasses.replace(config, batch_size=int(np.clip(len(fit_rows) // 10, 8, 32)))
-    config = sized_for(config, len(fit_rows), target_steps=TARGET_STEPS)
-    recipe = {
-        "instance_norm": hparams.instance_norm,
-        "conv_stride": hparams.conv_stride,
-        "augmentation": "random 80-100% window + 5% noise",
-        "validation": f"{len(val_rows)} held-out sequences, early stopping" if len(val_rows)
-        else f"none: fewer than {HOLDOUT_MIN_SEQUENCES} training sequences; trains on all, keeps the last epoch",
-        "batch_size": config.batch_size,
-        "epochs": config.epochs,
-        "lr": config.lr,
-    }
-    log.info("recipe: %s", recipe)
+    config = sized_for(config, len(fit_rows), target_steps=target_steps)
     history = fit(model, len(fit_rows), len(val_rows), make_batch, loss_fn, config)
+    return model, history, config
+
+
+def dtw_classifier(train: SequenceDataset, rows: np.ndarray) -> DTWNearestNeighbour:
+    """1-NN DTW over ``train``'s ``rows``, as a module."""
+    references, lengths = pad_sequences([train.sequences[i] for i in rows])
+    hparams = NeighbourConfig(train.n_features, train.n_classes, len(rows), references.shape[1])
+    return DTWNearestNeighbour(**dataclasses.asdict(hparams)).remember(
+        references, lengths, torch.as_tensor(train.labels[rows]))
+
+
+@torch.no_grad()
+def dtw_leave_one_out(train: SequenceDataset) -> float:
+    """Accuracy of 1-NN DTW on the training set, each sequence classified by its nearest other one."""
+    model = dtw_classifier(train, np.arange(len(train)))
+    x, lengths = pad_sequences(train.sequences)
+    distances = model.distances(x, lengths)  # (N, N)
+    distances.fill_diagonal_(torch.inf)
+    nearest = distances.argmin(dim=1).numpy()
+    return float(np.mean(train.labels[nearest] == train.labels))
+
+
+def fold_ensemble(
+    train: SequenceDataset,
+    network: NetworkOptions,
+    hparams: ClassifierConfig,
+    stats: tuple[np.ndarray, np.ndarray],
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[ClassifierEnsemble, float, History, TrainConfig]:
+    """``FOLDS`` networks, each trained on all folds but one; their ensemble and their held-out accuracy.
+
+    Each member gets half the optimiser steps of a lone network, so the ensemble costs about two
+    networks' time.
+    """
+    members, histories, right = [], [], 0
+    for k, held in enumerate(stratified_folds(train.labels, FOLDS, config.seed)):
+        rows = np.setdiff1d(np.arange(len(train)), held)
+        member_config = dataclasses.replace(config, seed=config.seed + k)
+        seed_everything(member_config.seed)
+        model, history, trained = train_network(train, rows, np.zeros(0, dtype=np.int64), f"{network.arch}_classifier",
+                                                hparams, stats, member_config, device, TARGET_STEPS // 2)
+        if len(held):
+            right += int(np.sum(predict_labels(model, [train.sequences[i] for i in held], device) == train.labels[held]))
+        members.append(model)
+        histories.append(history)
+    ensemble = ClassifierEnsemble(len(members), network.arch, **dataclasses.asdict(hparams)).to(device)
+    for slot, member in zip(ensemble.members, members):
+        slot.load_state_dict(member.state_dict())
+    history = histories[0]
+    history.seconds = sum(h.seconds for h in histories)
+    return ensemble, right / len(train), history, dataclasses.replace(trained, seed=config.seed)
+
+
+def train_classifier(
+    train: SequenceDataset,
+    test: SequenceDataset,
+    *,
+    name: str,
+    network: NetworkOptions,
+    config: TrainConfig,
+    device: torch.device,
+    report_dir: Path,
+    val_fraction: float | None = None,
+    save: bool = True,
+    strong_baselines: bool = True,
+    instance_norm: str = "sequence",
+    family: str = "auto",
+) -> RunResult | None:
+    """The whole classification run: split, normalise, train, evaluate, compare, store, report.
+
+    ``val_fraction`` None lets the recipe choose (a 20% split from ``HOLDOUT_MIN_SEQUENCES`` on, else none).
+    ``family``: one of ``FAMILIES`` (see the module docstring). Returns None on torchrun ranks other
+    than 0, which only train.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    check_compatible(train, test)
+    seed_everything(config.seed)
+    if family == "auto":
+        family = "network" if len(train) >= SMALL_SET_SEQUENCES else "auto"
+    if val_fraction is None:
+        val_fraction = 0.2 if len(train) >= HOLDOUT_MIN_SEQUENCES and family == "network" else 0.0
+    if val_fraction > 0 and family != "network":
+        raise ValueError(f"--val-fraction needs --family network; {family} trains on every training sequence")
+    if val_fraction > 0:
+        fit_rows, val_rows = stratified_split(train.labels, val_fraction, config.seed)
+    else:
+        fit_rows, val_rows = np.arange(len(train)), np.zeros(0, dtype=np.int64)
+    stacked = np.concatenate([train.sequences[i] for i in fit_rows])  # every valid step: (sum T_i, F)
+    mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    hparams = classifier_config(train, network, instance_norm)
+    recipe: dict = {"instance_norm": hparams.instance_norm, "conv_stride": hparams.conv_stride,
+                    "augmentation": "random 80-100% window + 5% noise"}
+    started = time.perf_counter()
+
+    if family == "network":
+        model_name = f"{network.arch}_classifier"
+        model, history, config = train_network(train, fit_rows, val_rows, model_name, hparams, (mean, std), config, device)
+        recipe["family"] = {"served": "network", "why": f"{len(train)} training sequences (cross-validation below "
+                            f"{SMALL_SET_SEQUENCES})" if len(train) >= SMALL_SET_SEQUENCES else "asked for (--family network)"}
+    else:
+        scores: dict[str, float] = {}
+        if family in ("auto", "ensemble"):
+            model, scores["networks"], history, config = fold_ensemble(train, network, hparams, (mean, std), config, device)
+            model_name = f"{network.arch}_ensemble"
+        if family in ("auto", "dtw_1nn"):
+            scores["dtw_1nn"] = dtw_leave_one_out(train)
+        # A tie goes to 1-NN DTW: the reference the networks are held to, and the same answer every run.
+        if family == "dtw_1nn" or (family == "auto" and scores["dtw_1nn"] >= scores["networks"]):
+            model, model_name = dtw_classifier(train, fit_rows).to(device), "dtw_1nn"
+            history = history if family == "auto" else History()
+        if family == "auto":
+            better = "dtw_1nn" if model_name == "dtw_1nn" else "networks"
+            why = (f"fewer than {SMALL_SET_SEQUENCES} training sequences: {FOLDS}-fold accuracy of the networks "
+                   f"{scores['networks']:.3f}, leave-one-out accuracy of 1-NN DTW {scores['dtw_1nn']:.3f}; "
+                   + ("1-NN DTW is as high or higher" if better == "dtw_1nn" else "the networks are higher"))
+        else:
+            why = f"asked for (--family {family})"
+        recipe["family"] = {"served": "dtw_1nn" if model_name == "dtw_1nn" else f"ensemble of {FOLDS} networks",
+                            "why": why, "training_set_accuracy": scores}
+    seconds = time.perf_counter() - started
+    if model_name == "dtw_1nn":
+        hparams_out = dataclasses.asdict(NeighbourConfig(train.n_features, train.n_classes, len(fit_rows),
+                                                         int(model.references.shape[1])))
+        normalization = {"kind": "none", "why": "1-NN DTW compares the values as given, as the baseline does"}
+        recipe = {"family": recipe["family"]}
+    else:
+        hparams_out = dataclasses.asdict(hparams)
+        if model_name.endswith("_ensemble"):
+            hparams_out["members"] = len(model.members)
+        normalization = {"kind": "feature_standardization", "mean": mean.tolist(), "std": std.tolist(),
+                         "instance_norm": hparams.instance_norm}
+        recipe.update({
+            "validation": f"{len(val_rows)} held-out sequences, early stopping" if len(val_rows)
+            else f"none: fewer than {HOLDOUT_MIN_SEQUENCES} training sequences; trains on all, keeps the last epoch",
+            "batch_size": config.batch_size, "epochs": config.epochs, "lr": config.lr,
+        })
+    log.info("recipe: %s", recipe)
     if not distributed.is_main():
         return None  # another torchrun rank: it helped train; rank 0 evaluates, stores and reports
 
@@ -179,12 +313,11 @@ def train_classifier(
     card = ModelCard(
         task="classify",
         model_name=model_name,
-        hparams=dataclasses.asdict(hparams),
+        hparams=hparams_out,
         features=train.feature_names,
         labels=train.label_names,
         max_length=int(max(len(s) for s in train.sequences)),
-        normalization={"kind": "feature_standardization", "mean": mean.tolist(), "std": std.tolist(),
-                       "instance_norm": hparams.instance_norm},
+        normalization=normalization,
         metrics=metrics,
         data={
             "train_source": train.source,
@@ -194,8 +327,8 @@ def train_classifier(
             "n_val": len(val_rows),
             "n_test": len(test.sequences),
         },
-        training={**dataclasses.asdict(config), **history.summary(), "device": str(device),
-                  "val_fraction": val_fraction, "recipe": recipe},
+        training={**dataclasses.asdict(config), **history.summary(), "seconds": round(seconds, 2),
+                  "device": str(device), "val_fraction": val_fraction, "recipe": recipe},
     )
     tag = save_artifact(name, model, card) if save else None
     report_dir.mkdir(parents=True, exist_ok=True)

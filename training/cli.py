@@ -20,7 +20,7 @@ from models.normalization import INSTANCE_NORMS
 from models.artifact import NAME_RULE, ArtifactError, check_name, list_artifacts
 from models.device import resolve_device
 from training import bench, datasets, distributed, report
-from training.classify import stratified_split, train_classifier
+from training.classify import FAMILIES, SMALL_SET_SEQUENCES, stratified_split, train_classifier
 from training.data import DataError, SequenceDataset
 from training.forecast import PROTOCOLS, train_forecaster
 from training.loop import TrainConfig
@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also feed each sequence standardised by its own statistics: sequence (all its steps; cannot "
         "stream), running (steps so far; can stream with --no-bidirectional) or none (default: sequence)",
     )
+    clf.add_argument(
+        "--family", choices=FAMILIES, default="auto",
+        help=f"what to train: auto (default: one network from {SMALL_SET_SEQUENCES} training sequences on; below, "
+        "networks cross-validated over folds and 1-NN DTW, serving whichever scores higher on the training set), "
+        "network (one network), ensemble (the fold networks, as one model) or dtw_1nn (1-NN DTW)",
+    )
     clf.add_argument("--test-data", type=Path, help="held-out test file (default: 20%% of --data, stratified)")
     clf.add_argument("--id-col", default="sample_id", help="column naming the sequence a row belongs to (default: sample_id)")
     clf.add_argument("--time-col", default="step", help="column ordering rows within a sequence (default: step)")
@@ -215,7 +221,7 @@ def run_classify(args: argparse.Namespace) -> RunResult | None:
     return train_classifier(
         train, test, name=args.name, network=_network(args), config=_config(args), device=_device(args),
         report_dir=_report_dir(args), val_fraction=args.val_fraction, save=not (args.no_save or args.dry_run),
-        strong_baselines=not args.dry_run, instance_norm=args.instance_norm,
+        strong_baselines=not args.dry_run, instance_norm=args.instance_norm, family=args.family,
     )
 
 
