@@ -57,16 +57,20 @@ def series(steps: int, features: int, seed: int = 1) -> np.ndarray:
 ])
 def test_classifier_stream_equals_the_whole_sequence_after_every_step(cell, recipe):
     model, seq = classifier(cell, **recipe), series(sum(CHUNKS), FEATURES)
+    stream_every_step(model, seq, CHUNKS, lambda got, whole: np.testing.assert_allclose(got, whole, atol=1e-5, rtol=0))
+
+
+def stream_every_step(model, seq: np.ndarray, chunks: list[int], same) -> None:
+    """Feed ``seq`` to a classifier's stream in ``chunks``; after every step, ``same(logits, whole-sequence logits)``."""
     stream = stream_for(model)
     state, seen = stream.initial(), 0
-    for k in CHUNKS:
+    for k in chunks:
         [advanced] = stream.advance([state], [seq[seen : seen + k]], every_step=[True])
         seen += k
         assert [n for n, _ in advanced.outputs] == list(range(seen - k + 1, seen + 1))
         with torch.inference_mode():
             for n, logits in advanced.outputs:
-                whole = model(torch.from_numpy(seq[:n])[None], torch.tensor([n]))[0].numpy()
-                np.testing.assert_allclose(logits, whole, atol=1e-5, rtol=0)
+                same(logits, model(torch.from_numpy(seq[:n])[None], torch.tensor([n]))[0].numpy())
         state = unpack_state(pack_state(advanced.state, stream.fields), stream.fields)  # as a token carries it
 
 
@@ -96,17 +100,7 @@ def test_dtw_1nn_stream_equals_the_whole_sequence_after_every_step():
     from tests.test_models import dtw_model
 
     model, seq = dtw_model(), series(sum(CHUNKS[:5]), FEATURES)  # 46 steps, past the longest reference
-    stream = stream_for(model)
-    state, seen = stream.initial(), 0
-    for k in CHUNKS[:5]:
-        [advanced] = stream.advance([state], [seq[seen : seen + k]], every_step=[True])
-        seen += k
-        assert [n for n, _ in advanced.outputs] == list(range(seen - k + 1, seen + 1))
-        with torch.inference_mode():
-            for n, logits in advanced.outputs:
-                whole = model(torch.from_numpy(seq[:n])[None], torch.tensor([n]))[0].numpy()
-                np.testing.assert_array_equal(logits, whole)
-        state = unpack_state(pack_state(advanced.state, stream.fields), stream.fields)
+    stream_every_step(model, seq, CHUNKS[:5], np.testing.assert_array_equal)
 
 
 def test_dtw_1nn_streams_batched_together_keep_their_own_answers():
