@@ -44,6 +44,10 @@ def forecast_instance(rng: np.random.Generator, entry: dict) -> dict:
     n_features = len(entry["features"])
     level = rng.uniform(-100, 1000, size=n_features)
     history = (level + rng.normal(size=(steps, n_features)).cumsum(axis=0)).round(3)  # (steps, features)
+    architecture = entry.get("architecture", {})
+    if architecture.get("transform") == "log":  # it forecasts the log of its targets: they must be above 0
+        k = architecture.get("n_targets", 1)
+        history[:, :k] = np.abs(history[:, :k]) + 1.0
     return {"history": history[:, 0].tolist() if n_features == 1 else history.tolist(), "model": name_of(entry)}
 
 

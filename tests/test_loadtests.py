@@ -53,6 +53,14 @@ def test_forecast_bodies_are_flat_for_one_channel_and_between_lookback_and_the_c
         assert isinstance(first, float) if entry is FC else len(first) == 2
 
 
+def test_forecast_bodies_for_a_log_model_stay_above_zero():
+    log_model = {**FC, "architecture": {"transform": "log", "n_targets": 1}}
+    body, _ = payloads.request_body(np.random.default_rng(0), "forecast", [log_model], 200)
+    assert min(min(i["history"]) for i in body["instances"]) > 0
+    plain, _ = payloads.request_body(np.random.default_rng(0), "forecast", [FC], 200)
+    assert min(min(i["history"]) for i in plain["instances"]) < 0  # a model of the values themselves gets any
+
+
 def test_bad_body_has_one_feature_too_many():
     assert len(payloads.bad_body("classify", CLF)["instances"][0]["sequence"][0]) == 4
     assert len(payloads.bad_body("forecast", FC)["instances"][0]["history"]) == 12
