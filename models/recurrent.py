@@ -249,8 +249,8 @@ class Forecaster(nn.Module):
     2. Every window is standardised by its own per-channel mean and standard deviation, so a model
        trained on one scale forecasts a series of any scale in that series' own units.
     3. The start, a classical forecast written as a fixed linear map of the window (``models.starts``:
-       the window mean, seasonal naive, or exponential smoothing of the seasonally adjusted window), is
-       the same for every quantile.
+       the window mean, seasonal naive, exponential smoothing of the seasonally adjusted window, or a
+       fitted linear autoregression), is the same for every quantile.
     4. ``members`` networks (:class:`ForecastMember`) each add a correction; their outputs are averaged.
     5. With ``quantile_offsets`` the members forecast the median alone and every quantile is the median
        plus its offset (per step and channel, in normalised units: calibrated on errors the model did not

@@ -99,7 +99,7 @@ def fit_linear(inputs: np.ndarray, targets: np.ndarray, ridge: float) -> np.ndar
 
 def _forecast(spec: StartSpec, windows: np.ndarray, horizon: int) -> np.ndarray:
     # windows: (N, L) -> (N, H)
-    n, lookback = windows.shape
+    lookback = windows.shape[1]
     steps = np.arange(horizon)
     if spec.kind == "mean":
         return np.repeat(windows.mean(axis=1, keepdims=True), horizon, axis=1)
@@ -119,7 +119,7 @@ def _forecast(spec: StartSpec, windows: np.ndarray, horizon: int) -> np.ndarray:
 def _line_and_season(windows: np.ndarray, season: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares fit of ``a + b t + s[t % m]`` (offsets summing to zero) to each window (N, L):
     the line's value at step 0 (N,), its slope (N,) and the offsets (N, m)."""
-    n, lookback = windows.shape
+    lookback = windows.shape[1]
     t = np.arange(lookback, dtype=np.float64)
     sum_zero = np.vstack([np.eye(season - 1), -np.ones((1, season - 1))])  # offsets s = sum_zero @ c
     design = np.column_stack([np.ones(lookback), t, np.eye(season)[t.astype(int) % season] @ sum_zero])  # (L, m + 1)

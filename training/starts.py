@@ -1,10 +1,10 @@
 """Choose the classical forecast a new forecaster starts from, and whether it models the log of the series.
 
-Every candidate in ``candidates`` (see ``models.starts``) is scored on the latest quarter of every
-series' training windows by its mean absolute error in each window's standardised units (the units of the
-training loss, so every series weighs the same), with and without the log transform where every training
-value is positive; the lowest wins. Scoring needs no training: each candidate is one matrix product over
-the windows (the linear ones one least-squares fit first).
+Every candidate in ``candidates`` (see ``models.starts``) is scored by its mean absolute error in each
+window's standardised units (the units of the training loss, so every series weighs the same), with and
+without the log transform where every training value is positive (``choose_start`` says on which windows).
+Scoring needs no training: each candidate is one matrix product over the windows (the linear ones one
+least-squares fit first).
 
 Why these: seasonal naive carries last season forward and loses to exponential smoothing wherever the
 season is noisy or the level moves (monthly sales with a trend: the seasonally adjusted damped-trend
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.recurrent import TRANSFORMS
 from models.starts import StartSpec, fit_linear, min_lookback, start_weights
 from training.windows import Windows
 
-TRANSFORMS = ("none", "log")
 ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 TRENDS = ((0.0, 0.0), (0.0, 0.9), (0.0, 0.98), (0.0, 1.0), (0.1, 0.9), (0.1, 0.98))  # (beta, phi); phi 0: none
 RIDGES = (0.01, 0.1, 1.0)
@@ -47,12 +47,14 @@ def from_model_space(values: np.ndarray, transform: str) -> np.ndarray:
     return np.exp(values) if transform == "log" else values
 
 
-def _in_model_units(values: np.ndarray, transform: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Windows (N, L, K) transformed and standardised as the model does, with their loc and scale (N, 1, K)."""
-    z = to_model_space(values.astype(np.float64), transform)
+def _in_model_units(inputs: np.ndarray, targets: np.ndarray,
+                    transform: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Windows (N, L, K) and their targets (N, H, K) transformed and standardised as the model does:
+    (inputs, targets, loc, scale), loc and scale (N, 1, K) being the inputs' own."""
+    z = to_model_space(inputs.astype(np.float64), transform)
     loc = z.mean(axis=1, keepdims=True)
     scale = np.maximum(z.std(axis=1, keepdims=True), 1e-6 * (np.abs(loc) + 1e-6))
-    return (z - loc) / scale, loc, scale
+    return (z - loc) / scale, (to_model_space(targets.astype(np.float64), transform) - loc) / scale, loc, scale
 
 
 def _forecast(weights: np.ndarray, inputs_norm: np.ndarray) -> np.ndarray:
@@ -82,21 +84,22 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
     """
     inputs, targets = windows.inputs[..., :k], windows.targets
     held = latest_share(windows)
-    _, loc, scale = _in_model_units(inputs, "none")  # the loss's units
+    _, _, loc, scale = _in_model_units(inputs, targets, "none")  # the loss's units
     horizon, lookback = targets.shape[1], inputs.shape[1]
     can_hold_out = held.any() and not held.all()
+    transforms = TRANSFORMS if allow_log else TRANSFORMS[:1]
+    units = {t: _in_model_units(inputs, targets, t) for t in transforms}  # the same for every candidate
 
     def error(weights: np.ndarray, transform: str, rows: np.ndarray) -> float:
-        z_norm, z_loc, z_scale = _in_model_units(inputs[rows], transform)
+        z_norm, _, z_loc, z_scale = (part[rows] for part in units[transform])
         forecast = from_model_space(_forecast(weights, z_norm) * z_scale + z_loc, transform)
         return float(np.abs((forecast - targets[rows]) / scale[rows]).mean())
 
     every = np.ones(len(windows), dtype=bool)
     best: dict[str, dict] = {}  # "classical" / "linear" -> the best of that family
     errors: dict[str, float] = {}
-    for transform in TRANSFORMS if allow_log else TRANSFORMS[:1]:
-        z_norm, z_loc, z_scale = _in_model_units(inputs, transform)
-        y_norm = (to_model_space(targets.astype(np.float64), transform) - z_loc) / z_scale
+    for transform in transforms:
+        z_norm, y_norm, _, _ = units[transform]
         for spec in candidates(season, lookback):
             if spec.kind == "linear":
                 if not can_hold_out:
@@ -117,8 +120,7 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
         linear = best["linear"]
         classical_held = error(chosen["weights"], chosen["transform"], held)
         if linear["error"] < classical_held:
-            z_norm, z_loc, z_scale = _in_model_units(inputs, linear["transform"])
-            y_norm = (to_model_space(targets.astype(np.float64), linear["transform"]) - z_loc) / z_scale
+            z_norm, y_norm, _, _ = units[linear["transform"]]
             chosen = {**linear, "weights": fit_linear(z_norm, y_norm, linear["start"].ridge)}
     return {**chosen, "errors": {key: round(e, 4) for key, e in errors.items()}}
 
@@ -132,8 +134,7 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     hundreds of origins where the handful of validation windows at the end of a short series gave 0.1-0.9
     bands covering 49-69% of the test values. Offsets in log units give intervals that widen with the level.
     """
-    z_norm, loc, scale = _in_model_units(windows.inputs[..., :k], chosen["transform"])
-    y = (to_model_space(windows.targets.astype(np.float64), chosen["transform"]) - loc) / scale  # (N, H, K)
-    errors = y - _forecast(chosen["weights"], z_norm)
+    z_norm, y_norm, _, _ = _in_model_units(windows.inputs[..., :k], windows.targets, chosen["transform"])
+    errors = y_norm - _forecast(chosen["weights"], z_norm)  # (N, H, K)
     spread = np.quantile(errors, quantiles, axis=0) - np.quantile(errors, 0.5, axis=0)  # (Q, H, K)
     return spread.transpose(1, 2, 0).astype(np.float32)

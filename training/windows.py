@@ -119,6 +119,15 @@ def last_horizon_split(collection: SeriesCollection, *, lookback: int,
     return tuple(_cut(collection, lookback, horizon, ranges, 1) for ranges in (train, val, test))
 
 
+def held_out_points(length: int, *, horizon: int, protocol: str, test_fraction: float = 0.2,
+                    val_fraction: float = 0.1) -> tuple[int, int]:
+    """(val_start, test_start) of a series of ``length`` steps under ``protocol`` (see ``split_points``;
+    under ``last-horizon`` the last two horizons)."""
+    if protocol == "last-horizon":
+        return length - 2 * horizon, length - horizon
+    return split_points(length, horizon=horizon, test_fraction=test_fraction, val_fraction=val_fraction)
+
+
 def rolling_origins(collection: SeriesCollection, *, lookback: int, horizon: int, protocol: str, folds: int,
                     test_fraction: float = 0.2, val_fraction: float = 0.1) -> list[tuple[Windows, Windows]]:
     """(train, val) windows at up to ``folds`` origins, the latest first, every one before the test part.
@@ -126,24 +135,19 @@ def rolling_origins(collection: SeriesCollection, *, lookback: int, horizon: int
     The latest is the protocol's own validation part (``split_by_time`` or ``last_horizon_split``); each
     earlier one validates on the same number of steps just before the previous one and trains on everything
     before it. An origin that would leave fewer than ``MIN_TRAIN_WINDOWS`` training windows is not used.
-    Early stopping on one handful of windows at the very end is a coin toss (on monthly series of 204
+    One handful of windows at the very end of a short series is a coin toss (on monthly series of 204
     points, 9 windows chose epochs from 5 to 79 for five seeds); several origins agree better.
     """
     _check_sizes(lookback, horizon, 1)
+    points = [held_out_points(len(s), horizon=horizon, protocol=protocol, test_fraction=test_fraction,
+                              val_fraction=val_fraction) for s in collection.series]
     out = []
     for fold in range(folds):
         train, val = [], []
-        for s in collection.series:
-            if protocol == "last-horizon":
-                val_start = test_start = len(s) - horizon - (fold + 1) * horizon  # one window per origin
-                test_start += horizon
-            else:
-                val_start, test_start = split_points(len(s), horizon=horizon, test_fraction=test_fraction,
-                                                     val_fraction=val_fraction)
-                shift = fold * (test_start - val_start)
-                val_start, test_start = val_start - shift, test_start - shift
-            train.append((lookback, val_start - horizon))
-            val.append((max(val_start, lookback), test_start - horizon))
+        for val_start, test_start in points:
+            shift = fold * (test_start - val_start)
+            train.append((lookback, val_start - shift - horizon))
+            val.append((max(val_start - shift, lookback), test_start - shift - horizon))
         train_w, val_w = (_cut(collection, lookback, horizon, ranges, 1) for ranges in (train, val))
         if len(train_w) < MIN_TRAIN_WINDOWS or not len(val_w):
             break
@@ -154,18 +158,13 @@ def rolling_origins(collection: SeriesCollection, *, lookback: int, horizon: int
 def before_test(collection: SeriesCollection, *, lookback: int, horizon: int, protocol: str,
                 test_fraction: float = 0.2, val_fraction: float = 0.1) -> Windows:
     """Every window whose forecast lies before the protocol's test part: what the final model trains on."""
-    ranges = []
-    for s in collection.series:
-        if protocol == "last-horizon":
-            test_start = len(s) - horizon
-        else:
-            _, test_start = split_points(len(s), horizon=horizon, test_fraction=test_fraction, val_fraction=val_fraction)
-        ranges.append((lookback, test_start - horizon))
+    ranges = [(lookback, held_out_points(len(s), horizon=horizon, protocol=protocol, test_fraction=test_fraction,
+                                         val_fraction=val_fraction)[1] - horizon) for s in collection.series]
     return _cut(collection, lookback, horizon, ranges, 1)
 
 
 def fits(protocol: str, *, lookback: int, horizon: int, length: int, test_fraction: float = 0.2,
-               val_fraction: float = 0.1) -> bool:
+         val_fraction: float = 0.1) -> bool:
     """Whether a series of ``length`` steps holds one training window and the held-out parts of ``protocol``."""
     if protocol == "last-horizon":
         return length >= lookback + 2 * horizon
