@@ -4,6 +4,7 @@ A task knows three things, each a method a reader can open:
 
 * ``validate(index, values, model, limits)`` — one instance's input as a float32 array, or an
   :class:`InstanceError` naming the instance, the field and the problem (before anything is queued);
+  ``prepare(index, array, model)`` is its last part, for input that is already an array (service.v2);
 * ``cost(array)`` — the instance's work in steps, for the batcher's admission and scheduling;
 * ``run_batch(model, arrays)`` — one forward pass over many instances (from many requests), one
   answer per instance, in order. An instance whose output is not finite (inputs far outside what the
@@ -136,7 +137,11 @@ class ClassifyTask:
 
     def validate(self, index: int, sequence: list, model: LoadedModel, limits: Limits) -> np.ndarray:
         """One /classify instance as (T, F) float32."""
-        return _as_array(index, self.field, sequence, len(model.card.features), model.tag, limits)
+        return self.prepare(index, _as_array(index, self.field, sequence, len(model.card.features), model.tag, limits), model)
+
+    def prepare(self, index: int, sequence: np.ndarray, model: LoadedModel) -> np.ndarray:
+        """A (T, F) float32 sequence already checked for its shape and values: the whole of it is read."""
+        return sequence
 
     def cost(self, sequence: np.ndarray) -> int:
         return len(sequence)
@@ -179,8 +184,11 @@ class ForecastTask:
 
     def validate(self, index: int, history: list, model: LoadedModel, limits: Limits) -> np.ndarray:
         """One /forecast instance as its last ``lookback`` steps, (lookback, C) float32."""
+        return self.prepare(index, _as_array(index, self.field, history, len(model.card.features), model.tag, limits), model)
+
+    def prepare(self, index: int, array: np.ndarray, model: LoadedModel) -> np.ndarray:
+        """A (T, C) float32 history already checked for its shape and values, as its last ``lookback`` steps."""
         lookback = model.card.lookback
-        array = _as_array(index, self.field, history, len(model.card.features), model.tag, limits)
         if len(array) < lookback:
             raise InstanceError(index, self.field, f"has {len(array)} steps but {model.tag} needs at least {lookback}")
         return _positive_if_log(index, self.field, array[-lookback:], model, first_step=len(array) - lookback)

@@ -16,6 +16,7 @@ import logging
 from functools import partial
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from models.artifact import ArtifactError, LoadedModel, list_artifacts, load_artifact
@@ -153,6 +154,18 @@ class ServedModels:
             array = task.validate(index, getattr(instance, task.field), model, self.limits)
             groups.setdefault(model.tag, []).append((index, array))
         return await self._run(self.batchers, groups, task.field, len(instances), client_gone)
+
+    async def answer_prepared(
+        self,
+        model: LoadedModel,
+        arrays: list[np.ndarray],
+        client_gone: Callable[[], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Instances of one model already validated (``task.prepare``), run batched with every other request's.
+
+        Raises as :meth:`answer`."""
+        task = TASKS[model.card.task]
+        return await self._run(self.batchers, {model.tag: list(enumerate(arrays))}, task.field, len(arrays), client_gone)
 
     async def step_streams(
         self,

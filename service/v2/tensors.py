@@ -1,0 +1,95 @@
+"""One tensor of the Open Inference Protocol as a numpy array, in both of the protocol's encodings.
+
+JSON: ``{"name", "datatype", "shape", "data"}``, ``data`` a flat or nested list in row-major order.
+Binary (Triton's binary tensor data extension): the tensor's bytes after the request's JSON header,
+little-endian and row-major, ``parameters.binary_data_size`` of them; they are read with
+``np.frombuffer``, a view with no work per element. A BYTES element is a 4-byte little-endian length
+followed by that many bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+# The datatypes seqserve reads or writes; the protocol has more (TYPES_KNOWN), which are refused by name.
+NUMERIC = {"FP32": np.dtype("<f4"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8")}
+TYPES_KNOWN = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+               "FP16", "FP32", "FP64", "BF16", "BYTES")
+
+
+class TensorError(ValueError):
+    """A tensor that cannot be read as declared; the message says what is wrong (the caller names the tensor)."""
+
+
+def parse_shape(shape: Any) -> tuple[int, ...]:
+    """A declared shape as a tuple: a list of whole numbers, none negative."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise TensorError(f"shape must be a list of whole numbers, got {short(shape)}")
+    if any(d < 0 for d in shape):
+        raise TensorError(f"shape {shape} has a negative dimension")
+    return tuple(shape)
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    """How many elements ``shape`` holds (Python integers: a huge shape cannot overflow)."""
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def from_json_data(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``data`` (flat or nested, row-major) as an array of ``shape``; numbers only, whole ones for INT types."""
+    if not isinstance(data, list):
+        raise TensorError(f"data must be a list, got {short(data)}")
+    try:
+        array = np.asarray(data)
+    except ValueError:  # numpy refuses nested lists of different lengths
+        raise TensorError("data is ragged: its nested lists differ in length") from None
+    whole = datatype.startswith("INT")
+    if array.dtype.kind not in ("iu" if whole else "iuf"):
+        wanted = "whole numbers" if whole else "numbers"
+        raise TensorError(f"data must hold only {wanted} for {datatype}, got {_kind(array)}")
+    if array.size != element_count(shape):
+        raise TensorError(f"data has {array.size} values but shape {list(shape)} needs {element_count(shape)}")
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf; the caller refuses it with its position
+        return array.astype(NUMERIC[datatype], copy=False).reshape(shape)
+
+
+def from_bytes(raw: memoryview, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``raw`` (little-endian, row-major) as a read-only array of ``shape``, without copying it."""
+    dtype = NUMERIC[datatype]
+    needed = element_count(shape) * dtype.itemsize
+    if len(raw) != needed:
+        raise TensorError(f"binary_data_size is {len(raw)} bytes but shape {list(shape)} of {datatype} needs {needed}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def to_json(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
+    """An output tensor with its values as a flat JSON list."""
+    data = [str(item) for item in array.ravel()] if datatype == "BYTES" else array.ravel().tolist()
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
+
+
+def to_binary(name: str, datatype: str, array: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    """An output tensor's JSON description, and its bytes to send after the JSON header."""
+    if datatype == "BYTES":
+        encoded = [str(item).encode() for item in array.ravel()]
+        raw = b"".join(struct.pack("<I", len(item)) + item for item in encoded)
+    else:
+        raw = np.ascontiguousarray(array, dtype=NUMERIC[datatype]).tobytes()
+    head = {"name": name, "datatype": datatype, "shape": list(array.shape), "parameters": {"binary_data_size": len(raw)}}
+    return head, raw
+
+
+def _kind(array: np.ndarray) -> str:
+    return {"b": "true/false", "U": "strings", "O": "mixed values or nulls", "f": "fractions"}.get(array.dtype.kind, str(array.dtype))
+
+
+def short(value: Any, limit: int = 40) -> str:
+    """``value`` as it may be echoed in an error: its repr, cut short when long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
