@@ -45,6 +45,7 @@ from service.schemas import (
 from service.served import RequestError, ServedModels, served_tags
 from service.streams import StreamSessions
 from service.startup import start_up, stop_server_on_failure
+from service.v2 import routes as open_inference
 
 # Read once, at import: the decorator, the middlewares and the workers use these. In `bentoml serve`'s
 # main process this also loads every model that would be served, and exits with one line saying why
@@ -92,8 +93,11 @@ class StreamSocket:
         await bentoml.get_current_service().sessions.asgi(scope, receive, send)
 
 
-# BentoML APIs answer POST; GET /models and the /stream WebSocket are plain routes mounted beside them.
-extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"]), WebSocketRoute("/stream", StreamSocket())])
+# BentoML APIs answer POST; GET /models, the /stream WebSocket and the Open Inference Protocol's /v2 routes
+# (service.v2.routes) are plain routes mounted beside them.
+extra_routes = Starlette(routes=[
+    Route("/models", list_models, methods=["GET"]), WebSocketRoute("/stream", StreamSocket()), *open_inference.ROUTES,
+])
 
 
 @bentoml.service(
@@ -107,7 +111,7 @@ extra_routes = Starlette(routes=[Route("/models", list_models, methods=["GET"]),
     # A tracing span per request costs about a third of the throughput of a small model; keep
     # tracing for everything else, and turn it back on by editing this list if you need it.
     # (The /stream WebSocket too: a span per message cost ~5% of a stream's step.)
-    tracing={"excluded_urls": ["/classify", "/forecast", "/stream/classify", "/stream/forecast", "/stream"]},
+    tracing={"excluded_urls": ["/classify", "/forecast", "/stream/classify", "/stream/forecast", "/stream", "/v2/models"]},
     # The API page says seqserve, its version, GET /models and the errors we answer (service/openapi.py).
     service_class=SeqServeService,
 )

@@ -11,12 +11,13 @@
 | SEQSERVE_MAX_INSTANCES | 256 | most instances in one request |
 | SEQSERVE_MAX_LENGTH | 4096 | most steps in one sequence or history |
 | SEQSERVE_MAX_BODY_MB | 1 | largest request body in MiB (413 past it) |
+| SEQSERVE_MAX_BINARY_BODY_MB | 4 | largest Open Inference Protocol body with binary tensors (its JSON part stays within SEQSERVE_MAX_BODY_MB) |
 | SEQSERVE_MAX_QUEUE_MS | 100 | estimated wait in a worker (or a model's queue) past which new requests get 503 |
 | SEQSERVE_REQUEST_TIMEOUT_S | 10 | deadline: a request not answered by then gets 503 |
 | SEQSERVE_HEADER_TIMEOUT_S | 10 | a connection must send a request's headers within this |
 | SEQSERVE_BODY_TIMEOUT_S | 10 | and its body within this once the headers are in (408 otherwise) |
 | SEQSERVE_API_KEYS | (none: open) | comma-separated keys; requests then need Authorization: Bearer <key> |
-| SEQSERVE_OPEN_PATHS | /livez,/readyz,/metrics | paths that need no key (probes, scrapers) |
+| SEQSERVE_OPEN_PATHS | /livez,/readyz,/metrics,/v2/health/live,/v2/health/ready | paths that need no key (probes, scrapers) |
 | SEQSERVE_CORS_ORIGINS | (none: CORS off) | comma-separated origins allowed to call from a browser |
 | SEQSERVE_ACCESS_LOG | 0 | 1 logs a line per request |
 | SEQSERVE_STATE_KEY | (none: derived from each model) | secret that signs HTTP stream state tokens (service.state_token) |
@@ -35,6 +36,10 @@ neither the JSON parser nor pydantic lets go of the GIL while they run, so one b
 measured with ``python -m loadtests hostile``. At 1 MiB /livez stays within 100 ms while the
 worker is saturated with the heaviest allowed requests; at gRPC's 4 MiB it did not (README, "Limits,
 overload and security"). Raise it for large offline batches and accept the slower probes.
+
+Why binary bodies have a cap of their own: the Open Inference Protocol's binary tensors are read with
+``np.frombuffer``, a copy at most, with no work per number, so a 4 MiB binary body costs the event
+loop less than a small JSON one. Its JSON header is still held to SEQSERVE_MAX_BODY_MB.
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ class Settings:
     stream_max_open: int = 1000
     stream_idle_s: float = 300.0
     stream_max_steps: int = 1024
+    max_binary_body_bytes: int = 4 << 20
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -129,11 +135,12 @@ class Settings:
             header_timeout_s=_float("SEQSERVE_HEADER_TIMEOUT_S", 10.0, minimum=0.01),
             body_timeout_s=_float("SEQSERVE_BODY_TIMEOUT_S", 10.0, minimum=0.01),
             api_keys=_list("SEQSERVE_API_KEYS"),
-            open_paths=_list("SEQSERVE_OPEN_PATHS", "/livez,/readyz,/metrics"),
+            open_paths=_list("SEQSERVE_OPEN_PATHS", "/livez,/readyz,/metrics,/v2/health/live,/v2/health/ready"),
             cors_origins=_list("SEQSERVE_CORS_ORIGINS"),
             access_log=os.environ.get("SEQSERVE_ACCESS_LOG", "0").strip().lower() in ("1", "true", "yes"),
             state_key=_secret("SEQSERVE_STATE_KEY"),
             stream_max_open=_int("SEQSERVE_STREAM_MAX_OPEN", 1000),
             stream_idle_s=_float("SEQSERVE_STREAM_IDLE_S", 300.0, minimum=0.01),
             stream_max_steps=_int("SEQSERVE_STREAM_MAX_STEPS", 1024),
+            max_binary_body_bytes=int(_float("SEQSERVE_MAX_BINARY_BODY_MB", 4.0, minimum=0.001) * 2**20),
         )

@@ -11,9 +11,14 @@ door refuses requests that would wait too long: :mod:`service.admission`.)
   also for a WebSocket handshake (``/stream``), before it is accepted.
 * **JSON only**: a POST must say ``Content-Type: application/json`` (415 otherwise). Browsers can only
   send such a request cross-site after a CORS preflight, which the service refuses unless
-  ``SEQSERVE_CORS_ORIGINS`` allows the origin.
+  ``SEQSERVE_CORS_ORIGINS`` allows the origin. The Open Inference Protocol's ``/v2/`` routes also take
+  ``application/octet-stream`` and no content type at all, as Triton's clients send none: a page on
+  another site could then make a browser send one without a preflight, but not read the answer, nor
+  send an API key.
 * **Body size**: a ``Content-Length`` over the cap is refused before a byte is read, and a body that
-  grows past it while streaming is refused as soon as it does (413).
+  grows past it while streaming is refused as soon as it does (413). A ``/v2/`` request with binary
+  tensors (an ``Inference-Header-Content-Length`` header) has the larger cap of binary bodies: its
+  tensors are copied, not parsed, and its JSON part is held to the JSON cap (service.v2.protocol).
 * **Slow bodies**: a body that does not arrive within ``SEQSERVE_BODY_TIMEOUT_S`` gets 408 (a
   ``Content-Length`` larger than the body sent would otherwise hold the request open).
 * **Memory in flight**: bodies read but not yet answered share a per-worker budget; a request that
@@ -32,6 +37,9 @@ from service.config import Settings
 from service.errors import UNKNOWN_WAIT_MS, RetryLater, refusal
 
 JSON_TYPES = ("application/json",)
+V2_PREFIX = "/v2/"
+V2_TYPES = ("application/json", "application/octet-stream", "")  # "": no Content-Type (tritonclient sends none)
+BINARY_HEADER = "inference-header-content-length"  # the Open Inference Protocol's binary tensors follow the JSON
 
 
 def json_answer(status: int, answer: dict[str, Any], headers: dict[str, str] | None = None):
@@ -64,10 +72,12 @@ class RequestGuard:
     def __init__(self, app, settings: Settings):
         self.app = app
         self.max_body = settings.max_body_bytes
+        self.max_binary_body = max(settings.max_binary_body_bytes, settings.max_body_bytes)
         # Bodies are parsed on the event loop one at a time; more than two big ones in flight only lengthen
         # the wait of everything queued behind them (/livez included), and hold their memory meanwhile.
+        # A binary body at its cap weighs as much as a JSON body at its cap.
         self.inflight_budget = 2 * settings.max_body_bytes
-        self.inflight = 0  # bytes of bodies read and not yet answered, in this worker
+        self.inflight = 0  # weighed bytes of bodies read and not yet answered, in this worker
         self.body_timeout = settings.body_timeout_s
         self.keys = [key.encode() for key in settings.api_keys]
         self.open_paths = set(settings.open_paths)
@@ -88,14 +98,18 @@ class RequestGuard:
         if scope["method"] != "POST":  # the only method with a body any route takes; routing answers the rest (405)
             return await self.app(scope, receive, send)
 
+        v2 = scope["path"].startswith(V2_PREFIX)
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in JSON_TYPES:
+        if media_type not in (V2_TYPES if v2 else JSON_TYPES):
             shown = media_type[:60] or "none"
-            return await json_error(415, f"content-type: {shown} is not accepted; send application/json")(send)
+            accepted = "application/json or application/octet-stream" if v2 else "application/json"
+            return await json_error(415, f"content-type: {shown} is not accepted; send {accepted}")(send)
+        binary = v2 and BINARY_HEADER in headers
+        cap = self.max_binary_body if binary else self.max_body
         declared = headers.get("content-length", "")
-        if declared and (not declared.isdigit() or int(declared) > self.max_body):
-            return await json_error(413, self._too_large(declared), {"connection": "close"})(send)
-        expected = int(declared) if declared else self.max_body
+        if declared and (not declared.isdigit() or int(declared) > cap):
+            return await json_error(413, self._too_large(declared, binary), {"connection": "close"})(send)
+        expected = (int(declared) if declared else cap) * self.max_body // cap
         if self.inflight and self.inflight + expected > self.inflight_budget:
             busy = RetryLater("the server is busy with other large requests; retry shortly", UNKNOWN_WAIT_MS)
             return await refused(busy, received)(send)
@@ -104,13 +118,13 @@ class RequestGuard:
         try:
             try:
                 async with asyncio.timeout(self.body_timeout):
-                    body = await self._read_body(receive)
+                    body = await self._read_body(receive, cap)
             except TimeoutError:
                 return await json_error(
                     408, f"body: not received within {self.body_timeout:g} s", {"connection": "close"}
                 )(send)
             if body is None:
-                return await json_error(413, self._too_large("more"), {"connection": "close"})(send)
+                return await json_error(413, self._too_large("more", binary), {"connection": "close"})(send)
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.inflight -= expected
@@ -140,13 +154,14 @@ class RequestGuard:
             matched |= hmac.compare_digest(given, known)
         return None if matched else "authorization: the API key is not valid"
 
-    def _too_large(self, declared: str) -> str:
-        limit = self.max_body / 2**20
+    def _too_large(self, declared: str, binary: bool) -> str:
+        limit = (self.max_binary_body if binary else self.max_body) / 2**20
+        setting = "SEQSERVE_MAX_BINARY_BODY_MB" if binary else "SEQSERVE_MAX_BODY_MB"
         size = f"{int(declared) / 2**20:.1f} MiB" if declared.isdigit() else "more than that"
-        return f"body: {size} is over the limit of {limit:g} MiB (SEQSERVE_MAX_BODY_MB); send fewer instances per request"
+        return f"body: {size} is over the limit of {limit:g} MiB ({setting}); send fewer instances per request"
 
-    async def _read_body(self, receive) -> bytes | None:
-        """The whole body, or None as soon as it passes the cap."""
+    async def _read_body(self, receive, cap: int) -> bytes | None:
+        """The whole body, or None as soon as it passes ``cap`` bytes."""
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -154,7 +169,7 @@ class RequestGuard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
+            if size > cap:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -36,11 +36,13 @@ from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from service.admission import CLIENT_GONE, Door, WorkerQueue
 from service.config import Settings
 from service.errors import REFUSED
+from service.guard import BINARY_HEADER, V2_PREFIX
 from service.metrics import count_refused
 
 log = logging.getLogger(__name__)
 
 READ_ON_CONNECTIONS = 32
+BINARY_HEADER_BYTES = BINARY_HEADER.encode()
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -50,12 +52,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     header_timeout_s: float = 10.0
     max_body_bytes: int = 1 << 20
+    max_binary_body_bytes: int = 4 << 20  # the cap of a /v2/ body with binary tensors (service.guard)
     door: Door | None = None  # one per worker, made by install(); wraps the app uvicorn loaded
     reading_on = 0  # connections of this worker read past uvicorn's 64 KiB pause (see on_body)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._reading_on = False
+        self._body_cap = self.max_body_bytes  # this request's: set again once its headers are in
         door = HeaderTimeoutProtocol.door
         if door is not None:
             if door.app is None:
@@ -76,6 +80,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()  # makes the request's cycle; its app task starts on the next loop turn
         cycle = self.cycle
         self.scope[CLIENT_GONE] = lambda: cycle.disconnected
+        binary = self.scope["path"].startswith(V2_PREFIX) and any(name == BINARY_HEADER_BYTES for name, _ in self.headers)
+        self._body_cap = self.max_binary_body_bytes if binary else self.max_body_bytes
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
@@ -83,8 +89,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # it does not read cannot tell it that the client hung up: the door would count, and the guard
         # parse, work nobody waits for. Bodies up to the cap (the guard refuses bigger ones) are read on,
         # for at most READ_ON_CONNECTIONS connections of the worker at a time, so that unread bodies hold
-        # at most that many times the cap (32 MiB at the default 1 MiB).
-        if not (self.flow.read_paused and self.cycle is not None and len(self.cycle.body) <= self.max_body_bytes):
+        # at most that many times the cap (32 MiB at the default 1 MiB; 128 MiB if all were binary bodies
+        # of the Open Inference Protocol at their default 4 MiB cap, service.guard).
+        if not (self.flow.read_paused and self.cycle is not None and len(self.cycle.body) <= self._body_cap):
             return
         if not self._reading_on:
             if HeaderTimeoutProtocol.reading_on >= READ_ON_CONNECTIONS:
@@ -189,6 +196,7 @@ def install(settings: Settings) -> None:
 
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     HeaderTimeoutProtocol.max_body_bytes = settings.max_body_bytes
+    HeaderTimeoutProtocol.max_binary_body_bytes = max(settings.max_body_bytes, settings.max_binary_body_bytes)
     StreamSocketProtocol.max_message_bytes = settings.max_body_bytes
     queue = WorkerQueue(settings.max_queue_ms / 1000)
     HeaderTimeoutProtocol.door = Door(None, queue, settings.max_body_bytes, on_refused=count_refused)

@@ -91,11 +91,11 @@ def endpoint_label(scope) -> str:
 
     label = UNKNOWN_ENDPOINT
     for route in getattr(getattr(scope.get("app"), "router", None), "routes", ()):
-        match, _ = route.matches(scope)
+        match, child_scope = route.matches(scope)
         if match is Match.NONE:
             continue
-        if isinstance(route, PassiveMount):  # an app mounted at "/" that has a route for this path
-            label = path
+        if isinstance(route, PassiveMount):  # an app mounted at "/": its route's template, e.g. "/v2/models/{name}/infer"
+            label = _inner_template(route, {**scope, **child_scope}) or path
         elif isinstance(route, Mount):  # static files: one label for the whole folder
             label = route.path + "/{path}"
         else:
@@ -104,6 +104,16 @@ def endpoint_label(scope) -> str:
     if label == path:
         _exact_labels[path] = label
     return label
+
+
+def _inner_template(mount, scope) -> str | None:
+    """The path template of the route of ``mount``'s app that serves ``scope``, if it has one."""
+    from starlette.routing import Match
+
+    for route in getattr(mount.app, "routes", ()):
+        if route.matches(scope)[0] is Match.FULL:
+            return getattr(route, "path", None)
+    return None
 
 
 class _RestorePath:
