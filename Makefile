@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[all]"
+# The kserve SDK's model classes check deploy/kserve (tests/test_kserve.py). Without its dependencies:
+# they are its model server's (FastAPI, gRPC tools, pandas<3, psutil<6), ~30 packages, some downgraded.
+	$(PY) -m pip install --quiet --no-deps "kserve==0.21.0"
 	touch $@
 
 train-defaults: setup
