@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -201,18 +201,11 @@ def _read_inputs(inputs: Any, binary: memoryview, model: ModelInterface) -> dict
     """The request's input tensors by name, each checked against the model; binary ones taken in order from ``binary``."""
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError(f"inputs: must be a non-empty list of tensors; {model.name} takes {_described(model.inputs()[0])}")
-    specs = {spec.name: spec for spec in model.inputs()}
     tensors: dict[str, np.ndarray] = {}
     offset = 0
-    for position, tensor in enumerate(inputs):
-        tensor = _object(tensor, f"inputs[{position}]")
-        name = tensor.get("name")
-        if name not in specs:
-            raise ProtocolError(f"inputs[{position}].name: {short(name)} is not an input of {model.name}; "
-                                f"it takes {', '.join(specs)}")
+    for name, tensor, parameters in _named(inputs, "inputs", [spec.name for spec in model.inputs()], model):
         if name in tensors:
             raise ProtocolError(f"{name}: sent twice")
-        parameters = _object(tensor.get("parameters", {}), f"{name}.parameters")
         size = parameters.get("binary_data_size")
         try:
             datatype = _datatype(name, tensor.get("datatype"), name == LENGTHS)
@@ -300,19 +293,25 @@ def _read_outputs(outputs: Any, binary_default: bool, model: ModelInterface) -> 
     if not isinstance(outputs, list):
         raise ProtocolError(f"outputs: must be a list, got {short(outputs)}")
     chosen: dict[str, bool] = {}
-    for position, output in enumerate(outputs):
-        output = _object(output, f"outputs[{position}]")
-        name = output.get("name")
-        if name not in known:
-            raise ProtocolError(f"outputs[{position}].name: {short(name)} is not an output of {model.name}; "
-                                f"it has {', '.join(known)}")
-        parameters = _object(output.get("parameters", {}), f"outputs[{position}].parameters")
+    for name, _, parameters in _named(outputs, "outputs", known, model):
         if "classification" in parameters:
-            raise ProtocolError(f"outputs[{position}].parameters.classification: the classification extension is not "
+            raise ProtocolError(f"{name}.parameters.classification: the classification extension is not "
                                 "supported; ask for probabilities, label_index and label")
         binary = parameters.get("binary_data")
-        chosen[name] = binary_default if binary is None else _flag(parameters, "binary_data", f"outputs[{position}].parameters")
+        chosen[name] = binary_default if binary is None else _flag(parameters, "binary_data", f"{name}.parameters")
     return chosen or dict.fromkeys(known, binary_default)
+
+
+def _named(entries: list, where: str, known: list[str], model: ModelInterface) -> Iterator[tuple[str, dict, dict]]:
+    """Each tensor of ``entries`` (the request's inputs or outputs) as its name, itself and its parameters;
+    its name must be one of ``known``."""
+    for position, entry in enumerate(entries):
+        entry = _object(entry, f"{where}[{position}]")
+        name = entry.get("name")
+        if name not in known:
+            raise ProtocolError(f"{where}[{position}].name: {short(name)} is not one of the {where} of {model.name}: "
+                                f"{', '.join(known)}")
+        yield name, entry, _object(entry.get("parameters", {}), f"{name}.parameters")
 
 
 def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:

@@ -23,7 +23,7 @@ from service.admission import CLIENT_GONE
 from service.errors import RetryLater, refusal
 from service.inference import TASKS, InstanceError, answer_json
 from service.openapi import seqserve_version
-from service.served import RequestError, ServedModels, shown
+from service.served import ServedModels, shown
 from service.v2.protocol import HEADER_LENGTH, ModelInterface, ProtocolError, read_infer_request, server_metadata
 from service.v2.protocol import write_infer_response
 
@@ -142,8 +142,6 @@ async def infer(request: Request) -> Response:
         return _json(err.status, {"error": str(err)})
     except InstanceError as err:
         return _json(400, {"error": f"{err.field}[{err.index}]: {err.problem}"})
-    except RequestError as err:
-        return _json(400, {"error": str(err)})
     except RetryLater as err:
         status, headers, body = refusal(err, request.scope)
         return _json(status, body, headers)
