@@ -95,6 +95,10 @@ Recurrent sequence classifiers and forecasters (RNN, GRU, LSTM) trained by seqse
   token; bad input gets `{{"error": ...}}` and the stream goes on. At most {settings.stream_max_open} open
   streams per worker (close code 1013 past it), closed after {settings.stream_idle_s:g} s without a message
   (4408); an unknown or non-streamable model closes with 4400. Not listed below: OpenAPI has no WebSockets.
+* The Open Inference Protocol (KServe v2, Triton's REST API) with binary tensors: `GET /v2`,
+  `/v2/health/live`, `/v2/health/ready`, `GET /v2/models/<name>[/versions/<version>]` (inputs and outputs)
+  and its `/ready`, `POST .../infer`. Same models, batchers and limits; binary bodies up to
+  {settings.max_binary_body_bytes / 2**20:g} MiB. Not listed below: the protocol's own specification describes them.
 
 A request is `{{"instances": [...]}}`, answered in order. An instance may name its model (`name`, the newest
 served version, or `name:version`); without one, the endpoint's default model answers. Concurrent
