@@ -80,7 +80,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_headers_complete()  # makes the request's cycle; its app task starts on the next loop turn
         cycle = self.cycle
         self.scope[CLIENT_GONE] = lambda: cycle.disconnected
-        binary = self.scope["path"].startswith(V2_PREFIX) and any(name == BINARY_HEADER_BYTES for name, _ in self.headers)
+        # An upgrade (WebSocket) request has no path in the scope yet: it is handed to the WebSocket protocol.
+        binary = self.scope.get("path", "").startswith(V2_PREFIX) and any(name == BINARY_HEADER_BYTES for name, _ in self.headers)
         self._body_cap = self.max_binary_body_bytes if binary else self.max_body_bytes
 
     def on_body(self, body: bytes) -> None:

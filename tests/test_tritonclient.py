@@ -106,3 +106,13 @@ def test_v2_instances_go_through_the_models_batcher_and_routes_label_metrics_by_
     metrics = httpx.get(f"{url}/metrics").text
     assert 'endpoint="/v2/models/{name}/infer"' in metrics and 'endpoint="/v2/models/{name}/ready"' in metrics
     assert "made-up-a" not in metrics
+
+
+def test_a_binary_request_over_the_json_cap_is_served_within_the_binary_cap(client, server):
+    _, tags = server
+    name, _ = tags["clf"].split(":")
+    values = np.random.default_rng(6).normal(size=(256, 400, 3)).astype(np.float32)  # 1.2 MiB: over the 1 MiB JSON cap
+    result = client.infer(name, [infer_input("sequence", values, True)], outputs=[triton.InferRequestedOutput("label_index")])
+    assert result.as_numpy("label_index").shape == (256,)
+    with pytest.raises(InferenceServerException, match="SEQSERVE_MAX_BODY_MB"):
+        client.infer(name, [infer_input("sequence", values[:, :100], False)])  # a quarter of those steps as JSON: ~2 MiB
