@@ -5,7 +5,9 @@
 
 ``ClassifyUser`` and ``ForecastUser`` run by default; ``StreamTokenUser`` (``/stream/classify`` with state
 tokens) and ``StreamSocketUser`` (the ``/stream`` WebSocket) stream to the streamable classifiers
-(``python -m loadtests run --scenarios StreamTokenUser,StreamSocketUser``).
+(``python -m loadtests run --scenarios StreamTokenUser,StreamSocketUser``); ``V2BinaryUser`` sends the
+same instances to every served model over the Open Inference Protocol with binary tensors
+(``--scenarios V2BinaryUser``).
 
 Requests are built from GET /models, read once per process when a test starts: the right feature count,
 lengths from short to long, 1 to --max-instances instances per request, each naming one of the served
@@ -23,8 +25,8 @@ from locust import FastHttpUser, User, between, events, task
 from locust.exception import StopUser
 
 from loadtests.payloads import (
-    STREAM_RESTART_STEPS, bad_body, check_answers, check_stream_answer, name_of, new_steps, request_body, same_probabilities,
-    served, streamable,
+    STREAM_RESTART_STEPS, V2_HEADER, V2_INPUT, bad_body, check_answers, check_stream_answer, check_v2_answer, name_of,
+    new_steps, request_body, same_probabilities, served, streamable, v2_body, v2_instances, v2_path,
 )
 
 log = logging.getLogger(__name__)
@@ -92,12 +94,21 @@ class SeqServeUser(FastHttpUser):
     def on_start(self):
         options = self.environment.parsed_options
         wanted = wanted_models(self.environment)
-        self.entries = served(MODELS, self.task_name, wanted)
+        self.entries = self.entries_of(wanted)
         if not self.entries:
             among = f" among {wanted}" if wanted else ""
             log.warning("no %s model served%s; %s stops", self.task_name, among, type(self).__name__)
         self.most = max(2, options.max_instances)
         self.rng = np.random.default_rng()
+
+    def entries_of(self, wanted: list[str]) -> list[dict]:
+        """The ``/models`` entries this user sends requests to."""
+        return served(MODELS, self.task_name, wanted)
+
+    @property
+    def route(self) -> str:
+        """The request name's prefix in locust's statistics."""
+        return f"/{self.task_name}"
 
     def served_models(self) -> list[dict]:
         if not self.entries:
@@ -115,18 +126,21 @@ class SeqServeUser(FastHttpUser):
 
     @task(6)
     def one_instance(self):
-        self.post(1, f"/{self.task_name} [1]")
+        self.post(1, f"{self.route} [1]")
 
     @task(3)
     def several_instances(self):
-        self.post(int(self.rng.integers(2, self.most + 1)), f"/{self.task_name} [2-{self.most}]")
+        self.post(int(self.rng.integers(2, self.most + 1)), f"{self.route} [2-{self.most}]")
 
     @task(1)
     def bad_request(self):
+        # Locust keeps the function a @task decorates, so a subclass changes what is sent in post_bad.
+        self.post_bad(f"{self.route} [bad]")
+
+    def post_bad(self, name: str):
         """A step with one feature too many: the service must answer 400 and name the instance."""
         entries = self.served_models()
         body = bad_body(self.task_name, entries[int(self.rng.integers(len(entries)))])
-        name = f"/{self.task_name} [bad]"
         with self.client.post(f"/{self.task_name}", json=body, name=name, catch_response=True) as resp:
             text = resp.text or ""
             if resp.status_code == 400 and "instances[" in text:
@@ -141,6 +155,48 @@ class ClassifyUser(SeqServeUser):
 
 class ForecastUser(SeqServeUser):
     task_name = "forecast"
+
+
+class V2BinaryUser(SeqServeUser):
+    """A client of the Open Inference Protocol with binary tensors: ``POST /v2/models/<name>/infer`` to every
+    served model, ragged lengths in a ``lengths`` input, binary outputs, every answer checked as
+    ``/classify``'s and ``/forecast``'s are; a few bad requests that must get a 400 naming the input."""
+
+    task_name = "classify or forecast"
+
+    def entries_of(self, wanted: list[str]) -> list[dict]:
+        return served(MODELS, "classify", wanted) + served(MODELS, "forecast", wanted)
+
+    @property
+    def route(self) -> str:
+        return "/v2/models/<name>/infer [binary]"
+
+    def pick(self) -> dict:
+        entries = self.served_models()
+        return entries[int(self.rng.integers(len(entries)))]
+
+    def post(self, n_instances: int, name: str):
+        entry = self.pick()
+        body, headers = v2_body(entry["task"], *v2_instances(self.rng, entry, n_instances))
+        with self.client.post(v2_path(entry), data=body, headers=headers, name=name, catch_response=True) as resp:
+            problem = check_v2_answer(entry, n_instances, resp.status_code, resp.content or b"", resp.headers.get(V2_HEADER))
+            if problem:
+                resp.failure(problem)
+            else:
+                resp.success()
+
+    def post_bad(self, name: str):
+        """Steps with one feature too many: the service must answer 400 and name the input."""
+        entry = self.pick()
+        values, lengths = v2_instances(self.rng, entry, 1)
+        body, headers = v2_body(entry["task"], np.pad(values, ((0, 0), (0, 0), (0, 1))), lengths)
+        expected = f"{V2_INPUT[entry['task']]}: shape"
+        with self.client.post(v2_path(entry), data=body, headers=headers, name=name, catch_response=True) as resp:
+            text = (resp.content or b"").decode(errors="replace")
+            if resp.status_code == 400 and expected in text:
+                resp.success()
+            else:
+                resp.failure(f"expected a 400 naming {expected!r}, got HTTP {resp.status_code}: {text[:200]}")
 
 
 class StreamTokenUser(FastHttpUser):

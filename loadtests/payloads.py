@@ -161,3 +161,118 @@ def same_probabilities(streamed: dict, whole: dict, tolerance: float = PROBABILI
     """Why a stream's answer differs from /classify on its whole sequence, or None."""
     worst = max(abs(streamed["probabilities"][k] - p) for k, p in whole["probabilities"].items())
     return None if worst <= tolerance else f"differs from /classify on the whole sequence by {worst:.2e}"
+
+
+# ---- the Open Inference Protocol (KServe v2) ----------------------------------------------------------
+# Bodies are encoded with numpy alone, as the protocol's binary tensor data extension lays them out: a
+# JSON header, then each binary tensor's little-endian bytes in the order of its inputs, the header's
+# length in Inference-Header-Content-Length. Answers are read back the same way.
+
+V2_HEADER = "Inference-Header-Content-Length"
+V2_INPUT = {"classify": "sequence", "forecast": "history"}
+V2_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
+
+
+def v2_path(entry: dict) -> str:
+    return f"/v2/models/{name_of(entry)}/infer"
+
+
+def v2_instances(rng: np.random.Generator, entry: dict, n_instances: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n_instances`` instances drawn as /classify's and /forecast's are: values (N, T, F) float32, each
+    instance its first ``lengths[i]`` steps and zeros after, and lengths (N,) int64."""
+    field = V2_INPUT[entry["task"]]
+    drawn = [np.asarray(INSTANCE[entry["task"]](rng, entry)[field], np.float32) for _ in range(n_instances)]
+    lengths = np.array([len(x) for x in drawn], np.int64)
+    values = np.zeros((n_instances, int(lengths.max()), len(entry["features"])), np.float32)
+    for i, x in enumerate(drawn):
+        values[i, : len(x)] = x.reshape(len(x), -1)
+    return values, lengths
+
+
+def v2_body(task: str, values: np.ndarray, lengths: np.ndarray, binary: bool = True) -> tuple[bytes, dict[str, str]]:
+    """An infer request for ``values`` (N, T, F) and ``lengths`` (N,), and its headers: binary tensors in
+    and out, or JSON both ways."""
+    tensors = [(V2_INPUT[task], "FP32", values.astype("<f4")), ("lengths", "INT64", lengths.astype("<i8"))]
+    inputs = [{"name": name, "datatype": datatype, "shape": list(array.shape)} for name, datatype, array in tensors]
+    if not binary:
+        for tensor, (_, _, array) in zip(inputs, tensors):
+            tensor["data"] = array.ravel().tolist()
+        return json.dumps({"inputs": inputs}).encode(), {"Content-Type": "application/json"}
+    for tensor, (_, _, array) in zip(inputs, tensors):
+        tensor["parameters"] = {"binary_data_size": array.nbytes}
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    body = b"".join([header, *(array.tobytes() for _, _, array in tensors)])
+    return body, {"Content-Type": "application/octet-stream", V2_HEADER: str(len(header))}
+
+
+def read_v2_answer(body: bytes, header_length: str | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """An infer answer's JSON header and its outputs by name, JSON or binary; ValueError when it cannot be read."""
+    end = int(header_length) if header_length else len(body)
+    head = json.loads(body[:end])
+    outputs, offset = {}, end
+    for tensor in head["outputs"]:
+        shape, datatype = tensor["shape"], tensor["datatype"]
+        size = tensor.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            values = tensor["data"] if datatype == "BYTES" else np.asarray(tensor["data"], V2_DTYPES[datatype])
+        else:
+            raw, offset = body[offset : offset + size], offset + size
+            values = _v2_strings(raw) if datatype == "BYTES" else np.frombuffer(raw, V2_DTYPES[datatype])
+        outputs[tensor["name"]] = np.asarray(values, dtype=object if datatype == "BYTES" else None).reshape(shape)
+    if offset != len(body):
+        raise ValueError(f"{len(body) - offset} bytes after the outputs belong to none of them")
+    return head, outputs
+
+
+def _v2_strings(raw: bytes) -> list[str]:
+    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    items, at = [], 0
+    while at < len(raw):
+        size = int.from_bytes(raw[at : at + 4], "little")
+        items.append(raw[at + 4 : at + 4 + size].decode())
+        at += 4 + size
+    return items
+
+
+def v2_as_answers(entry: dict, outputs: dict[str, np.ndarray]) -> list[dict]:
+    """A v2 answer's outputs as /classify's or /forecast's answers, one per instance, to check them alike."""
+    name = name_of(entry)
+    if entry["task"] == "classify":
+        probabilities, indices, labels = outputs["probabilities"], outputs["label_index"], outputs["label"]
+        return [
+            {"model": name, "probabilities": dict(zip(entry["labels"], p.tolist())), "label_index": int(i), "label": str(label)}
+            for p, i, label in zip(probabilities, indices, labels)
+        ]
+    forecast = outputs["forecast"]  # (N, H, K)
+    quantiles = outputs.get("quantiles")  # (N, Q, H, K)
+    answers = []
+    for i, steps in enumerate(forecast):
+        answer = {"model": name, "horizon": len(steps), "forecast": steps.tolist()}
+        if quantiles is not None:
+            answer["quantiles"] = {str(q): quantiles[i, j].tolist() for j, q in enumerate(entry["quantiles"])}
+        answers.append(answer)
+    return answers
+
+
+def check_v2_answer(entry: dict, n_instances: int, status: int, body: bytes, header_length: str | None) -> str | None:
+    """Why an infer answer for ``n_instances`` instances of ``entry``'s model is wrong, or None when it is right."""
+    if status != 200:
+        return f"HTTP {status}: {body[:200]!r}"
+    try:
+        head, outputs = read_v2_answer(body, header_length)
+    except (ValueError, KeyError, TypeError) as err:
+        return f"answer cannot be read ({type(err).__name__}: {err}): {body[:200]!r}"
+    if head.get("model_name") != name_of(entry):
+        return f"model_name is {head.get('model_name')!r}, asked {name_of(entry)!r}"
+    wanted = ["probabilities", "label_index", "label"] if entry["task"] == "classify" else ["forecast"]
+    wanted += ["quantiles"] if entry["task"] == "forecast" and entry["quantiles"] else []
+    if sorted(outputs) != sorted(wanted):
+        return f"outputs are {sorted(outputs)}, expected {sorted(wanted)}"
+    if any(len(array) != n_instances for array in outputs.values()):
+        return f"expected {n_instances} instances in every output, got {({k: len(v) for k, v in outputs.items()})}"
+    check = check_classification if entry["task"] == "classify" else check_forecast
+    for index, answer in enumerate(v2_as_answers(entry, outputs)):
+        problem = check(answer, entry)
+        if problem:
+            return f"instance {index}: {problem}"
+    return None

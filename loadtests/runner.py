@@ -73,7 +73,8 @@ def add_load_options(parser: argparse.ArgumentParser, *, duration: str, users: i
     add("--models", default="", help="comma-separated names or tags to load; without --host, the ones served")
     add("--scenarios", default=",".join(DEFAULT_SCENARIOS),
         help="comma-separated locust users: ClassifyUser, ForecastUser, StreamTokenUser (/stream/classify with "
-        "state tokens), StreamSocketUser (the /stream WebSocket) (default %(default)s)")
+        "state tokens), StreamSocketUser (the /stream WebSocket), V2BinaryUser (the Open Inference Protocol with "
+        "binary tensors) (default %(default)s)")
     add("--processes", type=positive_int, default=1,
         help="locust worker processes on this machine, the users spread over them; one saturates about a core "
         "(default %(default)s: a single locust process)")

@@ -111,6 +111,66 @@ def test_checks_reject_wrong_status_count_and_body():
     assert payloads.check_answers("classify", [CLF], 200, "<html>").startswith("body is not JSON")
 
 
+def v2_interface(entry: dict):
+    from service.v2.protocol import ModelInterface
+
+    return ModelInterface(
+        name=payloads.name_of(entry), version="v1", task=entry["task"], features=entry["features"], max_instances=8,
+        max_length=entry["max_length"], labels=entry["labels"], targets=entry["features"], lookback=entry["lookback"] or 0,
+        horizon=entry["horizon"] or 0, quantiles=entry["quantiles"],
+    )
+
+
+def v2_outputs(entry: dict, n: int) -> dict[str, np.ndarray]:
+    """Right outputs for ``n`` instances of ``entry``'s model, as the service's infer_arrays gives them."""
+    if entry["task"] == "classify":
+        probabilities = np.tile(np.array([0.2, 0.7, 0.1], np.float32), (n, 1))
+        return {"probabilities": probabilities, "label_index": np.ones(n, np.int64), "label": np.array(["run"] * n, dtype=object)}
+    quantiles = np.sort(np.random.default_rng(0).normal(size=(n, 3, 3, 1)), axis=1).astype(np.float32)  # (N, Q, H, K)
+    return {"forecast": quantiles[:, 1].copy(), "quantiles": quantiles}
+
+
+@pytest.mark.parametrize("entry", [CLF, FC, FC2], ids=["classify", "forecast", "forecast-2-features"])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_v2_bodies_are_read_by_the_service_and_its_answers_pass_the_checks(entry, binary):
+    """The locust user's bodies, decoded by the service's own codec; the service's answers, read by the user's checks."""
+    from service.v2.protocol import read_infer_request, write_infer_response
+
+    values, lengths = payloads.v2_instances(np.random.default_rng(0), entry, 5)
+    assert values.dtype == np.float32 and values.shape == (5, lengths.max(), len(entry["features"]))
+    assert len(set(lengths.tolist())) > 1 and not values[lengths.argmin(), lengths.min():].any()  # ragged, zero-padded
+    body, headers = payloads.v2_body(entry["task"], values, lengths, binary=binary)
+    model = v2_interface(entry)
+    asked = read_infer_request(body, headers.get(payloads.V2_HEADER), model, 1 << 20)
+    np.testing.assert_array_equal(asked.values, values)
+    np.testing.assert_array_equal(asked.lengths, lengths)
+    assert set(asked.outputs.values()) == {binary}
+    answer, answer_headers = write_infer_response(model, asked, v2_outputs(entry, 5))
+    header_length = answer_headers.get(payloads.V2_HEADER.lower())
+    assert payloads.check_v2_answer(entry, 5, 200, answer, header_length) is None
+
+
+def test_v2_checks_reject_wrong_answers_with_the_reason():
+    from service.v2.protocol import InferRequest, write_infer_response
+
+    model = v2_interface(CLF)
+
+    def answer(outputs: dict, n: int = 2) -> str | None:
+        asked = InferRequest(np.zeros((n, 1, 3), np.float32), np.ones(n, np.int64), dict.fromkeys(outputs, True))
+        body, headers = write_infer_response(model, asked, outputs)
+        return payloads.check_v2_answer(CLF, 2, 200, body, headers.get(payloads.V2_HEADER.lower()))
+
+    right = v2_outputs(CLF, 2)
+    assert answer(right) is None
+    assert answer({**right, "label_index": np.array([1, 2])}) == "instance 1: label_index 2 does not point at label 'run'"
+    assert answer({k: v[:1] for k, v in right.items()}).startswith("expected 2 instances in every output")
+    assert answer({"probabilities": right["probabilities"]}) == (
+        "outputs are ['probabilities'], expected ['label', 'label_index', 'probabilities']")
+    assert payloads.check_v2_answer(CLF, 2, 400, b'{"error": "sequence: bad"}', None) == \
+        "HTTP 400: b'{\"error\": \"sequence: bad\"}'"
+    assert payloads.check_v2_answer(CLF, 2, 200, b"<html>", None).startswith("answer cannot be read (JSONDecodeError")
+
+
 METRICS = """# HELP seqserve_batch_size Instances merged into one forward pass
 # TYPE seqserve_batch_size histogram
 {buckets}
@@ -150,13 +210,15 @@ def test_parse_duration():
 def test_headless_run_against_a_server_it_starts_itself(tmp_path):
     tags = f"{tiny_models.store_classifier('lt-clf')},{tiny_models.store_forecaster('lt-fc')}"
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "loadtests", "run", "--users", "4", "--spawn-rate", "4", "--duration", "10s",
-               "--max-failure-rate", "0", "--out", str(out)]
+    command = [sys.executable, "-m", "loadtests", "run", "--users", "6", "--spawn-rate", "6", "--duration", "10s",
+               "--max-failure-rate", "0", "--scenarios", "ClassifyUser,ForecastUser,V2BinaryUser", "--out", str(out)]
     env = {**os.environ, "SEQSERVE_MODELS": tags}  # BENTOML_HOME: the private store of tests/conftest.py
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (out / "locust_stats.csv").exists() and (out / "report.html").stat().st_size > 1000
     assert "requests/s" in done.stdout and "PASS" in done.stdout
+    names = {row["Name"]: int(row["Request Count"]) for row in csv.DictReader(open(out / "locust_stats.csv"))}
+    assert names.get("/v2/models/<name>/infer [binary] [1]", 0) > 0, names  # V2BinaryUser sent requests, all right
     for tag in tags.split(","):
         assert f"  {tag}: " in done.stdout and "mean batch size" in done.stdout
 
