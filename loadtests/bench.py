@@ -9,7 +9,9 @@ GRU 2x64, 5 classes):
 4. no batching — a plain ASGI endpoint that runs the model once per request;
 5. seqserve itself;
 
-then the streaming table (``loadtests/stream_bench.py``): one new step over the ``/stream`` WebSocket or
+then seqserve with 64 instances of 64 x 8 per request, the same instances as JSON on ``/classify``, as
+the Open Inference Protocol's JSON and as its binary tensors (``/v2/models/<name>/infer``), next to the
+model alone at batch 64; then the streaming table (``loadtests/stream_bench.py``): one new step over the ``/stream`` WebSocket or
 with a state token, next to re-sending the whole history to ``/classify``.
 
 Every server gets one worker and one torch thread. Load comes from ``wrk`` (C, one thread), whose own
@@ -35,6 +37,7 @@ import httpx
 import numpy as np
 
 from loadtests.baselines import websocket_echo
+from loadtests.payloads import V2_HEADER, check_answers, check_v2_answer, v2_body
 from loadtests.server import free_port, running_process, serve_command
 from loadtests.stream_bench import run_streaming, run_websocket_ceiling, store_stream_bench_model, streaming_markdown
 from loadtests.wrk import post_script, wrk
@@ -42,6 +45,7 @@ from loadtests.wrk import post_script, wrk
 ROOT = Path(__file__).resolve().parent.parent
 HPARAMS = {"n_features": 8, "n_classes": 5, "hidden_size": 64, "num_layers": 2, "bidirectional": False, "dropout": 0.0}
 STEPS = 64
+BATCH = 64  # instances per request in the batch table
 
 
 def store_bench_model() -> str:
@@ -106,9 +110,8 @@ def targets(tag: str) -> list[tuple[str, list[str], dict, str, str]]:
     ]
 
 
-def run(concurrency: list[int], seconds: int, only: set[str] | None = None) -> dict:
+def run(tag: str, concurrency: list[int], seconds: int, only: set[str] | None = None) -> dict:
     """The model-only rows and every server of :func:`targets` (or the ``only`` ones) at each connection count."""
-    tag = store_bench_model()
     results: dict = {"model_only": model_only(tag) if only is None else [], "servers": {}}
     with tempfile.TemporaryDirectory() as folder:
         body = request_body()
@@ -124,6 +127,70 @@ def run(concurrency: list[int], seconds: int, only: set[str] | None = None) -> d
                 wrk(url + path, script, 16, 2)  # warm-up
                 results["servers"][label] = [wrk(url + path, script, c, seconds) for c in concurrency]
     return results
+
+
+def batch_requests(entry: dict) -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    """(path, body, headers) of each way to send the same BATCH instances of STEPS x 8 to ``entry``'s model."""
+    values = np.random.default_rng(2).uniform(-1, 1, size=(BATCH, STEPS, 8)).round(6)  # (N, T, F)
+    lengths = np.full(BATCH, STEPS)
+    infer = f"/v2/models/{entry['tag'].split(':')[0]}/infer"
+    classify = json.dumps({"instances": [{"sequence": sequence.tolist()} for sequence in values]}).encode()
+    return {
+        "/classify JSON": ("/classify", classify, {"Content-Type": "application/json"}),
+        "v2 JSON": (infer, *v2_body("classify", values, lengths, binary=False)),
+        "v2 binary": (infer, *v2_body("classify", values, lengths, binary=True)),
+    }
+
+
+def run_batches(tag: str, concurrency: list[int], seconds: int) -> dict[str, list[dict]]:
+    """seqserve answering BATCH instances per request, each way of :func:`batch_requests` at each connection count."""
+    rows: dict[str, list[dict]] = {}
+    port = free_port()
+    print(f"… seqserve, {BATCH} instances per request", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as folder, running_process(
+        serve_command(port), port=port, ready_path="/readyz", env={"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1"}
+    ) as url:
+        [entry] = httpx.get(url + "/models", timeout=10).json()
+        for way, (path, body, headers) in batch_requests(entry).items():
+            check = httpx.post(url + path, content=body, headers=headers, timeout=30)
+            if path == "/classify":
+                problem = check_answers("classify", [entry] * BATCH, check.status_code, check.text)
+            else:
+                problem = check_v2_answer(entry, BATCH, check.status_code, check.content, check.headers.get(V2_HEADER))
+            if problem:
+                raise RuntimeError(f"seqserve answered {way} wrongly: {problem}")
+            script = post_script(Path(folder) / f"batch-{len(rows)}.lua", body, headers)
+            wrk(url + path, script, 4, 2)  # warm-up
+            rows[way] = [wrk(url + path, script, c, seconds) for c in concurrency]
+            for row in rows[way]:  # answers other than 2xx (503 when overloaded) carry no sequences
+                row["sequences_per_s"] = BATCH * (row["requests"] - row["errors"]) / row["seconds"]
+    return rows
+
+
+def batch_markdown(results: dict, seconds: int) -> list[str]:
+    """The batch table, and the issue's targets: v2 binary against the model alone at batch 64 and against JSON."""
+    batches = results.get("batches", {})
+    if not batches:
+        return []
+    lines = ["", f"### {BATCH} instances per request ({STEPS} steps x 8 features each): seqserve, 1 worker, 1 torch thread; "
+             f"wrk 1 thread, {seconds}s per cell", ""]
+    lines += ["| request | conns | req/s | sequences/s | p50 ms | p99 ms | errors | wrk CPU % |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for way, rows in batches.items():
+        for r in rows:
+            lines.append(
+                f"| {way} | {r['connections']} | {r['requests_per_s']:,.1f} | {r['sequences_per_s']:,.0f} | {r['p50_ms']:.2f} "
+                f"| {r['p99_ms']:.2f} | {r['errors']} | {r['generator_cpu_pct']:.0f} |"
+            )
+    alone = next((r["sequences_per_s"] for r in results["model_only"] if r["batch"] == BATCH), None)
+    lines += ["", f"| conns | v2 binary ÷ model alone at batch {BATCH} (target ≥ 0.8) | v2 binary ÷ /classify JSON (target ≥ 2) "
+              "| v2 JSON ÷ /classify JSON |", "|---:|---:|---:|---:|"]
+    for binary, v2_json, classify in zip(batches["v2 binary"], batches["v2 JSON"], batches["/classify JSON"]):
+        ratio = f"{binary['sequences_per_s'] / alone:.2f}×" if alone else "-"
+        lines.append(
+            f"| {binary['connections']} | {ratio} | {binary['sequences_per_s'] / max(classify['sequences_per_s'], 1e-9):.2f}× "
+            f"| {v2_json['sequences_per_s'] / max(classify['sequences_per_s'], 1e-9):.2f}× |"
+        )
+    return lines
 
 
 def markdown(results: dict, seconds: int) -> str:
@@ -149,7 +216,7 @@ def markdown(results: dict, seconds: int) -> str:
             f"| {r['requests_per_s'] / other(CEILING):.2f}× "
             f"| {r['p50_ms'] - other('no batching (plain ASGI)', 'p50_ms'):+.2f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + batch_markdown(results, seconds))
 
 
 def streaming(args: argparse.Namespace) -> list[dict]:
@@ -184,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run (default: 10)")
     parser.add_argument("--concurrency", default="1,16,64", help="connection counts (default: 1,16,64)")
+    parser.add_argument("--batch-concurrency", default="1,4,16",
+                        help=f"connection counts of the {BATCH}-instance requests (default: 1,4,16)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="folder for results.json and table.md")
     parser.add_argument("--no-update", action="store_true", help="do not rewrite loadtests/BENCHMARKS.md (--only-streaming never does)")
     parser.add_argument("--streams", default="1,64,256", help="concurrent streams in the streaming table (default: 1,64,256)")
@@ -201,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     concurrency = [int(c) for c in args.concurrency.split(",")]
     if not args.only_streaming:
-        results = run(concurrency, args.seconds)
+        tag = store_bench_model()
+        results = run(tag, concurrency, args.seconds)
+        results["batches"] = run_batches(tag, [int(c) for c in args.batch_concurrency.split(",")], args.seconds)
     elif shutil.which("wrk"):  # the lone stream's target is the HTTP ceiling's p50 at one connection: that server only
-        results = run([1], args.seconds, only={CEILING})
+        results = run(store_bench_model(), [1], args.seconds, only={CEILING})
     else:
         results = {"model_only": [], "servers": {}}
     results["streaming"] = streaming(args)
@@ -221,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_update:
         header = (
             "# Benchmarks\n\nThe latest `python -m loadtests bench` (see `loadtests/bench.py` for what each row is).\n\n"
-            f"- date: {when}\n- machine: {results['machine']}\n- request: one sequence of {STEPS} steps x 8 features, GRU 2x64, 5 classes\n\n"
+            f"- date: {when}\n- machine: {results['machine']}\n- request: one sequence of {STEPS} steps x 8 features, GRU 2x64, 5 classes "
+            f"({BATCH} of them per request in the {BATCH}-instance table)\n\n"
         )
         (ROOT / "loadtests" / "BENCHMARKS.md").write_text(header + table + "\n")
     return 0

@@ -190,19 +190,21 @@ def v2_instances(rng: np.random.Generator, entry: dict, n_instances: int) -> tup
 
 
 def v2_body(task: str, values: np.ndarray, lengths: np.ndarray, binary: bool = True) -> tuple[bytes, dict[str, str]]:
-    """An infer request for ``values`` (N, T, F) and ``lengths`` (N,), and its headers: binary tensors in
-    and out, or JSON both ways."""
-    tensors = [(V2_INPUT[task], "FP32", values.astype("<f4")), ("lengths", "INT64", lengths.astype("<i8"))]
-    inputs = [{"name": name, "datatype": datatype, "shape": list(array.shape)} for name, datatype, array in tensors]
+    """An infer request for ``values`` (N, T, F) and ``lengths`` (N,), and its headers: binary tensors in and
+    out (``values`` sent as float32), or JSON both ways (``values`` written as they are: float64 rounded to a
+    few decimals stays as short as /classify's JSON)."""
+    inputs = [
+        {"name": V2_INPUT[task], "datatype": "FP32", "shape": list(values.shape)},
+        {"name": "lengths", "datatype": "INT64", "shape": [len(lengths)]},
+    ]
     if not binary:
-        for tensor, (_, _, array) in zip(inputs, tensors):
-            tensor["data"] = array.ravel().tolist()
+        inputs[0]["data"], inputs[1]["data"] = values.ravel().tolist(), lengths.tolist()
         return json.dumps({"inputs": inputs}).encode(), {"Content-Type": "application/json"}
-    for tensor, (_, _, array) in zip(inputs, tensors):
-        tensor["parameters"] = {"binary_data_size": array.nbytes}
+    tensors = [values.astype("<f4").tobytes(), lengths.astype("<i8").tobytes()]
+    for tensor, raw in zip(inputs, tensors):
+        tensor["parameters"] = {"binary_data_size": len(raw)}
     header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
-    body = b"".join([header, *(array.tobytes() for _, _, array in tensors)])
-    return body, {"Content-Type": "application/octet-stream", V2_HEADER: str(len(header))}
+    return b"".join([header, *tensors]), {"Content-Type": "application/octet-stream", V2_HEADER: str(len(header))}
 
 
 def read_v2_answer(body: bytes, header_length: str | None) -> tuple[dict, dict[str, np.ndarray]]:

@@ -20,10 +20,17 @@ end
 """
 
 
-def post_script(path: Path, body: str) -> Path:
-    """A wrk script at ``path`` that POSTs the JSON ``body`` on every request and prints :data:`WRK_REPORT`'s line."""
-    path.write_text("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-                    f"wrk.body = [==[{body}]==]\n{WRK_REPORT}")
+def post_script(path: Path, body: str | bytes, headers: dict[str, str] | None = None) -> Path:
+    """A wrk script at ``path`` that POSTs ``body`` with ``headers`` (default: JSON's content type) on every
+    request and prints :data:`WRK_REPORT`'s line. The body is read from a file beside it, byte for byte
+    (a Lua string in the script would turn binary tensors' carriage returns into newlines)."""
+    body_file = path.with_suffix(".body")
+    body_file.write_bytes(body.encode() if isinstance(body, str) else body)
+    lines = ["wrk.method = 'POST'"]
+    for name, value in (headers or {"Content-Type": "application/json"}).items():
+        lines.append(f"wrk.headers['{name}'] = '{value}'")
+    lines.append(f"local file = io.open('{body_file}', 'rb'); wrk.body = file:read('*a'); file:close()")
+    path.write_text("\n".join(lines) + "\n" + WRK_REPORT)
     return path
 
 
