@@ -7,7 +7,10 @@ the time it took, the server workers' peak memory (VmHWM) and how long ``/livez`
   with a foreign ``Host``, a ``Content-Length`` larger than the body, slow headers;
 * inputs near float32's limits (every 200 must be strict JSON);
 * the heaviest request the limits allow, and ``/livez`` while the worker is saturated with them;
-* overload of small requests: the admitted p99 against the unloaded p99, and the share answered 503.
+* overload of small requests: the admitted p99 against the unloaded p99, and the share answered 503;
+* the Open Inference Protocol's binary tensors (``/v2/models/<name>/infer``): the largest binary request the
+  limits allow, alone and from 16 connections while ``/livez`` is probed; a binary body over its cap (413
+  before the body is sent); an ``Inference-Header-Content-Length`` past the body; garbage bytes.
 
 Load for the last two comes from ``wrk`` (C, its own process), and ``/livez`` and the admitted latency
 are measured by a probe thread that sends one request at a time on a fresh connection, as a Kubernetes
@@ -36,6 +39,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from loadtests.payloads import V2_HEADER, v2_body
 from loadtests.server import started_server
 
 
@@ -94,7 +98,7 @@ def raw_exchange(url: str, payload: bytes, wait_s: float) -> tuple[str, float]:
 
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+%s
 local file = io.open("%s", "rb"); wrk.body = file:read("*a"); file:close()
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
@@ -111,12 +115,17 @@ end
 """
 
 
-def wrk_flood(url: str, path: str, body: str, connections: int, seconds: float, timeout_s: float = 30) -> dict:
-    """``connections`` wrk connections posting ``body`` back to back: counts of 200, 503, other answers, errors."""
+def wrk_flood(
+    url: str, path: str, body: str | bytes, connections: int, seconds: float, timeout_s: float = 30,
+    headers: dict[str, str] | None = None,
+) -> dict:
+    """``connections`` wrk connections posting ``body`` (JSON unless ``headers`` say otherwise) back to back:
+    counts of 200, 503, other answers, errors."""
+    headers = headers or {"Content-Type": "application/json"}
     with tempfile.TemporaryDirectory() as tmp:
-        body_file, script = Path(tmp, "body.json"), Path(tmp, "flood.lua")
-        body_file.write_text(body)
-        script.write_text(WRK_SCRIPT % body_file)
+        body_file, script = Path(tmp, "body"), Path(tmp, "flood.lua")
+        body_file.write_bytes(body.encode() if isinstance(body, str) else body)
+        script.write_text(WRK_SCRIPT % ("\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()), body_file))
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", f"{timeout_s:.0f}s", "-s", str(script),
              url + path], capture_output=True, text=True, timeout=seconds + timeout_s + 30,
@@ -158,11 +167,13 @@ class Probe(threading.Thread):
         return [ms for s, ms in self.results if status is None or s == status]
 
 
-def probed_flood(url: str, path: str, body: str, connections: int, seconds: float, probe: Probe) -> tuple[dict, Probe]:
+def probed_flood(
+    url: str, path: str, body: str | bytes, connections: int, seconds: float, probe: Probe, headers: dict[str, str] | None = None,
+) -> tuple[dict, Probe]:
     """A wrk flood with ``probe`` running beside it (none when ``connections`` is 0)."""
     probe.start()
     try:
-        flood = wrk_flood(url, path, body, connections, seconds) if connections else (time.sleep(seconds) or {})
+        flood = wrk_flood(url, path, body, connections, seconds, headers=headers) if connections else (time.sleep(seconds) or {})
     finally:
         probe.stop.set()
         probe.join()
@@ -184,7 +195,9 @@ def overload(url: str, body: str, connections: int, seconds: float) -> dict:
     }
 
 
-async def run_cases(url: str, server_pid: int | None, seconds: float, max_body_bytes: int) -> tuple[list[dict], list[dict]]:
+async def run_cases(
+    url: str, server_pid: int | None, seconds: float, max_body_bytes: int, max_binary_body_bytes: int,
+) -> tuple[list[dict], list[dict]]:
     limits = httpx.Limits(max_connections=300)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         models = (await client.get("/models")).json()
@@ -231,16 +244,7 @@ async def run_cases(url: str, server_pid: int | None, seconds: float, max_body_b
 
         # /livez while the worker is saturated with the heaviest allowed requests (wrk keeps 16 in flight).
         flood, probe = probed_flood(url, "/classify", heavy, 16, seconds, Probe(url))
-        latencies = probe.latencies()
-        rows.append({
-            "case": f"/livez while 16 connections send the heaviest request for {seconds:.0f} s",
-            "status": f"{flood['ok']}x200 {flood['shed']}x503 {flood['other'] + flood['errors']} other",
-            "answer_bytes": 0, "seconds": flood["seconds"], "worker_peak_mb": worker_peak_mb(server_pid),
-            "livez_max_ms": max(latencies),
-            "answer": f"/livez p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms, "
-                      f"max {max(latencies):.0f} ms over {len(latencies)} probes; "
-                      f"{sum(s != 200 for s, _ in probe.results)} not 200",
-        })
+        rows.append(livez_row(f"/livez while 16 connections send the heaviest request for {seconds:.0f} s", flood, probe, server_pid))
 
         # Raw-socket cases: a Content-Length larger than the body, headers that never end.
         line, took = raw_exchange(url, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{", 70)
@@ -254,7 +258,67 @@ async def run_cases(url: str, server_pid: int | None, seconds: float, max_body_b
         # load) and at 4x that; the probe's 200s are the admitted latency.
         small = json.dumps({"instances": [{"sequence": rng.normal(size=(64, n_features)).round(4).tolist(), "model": name}]})
         table = [overload(url, small, c, seconds) for c in (0, 64, 256)]
+        rows += await v2_cases(client, clf, server_pid, seconds, max_binary_body_bytes)
         return rows, table
+
+
+def livez_row(case: str, flood: dict, probe: Probe, server_pid: int | None) -> dict:
+    """A report row of /livez's latencies while a flood ran."""
+    latencies = probe.latencies()
+    return {
+        "case": case, "status": f"{flood['ok']}x200 {flood['shed']}x503 {flood['other'] + flood['errors']} other",
+        "answer_bytes": 0, "seconds": flood["seconds"], "worker_peak_mb": worker_peak_mb(server_pid),
+        "livez_max_ms": max(latencies),
+        "answer": f"/livez p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms, "
+                  f"max {max(latencies):.0f} ms over {len(latencies)} probes; {sum(s != 200 for s, _ in probe.results)} not 200",
+    }
+
+
+async def v2_cases(client: httpx.AsyncClient, clf: dict, server_pid: int | None, seconds: float, max_binary_body_bytes: int) -> list[dict]:
+    """The Open Inference Protocol's binary tensors: the largest request the limits allow, a body over the binary
+    cap, a header length past the body, garbage, then the largest from 16 connections with /livez probed."""
+    url = str(client.base_url).rstrip("/")
+    name = clf["tag"].split(":")[0]
+    path = f"/v2/models/{name}/infer"
+    limits = (await client.get(f"/v2/models/{name}")).json()["parameters"]
+    n_features = len(clf["features"])
+    rows = []
+
+    def post(body: bytes, headers: dict[str, str]):
+        return lambda: client.post(path, content=body, headers=headers)
+
+    # The largest: as many instances as allowed, as many steps as then fit in the binary cap (room kept for the JSON).
+    n = limits["max_instances"]
+    steps = max(1, min(limits["max_length"], (max_binary_body_bytes - 4096) // (n * n_features * 4)))
+    values = np.random.default_rng(0).normal(size=(n, steps, n_features))
+    largest, largest_headers = v2_body("classify", values, np.full(n, steps))
+    case = f"v2 binary, largest allowed: {n} x {steps} steps x {n_features}, {len(largest) / 2**20:.2f} MiB"
+    rows.append(await timed(client, case, post(largest, largest_headers), server_pid))
+
+    # Over the cap: the headers alone must be answered 413, before a byte of the body is sent.
+    over = max_binary_body_bytes + 1
+    line, took = raw_exchange(url, (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n{V2_HEADER}: 200\r\n"
+        f"Content-Length: {over}\r\n\r\n").encode(), 30)
+    rows.append({"case": f"v2 binary body 1 byte over the {max_binary_body_bytes / 2**20:g} MiB cap (headers only sent)", "status": line,
+                 "seconds": took, "answer_bytes": 0, "livez_max_ms": 0.0, "worker_peak_mb": worker_peak_mb(server_pid), "answer": ""})
+
+    few = values[:8, : min(steps, 64)]  # (8, T, F)
+    small, headers = v2_body("classify", few, np.full(len(few), few.shape[1]))
+    past = {**headers, V2_HEADER: str(len(small) + 100)}
+    rows.append(await timed(client, "v2 Inference-Header-Content-Length past the body", post(small, past), server_pid))
+    garbage = np.random.default_rng(1).bytes(len(small))
+    rows.append(await timed(client, "v2 garbage bytes, header length 64", post(garbage, {**headers, V2_HEADER: "64"}), server_pid))
+    # A valid header and lengths, the values random bit patterns: about one float32 in 128 is NaN or infinite.
+    start = int(headers[V2_HEADER])
+    end = start + few.size * 4
+    random_values = small[:start] + garbage[start:end] + small[end:]
+    rows.append(await timed(client, f"v2 valid header, {few.size} random float32 bit patterns", post(random_values, headers), server_pid))
+
+    # Last, as the worker may still be busy with the flood when wrk stops: /livez beside 16 connections of the largest.
+    flood, probe = probed_flood(url, path, largest, 16, seconds, Probe(url), headers=largest_headers)
+    rows.append(livez_row(f"/livez while 16 connections send the largest v2 binary request for {seconds:.0f} s", flood, probe, server_pid))
+    return rows
 
 
 def _strict_json(text: str) -> str:
@@ -285,10 +349,14 @@ def format_report(rows: list[dict], table: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests hostile", description=__doc__.splitlines()[0])
     parser.add_argument("--host", help="a running seqserve (default: start one on 127.0.0.1 with the store's models); "
-                        "pass its SEQSERVE_MAX_BODY_MB as --max-body-mb, to size the heaviest request")
+                        "pass its SEQSERVE_MAX_BODY_MB as --max-body-mb and its SEQSERVE_MAX_BINARY_BODY_MB as "
+                        "--max-binary-body-mb, to size the heaviest requests")
     parser.add_argument("--max-body-mb", type=float, default=1.0,
                         help="the server's body cap in MiB, its SEQSERVE_MAX_BODY_MB (default: 1, the server's default); "
                         "a server started here is given it")
+    parser.add_argument("--max-binary-body-mb", type=float, default=4.0,
+                        help="the server's cap of bodies with binary tensors in MiB, its SEQSERVE_MAX_BINARY_BODY_MB "
+                        "(default: 4, the server's default); a server started here is given it")
     parser.add_argument("--seconds", type=float, default=10, help="length of each load run (default: 10)")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
@@ -296,9 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the hostile run needs wrk (a C load generator): apt-get install wrk", file=sys.stderr)
         return 2
     # The load test never imports the service: the cap is passed in, and a server started here is given the same.
-    server_env = {"SEQSERVE_MAX_BODY_MB": str(args.max_body_mb)}
+    server_env = {"SEQSERVE_MAX_BODY_MB": str(args.max_body_mb), "SEQSERVE_MAX_BINARY_BODY_MB": str(args.max_binary_body_mb)}
+    caps = int(args.max_body_mb * 2**20), int(args.max_binary_body_mb * 2**20)
     with nullcontext((args.host, None)) if args.host else started_server(server_env) as (url, server_pid):
-        rows, table = asyncio.run(run_cases(url, server_pid, args.seconds, int(args.max_body_mb * 2**20)))
+        rows, table = asyncio.run(run_cases(url, server_pid, args.seconds, *caps))
     report = format_report(rows, table)
     print(report)
     if args.out:

@@ -143,6 +143,28 @@ def test_hostile_overload_counts_wrks_answers_and_times_a_probe_beside_it(server
     assert row["max_ms"] >= row["p99_ms"] >= row["p50_ms"] > 0
 
 
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk (a C load generator) is not installed")
+def test_hostile_v2_cases_against_the_real_server(server):
+    """`loadtests hostile`'s binary cases, briefly: the largest allowed request is answered, under a flood too;
+    over the cap is 413 from the headers alone; a header length past the body and garbage get their 400s."""
+    from loadtests.hostile import v2_cases
+
+    url, tag = server
+    clf = next(m for m in httpx.get(f"{url}/models").json() if m["tag"] == tag)
+
+    async def cases():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await v2_cases(client, clf, None, 1, 4 << 20)
+
+    largest, over, past, garbage, random_values, flood = asyncio.run(cases())
+    assert largest["status"] == 200 and largest["case"].startswith("v2 binary, largest allowed: 256 x 1364 steps x 3, 4.00 MiB")
+    assert flood["status"].endswith(" 0 other") and flood["answer"].endswith("; 0 not 200")
+    assert over["status"] == "HTTP/1.1 413 Request Entity Too Large" and over["seconds"] < 5
+    assert past["status"] == 400 and "Inference-Header-Content-Length: " in past["answer"] and "past the end" in past["answer"]
+    assert garbage["status"] == 400 and "body: is not valid JSON" in garbage["answer"]
+    assert random_values["status"] == 400 and "is not a finite 32-bit number" in random_values["answer"]
+
+
 def test_streams_through_the_real_server_by_token_and_websocket(server):
     """Both ways in through `bentoml serve`: the answers equal /classify, and /metrics counts streams and steps."""
     from websocket import create_connection
