@@ -6,6 +6,8 @@ corrects in one pass over BentoML's spec:
 
 * title, version and description: BentoML writes its own README, its contact and ``"version": "None"``;
 * ``GET /models``, a Starlette route mounted beside the APIs (BentoML documents only mounted FastAPI apps);
+* ``POST /v2/models/{name}[/versions/{version}]/infer``, the Open Inference Protocol's infer route, with
+  its JSON as ``service.v2.schemas`` describes it and its binary form;
 * the errors: BentoML lists 404 and 500 in its own shapes and none of the answers seqserve gives
   (400 from our checks, 401/408/413/415 from ``service.guard``, 503 with ``Retry-After`` when overloaded);
 * the OpenAPI version: pydantic writes JSON Schema 2020-12 (``"type": "null"``, ``examples``), which is
@@ -24,9 +26,11 @@ import attrs
 import bentoml
 from bentoml._internal.service.openapi.specification import Info, OpenAPISpecification, PathItem
 from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
 
 from service.config import Settings
 from service.schemas import ModelInfo
+from service.v2.schemas import INFER_SCHEMAS
 
 REF = "#/components/schemas/{model}"
 
@@ -98,7 +102,8 @@ Recurrent sequence classifiers and forecasters (RNN, GRU, LSTM) trained by seqse
 * The Open Inference Protocol (KServe v2, Triton's REST API) with binary tensors: `GET /v2`,
   `/v2/health/live`, `/v2/health/ready`, `GET /v2/models/<name>[/versions/<version>]` (inputs and outputs)
   and its `/ready`, `POST .../infer`. Same models, batchers and limits; binary bodies up to
-  {settings.max_binary_body_bytes / 2**20:g} MiB. Not listed below: the protocol's own specification describes them.
+  {settings.max_binary_body_bytes / 2**20:g} MiB. The infer route is listed below; the others follow the protocol's
+  own specification.
 
 A request is `{{"instances": [...]}}`, answered in order. An instance may name its model (`name`, the newest
 served version, or `name:version`); without one, the endpoint's default model answers. Concurrent
@@ -156,6 +161,53 @@ MODELS_PATH = {
 }
 
 
+BINARY = {"type": "string", "format": "binary"}
+# What a stored model's name and version are made of (BentoML's tags: bentoml._internal.tag.tag_fmt).
+TAG_PART = {"type": "string", "pattern": "^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+HEADER_LENGTH = {
+    "description": "With binary tensors: the length in bytes of the JSON header that starts the body; the tensors' "
+    "bytes follow it.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
+def infer_operation(with_version: bool) -> dict[str, Any]:
+    """``POST /v2/models/{name}[/versions/{version}]/infer``: JSON, or a JSON header and binary tensors."""
+    path_parameters = [("name", "A served model's name.")] + ([("version", "Its stored version.")] if with_version else [])
+    return {
+        "tags": ["Open Inference Protocol"],
+        "summary": "Infer (Open Inference Protocol)",
+        "description": "The model's outputs for a batch of sequences or histories, as tensors: the JSON below alone, "
+        "or its JSON followed by binary tensors (Triton's binary tensor data extension) with the JSON's length in "
+        "`Inference-Header-Content-Length`. `GET /v2/models/<name>` lists the model's inputs and outputs.",
+        "operationId": "seqserve__v2_infer" + ("_version" if with_version else ""),
+        "parameters": [
+            *({"name": name, "in": "path", "required": True, "description": text, "schema": TAG_PART}
+              for name, text in path_parameters),
+            {"name": "Inference-Header-Content-Length", "in": "header", "required": False, **HEADER_LENGTH},
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                **_json({"$ref": REF.format(model="InferRequestBody")}),
+                "application/octet-stream": {"schema": BINARY},
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The outputs asked for: JSON, or with binary outputs a JSON header and their bytes.",
+                "headers": {"Inference-Header-Content-Length": HEADER_LENGTH},
+                "content": {**_json({"$ref": REF.format(model="InferAnswer")}), "application/octet-stream": {"schema": BINARY}},
+            },
+            **API_ERRORS,
+            "404": _error("No such model or version is served."),
+            "413": _error("The body is over the server's size limit (`SEQSERVE_MAX_BINARY_BODY_MB` with binary tensors, "
+                          "`SEQSERVE_MAX_BODY_MB` for JSON and for the JSON header)."),
+            "415": _error("The content type is neither `application/json` nor `application/octet-stream`."),
+        },
+    }
+
+
 def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> OpenAPISpecification:
     """BentoML's spec with seqserve's title, version, description, ``GET /models`` and real error answers."""
     paths = dict(spec.paths)
@@ -163,6 +215,8 @@ def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> Op
         if isinstance(item.post, dict) and "x-bentoml-name" in item.post:  # a @bentoml.api route
             paths[route] = attrs.evolve(item, post={**item.post, "responses": {"200": item.post["responses"][200], **API_ERRORS}})
     paths["/models"] = PathItem(get=MODELS_PATH["get"])
+    paths["/v2/models/{name}/infer"] = PathItem(post=infer_operation(with_version=False))
+    paths["/v2/models/{name}/versions/{version}/infer"] = PathItem(post=infer_operation(with_version=True))
     paths["/readyz"] = attrs.evolve(
         paths["/readyz"], get=attrs.evolve(paths["/readyz"].get, responses={
             **paths["/readyz"].get.responses, "503": {"description": "Not ready yet: the models are still loading."}
@@ -176,6 +230,8 @@ def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> Op
     }
     for model in (ModelInfo, ErrorAnswer):
         schemas[model.__name__] = model.model_json_schema(ref_template=REF)
+    _, infer = models_json_schema([(model, "validation") for model in INFER_SCHEMAS], ref_template=REF)
+    schemas |= infer["$defs"]
     return attrs.evolve(
         spec,
         openapi="3.1.0",
@@ -183,6 +239,8 @@ def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> Op
         tags=[
             attrs.evolve(spec.tags[0], description="Classification, forecasting and the models that answer."),
             *spec.tags[1:],
+            attrs.evolve(spec.tags[0], name="Open Inference Protocol",
+                         description="KServe v2 / Triton's REST API, with binary tensors."),
         ],
         paths=paths,
         components={**spec.components, "schemas": schemas},
