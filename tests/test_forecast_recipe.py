@@ -152,6 +152,32 @@ def test_intervals_from_the_starts_errors_cover_their_share_of_new_data():
     assert abs(metrics["q0.1_coverage"] - 0.1) < 0.05 and abs(metrics["q0.9_coverage"] - 0.9) < 0.05
 
 
+def test_calibration_widens_a_band_to_the_held_out_errors_as_far_as_they_are_many():
+    rng = np.random.default_rng(0)
+    levels = [0.1, 0.5, 0.9]
+    narrow = np.quantile(rng.normal(0, 1, 100_000), levels)  # the training windows' spread: sd 1
+    narrow -= narrow[1]  # offsets from the median
+    offsets = np.broadcast_to(narrow, (6, 1, 3)).copy()  # (H, K, Q)
+    held_out = rng.normal(0, 2, size=(3000, 6, 1))  # the validation errors: twice as wide
+    scaled, factors = starts.calibrate_offsets(offsets, held_out, levels)
+    assert factors[1] == 1.0 and np.all(scaled[..., 1] == 0) and np.all(np.diff(scaled, axis=-1) > 0)
+    assert factors[0] == pytest.approx(2, rel=0.05) and factors[2] == pytest.approx(2, rel=0.05)
+    fresh = rng.normal(0, 2, size=(3000, 6, 1))
+    inside = (fresh >= scaled[..., 0]) & (fresh <= scaled[..., 2])
+    assert abs(inside.mean() - 0.8) < 0.02
+    # Ten windows are weighed against the training windows' spread (as 30): the band widens less.
+    _, few = starts.calibrate_offsets(offsets, held_out[:10], levels)
+    assert 1.1 < few[0] < factors[0] and 1.1 < few[2] < factors[2]
+
+
+def test_calibration_keeps_a_band_that_already_fits():
+    rng = np.random.default_rng(1)
+    levels = [0.1, 0.5, 0.9]
+    offsets = np.broadcast_to(np.quantile(rng.normal(0, 1, 100_000), levels), (4, 2, 3)).copy()
+    _, factors = starts.calibrate_offsets(offsets, rng.normal(0, 1, size=(2000, 4, 2)), levels)
+    assert factors == pytest.approx([1, 1, 1], abs=0.06)
+
+
 def test_quantile_metrics_by_hand():
     y = np.array([[[1.0], [2.0]]])  # (N=1, H=2, K=1)
     predicted = np.array([[[[0.5, 1.0, 2.0]], [[1.0, 1.5, 3.0]]]])  # (1, 2, 1, Q=3)

@@ -13,9 +13,11 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
   seasonal naive, exponential smoothing of the seasonally adjusted window (M4's strong statistical
   family), or a fitted linear autoregression (cycles). The log turns a season that grows with the level
   into a fixed one. Alone, the start beat seasonal naive on every monthly series we tried;
-* intervals: each quantile is the median plus the spread of the start's errors over every training
-  window (``training.starts.interval_offsets``): hundreds of forecast origins, where a network's own
-  quantiles, fitted on those windows, covered too little of what came next;
+* intervals: each quantile is the median plus an offset per step ahead. The offsets take their shape from
+  the spread of the start's errors over every training window (``training.starts.interval_offsets``:
+  hundreds of forecast origins, where a network's own quantiles, fitted on those windows, covered too
+  little of what came next) and their width from the served model's errors at the rolling validation
+  origins (``training.starts.calibrate_offsets``, split conformal), as far as those windows are many;
 * the networks: ``members`` (default 5, fewer for large data) recurrent networks, seeds ``seed`` to
   ``seed + members - 1``, each learning a correction to the start's median on every window before the
   test part for about one optimiser step per window (``sized_for``); their corrections are averaged (M4's
@@ -162,6 +164,24 @@ def _held_out_error(model, windows: Windows, device: torch.device) -> float:
 
 
 @torch.no_grad()
+def normalized_residuals(model, windows: Windows, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """The median's errors on ``windows`` (N, H, K) in each window's standardised (log) units: the units
+    of the quantile offsets, so that they can be calibrated on them."""
+    model.eval()
+    k, out = model.n_targets, []
+    for i in range(0, len(windows), batch_size):
+        inputs, targets = (torch.from_numpy(a[i : i + batch_size]).to(device) for a in (windows.inputs, windows.targets))
+        if model.transform == "log":
+            tiny = torch.finfo(inputs.dtype).tiny
+            inputs = torch.cat([inputs[..., :k].clamp_min(tiny).log(), inputs[..., k:]], dim=-1)
+            targets = targets.clamp_min(tiny).log()
+        x_norm, loc, scale = model.normalize(inputs)
+        median = model.forward_normalized(x_norm)[..., model.point_index]  # (B, H, K)
+        out.append(((targets - loc[..., :k]) / scale[..., :k] - median).cpu().numpy())
+    return np.concatenate(out)
+
+
+@torch.no_grad()
 def predict_windows(model, inputs: np.ndarray, device: torch.device, batch_size: int = 512) -> np.ndarray:
     """Forecasts for every window: ``(N, T, C) -> (N, H, K, Q)`` in the series' own scale."""
     model.eval()
@@ -274,17 +294,24 @@ def train_forecaster(
     # NETWORK_MARGIN on average, the start is the model. On short series a network that fits its windows
     # can forecast worse than the start it began from (US electricity: start 1.14, with networks 1.51 MASE).
     errors: dict[str, list[float]] = {"start": [], "networks": []}
+    residuals: dict[str, list[np.ndarray]] = {"start": [], "networks": []}  # (N, H, K) per origin
     for f, (fold_train, fold_val) in enumerate(folds):
         fold_model = new_model(model_name, hparams, chosen["weights"], device, members=1)
         errors["start"].append(held_out_error(fold_model, fold_val, device))
+        residuals["start"].append(normalized_residuals(fold_model, fold_val, device))
         fit_member(fold_model, 0, fold_train, dataclasses.replace(config, seed=config.seed + MAX_MEMBERS + f), device)
         errors["networks"].append(held_out_error(fold_model, fold_val, device))
+        residuals["networks"].append(normalized_residuals(fold_model, fold_val, device))
     mean = {name: float(np.mean(values)) for name, values in errors.items() if values}
     use_networks = not folds or mean["networks"] < (1 - NETWORK_MARGIN) * mean["start"]
     recipe["validation_error"] = {name: [round(v, 4) for v in values] for name, values in errors.items()}
     recipe["networks"] = "trained" if use_networks else "not used: the start alone forecast better at the validation origins"
     if not use_networks:
         hparams.members = recipe["members"] = 1
+    if quantiles and folds:
+        held_out = np.concatenate(residuals["networks" if use_networks else "start"])
+        offsets, recipe["interval_factors"] = starts.calibrate_offsets(offsets, held_out, levels)
+        hparams.quantile_offsets = np.round(offsets, 5).tolist()
     model = new_model(model_name, hparams, chosen["weights"], device)
     history = History()
     if use_networks:

@@ -23,6 +23,14 @@ from training.windows import Windows
 ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 TRENDS = ((0.0, 0.0), (0.0, 0.9), (0.0, 0.98), (0.0, 1.0), (0.1, 0.9), (0.1, 0.98))  # (beta, phi); phi 0: none
 RIDGES = (0.01, 0.1, 1.0)
+# Interval widths from the held-out errors stay within these multiples of the training windows' spread
+# (a band may not collapse or cross the median), and are weighed against it as if the training windows
+# were PRIOR_WINDOWS held-out ones: on 18 public series, start only, the 0.1-0.9 band covered 80% +- 7
+# points of the test values on 11 with the training windows' spread alone, 9 with the held-out errors alone
+# (8 windows on airline and lynx made it 0.54 and 0.50), 13 weighed so (mean distance from 80%: 7.8, 9.4
+# and 6.1 points).
+MIN_FACTOR, MAX_FACTOR = 0.25, 4.0
+PRIOR_WINDOWS = 30
 # Each series' latest share of its training windows scores the candidates (the fitted ones fit the rest).
 HELD_OUT = 0.25
 
@@ -138,3 +146,33 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     errors = y_norm - _forecast(chosen["weights"], z_norm)  # (N, H, K)
     spread = np.quantile(errors, quantiles, axis=0) - np.quantile(errors, 0.5, axis=0)  # (Q, H, K)
     return spread.transpose(1, 2, 0).astype(np.float32)
+
+
+def calibrate_offsets(offsets: np.ndarray, residuals: np.ndarray, levels: list[float]) -> tuple[np.ndarray, list[float]]:
+    """``offsets`` (H, K, Q) scaled, one factor per quantile, so each covers its level of ``residuals``.
+
+    ``residuals`` (N, H, K) are held-out errors of the served median in the same standardised units: the
+    rolling-origin validation forecasts, made by a model trained on the data before each origin. The
+    training windows give the offsets their shape over the horizon; the held-out errors, nearer the test
+    part in time and out of sample, give their width (split conformal prediction, one scale per quantile).
+    A quantile ``q`` below the median with offset ``o < 0`` holds ``r <= c o`` for the ``q`` share of the
+    residuals when ``c`` is the ``1 - q`` quantile of ``r / o``; above the median, the ``q`` quantile. The
+    factor applied is ``c`` weighed against 1 by the number of held-out windows (``PRIOR_WINDOWS``).
+    Returns the scaled offsets and the factors (1 for the median).
+    """
+    scaled, factors = offsets.copy(), []
+    for j, q in enumerate(levels):
+        o = offsets[..., j]  # (H, K)
+        usable = np.abs(o) > 1e-9
+        if q == 0.5 or not usable.any() or len(residuals) < 2:
+            factors.append(1.0)
+            continue
+        ratios = (residuals[:, usable] / o[usable]).ravel()
+        n = len(residuals)  # the exchangeable units are the windows (a window's steps move together)
+        share = q if q > 0.5 else 1 - q
+        factor = float(np.quantile(ratios, min(1.0, np.ceil((n + 1) * share) / n)))  # split conformal's rank
+        weight = n / (n + PRIOR_WINDOWS)  # few held-out windows move the width little
+        factor = 1 + weight * (float(np.clip(factor, MIN_FACTOR, MAX_FACTOR)) - 1)
+        scaled[..., j] = o * factor
+        factors.append(round(factor, 3))
+    return scaled, factors
