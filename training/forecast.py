@@ -21,7 +21,12 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
 * the networks: ``members`` (default 5, fewer for large data) recurrent networks, seeds ``seed`` to
   ``seed + members - 1``, each learning a correction to the start's median on every window before the
   test part for about one optimiser step per window (``sized_for``); their corrections are averaged (M4's
-  plainest lesson: combinations beat single models). Rolling-origin validation
+  plainest lesson: combinations beat single models). Half the windows a network sees are mirrored about
+  their mean (``mirrored``), so what it learns holds upside down too and a drift the whole sample shares
+  cancels out: on quarterly arrivals, four series that grew from 1981 to 2005, unmirrored networks passed
+  validation and then forecast 40% growth into the 2008 fall (UK test MASE 6.6 against the start's 1.8);
+  mirrored, 2.52 became 1.36 (the start alone: validation no longer favoured the networks), and the mean
+  test MASE over 12 runs on 11 public series went from 1.20 to 1.08. Rolling-origin validation
   (``training.windows.rolling_origins``) decides whether they are used at all: one network per origin
   trains on what came before it and forecasts what follows, and unless the networks beat the start there
   by ``NETWORK_MARGIN`` on average, the start alone is the model.
@@ -38,6 +43,7 @@ import torch
 
 from models import ForecasterConfig, create_model
 from models.artifact import ModelCard, save_artifact
+from models.starts import FITTED_KINDS
 from training import baselines as strong, distributed, report, starts
 from training.data import DataError, SeriesCollection, fingerprint
 from training.loop import History, TrainConfig, fit, seed_everything, sized_for
@@ -118,9 +124,21 @@ def new_model(model_name: str, hparams: ForecasterConfig, start_weights: np.ndar
               **changes):
     """A fresh forecaster for ``hparams`` (with ``changes``) on ``device``; a fitted linear start gets its weights."""
     model = create_model(model_name, **{**dataclasses.asdict(hparams), **changes})
-    if model.start.kind == "linear":
+    if model.start.kind in FITTED_KINDS:
         model.start_weights.copy_(torch.from_numpy(start_weights))
     return model.to(device)
+
+
+def mirrored(inputs: np.ndarray, targets: np.ndarray, k: int, transform: str, flip: np.ndarray):
+    """The windows marked in ``flip`` (N,) mirrored about their input window's mean (in log units for a
+    log model): a rise becomes a fall and a season its mirror image, in the target channels (the first
+    ``k``) and their targets alike; covariates stay as they are."""
+    inputs, targets = inputs.copy(), targets.copy()
+    z_in, z_out = (starts.to_model_space(a[flip][..., :k].astype(np.float64), transform) for a in (inputs, targets))
+    centre = z_in.mean(axis=1, keepdims=True)  # (n, 1, K)
+    inputs[flip, :, :k] = starts.from_model_space(2 * centre - z_in, transform)
+    targets[flip] = starts.from_model_space(2 * centre - z_out, transform)
+    return inputs, targets
 
 
 def fit_member(model, i: int, train_w: Windows, config: TrainConfig, device: torch.device) -> History:
@@ -131,9 +149,13 @@ def fit_member(model, i: int, train_w: Windows, config: TrainConfig, device: tor
     series' own units rather than the log's.
     """
     k = model.n_targets
+    rng = np.random.default_rng(config.seed + i)
 
     def make_batch(indices: np.ndarray, is_train: bool):
-        return torch.from_numpy(train_w.inputs[indices]).to(device), torch.from_numpy(train_w.targets[indices]).to(device)
+        inputs, targets = train_w.inputs[indices], train_w.targets[indices]
+        if is_train:  # half the windows mirrored: see the module docstring
+            inputs, targets = mirrored(inputs, targets, k, model.transform, rng.random(len(indices)) < 0.5)
+        return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
     def loss_fn(member, batch):
         x, y = batch  # (B, T, C), (B, H, K)
