@@ -8,10 +8,12 @@ Lists validate *fail fast*: a body full of bad values costs one error, not one p
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from _bentoml_sdk.io_models import IORootModel  # what BentoML builds itself for a list return type
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+
+from service.framework import IORootModel  # what BentoML builds itself for a list return type
 
 # Plain JSON has no NaN or Infinity; refusing them here names the exact step and feature. Values must be
 # JSON numbers: StrictFloat refuses true/false and numeric strings instead of quietly turning them into 1.0.
@@ -248,3 +250,9 @@ class ModelInfo(BaseModel):
         examples=["it is bidirectional: its backward pass reads the whole sequence again with every new step; "
                   "train it with --no-bidirectional to stream"],
     )
+
+
+# Answers hold only plain lists and dicts of finite numbers (service.inference refuses the rest), so they are
+# written as JSON directly, by one encoder (json.dumps with options builds a new one per call): HTTP answers
+# and stream messages.
+answer_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode

@@ -248,15 +248,15 @@ def test_a_forecaster_of_the_current_recipe_round_trips_through_the_store():
 
 def test_a_log_forecaster_refuses_a_history_or_stream_step_that_is_not_above_zero():
     from models.artifact import LoadedModel
-    from service.inference import FORECAST, InstanceError, Limits, validate_steps
+    from service.inputs import InstanceError, Limits, history_window, new_steps
 
     model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=3, lookback=6, transform="log", hidden_size=8)
     loaded = LoadedModel("log-fc:v1", ModelCard(task="forecast", model_name="gru_forecaster", hparams={}, features=["v"],
                                                 targets=["v"], lookback=6, horizon=3), model, torch.device("cpu"))
     limits = Limits(max_length=100)
-    assert FORECAST.validate(0, [-1.0, 0.0] + [2.0] * 6, loaded, limits).shape == (6, 1)  # only the window counts
+    assert history_window(0, [-1.0, 0.0] + [2.0] * 6, loaded, limits).shape == (6, 1)  # only the window counts
     with pytest.raises(InstanceError, match=r"step 5, feature 0 is 0, but log-fc:v1 forecasts the logarithm of its "
                                             r"targets and needs them above 0"):
-        FORECAST.validate(0, [2.0] * 5 + [0.0] + [2.0] * 2, loaded, limits)
+        history_window(0, [2.0] * 5 + [0.0] + [2.0] * 2, loaded, limits)
     with pytest.raises(InstanceError, match=r"step 1, feature 0 is -3"):
-        validate_steps(0, [1.0, -3.0], loaded, max_steps=10)
+        new_steps(0, [1.0, -3.0], loaded, max_steps=10)
