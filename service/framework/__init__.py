@@ -9,7 +9,7 @@ routing, requests, responses, WebSockets and CORS middleware. What no public hoo
 offers no setting to change them or to reach a connection):
 
 * ``uvicorn.protocols.http.httptools_impl.HttpToolsProtocol``, subclassed: its ``on_*`` callbacks,
-  ``app``, ``scope``, ``cycle`` (its ``body`` and ``disconnected``), ``flow`` (``FlowControl``:
+  ``app``, ``scope``, ``cycle`` (a ``RequestResponseCycle``: its ``body`` and ``disconnected``), ``flow`` (``FlowControl``:
   ``read_paused``, ``pause_reading``, ``resume_reading``), ``transport``, ``loop`` and ``client``. For a
   header timeout (slowloris), the hang-up flag the door and the batcher ask (:class:`Client`), the door
   in front of BentoML's middleware (``service.admission``), refused connections left unread until their
