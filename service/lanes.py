@@ -65,15 +65,16 @@ class ModelLane(ABC):
     """One served model: its input checks, its batched forward pass, its streams and its answers."""
 
     task: str  # the endpoints it answers: "classify" (/classify, /stream/classify) or "forecast"
+    forward_pass: type[ClassifyPass] | type[ForecastPass]  # the forward pass its batcher runs
 
-    def __init__(self, model: LoadedModel, forward: ClassifyPass | ForecastPass, settings: Settings, signer: StateSigner):
+    def __init__(self, model: LoadedModel, settings: Settings, signer: StateSigner):
         self.model = model
         self.tag = model.tag
         self.name = model.tag.split(":")[0]
         self.limits = Limits(max_instances=settings.max_instances, max_length=settings.max_length)
         self.max_steps = settings.stream_max_steps
         self.timeout_s = settings.request_timeout_s
-        self.forward = forward
+        self.forward = forward = self.forward_pass(model)
         self.batcher = MicroBatcher(forward, sizes=BatchSizes(self.tag), **_batching(settings))
         self.signer = signer
         signer.add(model)
@@ -190,10 +191,7 @@ class ModelLane(ABC):
 class ClassifierLane(ModelLane):
     """A served classifier: (T, F) sequences in, a label and class probabilities out."""
 
-    task = "classify"
-
-    def __init__(self, model: LoadedModel, settings: Settings, signer: StateSigner):
-        super().__init__(model, ClassifyPass(model), settings, signer)
+    task, forward_pass = "classify", ClassifyPass
 
     def validate(self, index: int, values: list) -> np.ndarray:
         return inputs.sequence(index, values, self.model, self.limits)
@@ -210,10 +208,7 @@ class ClassifierLane(ModelLane):
 class ForecasterLane(ModelLane):
     """A served forecaster: the last ``lookback`` steps in, the next ``horizon`` out, in the history's own scale."""
 
-    task = "forecast"
-
-    def __init__(self, model: LoadedModel, settings: Settings, signer: StateSigner):
-        super().__init__(model, ForecastPass(model), settings, signer)
+    task, forward_pass = "forecast", ForecastPass
 
     def validate(self, index: int, values: list) -> np.ndarray:
         return inputs.history_window(index, values, self.model, self.limits)
