@@ -130,17 +130,13 @@ class SeqServe:
         return await _answered(ctx, self.lanes.forecast(instances, ctx.request.scope.get(CLIENT)))
 
     @bentoml.api(route="/stream/classify", output_spec=StreamClassifyAnswers)
-    async def stream_classify(
-        self, ctx: bentoml.Context, instances: list[StreamClassifyInstance] = STREAM_CLASSIFY_INSTANCES
-    ) -> Response:
+    async def stream_classify(self, ctx: bentoml.Context, instances: list[StreamClassifyInstance] = STREAM_CLASSIFY_INSTANCES) -> Response:
         """Advance classification streams by their new steps: each answer equals /classify on the stream so far
         and carries the state token for the next steps."""
         return await _answered(ctx, self.lanes.step_streams("classify", instances, ctx.request.scope.get(CLIENT)))
 
     @bentoml.api(route="/stream/forecast", output_spec=StreamForecastAnswers)
-    async def stream_forecast(
-        self, ctx: bentoml.Context, instances: list[StreamForecastInstance] = STREAM_FORECAST_INSTANCES
-    ) -> Response:
+    async def stream_forecast(self, ctx: bentoml.Context, instances: list[StreamForecastInstance] = STREAM_FORECAST_INSTANCES) -> Response:
         """Advance forecasting streams by their new values: each forecast equals /forecast on the history so far
         and carries the state token for the next values."""
         return await _answered(ctx, self.lanes.step_streams("forecast", instances, ctx.request.scope.get(CLIENT)))

@@ -55,15 +55,19 @@ def _out_of_range(model: LoadedModel) -> OutOfRange:
     )
 
 
-class ClassifyPass:
-    """Many-to-one classification over a batch: (T, F) sequences in, class probabilities (C,) out."""
+class ForwardPass:
+    """A model's forward pass over a batch of whole inputs (sequences or windows), as a batcher's work."""
 
     def __init__(self, model: LoadedModel):
         self.model = model
 
-    def cost(self, sequence: np.ndarray) -> int:
-        """The instance's work in steps, for the batcher's admission and scheduling."""
-        return len(sequence)
+    def cost(self, array: np.ndarray) -> int:
+        """The instance's work in steps (its length), for the batcher's admission and scheduling."""
+        return len(array)
+
+
+class ClassifyPass(ForwardPass):
+    """Many-to-one classification over a batch: (T, F) sequences in, class probabilities (C,) out."""
 
     @torch.inference_mode()
     def run_batch(self, sequences: list[np.ndarray]) -> list[np.ndarray | OutOfRange]:
@@ -82,15 +86,8 @@ class ClassifyPass:
         return [row if ok else _out_of_range(self.model) for row, ok in zip(probabilities, finite)]
 
 
-class ForecastPass:
+class ForecastPass(ForwardPass):
     """Direct multi-horizon forecasting over a batch: (lookback, C) windows in, (H, K, Q) forecasts out."""
-
-    def __init__(self, model: LoadedModel):
-        self.model = model
-
-    def cost(self, window: np.ndarray) -> int:
-        """The instance's work in steps, for the batcher's admission and scheduling."""
-        return len(window)
 
     @torch.inference_mode()
     def run_batch(self, windows: list[np.ndarray]) -> list[np.ndarray | OutOfRange]:
