@@ -314,8 +314,9 @@ class Lanes:
             steps = lane.new_steps(index, instance.steps)
             checked.append((lane, StreamStep(lane.stream_state(index, instance.state), steps, instance.every_step)))
         groups = _grouped(checked)
-        for lane in groups:
-            await lane.admit_steps()
+        if len(groups) > 1:  # several models: none queues work before all of them admitted theirs (submit admits too)
+            for lane in groups:
+                await lane.admit_steps()
         results = await asyncio.gather(*(lane.step([item for _, item in items], client) for lane, items in groups.items()))
         answers = []
         for (lane, item), stepped in zip(checked, _in_order(groups, results, "steps", len(checked))):
@@ -340,10 +341,11 @@ class Lanes:
     async def _answers(
         self, checked: list[tuple[ModelLane, np.ndarray]], field: str, client: Client | None
     ) -> list[dict[str, Any]]:
-        """Queue every lane's arrays (after all of those lanes admitted the work); the answers in request order."""
+        """Queue every lane's arrays (once all of those lanes admitted the work); the answers in request order."""
         groups = _grouped(checked)
-        for lane in groups:
-            await lane.admit()
+        if len(groups) > 1:  # several models: none queues work before all of them admitted theirs (submit admits too)
+            for lane in groups:
+                await lane.admit()
         results = await asyncio.gather(*(lane.infer([array for _, array in items], client) for lane, items in groups.items()))
         outputs = _in_order(groups, results, field, len(checked))
         return [lane.answer(output) for (lane, _), output in zip(checked, outputs)]
