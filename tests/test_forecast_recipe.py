@@ -1,5 +1,6 @@
 """The forecasting recipe's parts: classical starts as linear maps, the season of a cycle, the log and start
-choice, calibrated intervals, quantile metrics, ETS's quantiles, and cards written before members existed."""
+choice, calibrated intervals, quantile metrics, ETS's quantiles, and cards written before members existed or
+before the lookback was stored once."""
 
 import dataclasses
 
@@ -213,6 +214,23 @@ def test_a_forecaster_card_written_before_members_and_starts_still_loads():
     loaded = load_artifact(save_artifact("old-fc", Stored(), card))
     assert ForecasterConfig(**loaded.card.hparams).members == 1
     x = torch.randn(2, 12, 1) + 5
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.module(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("layout", ["in hparams too, as cards written before it was stored once", "stored once"])
+def test_a_forecasters_lookback_is_read_from_the_top_of_its_card(layout):
+    """A smoothing start reads the whole window, so the lookback shapes the model: both card layouts rebuild it."""
+    hparams = {"n_features": 1, "n_targets": 1, "horizon": 4, "hidden_size": 8, "lookback": 24,
+               "start": StartSpec("smoothing", 12, 0.5).to_dict()}
+    torch.manual_seed(0)
+    model = create_model("gru_forecaster", **hparams)
+    stored = hparams if layout.startswith("in hparams") else {k: v for k, v in hparams.items() if k != "lookback"}
+    card = ModelCard(task="forecast", model_name="gru_forecaster", hparams=stored, features=["v"], targets=["v"],
+                     lookback=24, horizon=4)
+    loaded = load_artifact(save_artifact("lookback-once", model, card))
+    assert loaded.card.lookback == 24 and loaded.module.start_weights.shape == (4, 24)
+    x = torch.randn(2, 24, 1) + 5
     with torch.inference_mode():
         torch.testing.assert_close(loaded.module(x), model.eval()(x))
 
