@@ -2,7 +2,7 @@
 
 Every field carries a description and an example, so the OpenAPI page documents the API by itself,
 and the examples are requests the default models answer (``make serve``). Only shape and type are
-checked here; checks that need the model (feature count, history length) live in ``service.inference``.
+checked here; checks that need the model (feature count, history length) live in ``service.inputs``.
 Lists validate *fail fast*: a body full of bad values costs one error, not one per value.
 """
 
