@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Any, Awaitable
+from typing import Awaitable
 
 import bentoml
 import torch
@@ -26,7 +26,7 @@ from service.admission import CLIENT
 from service.errors import ReadableValidationErrors, RetryLater, refusal
 from service.guard import RequestGuard
 from service.inputs import InstanceError
-from service.lanes import RequestError, load_lanes, served_tags
+from service.lanes import RequestError, answer_json, load_lanes, served_tags
 from service.openapi import SeqServeService
 from service.schemas import (
     CLASSIFY_INSTANCES,
@@ -41,7 +41,6 @@ from service.schemas import (
     StreamClassifyInstance,
     StreamForecastAnswers,
     StreamForecastInstance,
-    answer_json,
 )
 from service.streams import StreamSessions
 from service.startup import start_up, stop_server_on_failure
@@ -142,10 +141,10 @@ class SeqServe:
         return await _answered(ctx, self.lanes.step_streams("forecast", instances, ctx.request.scope.get(CLIENT)))
 
 
-async def _answered(ctx: bentoml.Context, answers: Awaitable[list[dict[str, Any]]]) -> Response:
-    """A request's ``answers`` (a call to the lanes) as JSON; its errors as 400, an overload as 503 (service.errors)."""
+async def _answered(ctx: bentoml.Context, answers: Awaitable[str]) -> Response:
+    """A request's ``answers`` (a call to the lanes, their JSON text); its errors as 400, an overload as 503 (service.errors)."""
     try:
-        return _json(await answers)
+        return Response(await answers, media_type="application/json")
     except (InstanceError, RequestError) as err:
         return _answer_with(ctx, 400, {"error": str(err)})
     except RetryLater as err:  # the model's queue is full, the deadline passed or the client hung up

@@ -95,9 +95,9 @@ class Client(Protocol):
 
 
 class BatchSizes(Protocol):
-    """Hears the size of every batch run (``service.metrics.BatchSizes``)."""
+    """Hears every batch run: its items and their steps (``service.metrics.BatchSizes``)."""
 
-    def observe(self, size: int) -> None: ...
+    def observe(self, size: int, steps: int) -> None: ...
 
 
 class MicroBatcher:
@@ -106,7 +106,7 @@ class MicroBatcher:
     ``work.run_batch`` must return one result per item, in order; a result may be an ``Exception`` that
     says what is wrong with that item alone (returned to its caller, not raised). When it raises, every
     caller in the batch gets the error. ``work.cost(item)`` is the item's work in steps (its length).
-    ``sizes.observe(n)`` hears every batch's size. ``clock()`` is the time in seconds the batcher times
+    ``sizes.observe(n, steps)`` hears every batch's size and steps. ``clock()`` is the time in seconds the batcher times
     passes and checks deadlines by; tests pass a fake one.
     """
 
@@ -237,21 +237,19 @@ class MicroBatcher:
 
     def _run_now(self, items: Sequence[Any]) -> list[Any]:
         """Run one caller's light batch here and now (the model is idle and nothing else is coming)."""
-        if self.sizes is not None:
-            self.sizes.observe(len(items))
+        steps = self._steps(items)
         started = self.clock()
         try:
             results = self.work.run_batch(list(items))
         except Exception:
             log.exception("forward pass over %d instances failed", len(items))
             raise
-        self._learn(started, items)
+        self._learn(started, steps)
         return results
 
     async def _run(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> None:
-        if self.sizes is not None:
-            self.sizes.observe(len(jobs))
         items = [item for item, _, _ in jobs]
+        steps = self._steps(items)
         started = self.clock()
         try:
             if self._light(items):
@@ -264,13 +262,20 @@ class MicroBatcher:
                 if not future.done():
                     future.set_exception(err)
             return
-        self._learn(started, items)
+        self._learn(started, steps)
         for (_, future, _), result in zip(jobs, results):
             if not future.done():
                 future.set_result(result)  # an item's own problem (an Exception) is a result too
 
-    def _learn(self, started: float, items: Sequence[Any]) -> None:
-        """Fold a batch that started at ``started`` (on :attr:`clock`) into the learnt seconds per step.
+    def _steps(self, items: Sequence[Any]) -> int:
+        """The steps of a batch about to run; ``sizes`` hears them with the batch's size."""
+        steps = sum(self.work.cost(item) for item in items)
+        if self.sizes is not None:
+            self.sizes.observe(len(items), steps)
+        return steps
+
+    def _learn(self, started: float, steps: int) -> None:
+        """Fold a batch of ``steps`` that started at ``started`` (on :attr:`clock`) into the learnt seconds per step.
 
         The recent batches' seconds over their steps, each a moving average that follows changes in load
         within a few batches: a batch counts by its steps. A pass has a fixed cost, so one step alone costs
@@ -280,5 +285,5 @@ class MicroBatcher:
         kept the estimate there: a stream batcher at 256 streams refused steps and lost 2/3 of its speed.
         """
         self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * (self.clock() - started)
-        self._recent_steps = 0.8 * self._recent_steps + 0.2 * max(sum(self.work.cost(item) for item in items), 1)
+        self._recent_steps = 0.8 * self._recent_steps + 0.2 * max(steps, 1)
         self.seconds_per_step = self._recent_seconds / self._recent_steps

@@ -9,8 +9,9 @@ endpoints use it, and so can any other front door.
 
 :class:`Lanes` holds a service instance's lanes, looked up by ``name:version``, by name (that name's
 default version: the first one served) or by task (the task's default: the first lane of that task).
-It also answers whole requests: every instance is checked by its lane before anything is queued,
-every lane involved admits the work, then the instances are queued and answered in request order.
+It also answers whole requests, as the JSON text of their answers: every instance is checked by its lane
+before anything is queued, every lane involved admits the work, then the instances are queued and
+answered in request order.
 
 One /classify request: ``service.app`` -> :meth:`Lanes.classify` -> :meth:`ClassifierLane.validate`
 (``service.inputs``) -> :meth:`ModelLane.infer` -> ``MicroBatcher`` (``service.batching``) ->
@@ -20,6 +21,7 @@ One /classify request: ``service.app`` -> :meth:`Lanes.classify` -> :meth:`Class
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from abc import ABC, abstractmethod
 from typing import Any
@@ -35,11 +37,16 @@ from service.batching import Client, MicroBatcher
 from service.config import Settings
 from service.inference import ClassifyPass, ForecastPass, OutOfRange, Stepped, StreamPass, StreamStep
 from service.inputs import InstanceError, Limits
-from service.metrics import BatchSizes, count_stream_steps
+from service.metrics import BatchSizes
 from service.schemas import ModelInfo
 from service.state_token import StateSigner, StateTokenError
 
 log = logging.getLogger(__name__)
+
+# Answers hold only plain lists and dicts of finite numbers (service.inference refuses the rest), so they are
+# written as JSON directly, by one encoder (json.dumps with options builds a new one per call): HTTP answers
+# and stream messages.
+answer_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class RequestError(ValueError):
@@ -144,23 +151,19 @@ class ModelLane(ABC):
         ``alone``: no other stream is on its way to this lane (see MicroBatcher.submit)."""
         return await self.stream_batcher.submit(items, timeout_s=self.timeout_s, client=client, alone=alone)
 
-    async def step_message(self, state: State, values: list, every_step: bool, alone: bool) -> tuple[State, list[dict[str, Any]]]:
-        """One WebSocket message: the stream's state after its new steps and the answers to send.
+    async def step_message(self, state: State, values: list, every_step: bool, alone: bool) -> tuple[State, list[str]]:
+        """One WebSocket message: the stream's state after its new steps and the answers to send, as JSON texts.
 
         Raises InstanceError or OutOfRange (the stream goes on unchanged) and RetryLater."""
         item = StreamStep(state, self.new_steps(0, values), every_step)
         [result] = await self.step([item], alone=alone)
         if isinstance(result, BaseException):
             raise result
-        self.count_steps(len(item.steps))
-        return result.state, self.step_answers(item, result)
+        return result.state, [answer_json(answer) for answer in self.step_answers(item, result)]
 
     @abstractmethod
     def step_answers(self, item: StreamStep, stepped: Stepped) -> list[dict[str, Any]]:
         """A stream's answers after ``item``'s steps, each with ``seen`` (its steps so far)."""
-
-    def count_steps(self, steps: int) -> None:
-        count_stream_steps(self.tag, steps)
 
     # --------------------------------------------------------------------------------------------- about
 
@@ -289,20 +292,20 @@ class Lanes:
 
     # ------------------------------------------------------------------------------------------ requests
 
-    async def classify(self, instances: list[Any], client: Client | None = None) -> list[dict[str, Any]]:
-        """One /classify request's answers, in order. Raises InstanceError or RequestError (400) and RetryLater (503)."""
+    async def classify(self, instances: list[Any], client: Client | None = None) -> str:
+        """One /classify request's answers, in order, as JSON. Raises InstanceError or RequestError (400) and RetryLater (503)."""
         self._check_count(instances)
         checked = [self._checked(index, instance.model, "classify", instance.sequence) for index, instance in enumerate(instances)]
         return await self._answers(checked, "sequence", client)
 
-    async def forecast(self, instances: list[Any], client: Client | None = None) -> list[dict[str, Any]]:
-        """One /forecast request's answers, in order. Raises as :meth:`classify`."""
+    async def forecast(self, instances: list[Any], client: Client | None = None) -> str:
+        """One /forecast request's answers, in order, as JSON. Raises as :meth:`classify`."""
         self._check_count(instances)
         checked = [self._checked(index, instance.model, "forecast", instance.history) for index, instance in enumerate(instances)]
         return await self._answers(checked, "history", client)
 
-    async def step_streams(self, task: str, instances: list[Any], client: Client | None = None) -> list[dict[str, Any]]:
-        """One /stream/<task> request: advance every instance's stream (its state token, or a new stream).
+    async def step_streams(self, task: str, instances: list[Any], client: Client | None = None) -> str:
+        """One /stream/<task> request as JSON: advance every instance's stream (its state token, or a new stream).
 
         Each answer is the last step's answer plus ``state``, the token to send with the next steps, and
         with ``every_step`` the answers after each new step (``per_step``). Raises as :meth:`classify`.
@@ -320,13 +323,12 @@ class Lanes:
         results = await asyncio.gather(*(lane.step([item for _, item in items], client) for lane, items in groups.items()))
         answers = []
         for (lane, item), stepped in zip(checked, _in_order(groups, results, "steps", len(checked))):
-            lane.count_steps(len(item.steps))
             per_step = lane.step_answers(item, stepped)
             answer = {**per_step[-1], "state": lane.seal(stepped.state)}
             if item.every_step:
                 answer["per_step"] = per_step
             answers.append(answer)
-        return answers
+        return answer_json(answers)
 
     def _check_count(self, instances: list[Any]) -> None:
         if not instances:
@@ -340,15 +342,15 @@ class Lanes:
 
     async def _answers(
         self, checked: list[tuple[ModelLane, np.ndarray]], field: str, client: Client | None
-    ) -> list[dict[str, Any]]:
-        """Queue every lane's arrays (once all of those lanes admitted the work); the answers in request order."""
+    ) -> str:
+        """Queue every lane's arrays (once all of those lanes admitted the work); the answers in request order, as JSON."""
         groups = _grouped(checked)
         if len(groups) > 1:  # several models: none queues work before all of them admitted theirs (submit admits too)
             for lane in groups:
                 await lane.admit()
         results = await asyncio.gather(*(lane.infer([array for _, array in items], client) for lane, items in groups.items()))
         outputs = _in_order(groups, results, field, len(checked))
-        return [lane.answer(output) for (lane, _), output in zip(checked, outputs)]
+        return answer_json([lane.answer(output) for (lane, _), output in zip(checked, outputs)])
 
 
 def _grouped(checked: list[tuple[ModelLane, Any]]) -> dict[ModelLane, list[tuple[int, Any]]]:

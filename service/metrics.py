@@ -26,7 +26,7 @@ def batch_size_histogram():
 @lru_cache(maxsize=None)
 def _stream_metrics():
     """``seqserve_open_streams`` (WebSocket streams open now, summed over live workers),
-    ``seqserve_stream_steps_total`` (stream steps read, by model: its rate is steps per second) and
+    ``seqserve_stream_steps_total`` (stream steps read into a pass, by model: its rate is steps per second) and
     ``seqserve_state_batch_size`` (streams advanced together in one pass, by model). Created on first
     use, like :func:`batch_size_histogram`."""
     from prometheus_client import Counter, Gauge, Histogram
@@ -45,21 +45,22 @@ def change_open_streams(delta: int) -> None:
     _stream_metrics()[0].inc(delta)
 
 
-def count_stream_steps(model_tag: str, steps: int) -> None:
-    _stream_metrics()[1].labels(model=model_tag).inc(steps)
-
-
 class BatchSizes:
-    """One model's batch sizes: ``seqserve_batch_size`` (instances per forward pass) or, with ``streams``,
-    ``seqserve_state_batch_size`` (stream states per pass). A batcher calls :meth:`observe` per batch."""
+    """One model's batches: ``seqserve_batch_size`` (instances per forward pass) or, with ``streams``,
+    ``seqserve_state_batch_size`` (stream states per pass) and ``seqserve_stream_steps_total`` (the steps
+    they read). A batcher calls :meth:`observe` for each batch it runs."""
 
     def __init__(self, model_tag: str, streams: bool = False):
         self.model_tag = model_tag
         self.streams = streams
 
-    def observe(self, size: int) -> None:
-        histogram = _stream_metrics()[2] if self.streams else batch_size_histogram()
-        histogram.labels(model=self.model_tag).observe(size)
+    def observe(self, size: int, steps: int) -> None:
+        if not self.streams:
+            batch_size_histogram().labels(model=self.model_tag).observe(size)
+            return
+        _, steps_read, state_batch_size = _stream_metrics()
+        state_batch_size.labels(model=self.model_tag).observe(size)
+        steps_read.labels(model=self.model_tag).inc(steps)
 
 
 @lru_cache(maxsize=None)

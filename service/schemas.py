@@ -8,7 +8,6 @@ Lists validate *fail fast*: a body full of bad values costs one error, not one p
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
@@ -251,8 +250,3 @@ class ModelInfo(BaseModel):
                   "train it with --no-bidirectional to stream"],
     )
 
-
-# Answers hold only plain lists and dicts of finite numbers (service.inference refuses the rest), so they are
-# written as JSON directly, by one encoder (json.dumps with options builds a new one per call): HTTP answers
-# and stream messages.
-answer_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode

@@ -38,7 +38,7 @@ from service.inference import OutOfRange
 from service.inputs import InstanceError
 from service.lanes import ModelLane, Lanes
 from service.metrics import change_open_streams
-from service.schemas import StreamMessage, answer_json
+from service.schemas import StreamMessage
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class StreamSessions:
         try:
             message = self._parse(text)
             # With one stream open no other message can join its pass: it may skip the batcher's queue.
-            state, answers = await lane.step_message(state, message.steps, message.every_step, alone=self.open == 1)
+            state, replies = await lane.step_message(state, message.steps, message.every_step, alone=self.open == 1)
         except _StreamError as err:
             return state, [_error(str(err))]
         except InstanceError as err:
@@ -139,7 +139,7 @@ class StreamSessions:
             return state, [_error(f"steps: {err}")]
         except RetryLater as err:  # the model's queue is full, or the deadline passed
             return state, [json.dumps(err.body())]
-        return state, [answer_json(answer) for answer in answers]
+        return state, replies
 
     @staticmethod
     def _parse(text: str) -> StreamMessage:

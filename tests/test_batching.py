@@ -31,9 +31,9 @@ class Work:
 
 
 class Sizes(list):
-    """Every batch's size, as a batcher reports them."""
+    """Every batch's size, as a batcher reports them (with their steps)."""
 
-    def observe(self, size: int) -> None:
+    def observe(self, size: int, steps: int) -> None:
         self.append(size)
 
 

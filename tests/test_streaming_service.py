@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -338,14 +339,14 @@ def test_concurrent_streams_share_forward_passes(tags, monkeypatch):
 
     results = asyncio.run(run_streams())
     assert max(sizes) > 1  # streams were advanced together
-    for seq, (_, answers) in zip(sequences, results):
+    for seq, (_, replies) in zip(sequences, results):
         with torch.inference_mode():
             whole = torch.softmax(model.module(*pad_sequences([seq]))[0], dim=-1).numpy()
-        np.testing.assert_allclose(list(answers[-1]["probabilities"].values()), whole, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(list(json.loads(replies[-1])["probabilities"].values()), whole, atol=1e-5, rtol=0)
 
 
 class BatchSizesHeard(list):
     """A batcher's batch sizes, as it reports them (service.metrics.BatchSizes in a server)."""
 
-    def observe(self, size: int) -> None:
+    def observe(self, size: int, steps: int) -> None:
         self.append(size)
