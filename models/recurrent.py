@@ -100,8 +100,8 @@ class CausalConvFrontEnd(nn.Module):
 class ClassifierConfig:
     """Hyper-parameters of :class:`SequenceClassifier`; stored as the card's ``hparams``.
 
-    ``ClassifierConfig(**card.hparams)`` rebuilds it; fields added later default to the old behaviour,
-    so older cards still load.
+    Loading calls ``create_model(card.model_name, **card.hparams)`` (``models.artifact``), which passes them
+    to the model's constructor; fields added later default to the old behaviour, so older cards still load.
     """
 
     n_features: int
@@ -180,10 +180,12 @@ class SequenceClassifier(nn.Module):
 
 @dataclass
 class ForecasterConfig:
-    """Hyper-parameters of :class:`Forecaster`; stored as the card's ``hparams``.
+    """Hyper-parameters of :class:`Forecaster`; stored as the card's ``hparams``, all but ``lookback``, which
+    the card holds once as ``card.lookback``.
 
-    ``ForecasterConfig(**card.hparams)`` rebuilds it; fields added later default to the old behaviour,
-    so older cards still load (``skip_season`` is how they named their start).
+    Loading calls ``create_model(card.model_name, **model_args(card))`` (``models.artifact``): the hparams
+    and the card's lookback. Fields added later default to the old behaviour, so older cards still load
+    (``skip_season`` is how they named their start).
     """
 
     n_features: int

@@ -22,10 +22,10 @@ from typing import Any
 
 import attrs
 import bentoml
-from bentoml._internal.service.openapi.specification import Info, OpenAPISpecification, PathItem
 from pydantic import BaseModel, Field
 
 from service.config import Settings
+from service.framework import Info, OpenAPISpecification, PathItem
 from service.schemas import ModelInfo
 
 REF = "#/components/schemas/{model}"

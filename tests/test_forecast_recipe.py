@@ -1,5 +1,6 @@
 """The forecasting recipe's parts: classical starts as linear maps, the season of a cycle, the log and start
-choice, calibrated intervals, quantile metrics, ETS's quantiles, and cards written before members existed."""
+choice, calibrated intervals, quantile metrics, ETS's quantiles, and cards written before members existed or
+before the lookback was stored once."""
 
 import dataclasses
 
@@ -285,6 +286,23 @@ def test_a_forecaster_card_written_before_members_and_starts_still_loads():
         torch.testing.assert_close(loaded.module(x), model.eval()(x))
 
 
+@pytest.mark.parametrize("layout", ["in hparams too, as cards written before it was stored once", "stored once"])
+def test_a_forecasters_lookback_is_read_from_the_top_of_its_card(layout):
+    """A smoothing start reads the whole window, so the lookback shapes the model: both card layouts rebuild it."""
+    hparams = {"n_features": 1, "n_targets": 1, "horizon": 4, "hidden_size": 8, "lookback": 24,
+               "start": StartSpec("smoothing", 12, 0.5).to_dict()}
+    torch.manual_seed(0)
+    model = create_model("gru_forecaster", **hparams)
+    stored = hparams if layout.startswith("in hparams") else {k: v for k, v in hparams.items() if k != "lookback"}
+    card = ModelCard(task="forecast", model_name="gru_forecaster", hparams=stored, features=["v"], targets=["v"],
+                     lookback=24, horizon=4)
+    loaded = load_artifact(save_artifact("lookback-once", model, card))
+    assert loaded.card.lookback == 24 and loaded.module.start_weights.shape == (4, 24)
+    x = torch.randn(2, 24, 1) + 5
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.module(x), model.eval()(x))
+
+
 def test_config_round_trips_with_every_new_field():
     config = ForecasterConfig(n_features=1, n_targets=1, horizon=3, quantiles=[0.1, 0.9], lookback=24,
                               transform="log", start=StartSpec("smoothing", 4, 0.3).to_dict(), members=3,
@@ -316,15 +334,15 @@ def test_a_forecaster_of_the_current_recipe_round_trips_through_the_store():
 
 def test_a_log_forecaster_refuses_a_history_or_stream_step_that_is_not_above_zero():
     from models.artifact import LoadedModel
-    from service.inference import FORECAST, InstanceError, Limits, validate_steps
+    from service.inputs import InstanceError, Limits, history_window, new_steps
 
     model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=3, lookback=6, transform="log", hidden_size=8)
     loaded = LoadedModel("log-fc:v1", ModelCard(task="forecast", model_name="gru_forecaster", hparams={}, features=["v"],
                                                 targets=["v"], lookback=6, horizon=3), model, torch.device("cpu"))
     limits = Limits(max_length=100)
-    assert FORECAST.validate(0, [-1.0, 0.0] + [2.0] * 6, loaded, limits).shape == (6, 1)  # only the window counts
+    assert history_window(0, [-1.0, 0.0] + [2.0] * 6, loaded, limits).shape == (6, 1)  # only the window counts
     with pytest.raises(InstanceError, match=r"step 5, feature 0 is 0, but log-fc:v1 forecasts the logarithm of its "
                                             r"targets and needs them above 0"):
-        FORECAST.validate(0, [2.0] * 5 + [0.0] + [2.0] * 2, loaded, limits)
+        history_window(0, [2.0] * 5 + [0.0] + [2.0] * 2, loaded, limits)
     with pytest.raises(InstanceError, match=r"step 1, feature 0 is -3"):
-        validate_steps(0, [1.0, -3.0], loaded, max_steps=10)
+        new_steps(0, [1.0, -3.0], loaded, max_steps=10)

@@ -372,7 +372,7 @@ def train_forecaster(
     card = ModelCard(
         task="forecast",
         model_name=model_name,
-        hparams=dataclasses.asdict(hparams),
+        hparams={k: v for k, v in dataclasses.asdict(hparams).items() if k != "lookback"},  # the card's lookback, below
         features=kept.column_names,
         targets=kept.target_names,
         lookback=lookback,
@@ -392,7 +392,9 @@ def train_forecaster(
             "test_fraction": test_fraction if evaluation == "windows" else None,
             "season": season,
         },
-        training={**dataclasses.asdict(config), **history.summary(), "device": str(device), "recipe": recipe},
+        # The recipe without its lookback, which the card holds once (card.lookback); the report keeps it.
+        training={**dataclasses.asdict(config), **history.summary(), "device": str(device),
+                  "recipe": {k: v for k, v in recipe.items() if k != "lookback"}},
     )
     tag = save_artifact(name, model, card) if save else None
     report_dir.mkdir(parents=True, exist_ok=True)
