@@ -23,6 +23,7 @@ from starlette.routing import Route, WebSocketRoute
 from service import http_protocol
 from service.admission import CLIENT_GONE
 from service.config import Settings
+from service.connections import ConnectionLimits
 from service.errors import ReadableValidationErrors, RetryLater, refusal
 from service.guard import RequestGuard
 from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError, answer_json
@@ -182,7 +183,9 @@ def _answer_with(ctx: bentoml.Context, status: int, body: dict, headers: dict[st
     return _json(body)
 
 
-# Outermost first. CORS answers browsers' preflights before the guard asks them for a key.
+# Outermost first. Every HTTP answer may close its keep-alive connection at the bound (service.connections).
+SeqServe.add_asgi_middleware(ConnectionLimits, settings=SETTINGS)
+# CORS answers browsers' preflights before the guard asks them for a key.
 if SETTINGS.cors_origins:
     SeqServe.add_asgi_middleware(
         CORSMiddleware, allow_origins=list(SETTINGS.cors_origins), allow_methods=["GET", "POST"],
