@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
@@ -74,8 +75,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
         super().on_headers_complete()  # makes the request's cycle; its app task starts on the next loop turn
-        cycle = self.cycle
-        self.scope[CLIENT_GONE] = lambda: cycle.disconnected
+        # Weakly: the scope belongs to the cycle, and a strong reference to the cycle in its own scope
+        # would make each request a reference cycle that only the garbage collector can free (issue 20).
+        # The cycle lives while its request runs (the request's task holds it); once it is gone, so is
+        # anyone who would ask.
+        cycle = weakref.ref(self.cycle)
+        self.scope[CLIENT_GONE] = lambda: getattr(cycle(), "disconnected", True)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
