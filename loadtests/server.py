@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKER_MARK = "_bentoml_impl.worker"  # in the command line of every BentoML service worker
 
 
 def free_port() -> int:
@@ -33,6 +34,19 @@ def _children(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """PIDs of the server's worker processes (every child process when none looks like a worker)."""
+    marked, every = [], []
+    for process in _children(server_pid):
+        try:
+            every.append(process.pid)
+            if WORKER_MARK in " ".join(process.cmdline()):
+                marked.append(process.pid)
+        except psutil.Error:
+            pass  # exited between listing and reading
+    return sorted(marked or every)
 
 
 @contextmanager
