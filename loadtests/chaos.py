@@ -55,6 +55,12 @@ def worker_counts(metrics_text: str) -> dict[int, float]:
     return counts
 
 
+def sample_at(samples: list[tuple[float, dict]], seconds: float) -> dict:
+    """Of ``(seconds in, values)`` samples, the last taken at or before ``seconds`` (the first if none was; {} if none)."""
+    earlier = [values for t, values in samples if t <= seconds]
+    return earlier[-1] if earlier else (samples[0][1] if samples else {})
+
+
 @dataclass
 class WorkerShares:
     """Requests served so far by each worker, sampled from the server's ``/metrics`` over the run."""
@@ -72,8 +78,7 @@ class WorkerShares:
 
     def requests(self, start: float, stop: float) -> dict[int, float]:
         """Requests each worker served between ``start`` and ``stop`` seconds into the run (nearest samples)."""
-        before = self._at(start)
-        after = self._at(stop)
+        before, after = sample_at(self.samples, start), sample_at(self.samples, stop)
         served = {pid: n - before.get(pid, 0.0) for pid, n in after.items()}
         return {pid: n for pid, n in served.items() if n > 0}
 
@@ -96,7 +101,3 @@ class WorkerShares:
     def first_request(self, pid: int) -> float | None:
         """Seconds into the run of the first sample in which worker ``pid`` had served a request."""
         return next((seconds for seconds, counts in self.samples if counts.get(pid, 0) > 0), None)
-
-    def _at(self, seconds: float) -> dict[int, float]:
-        earlier = [counts for t, counts in self.samples if t <= seconds]
-        return earlier[-1] if earlier else {}

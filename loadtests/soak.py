@@ -45,7 +45,7 @@ import httpx
 import psutil
 
 from loadtests import gc_pauses, generator
-from loadtests.chaos import EVEN, WorkerShares, kill_worker, store_new_version
+from loadtests.chaos import EVEN, WorkerShares, kill_worker, sample_at, store_new_version
 from loadtests.runner import (
     RunError, add_load_options, batch_size_line, failure_lines, is_local, out_folder, parse_duration, read_csv,
     run_locust, stats_table, target, totals,
@@ -118,8 +118,7 @@ class WorkerMemory:
 
     def at(self, seconds: float) -> dict[int, float]:
         """The last sample taken at or before ``seconds`` into the run (the first one if none was)."""
-        earlier = [workers for t, workers in self.samples if t <= seconds]
-        return earlier[-1] if earlier else self.samples[0][1]
+        return sample_at(self.samples, seconds)
 
     def growth(self, warmup_s: float) -> dict:
         """Per worker: RSS at the end of the warm-up and at the end, growth, peak; and workers that were replaced."""
@@ -145,10 +144,11 @@ class Ticker:
     started: float  # time.time() when the load started
     periodic: list[tuple[float, Callable[[], None]]]  # (period, call)
     once: list[tuple[float, Callable[[], None]]]  # (at, call)
+    clock: Callable[[], float] = time.time
     _last: dict[int, float] = field(default_factory=dict)  # periodic job index -> seconds in when last called
 
     def tick(self) -> None:
-        now = time.time() - self.started
+        now = self.clock() - self.started
         for index, (period, call) in enumerate(self.periodic):
             if now - self._last.get(index, -period) >= period:
                 self._last[index] = now

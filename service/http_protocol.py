@@ -79,6 +79,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # would make each request a reference cycle that only the garbage collector can free (issue 20).
         # The cycle lives while its request runs (the request's task holds it); once it is gone, so is
         # anyone who would ask.
+        if self.cycle is None or self.cycle.scope is not self.scope:  # an upgrade: the WebSocket protocol takes over
+            return
         cycle = weakref.ref(self.cycle)
         self.scope[CLIENT_GONE] = lambda: getattr(cycle(), "disconnected", True)
 
