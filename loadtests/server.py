@@ -52,12 +52,13 @@ def worker_pids(server_pid: int) -> list[int]:
 @contextmanager
 def started_process(
     command: list[str], *, port: int, ready_path: str = "/readyz", env: dict[str, str] | None = None,
-    log: Path | None = None, timeout: float = 120.0,
+    log: Path | None = None, timeout: float = 120.0, cwd: Path = ROOT,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``command`` (which must listen on 127.0.0.1:``port``); yield its URL, once ``ready_path`` answers, and the process."""
+    """Run ``command`` in ``cwd`` (it must listen on 127.0.0.1:``port``); yield its URL, once ``ready_path`` answers,
+    and the process."""
     output = open(log, "w") if log else subprocess.DEVNULL
     process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
+        command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so stopping it stops its workers too
     )
     url = f"http://127.0.0.1:{port}"
