@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 
@@ -74,3 +75,22 @@ def _refused_counter():
 
 def count_refused() -> None:
     _refused_counter().inc()
+
+
+@lru_cache(maxsize=None)
+def _worker_counter():
+    """``seqserve_worker_requests_total{worker="<pid>"}``: HTTP requests each worker process took in, so that
+    how the load spreads over the workers shows on ``/metrics`` (``python -m loadtests soak`` reads it).
+    One series per worker process of the run: a replaced worker adds one. Created on first use."""
+    from prometheus_client import Counter
+
+    return Counter("seqserve_worker_requests", "HTTP requests taken in, by worker process id", labelnames=["worker"])
+
+
+@lru_cache(maxsize=None)
+def _worker_requests(pid: int):
+    return _worker_counter().labels(worker=str(pid))
+
+
+def count_worker_request() -> None:
+    _worker_requests(os.getpid()).inc()

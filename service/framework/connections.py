@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
@@ -48,11 +49,14 @@ class Client:
     __slots__ = ("cycle",)
 
     def __init__(self, cycle):
-        self.cycle = cycle  # uvicorn's RequestResponseCycle of the request
+        # Weakly: the scope belongs to the cycle, and a strong reference to the cycle in its own scope
+        # would make each request a reference cycle only the garbage collector frees (long full passes
+        # under load). The cycle lives while its request runs; once it is gone, so is anyone who asks.
+        self.cycle = weakref.ref(cycle)  # uvicorn's RequestResponseCycle of the request
 
     def gone(self) -> bool:
         """True once uvicorn saw the connection drop (a plain attribute read: asked for every request of every batch)."""
-        return self.cycle.disconnected
+        return getattr(self.cycle(), "disconnected", True)
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -86,6 +90,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
         super().on_headers_complete()  # makes the request's cycle; its app task starts on the next loop turn
+        # The upgrade guard: on a WebSocket upgrade uvicorn's WebSocket protocol takes the connection over.
+        if self.cycle is None or self.cycle.scope is not self.scope:
+            return
         self.scope[CLIENT] = Client(self.cycle)
 
     def on_body(self, body: bytes) -> None:
