@@ -2,12 +2,13 @@
 
 import sys
 
-USAGE = """usage: python -m loadtests {run,soak,bench,hostile} [options]
+USAGE = """usage: python -m loadtests {run,soak,bench,hostile,ab} [options]
 
   run      headless locust run against seqserve, summary and thresholds (loadtests/runner.py)
   soak     a bounded soak before shipping: failures, p99 per minute, worker memory growth (loadtests/soak.py)
   bench    seqserve next to the model's own speed and other servers (loadtests/bench.py)
   hostile  hostile and careless clients, overload, /livez under saturation (loadtests/hostile.py)
+  ab       throughput of two server set-ups (checkouts or settings), in turns (loadtests/ab.py)
 
 `python -m loadtests run --help` (or soak, bench) lists a command's options."""
 
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests.hostile import main as hostile
 
         return hostile(rest)
+    if command == "ab":
+        from loadtests.ab import main as ab
+
+        return ab(rest)
     print(USAGE, file=sys.stderr if command not in ("-h", "--help") else sys.stdout)
     return 0 if command in ("-h", "--help") else 2
 

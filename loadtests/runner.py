@@ -199,8 +199,9 @@ def locust_command(args: argparse.Namespace, host: str, out: Path, extra: Sequen
 
 
 @contextmanager
-def target(args: argparse.Namespace, out: Path) -> Iterator[tuple[str, int | None]]:
-    """The server to load: ``--host`` as given (PID unknown), or one started here from the store, and its PID."""
+def target(args: argparse.Namespace, out: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, int | None]]:
+    """The server to load: ``--host`` as given (PID unknown), or one started here from the store with ``env`` added
+    to its environment, and its PID."""
     if args.host:
         yield args.host.rstrip("/"), None
         return
@@ -208,7 +209,7 @@ def target(args: argparse.Namespace, out: Path) -> Iterator[tuple[str, int | Non
     problem = store_problem(wanted)
     if problem:
         raise RunError(problem)
-    env = {"SEQSERVE_MODELS": ",".join(wanted)} if wanted else None
+    env = {**(env or {}), **({"SEQSERVE_MODELS": ",".join(wanted)} if wanted else {})}
     try:
         with started_server(env, log=out / "server.log") as server:
             yield server

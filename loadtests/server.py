@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKER_MARK = "_bentoml_impl.worker"  # in the command line of every BentoML service worker
 
 
 def free_port() -> int:
@@ -35,15 +36,29 @@ def _children(pid: int) -> list[psutil.Process]:
         return []
 
 
+def worker_pids(server_pid: int) -> list[int]:
+    """PIDs of the server's worker processes (every child process when none looks like a worker)."""
+    marked, every = [], []
+    for process in _children(server_pid):
+        try:
+            every.append(process.pid)
+            if WORKER_MARK in " ".join(process.cmdline()):
+                marked.append(process.pid)
+        except psutil.Error:
+            pass  # exited between listing and reading
+    return sorted(marked or every)
+
+
 @contextmanager
 def started_process(
     command: list[str], *, port: int, ready_path: str = "/readyz", env: dict[str, str] | None = None,
-    log: Path | None = None, timeout: float = 120.0,
+    log: Path | None = None, timeout: float = 120.0, cwd: Path = ROOT,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``command`` (which must listen on 127.0.0.1:``port``); yield its URL, once ``ready_path`` answers, and the process."""
+    """Run ``command`` in ``cwd`` (it must listen on 127.0.0.1:``port``); yield its URL, once ``ready_path`` answers,
+    and the process."""
     output = open(log, "w") if log else subprocess.DEVNULL
     process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
+        command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=output, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so stopping it stops its workers too
     )
     url = f"http://127.0.0.1:{port}"

@@ -11,7 +11,19 @@ p99 and the server workers' memory, and judges the run against three thresholds.
   psutil. Growth is a worker's last sample minus its sample at the end of the warm-up (``--warmup``, at most
   a quarter of the run): workers grow while the first batches of each size arrive, then should stay flat.
   With ``--host`` the workers can only be found with ``--server-pid`` (``bentoml serve`` on this machine).
-* A worker replaced during the soak (it died) fails the run.
+* A worker replaced during the soak (it died) fails the run, unless the soak killed it (``--kill-worker-at``).
+* **Stalls**: a full minute whose p99 is above ``--max-p99-over-median`` (1.5) times the median full minute's
+  fails the run and is marked in the table; minutes with a chaos event are reported, not judged.
+* **Worker shares** come from ``seqserve_worker_requests_total{worker}`` on ``/metrics``, sampled every
+  :data:`SHARE_EVERY_S` (``loadtests/chaos.py``): each worker's share of the requests, per minute and around a kill.
+
+Chaos (``loadtests/chaos.py``): ``--kill-worker-at 2m`` SIGKILLs the busiest worker at that time (the server
+must be one the soak started, or ``--server-pid``); the summary then gives each worker's share of the
+requests before the kill and at the end, the seconds until the shares were even again (each worker 35-65%
+of the requests over 10 s, for two workers) and p99 the minute before and the last minute.
+``--store-version-at 3m`` stores a new version of the first served model under the same name, in this
+machine's store. ``--gc-pauses`` times every garbage-collector pass in the server's processes
+(``loadtests/gc_pauses``) and adds the longest pause to each minute.
 
 Writes soak.txt (what it printed), soak.json, memory.csv and locust's files into ``--out``.
 Exit status: 0 within the thresholds, 1 when one is crossed, 2 when the run could not happen.
@@ -22,20 +34,26 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import httpx
 import psutil
 
-from loadtests import generator
+from loadtests import gc_pauses, generator
+from loadtests.chaos import EVEN, WorkerShares, kill_worker, sample_at, store_new_version
 from loadtests.runner import (
     RunError, add_load_options, batch_size_line, failure_lines, is_local, out_folder, parse_duration, read_csv,
     run_locust, stats_table, target, totals,
 )
+from loadtests.server import worker_pids
 
-WORKER_MARK = "_bentoml_impl.worker"  # in the command line of every BentoML service worker
+SHARE_EVERY_S = 2.0  # how often the workers' request counts are read from /metrics
+FULL_MINUTE_S = 55  # a minute with at least this many seconds of locust history is judged for stalls
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,29 +67,46 @@ def build_parser() -> argparse.ArgumentParser:
     add("--warmup", type=parse_duration, default="60s", help="time before the memory baseline, at most a quarter of the run (default 60s)")
     add("--sample-every", type=parse_duration, default="5s", help="how often worker memory is sampled (default 5s)")
     add("--server-pid", type=int, help="with --host: PID of its `bentoml serve` on this machine, to measure its workers' memory")
+    add("--max-p99-over-median", type=float, default=1.5,
+        help="fail when a full minute's p99 is above this times the median full minute's (default %(default)s; needs 3 full minutes)")
+    add("--kill-worker-at", type=parse_duration, help="SIGKILL the busiest server worker this far into the run (e.g. 2m)")
+    add("--store-version-at", type=parse_duration,
+        help="store a new version of the first served model under its name this far into the run (this machine's store)")
+    add("--gc-pauses", action="store_true", help="time every garbage-collector pass in the server it starts (loadtests/gc_pauses)")
     return parser
+
+
+def option_problem(args: argparse.Namespace) -> str | None:
+    """Why the chaos options cannot be honoured as given, or None."""
+    for name in ("kill_worker_at", "store_version_at"):
+        at = getattr(args, name)
+        if at is not None and at >= args.duration:
+            return f"--{name.replace('_', '-')} {at:g}s is not within the run (--duration {args.duration:g}s)"
+    if args.kill_worker_at is not None and args.host and not args.server_pid:
+        return "--kill-worker-at with --host needs --server-pid (its `bentoml serve` on this machine)"
+    if args.gc_pauses and args.host:
+        return "--gc-pauses times a server the soak starts itself; leave out --host"
+    return None
 
 
 @dataclass
 class WorkerMemory:
-    """RSS in MiB of a server's worker processes over time; every child process when none looks like a worker."""
+    """RSS in MiB of a server's worker processes over time (loadtests.server.worker_pids)."""
 
     server_pid: int
     started: float  # time.time() when the load started
     samples: list[tuple[float, dict[int, float]]] = field(default_factory=list)  # (seconds in, {pid: MiB})
 
     def sample(self) -> None:
-        try:
-            children = psutil.Process(self.server_pid).children(recursive=True)
-        except psutil.Error:
+        pids = worker_pids(self.server_pid)
+        if not pids:
             return  # the server is gone; the run will say so
-        rss = {}
-        for process in children:
+        workers = {}
+        for pid in pids:
             try:
-                rss[process.pid] = (process.memory_info().rss / 2**20, WORKER_MARK in " ".join(process.cmdline()))
+                workers[pid] = psutil.Process(pid).memory_info().rss / 2**20
             except psutil.Error:
                 pass  # exited between listing and reading
-        workers = {pid: mib for pid, (mib, is_worker) in rss.items() if is_worker} or {p: m for p, (m, _) in rss.items()}
         self.samples.append((time.time() - self.started, workers))
 
     def write_csv(self, path: Path) -> None:
@@ -83,8 +118,7 @@ class WorkerMemory:
 
     def at(self, seconds: float) -> dict[int, float]:
         """The last sample taken at or before ``seconds`` into the run (the first one if none was)."""
-        earlier = [workers for t, workers in self.samples if t <= seconds]
-        return earlier[-1] if earlier else self.samples[0][1]
+        return sample_at(self.samples, seconds)
 
     def growth(self, warmup_s: float) -> dict:
         """Per worker: RSS at the end of the warm-up and at the end, growth, peak; and workers that were replaced."""
@@ -102,9 +136,66 @@ class WorkerMemory:
         }
 
 
-def per_minute(history: list[dict], started: float, memory: WorkerMemory | None) -> list[dict]:
+@dataclass
+class Ticker:
+    """Calls jobs while locust runs (``run_locust`` calls :meth:`tick` every second): each periodic job every
+    ``period`` seconds, each one-off job once when the run is ``at`` seconds in."""
+
+    started: float  # time.time() when the load started
+    periodic: list[tuple[float, Callable[[], None]]]  # (period, call)
+    once: list[tuple[float, Callable[[], None]]]  # (at, call)
+    clock: Callable[[], float] = time.time
+    _last: dict[int, float] = field(default_factory=dict)  # periodic job index -> seconds in when last called
+
+    def tick(self) -> None:
+        now = self.clock() - self.started
+        for index, (period, call) in enumerate(self.periodic):
+            if now - self._last.get(index, -period) >= period:
+                self._last[index] = now
+                call()
+        due = [job for job in self.once if job[0] <= now]
+        self.once = [job for job in self.once if job[0] > now]
+        for _, call in due:
+            call()
+
+
+@dataclass
+class Chaos:
+    """The soak's chaos events (``--kill-worker-at``, ``--store-version-at``) and what each did."""
+
+    host: str
+    server_pid: int | None
+    started: float
+    shares: WorkerShares
+    events: list[dict] = field(default_factory=list)  # {"seconds", "event", ...}
+
+    def kill(self) -> None:
+        now = time.time() - self.started
+        self.shares.sample()
+        busiest = sorted(self.shares.requests(now - 10, now + 1).items(), key=lambda item: -item[1])
+        pid = kill_worker(self.server_pid, [pid for pid, _ in busiest]) if self.server_pid else None
+        self.events.append({"seconds": round(now, 1), "event": "kill", "pid": pid})
+
+    def store_version(self) -> None:
+        now = time.time() - self.started
+        event = {"seconds": round(now, 1), "event": "store_version"}
+        try:
+            tag = httpx.get(f"{self.host}/models", timeout=10).json()[0]["tag"]
+            event.update(model=tag, stored=store_new_version(tag))
+        except Exception as err:  # the soak goes on and reports why: a chaos step must not end the run
+            event["error"] = f"{type(err).__name__}: {err}"
+        self.events.append(event)
+
+    def minutes(self) -> set[int]:
+        """Minutes (1-based) in which an event happened."""
+        return {int(event["seconds"] // 60) + 1 for event in self.events}
+
+
+def per_minute(history: list[dict], started: float, memory: WorkerMemory | None, shares: WorkerShares | None = None,
+               gc_passes: list[tuple[float, int, float]] | None = None) -> list[dict]:
     """One row per minute of the run: seconds of locust history in it (the last minute may be short), requests,
-    failures, the highest 10-second p99, and the largest worker's RSS at its end."""
+    failures, the highest 10-second p99, the largest worker's RSS at its end, each worker's share of the
+    requests, and the longest garbage-collector pause in any worker."""
     rows = [r for r in history if r["Name"] == "Aggregated"]
     minutes: dict[int, list[dict]] = {}
     for row in rows:
@@ -121,30 +212,99 @@ def per_minute(history: list[dict], started: float, memory: WorkerMemory | None)
         if memory and memory.samples:
             workers = memory.at((minute + 1) * 60)
             entry["worker_rss_mib"] = round(max(workers.values()), 1) if workers else None
+        if shares is not None:
+            entry["shares"] = {str(pid): round(share, 3) for pid, share in shares.shares(minute * 60, (minute + 1) * 60).items()}
+        if gc_passes is not None:
+            pauses = [ms for when, _, ms in gc_passes if minute * 60 <= when - started < (minute + 1) * 60]
+            entry["gc_longest_ms"] = round(max(pauses), 1) if pauses else 0.0
         table.append(entry)
         requests_before, failures_before = requests, failures
     return table
 
 
+def stalls(minutes: list[dict], factor: float, skip: set[int]) -> tuple[float | None, list[int]]:
+    """The median full minute's p99 and the full minutes whose p99 is above ``factor`` times it, leaving out the
+    minutes in ``skip``; (None, []) with fewer than three full minutes to judge."""
+    judged = [m for m in minutes if m["seconds"] >= FULL_MINUTE_S and m["p99_ms"] is not None and m["minute"] not in skip]
+    if len(judged) < 3:
+        return None, []
+    median = statistics.median(m["p99_ms"] for m in judged)
+    return median, [m["minute"] for m in judged if m["p99_ms"] > factor * median]
+
+
+def percent(shares: dict) -> str:
+    return ", ".join(f"{pid} {100 * share:.0f}%" for pid, share in shares.items()) or "-"
+
+
+def kill_lines(kill: dict, shares: WorkerShares, minutes: list[dict], duration: float) -> tuple[list[str], dict]:
+    """What a worker kill did: shares before it and at the end, when the replacement served, when the shares
+    were even again, p99 the minute before and the last minute."""
+    at, killed = kill["seconds"], kill["pid"]
+    before = shares.shares(max(0.0, at - 60), at)
+    end = shares.samples[-1][0] if shares.samples else duration
+    after = shares.shares(max(at, end - 30), end)
+    workers = len(before)
+    replacement = next((pid for pid in after if pid not in before), None)
+    first = shares.first_request(replacement) if replacement else None
+    even = shares.even_again(at, workers) if workers > 1 else None
+    p99 = {m["minute"]: m["p99_ms"] for m in minutes}
+    minute_before, last = int(at // 60), max((m["minute"] for m in minutes if m["seconds"] >= FULL_MINUTE_S), default=None)
+    low, high = (100 * bound / max(workers, 1) for bound in EVEN)
+    lines = [
+        f"chaos: worker {killed} SIGKILLed at {at:g}s",
+        f"  shares of the requests, the minute before the kill: {percent(before)}",
+        f"  shares of the requests, the last 30 s: {percent(after)}",
+        f"  replacement {replacement or '-'}: first request {f'{first - at:.0f}s after the kill' if first else 'not seen'}",
+        f"  shares even again ({low:.0f}-{high:.0f}% each over {10:g}s): "
+        + (f"{even - at:.0f}s after the kill" + (f", {even - first:.0f}s after the replacement's first request" if first else "")
+           if even else "not within the run"),
+        f"  p99: {p99.get(minute_before, '-')} ms in minute {minute_before or '-'} (before the kill), "
+        f"{p99.get(last, '-')} ms in minute {last or '-'} (the last full one)",
+    ]
+    result = {**kill, "shares_before": {str(k): round(v, 3) for k, v in before.items()},
+              "shares_end": {str(k): round(v, 3) for k, v in after.items()}, "replacement": replacement,
+              "replacement_first_request_s": first, "even_again_s": even,
+              "p99_minute_before_ms": p99.get(minute_before), "p99_last_minute_ms": p99.get(last)}
+    return lines, result
+
+
 def report(args: argparse.Namespace, host: str, out: Path, started: float, memory: WorkerMemory | None,
-           batches: dict[str, dict]) -> dict:
+           batches: dict[str, dict], shares: WorkerShares | None = None, chaos: Chaos | None = None,
+           gc_passes: dict[int, list] | None = None) -> dict:
     rows, total, requests, failures, rate = totals(out)
-    minutes = per_minute(read_csv(out / "locust_stats_history.csv"), started, memory)
+    every_pass = [one for passes in (gc_passes or {}).values() for one in passes] if gc_passes is not None else None
+    minutes = per_minute(read_csv(out / "locust_stats_history.csv"), started, memory, shares, every_pass)
     result = {
         "host": host, "users": args.users, "duration_s": args.duration, "requests": requests, "failures": failures,
         "failure_rate": rate, "p99_ms": float(total["99%"]) if requests else None, "minutes": minutes, "memory": None,
     }
+    events = chaos.events if chaos else []
+    median, stalled = stalls(minutes, args.max_p99_over_median, chaos.minutes() if chaos else set())
+    result["stalls"] = {"median_minute_p99_ms": median, "minutes": stalled}
     lines = [f"seqserve soak: {args.users} users for {args.duration:g}s against {host}"]
     lines += stats_table(rows)
     lines.append(f"failures {failures} of {requests} ({100 * rate:.2f}%)")
     lines += failure_lines(out)
-    lines.append(f"  {'minute':>6} {'seconds':>7} {'requests':>9} {'failures':>9} {'p99 ms':>7} {'worker RSS MiB':>15}")
+    pids = sorted({int(pid) for m in minutes for pid in m.get("shares", {})})
+    lines.append(
+        f"  {'minute':>6} {'seconds':>7} {'requests':>9} {'failures':>9} {'p99 ms':>7} {'worker RSS MiB':>15}"
+        + (f"  {'gc ms':>6}" if every_pass is not None else "") + ("  shares % (workers " + ", ".join(map(str, pids)) + ")" if pids else "")
+    )
     for m in minutes:
         rss = m.get("worker_rss_mib")
-        lines.append(
+        line = (
             f"  {m['minute']:>6} {m['seconds']:>7} {m['requests']:>9} {m['failures']:>9} {m['p99_ms'] if m['p99_ms'] is not None else '-':>7} "
             f"{rss if rss is not None else '-':>15}"
         )
+        if every_pass is not None:
+            line += f"  {m['gc_longest_ms']:>6}"
+        if pids:
+            line += "  " + "/".join(f"{100 * m['shares'][str(pid)]:.0f}" if str(pid) in m["shares"] else "-" for pid in pids)
+        line += "  stall" if m["minute"] in stalled else ""
+        line += "  chaos" if chaos and m["minute"] in chaos.minutes() else ""
+        lines.append(line)
+    if median is not None:
+        lines.append(f"stalls: {len(stalled)} full minute(s) with p99 above {args.max_p99_over_median:g} x the median minute's {median:g} ms")
     crossed = []
     if not requests:
         crossed.append("no request was made")
@@ -154,6 +314,27 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
         f"minute {m['minute']}: p99 {m['p99_ms']:g} ms is above --max-p99-ms {args.max_p99_ms:g}"
         for m in minutes if m["p99_ms"] is not None and m["p99_ms"] > args.max_p99_ms
     ]
+    crossed += [f"minute {minute}: p99 is above {args.max_p99_over_median:g} x the median minute's ({median:g} ms): a stall"
+                for minute in stalled]
+    result["chaos"] = []
+    for event in events:
+        if event["event"] == "kill" and shares is not None and event["pid"]:
+            chaos_lines, outcome = kill_lines(event, shares, minutes, args.duration)
+            lines += chaos_lines
+            result["chaos"].append(outcome)
+        elif event["event"] == "kill":
+            lines.append(f"chaos: no worker to kill at {event['seconds']:g}s")
+            result["chaos"].append(event)
+        else:
+            lines.append(f"chaos: at {event['seconds']:g}s stored {event['stored']} beside {event['model']}" if "stored" in event
+                         else f"chaos: storing a new version at {event['seconds']:g}s failed: {event['error']}")
+            result["chaos"].append(event)
+    if every_pass is not None:
+        warmup = min(args.warmup, args.duration / 4)
+        lines.append(f"garbage collector, after the {warmup:g}s warm-up (loadtests/gc_pauses):")
+        lines += [f"  worker {pid}: {gc_pauses.summary([p for p in passes if p[0] - started >= warmup])}"
+                  for pid, passes in sorted(gc_passes.items())]
+        result["gc"] = {str(pid): gc_pauses.summary([p for p in passes if p[0] - started >= warmup]) for pid, passes in gc_passes.items()}
     if memory and memory.samples:
         warmup = min(args.warmup, args.duration / 4)
         grown = result["memory"] = memory.growth(warmup)
@@ -166,8 +347,10 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
         ]
         if grown["growth_mib"] is not None and grown["growth_mib"] > args.max_memory_growth_mb:
             crossed.append(f"a worker grew {grown['growth_mib']} MiB, above --max-memory-growth-mb {args.max_memory_growth_mb:g}")
-        if grown["replaced"]:
-            crossed.append(f"worker process(es) {grown['replaced']} died and were replaced during the soak; see the server log")
+        killed = {event["pid"] for event in events if event["event"] == "kill"}
+        died = [pid for pid in grown["replaced"] if pid not in killed]
+        if died:
+            crossed.append(f"worker process(es) {died} died and were replaced during the soak; see the server log")
     else:
         lines.append("worker memory: not measured (with --host, give --server-pid of its `bentoml serve` on this machine)")
     lines.append("batch size per forward pass on the server (seqserve_batch_size, this run only):")
@@ -178,28 +361,41 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
     lines.append(f"report: {out / 'soak.json'}   locust: {out / 'report.html'}{memory_csv}")
     lines += [f"FAIL: {reason}" for reason in crossed] or [
         f"PASS: failure rate <= {100 * args.max_failure_rate:g}%, p99 <= {args.max_p99_ms:g} ms every minute, "
-        f"worker growth <= {args.max_memory_growth_mb:g} MiB"
+        f"no minute's p99 above {args.max_p99_over_median:g} x the median's, worker growth <= {args.max_memory_growth_mb:g} MiB"
     ]
     return {**result, "crossed": crossed, "passed": not crossed, "lines": lines}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = option_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     out = out_folder(args, "soak")
+    gc_folder = out / "gc" if args.gc_pauses else None
     try:
-        with target(args, out) as (host, server_pid):
+        with target(args, out, gc_pauses.server_env(gc_folder) if gc_folder else None) as (host, server_pid):
             server_pid = server_pid or args.server_pid
             started = time.time()
             memory = WorkerMemory(server_pid, started) if server_pid else None
-            every = (args.sample_every, memory.sample) if memory else None
-            batches = run_locust(args, host, out, extra=["--csv-full-history"], every=every)
+            shares = WorkerShares(host, started)
+            chaos = Chaos(host, server_pid, started, shares)
+            periodic = [(SHARE_EVERY_S, shares.sample)] + ([(args.sample_every, memory.sample)] if memory else [])
+            once = [(at, call) for at, call in ((args.kill_worker_at, chaos.kill), (args.store_version_at, chaos.store_version))
+                    if at is not None]
+            ticker = Ticker(started, periodic, once)
+            batches = run_locust(args, host, out, extra=["--csv-full-history"], every=(1.0, ticker.tick))
+            shares.sample()
             if memory:
                 memory.sample()
                 memory.write_csv(out / "memory.csv")
+            workers = {pid for _, counts in shares.samples for pid in counts} | set(memory.at(0) if memory and memory.samples else {})
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = report(args, host, out, started, memory, batches)
+    gc_passes = {pid: gc_pauses.read(gc_folder, pid, started) for pid in sorted(workers)} if gc_folder else None
+    result = report(args, host, out, started, memory, batches, shares if shares.samples else None, chaos, gc_passes)
     lines = result.pop("lines")
     (out / "soak.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     (out / "soak.txt").write_text("\n".join(lines) + "\n")

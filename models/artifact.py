@@ -52,11 +52,11 @@ class ModelCard:
 
     task: str  # "classify" or "forecast"
     model_name: str  # registry name, e.g. "gru_classifier"
-    hparams: dict[str, Any]  # create_model(model_name, **hparams)
+    hparams: dict[str, Any]  # create_model(model_name, **model_args(card)): these, and a forecaster's lookback
     features: list[str]  # input channel names, in order (forecast: targets first)
     labels: list[str] = field(default_factory=list)  # classify: class names, index = logit position
     targets: list[str] = field(default_factory=list)  # forecast: forecast channels
-    lookback: int | None = None  # forecast: history steps the model reads
+    lookback: int | None = None  # forecast: history steps the model reads (stored here only)
     horizon: int | None = None  # forecast: steps it predicts
     quantiles: list[float] = field(default_factory=list)  # forecast: quantile levels (0.5 included)
     max_length: int | None = None  # classify: longest training sequence
@@ -92,6 +92,17 @@ class ModelCard:
         if card.task not in TASKS:
             raise ArtifactError(f"unknown task {card.task!r}; expected one of {', '.join(TASKS)}")
         return card
+
+
+def model_args(card: ModelCard) -> dict[str, Any]:
+    """``create_model``'s arguments for ``card``: its hyper-parameters and, for a forecaster, its lookback.
+
+    A forecaster's lookback is stored once, as ``card.lookback``. Cards written before that hold it in
+    ``hparams`` too, with the same value, and the oldest hold it only at the top, for networks whose
+    start does not read the window's length; either way the top-level value is the one."""
+    if card.task != "forecast" or card.lookback is None:
+        return card.hparams
+    return {**card.hparams, "lookback": card.lookback}
 
 
 @dataclass
@@ -198,7 +209,7 @@ def load_artifact(tag: str, device: torch.device | str = "cpu") -> LoadedModel:
     except Exception as err:  # torch raises several types for damaged files
         raise ArtifactError(f"{full_tag}: weights cannot be read ({type(err).__name__}: {err})") from None
     try:
-        module = create_model(card.model_name, **card.hparams)
+        module = create_model(card.model_name, **model_args(card))
     except (TypeError, ValueError) as err:
         raise ArtifactError(f"{full_tag}: cannot rebuild {card.model_name!r} from its metadata: {err}") from None
     try:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.normalization import instance_norm_name, instance_standardize, running_standardize
-from models.starts import StartSpec, min_lookback, start_weights
+from models.starts import FITTED_KINDS, StartSpec, min_lookback, start_weights
 
 TRANSFORMS = ("none", "log")
 
@@ -100,8 +100,8 @@ class CausalConvFrontEnd(nn.Module):
 class ClassifierConfig:
     """Hyper-parameters of :class:`SequenceClassifier`; stored as the card's ``hparams``.
 
-    ``ClassifierConfig(**card.hparams)`` rebuilds it; fields added later default to the old behaviour,
-    so older cards still load.
+    Loading calls ``create_model(card.model_name, **card.hparams)`` (``models.artifact``), which passes them
+    to the model's constructor; fields added later default to the old behaviour, so older cards still load.
     """
 
     n_features: int
@@ -180,10 +180,12 @@ class SequenceClassifier(nn.Module):
 
 @dataclass
 class ForecasterConfig:
-    """Hyper-parameters of :class:`Forecaster`; stored as the card's ``hparams``.
+    """Hyper-parameters of :class:`Forecaster`; stored as the card's ``hparams``, all but ``lookback``, which
+    the card holds once as ``card.lookback``.
 
-    ``ForecasterConfig(**card.hparams)`` rebuilds it; fields added later default to the old behaviour,
-    so older cards still load (``skip_season`` is how they named their start).
+    Loading calls ``create_model(card.model_name, **model_args(card))`` (``models.artifact``): the hparams
+    and the card's lookback. Fields added later default to the old behaviour, so older cards still load
+    (``skip_season`` is how they named their start).
     """
 
     n_features: int
@@ -249,8 +251,8 @@ class Forecaster(nn.Module):
     2. Every window is standardised by its own per-channel mean and standard deviation, so a model
        trained on one scale forecasts a series of any scale in that series' own units.
     3. The start, a classical forecast written as a fixed linear map of the window (``models.starts``:
-       the window mean, seasonal naive, exponential smoothing of the seasonally adjusted window, or a
-       fitted linear autoregression), is the same for every quantile.
+       the window mean, seasonal naive, exponential smoothing of the seasonally adjusted window, a
+       fitted linear autoregression, or an average of these), is the same for every quantile.
     4. ``members`` networks (:class:`ForecastMember`) each add a correction; their outputs are averaged.
     5. With ``quantile_offsets`` the members forecast the median alone and every quantile is the median
        plus its offset (per step and channel, in normalised units: calibrated on errors the model did not
@@ -321,10 +323,10 @@ class Forecaster(nn.Module):
         self.start = StartSpec(**start) if start else (
             StartSpec("seasonal_naive", skip_season) if skip_season else StartSpec("mean"))
         # The start reads the last `reach` steps: the whole window, or one season for seasonal naive. Its
-        # weights follow from the config, except a fitted linear start's, which are stored with the weights.
-        reach = lookback if self.start.kind in ("smoothing", "linear") else min_lookback(self.start)
+        # weights follow from the config, except a fitted start's (FITTED_KINDS), stored with the weights.
+        reach = lookback if self.start.kind in ("smoothing", *FITTED_KINDS) else min_lookback(self.start)
         weights = torch.from_numpy(start_weights(self.start, reach, horizon)) if self.start.kind != "mean" else None
-        self.register_buffer("start_weights", weights, persistent=self.start.kind == "linear")  # (H, reach)
+        self.register_buffer("start_weights", weights, persistent=self.start.kind in FITTED_KINDS)  # (H, reach)
         self.register_buffer("quantile_offsets", offsets, persistent=False)  # (H, K, Q), from the config
         self.register_load_state_dict_pre_hook(_one_member_layout)
 

@@ -21,6 +21,9 @@ Kinds (a ``StartSpec`` names one and its parameters):
   That is the M4 competition's strong statistical family (SES / Holt / damped on deseasonalised data,
   whose average "Comb" beat most entries), and the level/season split ES-RNN fed its network, here
   computed inside each window so that the stored model stays one function of the window.
+* ``combination`` — a weighted average of other starts (``parts``: each one's share and spec). An average
+  of linear maps is one linear map, so it serves like any other start; its weights are stored like a
+  fitted start's, since one of its parts may be fitted.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-KINDS = ("mean", "seasonal_naive", "smoothing", "linear")
+KINDS = ("mean", "seasonal_naive", "smoothing", "linear", "combination")
+FITTED_KINDS = ("linear", "combination")  # weights learnt from the data, stored with the model's weights
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class StartSpec:
     beta: float = 0.0
     phi: float = 1.0
     ridge: float = 0.0  # linear: the penalty, as a share of the mean squared input
+    parts: tuple = ()  # combination: ({"share": w, **spec fields}, ...), shares summing to 1
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -56,12 +61,24 @@ class StartSpec:
             return f"seasonal naive (lag {self.season})" if self.season > 1 else "naive (last value)"
         if self.kind == "linear":
             return f"linear autoregression of the window (ridge {self.ridge:g})"
+        if self.kind == "combination":
+            return "average of " + "; ".join(f"{part['share']:.2g} x {spec.describe()}" for part, spec in self.components())
         trend = f", trend beta {self.beta:g} phi {self.phi:g}" if self.phi else ""
         season = f" of the season-{self.season}-adjusted window" if self.season > 1 else ""
         return f"exponential smoothing{season} (alpha {self.alpha:g}{trend})"
 
+    def components(self) -> list[tuple[dict, "StartSpec"]]:
+        """A combination's parts as (part, its StartSpec)."""
+        return [(part, StartSpec(**{k: v for k, v in part.items() if k != "share"})) for part in self.parts]
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def combination(shares_and_specs: list[tuple[float, StartSpec]]) -> StartSpec:
+    """The ``combination`` start of these specs with these shares."""
+    return StartSpec("combination", parts=tuple({"share": round(float(share), 6), **spec.to_dict()}
+                                                 for share, spec in shares_and_specs))
 
 
 def min_lookback(spec: StartSpec) -> int:
@@ -70,13 +87,15 @@ def min_lookback(spec: StartSpec) -> int:
         return spec.season
     if spec.kind == "smoothing":
         return 2 * spec.season if spec.season > 1 else 2
+    if spec.kind == "combination":
+        return max((min_lookback(part) for _, part in spec.components()), default=1)
     return 1
 
 
 def start_weights(spec: StartSpec, lookback: int, horizon: int) -> np.ndarray:
     """``W`` (horizon, lookback) with ``forecast = W @ window`` for the kind and parameters of ``spec``
-    (zeros for ``linear``, whose weights are fitted: ``fit_linear``)."""
-    if spec.kind == "linear":
+    (zeros for the fitted kinds, whose weights come from the data: ``fit_linear``)."""
+    if spec.kind in FITTED_KINDS:
         return np.zeros((horizon, lookback), dtype=np.float32)
     if lookback < min_lookback(spec):
         raise ValueError(f"{spec.describe()} needs a window of at least {min_lookback(spec)} steps, got {lookback}")

@@ -13,12 +13,12 @@ forward passes included, so the estimate follows the machine, the model and the 
 A request whose estimated wait, the units ahead of it times that rate, is over ``max_wait_s`` is
 refused at once (503 with ``Retry-After``), before anything is parsed.
 
-:class:`Door` does the refusing, as the outermost ASGI app of the worker (``service.http_protocol``
+:class:`Door` does the refusing, as the outermost ASGI app of the worker (``service.framework``
 puts it there), because under overload refusals are most of the traffic (clients that ignore
 ``Retry-After`` send again at once) and their cost is taken from the requests that were let in:
 refused before BentoML's middleware stack, a refusal skips all of it (metrics, tracing, timeouts,
 routing). What remains, uvicorn's own work per request, is still about half a small request, hence
-``REFUSAL_UNITS`` and the pause on refused connections in ``service.http_protocol``.
+``REFUSAL_UNITS`` and the pause on refused connections in ``service.framework``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from service.batching import Client
 from service.errors import RetryLater
 from service.guard import refused
+from service.metrics import count_refused
 
 # The body size whose parsing costs about as much as the rest of a request (routing, validation,
 # batching, the answer): ~0.5 ms of each on one core here, and a MiB parses in ~45 ms.
@@ -42,16 +44,16 @@ LEARN_EVERY_S = 0.1  # busy time between updates of the learnt rate
 # each admitted request look slower, and the door would let in fewer and refuse more, and so on.
 REFUSAL_UNITS = 0.5
 PURGE_EVERY_S = 0.01
-CLIENT_GONE = "seqserve.client_gone"  # scope key: () -> bool, has this request's client hung up? (service.http_protocol)
+CLIENT = "seqserve.client"  # scope key: the request's Client, whose gone() says it hung up (service.framework)
 
 
 @dataclass(eq=False)
 class Ticket:
-    """One request in flight: its units, and how to ask whether its client has hung up."""
+    """One request in flight: its units, and its client (to ask whether it has hung up)."""
 
     units: float
     entered: float
-    client_gone: Callable[[], bool] | None = None
+    client: Client | None = None
     counted: bool = True  # its units are in WorkerQueue.units (until its client is found gone)
 
 
@@ -78,7 +80,7 @@ class WorkerQueue:
         """How long a request arriving now would wait behind those in flight."""
         return self.units * self.seconds_per_unit
 
-    def enter(self, units: float, client_gone: Callable[[], bool] | None = None) -> Ticket:
+    def enter(self, units: float, client: Client | None = None) -> Ticket:
         """Take a request of ``units`` in, or raise :class:`~service.errors.RetryLater` when the wait ahead of it is too long.
 
         Before refusing, requests whose clients hung up stop counting: their work is dropped before
@@ -95,7 +97,7 @@ class WorkerQueue:
                 f"(limit {self.max_wait_s * 1000:.0f} ms, SEQSERVE_MAX_QUEUE_MS); retry shortly",
                 retry_after_ms=round(wait * 1000),
             )
-        ticket = Ticket(units, now, client_gone)
+        ticket = Ticket(units, now, client)
         self._in_flight[ticket] = None
         self.units += units
         return ticket
@@ -147,7 +149,7 @@ class WorkerQueue:
             return
         self._last_purge = now
         for ticket in self._in_flight:
-            if ticket.counted and ticket.client_gone is not None and ticket.client_gone():
+            if ticket.counted and ticket.client is not None and ticket.client.gone():
                 ticket.counted = False
                 self.units -= ticket.units
 
@@ -156,16 +158,14 @@ class Door:
     """The worker's outermost ASGI app: every POST enters :class:`WorkerQueue` or gets a 503 at once.
 
     A POST is weighed by its ``Content-Length`` (at most ``max_body_bytes``: past that the guard answers
-    413 unread). Everything else (probes, metrics, WebSockets) goes straight through. ``on_refused()``
-    is called for each refusal (``seqserve_refused_total`` on ``/metrics``: the refusals never reach
-    BentoML's own request metrics).
+    413 unread). Everything else (probes, metrics, WebSockets) goes straight through. Each refusal is
+    counted in ``seqserve_refused_total`` on ``/metrics``: the refusals never reach BentoML's own request metrics.
     """
 
-    def __init__(self, app, queue: WorkerQueue, max_body_bytes: int, on_refused: Callable[[], None] | None = None):
+    def __init__(self, app, queue: WorkerQueue, max_body_bytes: int):
         self.app = app
         self.queue = queue
         self.max_body_bytes = max_body_bytes
-        self.on_refused = on_refused
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -174,10 +174,9 @@ class Door:
         if self.queue.overloaded():
             await asyncio.sleep(0)  # let the event loop handle hang-ups it has read: they stop counting
         try:
-            ticket = self.queue.enter(units, scope.get(CLIENT_GONE))
+            ticket = self.queue.enter(units, scope.get(CLIENT))
         except RetryLater as busy:
-            if self.on_refused:
-                self.on_refused()
+            count_refused()
             return await refused(busy, scope)(send)
         try:
             await self.app(scope, receive, send)

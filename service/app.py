@@ -1,16 +1,17 @@
 """The seqserve HTTP service: batched /classify and /forecast over stored recurrent models.
 
-Run it with ``bentoml serve service.app:SeqServe``. This file only maps HTTP to
-``service.served.ServedModels`` and errors to 4xx/503 answers; the work happens there and in
-``service.inference``. Every request first passes ``service.guard.RequestGuard`` (body size, content
-type, API keys). Settings come from ``SEQSERVE_*`` environment variables (``service.config``), read
-once, here, at import.
+Run it with ``bentoml serve service.app:SeqServe``. This file only maps HTTP to the served models'
+lanes (``service.lanes``) and errors to 4xx/503 answers; the work happens there. Every request first
+passes ``service.guard.RequestGuard`` (body size, content type, API keys). Settings come from
+``SEQSERVE_*`` environment variables (``service.config``), read once, here, at import. What seqserve
+needs of BentoML and uvicorn beyond their public APIs is in ``service.framework``.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from typing import Awaitable
 
 import bentoml
 import torch
@@ -20,13 +21,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from service import http_protocol
-from service.admission import CLIENT_GONE
-from service.config import Settings
+from service import framework
+from service.admission import CLIENT
+from service.connection_limits import ConnectionLimits
 from service.errors import ReadableValidationErrors, RetryLater, refusal
 from service.guard import RequestGuard
-from service.inference import CLASSIFY, FORECAST, ClassifyTask, ForecastTask, InstanceError, answer_json
-from service.metrics import change_open_streams, count_stream_steps, observe_batch, observe_state_batch
+from service.inputs import InstanceError
+from service.lanes import RequestError, answer_json, load_lanes, served_tags
 from service.openapi import SeqServeService
 from service.schemas import (
     CLASSIFY_INSTANCES,
@@ -42,7 +43,6 @@ from service.schemas import (
     StreamForecastAnswers,
     StreamForecastInstance,
 )
-from service.served import RequestError, ServedModels, served_tags
 from service.streams import StreamSessions
 from service.startup import start_up, stop_server_on_failure
 from service.v2 import routes as open_inference
@@ -52,24 +52,7 @@ from service.v2 import routes as open_inference
 # if one cannot be (service.startup).
 SETTINGS = start_up()
 SERVED_TAGS = served_tags(SETTINGS.models)  # bundled by `bentoml build`, loaded by each worker
-http_protocol.install(SETTINGS)
-
-
-class ClientErrorsWithoutTracebacks(logging.Filter):
-    """BentoML logs every body that fails pydantic validation at ERROR with a traceback; that is the
-    client's mistake, already answered with a 400 that says what is wrong. Keep one WARNING line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if type(error).__name__ == "ValidationError":
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            where = record.getMessage().removeprefix("Exception on ")
-            record.msg, record.args = "%s: %s (answered 400)", (where, str(error).splitlines()[0])
-            record.exc_info = record.exc_text = None
-        return True
-
-
-logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsWithoutTracebacks())
+framework.install(SETTINGS)
 # BentoML sets only its own loggers to INFO; ours say which models and device were chosen.
 for _name in ("service", "models"):
     logging.getLogger(_name).setLevel(logging.INFO)
@@ -82,12 +65,12 @@ def _json(body) -> Response:
 
 async def list_models(request: Request) -> Response:
     """GET /models: every served model with its task, architecture, features, labels, metrics and warnings."""
-    return _json([info.model_dump() for info in bentoml.get_current_service().served.describe()])
+    return _json([info.model_dump() for info in bentoml.get_current_service().lanes.describe()])
 
 
 class StreamSocket:
     """The /stream WebSocket as an ASGI app (service.streams). uvicorn hands real connections to the sessions
-    directly (service.http_protocol); this route serves the ones that come through the app (in-process clients)."""
+    directly (service.framework); this route serves the ones that come through the app (in-process clients)."""
 
     async def __call__(self, scope, receive, send) -> None:
         await bentoml.get_current_service().sessions.asgi(scope, receive, send)
@@ -126,57 +109,54 @@ class SeqServe:
     def __init__(self) -> None:
         torch.set_num_threads(SETTINGS.torch_threads)
         with stop_server_on_failure():  # in a worker: stop the server, not restart this worker forever
-            self.served = ServedModels(
-                SETTINGS, SERVED_TAGS, on_batch=observe_batch, on_state_batch=observe_state_batch, on_steps=count_stream_steps
-            )
-        self.sessions = StreamSessions(self.served, SETTINGS, on_open=change_open_streams)
+            self.lanes = load_lanes(SETTINGS, SERVED_TAGS)
+        self.sessions = StreamSessions(self.lanes, SETTINGS)
         # uvicorn hands /stream WebSockets to the sessions directly (past BentoML's per-message layers);
         # the route below serves in-process clients (tests), the same sessions either way.
-        http_protocol.serve_streams(RequestGuard(self.sessions.asgi, SETTINGS))
+        framework.serve_streams(RequestGuard(self.sessions.asgi, SETTINGS))
         # Everything loaded so far lives for the whole process: keep the garbage collector from
         # walking it again and again (gen-2 passes over torch's objects stalled requests 100-200 ms
-        # every ~2 s under load). Each request also leaves a few objects alive until BentoML's
-        # timeout timer fires, so young-generation collections are made rarer too.
+        # every ~2 s under load). A request leaves no reference cycle behind (service.framework.connections), so
+        # what a pass walks is mostly live: 10,000 new objects between young passes keeps each one near
+        # 10 ms (32 users on one worker: 2 in 70 s; `python -m loadtests soak --gc-pauses`), where 50,000
+        # made passes of 30-80 ms and a middle-generation pass, every 50th, walked all their survivors.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
+        gc.set_threshold(10_000, 10, 10)
 
     # The handlers return the finished JSON (see _json); output_spec says what it holds, for the API page.
     @bentoml.api(route="/classify", output_spec=ClassifyAnswers)
     async def classify(self, ctx: bentoml.Context, instances: list[ClassifyInstance] = CLASSIFY_INSTANCES) -> Response:
         """Classify sequences: one answer per instance, in order."""
-        return await self._answer(self.served.answer, CLASSIFY, instances, ctx)
+        return await _answered(ctx, self.lanes.classify(instances, ctx.request.scope.get(CLIENT)))
 
     @bentoml.api(route="/forecast", output_spec=ForecastAnswers)
     async def forecast(self, ctx: bentoml.Context, instances: list[ForecastInstance] = FORECAST_INSTANCES) -> Response:
         """Forecast the next steps of each history, in that history's own scale."""
-        return await self._answer(self.served.answer, FORECAST, instances, ctx)
+        return await _answered(ctx, self.lanes.forecast(instances, ctx.request.scope.get(CLIENT)))
 
     @bentoml.api(route="/stream/classify", output_spec=StreamClassifyAnswers)
-    async def stream_classify(
-        self, ctx: bentoml.Context, instances: list[StreamClassifyInstance] = STREAM_CLASSIFY_INSTANCES
-    ) -> Response:
+    async def stream_classify(self, ctx: bentoml.Context, instances: list[StreamClassifyInstance] = STREAM_CLASSIFY_INSTANCES) -> Response:
         """Advance classification streams by their new steps: each answer equals /classify on the stream so far
         and carries the state token for the next steps."""
-        return await self._answer(self.served.step_streams, CLASSIFY, instances, ctx)
+        return await _answered(ctx, self.lanes.step_streams("classify", instances, ctx.request.scope.get(CLIENT)))
 
     @bentoml.api(route="/stream/forecast", output_spec=StreamForecastAnswers)
-    async def stream_forecast(
-        self, ctx: bentoml.Context, instances: list[StreamForecastInstance] = STREAM_FORECAST_INSTANCES
-    ) -> Response:
+    async def stream_forecast(self, ctx: bentoml.Context, instances: list[StreamForecastInstance] = STREAM_FORECAST_INSTANCES) -> Response:
         """Advance forecasting streams by their new values: each forecast equals /forecast on the history so far
         and carries the state token for the next values."""
-        return await self._answer(self.served.step_streams, FORECAST, instances, ctx)
+        return await _answered(ctx, self.lanes.step_streams("forecast", instances, ctx.request.scope.get(CLIENT)))
 
-    async def _answer(self, run, task: ClassifyTask | ForecastTask, instances: list, ctx: bentoml.Context) -> Response:
-        """``run(task, instances)`` (ServedModels.answer or .step_streams) as JSON, its errors as 400/503."""
-        try:
-            return _json(await run(task, instances, client_gone=ctx.request.scope.get(CLIENT_GONE)))
-        except (InstanceError, RequestError) as err:
-            return _answer_with(ctx, 400, {"error": str(err)})
-        except RetryLater as err:  # the model's queue is full, the deadline passed or the client hung up
-            status, headers, body = refusal(err, ctx.request.scope)
-            return _answer_with(ctx, status, body, headers)
+
+async def _answered(ctx: bentoml.Context, answers: Awaitable[str]) -> Response:
+    """A request's ``answers`` (a call to the lanes, their JSON text); its errors as 400, an overload as 503 (service.errors)."""
+    try:
+        return Response(await answers, media_type="application/json")
+    except (InstanceError, RequestError) as err:
+        return _answer_with(ctx, 400, {"error": str(err)})
+    except RetryLater as err:  # the model's queue is full, the deadline passed or the client hung up
+        status, headers, body = refusal(err, ctx.request.scope)
+        return _answer_with(ctx, status, body, headers)
 
 
 def _answer_with(ctx: bentoml.Context, status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
@@ -186,7 +166,9 @@ def _answer_with(ctx: bentoml.Context, status: int, body: dict, headers: dict[st
     return _json(body)
 
 
-# Outermost first. CORS answers browsers' preflights before the guard asks them for a key.
+# Outermost first. Every HTTP answer may close its keep-alive connection at the bound (service.connection_limits).
+SeqServe.add_asgi_middleware(ConnectionLimits, settings=SETTINGS)
+# CORS answers browsers' preflights before the guard asks them for a key.
 if SETTINGS.cors_origins:
     SeqServe.add_asgi_middleware(
         CORSMiddleware, allow_origins=list(SETTINGS.cors_origins), allow_methods=["GET", "POST"],

@@ -15,7 +15,7 @@ It also keeps overload from turning into latency for everyone:
   instances are dropped from the queue.
 * **Abandoned work**: before a batch runs, instances whose caller is gone (timed out, or the HTTP
   client hung up) are dropped, so nobody's forward pass is spent on answers nobody reads. Asking
-  whether a client is gone is a plain function call (``service.http_protocol`` reads the server's own flag),
+  whether a client is gone is a plain function call (``service.framework`` reads the server's own flag),
   never an await: it happens for every request in every batch.
 * **The event loop stays free**: a batch estimated to take longer than ``OFFLOAD_SECONDS`` runs on a
   thread (torch releases the GIL), so health checks and parsing go on meanwhile. Shorter batches run
@@ -34,7 +34,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from service.errors import UNKNOWN_WAIT_MS, RetryLater
 
@@ -64,10 +64,10 @@ class ClientGone(RetryLater):
 
 @dataclass(eq=False)
 class Caller:
-    """One submit(): its deadline (on the batcher's clock) and how to ask whether its client is still there."""
+    """One submit(): its deadline (on the batcher's clock) and its client (is it still there?)."""
 
     deadline: float
-    client_gone: Callable[[], bool] | None = None
+    client: Client | None = None
     gone: bool = False
     futures: list[asyncio.Future] = field(default_factory=list)
 
@@ -77,32 +77,54 @@ def _wanted(job: tuple[Any, asyncio.Future, Caller]) -> bool:
     return not caller.gone and not future.done()
 
 
-class MicroBatcher:
-    """Runs ``run_batch(items) -> results`` over items submitted by concurrent callers.
+class BatchWork(Protocol):
+    """What a batcher runs: ``service.inference``'s passes (ClassifyPass, ForecastPass, StreamPass)."""
 
-    ``run_batch`` must return one result per item, in order; a result may be an ``Exception`` that
-    says what is wrong with that item alone (returned to its caller, not raised). When ``run_batch``
-    itself raises, every caller in the batch gets the error. ``cost(item)`` is the item's work in steps (its length).
-    ``clock()`` is the time in seconds the batcher times passes and checks deadlines by; tests pass a fake one.
+    def cost(self, item: Any) -> int:
+        """The item's work in steps (its length): what admission and offloading estimate time by."""
+
+    def run_batch(self, items: list[Any]) -> list[Any]:
+        """One result per item, in order; a result may be an ``Exception`` about that item alone."""
+
+
+class Client(Protocol):
+    """A request's client: ``service.framework.Client`` under uvicorn."""
+
+    def gone(self) -> bool:
+        """Whether the client has hung up: a plain call, asked for every request in every batch."""
+
+
+class BatchSizes(Protocol):
+    """Hears every batch run: its items and their steps (``service.metrics.BatchSizes``)."""
+
+    def observe(self, size: int, steps: int) -> None: ...
+
+
+class MicroBatcher:
+    """Runs ``work.run_batch(items) -> results`` over items submitted by concurrent callers.
+
+    ``work.run_batch`` must return one result per item, in order; a result may be an ``Exception`` that
+    says what is wrong with that item alone (returned to its caller, not raised). When it raises, every
+    caller in the batch gets the error. ``work.cost(item)`` is the item's work in steps (its length).
+    ``sizes.observe(n, steps)`` hears every batch's size and steps. ``clock()`` is the time in seconds the batcher times
+    passes and checks deadlines by; tests pass a fake one.
     """
 
     def __init__(
         self,
-        run_batch: Callable[[list[Any]], list[Any]],
+        work: BatchWork,
         *,
-        cost: Callable[[Any], int] = lambda item: 1,
         max_batch_size: int = 64,
         max_wait_ms: float = 0.0,
         max_queue_ms: float = 100.0,
-        on_batch: Callable[[int], None] | None = None,
+        sizes: BatchSizes | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ):
-        self.run_batch = run_batch
-        self.cost = cost
+        self.work = work
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue_s = max_queue_ms / 1000
-        self.on_batch = on_batch
+        self.sizes = sizes
         self.clock = clock
         self.seconds_per_step = 0.0  # learnt from the batches run (see _learn); 0 until the first one
         self._recent_seconds = self._recent_steps = 0.0
@@ -129,7 +151,7 @@ class MicroBatcher:
         await asyncio.sleep(0)
         self._mark_abandoned(list(self._queue))
         self._queue = deque(job for job in self._queue if _wanted(job))
-        self._queued_steps = sum(self.cost(item) for item, _, _ in self._queue)
+        self._queued_steps = sum(self.work.cost(item) for item, _, _ in self._queue)
         waiting = self.queue_seconds()
         if self._queue and waiting > self.max_queue_s:
             raise RetryLater(
@@ -138,7 +160,7 @@ class MicroBatcher:
             )
 
     async def submit(
-        self, items: Sequence[Any], *, timeout_s: float = 60.0, client_gone: Callable[[], bool] | None = None,
+        self, items: Sequence[Any], *, timeout_s: float = 60.0, client: Client | None = None,
         alone: bool = False,
     ) -> list[Any]:
         """Queue ``items`` and wait for their results (in order; a per-item problem comes back as an Exception).
@@ -156,11 +178,11 @@ class MicroBatcher:
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
             self._worker = loop.create_task(self._drain())
-        caller = Caller(deadline=self.clock() + timeout_s, client_gone=client_gone)
+        caller = Caller(deadline=self.clock() + timeout_s, client=client)
         for item in items:
             future = loop.create_future()
             self._queue.append((item, future, caller))
-            self._queued_steps += self.cost(item)
+            self._queued_steps += self.work.cost(item)
             caller.futures.append(future)
         self._wake.set()
         try:
@@ -181,7 +203,7 @@ class MicroBatcher:
             await asyncio.sleep(self.max_wait_s if len(self._queue) < self.max_batch_size else 0)
             while self._queue:
                 jobs = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch_size))]
-                self._queued_steps -= sum(self.cost(item) for item, _, _ in jobs)
+                self._queued_steps -= sum(self.work.cost(item) for item, _, _ in jobs)
                 self._mark_abandoned(jobs)
                 jobs = [job for job in jobs if _wanted(job)]
                 if jobs:
@@ -200,7 +222,7 @@ class MicroBatcher:
             if caller.gone or id(caller) in checked:
                 continue
             checked.add(id(caller))
-            if caller.client_gone is not None and caller.client_gone():
+            if caller.client is not None and caller.client.gone():
                 caller.gone = True
                 for future in caller.futures:  # its handler can finish now rather than at the deadline
                     if not future.done():
@@ -210,45 +232,50 @@ class MicroBatcher:
 
     def _light(self, items: Sequence[Any]) -> bool:
         """Whether a batch of ``items`` is short enough to run on the event loop."""
-        padded = len(items) * max(self.cost(item) for item in items)
+        padded = len(items) * max(self.work.cost(item) for item in items)
         return padded * self.seconds_per_step <= OFFLOAD_SECONDS and padded <= OFFLOAD_STEPS
 
     def _run_now(self, items: Sequence[Any]) -> list[Any]:
         """Run one caller's light batch here and now (the model is idle and nothing else is coming)."""
-        if self.on_batch:
-            self.on_batch(len(items))
+        steps = self._steps(items)
         started = self.clock()
         try:
-            results = self.run_batch(list(items))
+            results = self.work.run_batch(list(items))
         except Exception:
             log.exception("forward pass over %d instances failed", len(items))
             raise
-        self._learn(started, items)
+        self._learn(started, steps)
         return results
 
     async def _run(self, jobs: list[tuple[Any, asyncio.Future, Caller]]) -> None:
-        if self.on_batch:
-            self.on_batch(len(jobs))
         items = [item for item, _, _ in jobs]
+        steps = self._steps(items)
         started = self.clock()
         try:
             if self._light(items):
-                results = self.run_batch(items)
+                results = self.work.run_batch(items)
             else:
-                results = await asyncio.get_running_loop().run_in_executor(_FORWARD_THREAD, self.run_batch, items)
+                results = await asyncio.get_running_loop().run_in_executor(_FORWARD_THREAD, self.work.run_batch, items)
         except Exception as err:  # a server-side failure: every caller in the batch hears about it
             log.exception("forward pass over %d instances failed", len(jobs))
             for _, future, _ in jobs:
                 if not future.done():
                     future.set_exception(err)
             return
-        self._learn(started, items)
+        self._learn(started, steps)
         for (_, future, _), result in zip(jobs, results):
             if not future.done():
                 future.set_result(result)  # an item's own problem (an Exception) is a result too
 
-    def _learn(self, started: float, items: Sequence[Any]) -> None:
-        """Fold a batch that started at ``started`` (on :attr:`clock`) into the learnt seconds per step.
+    def _steps(self, items: Sequence[Any]) -> int:
+        """The steps of a batch about to run; ``sizes`` hears them with the batch's size."""
+        steps = sum(self.work.cost(item) for item in items)
+        if self.sizes is not None:
+            self.sizes.observe(len(items), steps)
+        return steps
+
+    def _learn(self, started: float, steps: int) -> None:
+        """Fold a batch of ``steps`` that started at ``started`` (on :attr:`clock`) into the learnt seconds per step.
 
         The recent batches' seconds over their steps, each a moving average that follows changes in load
         within a few batches: a batch counts by its steps. A pass has a fixed cost, so one step alone costs
@@ -258,5 +285,5 @@ class MicroBatcher:
         kept the estimate there: a stream batcher at 256 streams refused steps and lost 2/3 of its speed.
         """
         self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * (self.clock() - started)
-        self._recent_steps = 0.8 * self._recent_steps + 0.2 * max(sum(self.cost(item) for item in items), 1)
+        self._recent_steps = 0.8 * self._recent_steps + 0.2 * max(steps, 1)
         self.seconds_per_step = self._recent_seconds / self._recent_steps

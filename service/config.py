@@ -24,6 +24,8 @@
 | SEQSERVE_STREAM_MAX_OPEN | 1000 | most open WebSocket streams per worker; the next is closed with 1013 |
 | SEQSERVE_STREAM_IDLE_S | 300 | a WebSocket stream with no message for this long is closed (4408) |
 | SEQSERVE_STREAM_MAX_STEPS | 1024 | most new steps in one stream message or /stream instance |
+| SEQSERVE_CONNECTION_MAX_REQUESTS | 1000 | a keep-alive connection is closed after about this many requests (0: no bound) |
+| SEQSERVE_CONNECTION_MAX_AGE_S | 20 | and after about this many seconds open (0: no bound); see service.connection_limits |
 
 Why one torch thread per worker: on a 2-core machine torch's default (one thread per core) makes a
 batch-1 server fall to about 1 request/s as soon as the other core is busy, because the intra-op
@@ -117,6 +119,8 @@ class Settings:
     stream_idle_s: float = 300.0
     stream_max_steps: int = 1024
     max_binary_body_bytes: int = 4 << 20
+    connection_max_requests: int = 1000  # 0: no bound
+    connection_max_age_s: float = 20.0  # 0: no bound
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -143,4 +147,6 @@ class Settings:
             stream_idle_s=_float("SEQSERVE_STREAM_IDLE_S", 300.0, minimum=0.01),
             stream_max_steps=_int("SEQSERVE_STREAM_MAX_STEPS", 1024),
             max_binary_body_bytes=int(_float("SEQSERVE_MAX_BINARY_BODY_MB", 4.0, minimum=0.001) * 2**20),
+            connection_max_requests=_int("SEQSERVE_CONNECTION_MAX_REQUESTS", 1000, minimum=0),
+            connection_max_age_s=_float("SEQSERVE_CONNECTION_MAX_AGE_S", 20.0),
         )

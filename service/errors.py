@@ -23,7 +23,7 @@ from typing import Any
 MAX_PROBLEMS = 3  # problems named in one answer; the rest are counted
 MAX_MESSAGE = 200  # characters of one problem's message
 UNKNOWN_WAIT_MS = 1000  # the retry hint of a 503 whose wait the server cannot estimate (Retry-After: 1)
-REFUSED = "seqserve.refused"  # scope key: the Retry-After seconds of a refused request (service.http_protocol reads it)
+REFUSED = "seqserve.refused"  # scope key: the Retry-After seconds of a refused request (service.framework reads it)
 
 
 class RetryLater(Exception):
@@ -46,7 +46,7 @@ class RetryLater(Exception):
 def refusal(err: RetryLater, scope: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
     """The HTTP answer to ``err``, whichever layer raised it: 503, a ``Retry-After`` header, :meth:`RetryLater.body`.
 
-    It also marks the request's ``scope`` (:data:`REFUSED`): ``service.http_protocol`` then reads nothing
+    It also marks the request's ``scope`` (:data:`REFUSED`): ``service.framework`` then reads nothing
     more from that connection until the time it gave (at most 1 s), so a client that retries at once
     does not take the worker's time from the requests let in.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 
@@ -23,14 +24,10 @@ def batch_size_histogram():
     )
 
 
-def observe_batch(model_tag: str, size: int) -> None:
-    batch_size_histogram().labels(model=model_tag).observe(size)
-
-
 @lru_cache(maxsize=None)
 def _stream_metrics():
     """``seqserve_open_streams`` (WebSocket streams open now, summed over live workers),
-    ``seqserve_stream_steps_total`` (stream steps read, by model: its rate is steps per second) and
+    ``seqserve_stream_steps_total`` (stream steps read into a pass, by model: its rate is steps per second) and
     ``seqserve_state_batch_size`` (streams advanced together in one pass, by model). Created on first
     use, like :func:`batch_size_histogram`."""
     from prometheus_client import Counter, Gauge, Histogram
@@ -49,12 +46,22 @@ def change_open_streams(delta: int) -> None:
     _stream_metrics()[0].inc(delta)
 
 
-def count_stream_steps(model_tag: str, steps: int) -> None:
-    _stream_metrics()[1].labels(model=model_tag).inc(steps)
+class BatchSizes:
+    """One model's batches: ``seqserve_batch_size`` (instances per forward pass) or, with ``streams``,
+    ``seqserve_state_batch_size`` (stream states per pass) and ``seqserve_stream_steps_total`` (the steps
+    they read). A batcher calls :meth:`observe` for each batch it runs."""
 
+    def __init__(self, model_tag: str, streams: bool = False):
+        self.model_tag = model_tag
+        self.streams = streams
 
-def observe_state_batch(model_tag: str, size: int) -> None:
-    _stream_metrics()[2].labels(model=model_tag).observe(size)
+    def observe(self, size: int, steps: int) -> None:
+        if not self.streams:
+            batch_size_histogram().labels(model=self.model_tag).observe(size)
+            return
+        _, steps_read, state_batch_size = _stream_metrics()
+        state_batch_size.labels(model=self.model_tag).observe(size)
+        steps_read.labels(model=self.model_tag).inc(steps)
 
 
 @lru_cache(maxsize=None)
@@ -70,90 +77,20 @@ def count_refused() -> None:
     _refused_counter().inc()
 
 
-UNKNOWN_ENDPOINT = "/<unknown>"
-_ORIGINAL_PATH = "seqserve.original_path"
-_exact_labels: dict[str, str] = {}  # path -> label, for paths that are routes: as many as the app has
+@lru_cache(maxsize=None)
+def _worker_counter():
+    """``seqserve_worker_requests_total{worker="<pid>"}``: HTTP requests each worker process took in, so that
+    how the load spreads over the workers shows on ``/metrics`` (``python -m loadtests soak`` reads it).
+    One series per worker process of the run: a replaced worker adds one. Created on first use."""
+    from prometheus_client import Counter
+
+    return Counter("seqserve_worker_requests", "HTTP requests taken in, by worker process id", labelnames=["worker"])
 
 
-def endpoint_label(scope) -> str:
-    """The ``endpoint`` label of a request: its route, or one shared label for a path no route serves.
-
-    BentoML labels its request metrics with the raw path, so every made-up path used to add series to
-    ``/metrics`` for good (2,000 random paths: 15.5 MB, 1.5 s a scrape).
-    """
-    path = scope["path"]
-    label = _exact_labels.get(path)
-    if label is not None:
-        return label
-    from starlette.routing import Match, Mount
-
-    from _bentoml_impl.server.mount import PassiveMount
-
-    label = UNKNOWN_ENDPOINT
-    for route in getattr(getattr(scope.get("app"), "router", None), "routes", ()):
-        match, child_scope = route.matches(scope)
-        if match is Match.NONE:
-            continue
-        if isinstance(route, PassiveMount):  # an app mounted at "/": its route's template, e.g. "/v2/models/{name}/infer"
-            label = _inner_template(route, {**scope, **child_scope}) or path
-        elif isinstance(route, Mount):  # static files: one label for the whole folder
-            label = route.path + "/{path}"
-        else:
-            label = route.path  # the route's template, e.g. "/classify"
-        break
-    if label == path:
-        _exact_labels[path] = label
-    return label
+@lru_cache(maxsize=None)
+def _worker_requests(pid: int):
+    return _worker_counter().labels(worker=str(pid))
 
 
-def _inner_template(mount, scope) -> str | None:
-    """The path template of the route of ``mount``'s app that serves ``scope``, if it has one."""
-    from starlette.routing import Match
-
-    for route in getattr(mount.app, "routes", ()):
-        if route.matches(scope)[0] is Match.FULL:
-            return getattr(route, "path", None)
-    return None
-
-
-class _RestorePath:
-    """Hands the request on with its real path, after the metrics middleware has read its label."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if _ORIGINAL_PATH in scope:
-            scope = {**scope, "path": scope[_ORIGINAL_PATH]}
-            del scope[_ORIGINAL_PATH]
-        await self.app(scope, receive, send)
-
-
-def label_unknown_paths_together() -> None:
-    """Make BentoML's request metrics label unknown paths ``/<unknown>``; known routes keep their path.
-
-    BentoML has no setting for this: its ``RunnerTrafficMetricsMiddleware`` reads ``scope["path"]``.
-    The subclass swapped in here shows it the label instead and gives the app below it the real path.
-    Called at import of ``service.app``, before BentoML builds the app's middleware (it imports the
-    class from the module at that moment). tests/test_startup.py fails if BentoML stops using it.
-    """
-    from bentoml._internal.server.http import instruments
-
-    base = instruments.RunnerTrafficMetricsMiddleware
-    if getattr(base, "seqserve_labels_routes", False):
-        return
-
-    class RouteLabelledTrafficMetrics(base):
-        seqserve_labels_routes = True
-
-        def __init__(self, app, **options):
-            super().__init__(_RestorePath(app), **options)
-
-        async def __call__(self, scope, receive, send):
-            if scope["type"] in ("http", "websocket"):
-                label = endpoint_label(scope)
-                if label != scope["path"]:
-                    scope = {**scope, "path": label, _ORIGINAL_PATH: scope["path"]}
-            await super().__call__(scope, receive, send)
-
-    instruments.RunnerTrafficMetricsMiddleware = RouteLabelledTrafficMetrics
+def count_worker_request() -> None:
+    _worker_requests(os.getpid()).inc()

@@ -24,11 +24,11 @@ from typing import Any
 
 import attrs
 import bentoml
-from bentoml._internal.service.openapi.specification import Info, OpenAPISpecification, PathItem
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from service.config import Settings
+from service.framework import Info, OpenAPISpecification, PathItem
 from service.schemas import ModelInfo
 from service.v2.schemas import INFER_SCHEMAS
 

@@ -2,7 +2,7 @@
 
 Every field carries a description and an example, so the OpenAPI page documents the API by itself,
 and the examples are requests the default models answer (``make serve``). Only shape and type are
-checked here; checks that need the model (feature count, history length) live in ``service.inference``.
+checked here; checks that need the model (feature count, history length) live in ``service.inputs``.
 Lists validate *fail fast*: a body full of bad values costs one error, not one per value.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from _bentoml_sdk.io_models import IORootModel  # what BentoML builds itself for a list return type
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+
+from service.framework import IORootModel  # what BentoML builds itself for a list return type
 
 # Plain JSON has no NaN or Infinity; refusing them here names the exact step and feature. Values must be
 # JSON numbers: StrictFloat refuses true/false and numeric strings instead of quietly turning them into 1.0.
@@ -248,3 +249,4 @@ class ModelInfo(BaseModel):
         examples=["it is bidirectional: its backward pass reads the whole sequence again with every new step; "
                   "train it with --no-bidirectional to stream"],
     )
+

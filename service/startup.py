@@ -1,8 +1,8 @@
 """Start-up checks: ``bentoml serve`` either serves every model it should, or exits at once saying why.
 
 BentoML imports ``service.app`` twice per server: once in the main ``bentoml serve`` process (to build
-its configuration, before any worker exists) and once in each worker. A model that failed to load in a
-worker used to make circus restart that worker every 10 s forever, with the port open and hanging. So:
+its configuration, before any worker exists) and once in each worker. Left to itself, circus restarts a
+worker whose models fail to load every 10 s forever, with the port open and hanging. So:
 
 * In the main process, :func:`start_up` reads the settings, resolves the device and loads every model
   that would be served (card, sha256 of the weights, the weights into the network, on the CPU). Any
@@ -12,7 +12,10 @@ worker used to make circus restart that worker every 10 s forever, with the port
   store changed since the check, the GPU ran out of memory): it prints the same kind of line and stops
   the whole server, which then exits 1 instead of restarting the worker forever.
 * Imported anywhere else (tests through ``TestClient``, ``bentoml build``), nothing is checked: errors
-  surface as exceptions where the service is created, as before.
+  surface as exceptions where the service is created.
+
+Before any of this, importing ``service.framework`` checked that the framework internals seqserve relies on
+are all there (the same one-line refusal when one is not).
 
 Unreadable models: a model whose card cannot be read is logged with a WARNING naming it and why. When it
 would be served (named in ``SEQSERVE_MODELS``, or the newest version of its name when no list is given)
@@ -30,11 +33,13 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import bentoml
+
 from models.artifact import ArtifactError, list_artifacts, load_artifact
 from models.device import resolve_device
 from service.config import Settings, SettingError
-from service.metrics import label_unknown_paths_together
-from service.served import served_tags
+from service.framework import serve_command
+from service.lanes import served_tags
 from service.workers import close_run, current_run, open_run, register_worker, stop_server, watch_workers
 
 log = logging.getLogger(__name__)
@@ -58,8 +63,7 @@ def start_up() -> Settings:
     Called once, at import of ``service.app``, in every process that imports it: the one place that
     reads the settings; everything else is handed this object.
     """
-    label_unknown_paths_together()
-    serve = _serve_command()
+    serve = serve_command()
     try:
         settings = Settings.from_env()
         if serve is not None:
@@ -74,7 +78,7 @@ def start_up() -> Settings:
         watch_workers(run)
         return settings
     run = current_run()
-    index = _worker_index()
+    index = bentoml.server_context.worker_index
     if run is not None and index is not None:
         register_worker(run, index)
     return settings
@@ -175,23 +179,3 @@ def _finish_run(run) -> None:
     reason = close_run(run)
     if reason:
         raise SystemExit(reason)  # a worker stopped the server: exit 1, its line again as the last one
-
-
-def _serve_command():
-    """The click context of ``bentoml serve`` when this process is its main process, else None."""
-    try:
-        import click
-    except ImportError:
-        return None
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or ctx.info_name != "serve":
-        return None
-    if not type(ctx.find_root().command).__module__.startswith("bentoml_cli"):
-        return None
-    return ctx
-
-
-def _worker_index() -> int | None:
-    from bentoml._internal.context import server_context
-
-    return server_context.worker_index

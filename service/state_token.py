@@ -65,7 +65,13 @@ class StateSigner:
     def __init__(self, key: str, models: list[LoadedModel]):
         self.key = key.encode()
         self._model_keys: dict[str, bytes] = {}
-        self.makers: dict[bytes, str] = {fingerprint(m): m.tag for m in models}  # to name another model's token
+        self.makers: dict[bytes, str] = {}  # fingerprint -> tag, to name another served model's token
+        for model in models:
+            self.add(model)
+
+    def add(self, model: LoadedModel) -> None:
+        """Know ``model`` as a maker of tokens: a token of it sent to another model is refused naming it."""
+        self.makers[fingerprint(model)] = model.tag
 
     def _model_key(self, model: LoadedModel) -> bytes:
         key = self._model_keys.get(model.tag)

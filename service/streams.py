@@ -28,18 +28,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Callable
-
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from models.artifact import LoadedModel
-from models.streaming import ClassifierStream, ForecasterStream, State
+from models.streaming import State
 from service.config import Settings
 from service.errors import RetryLater, readable_error
-from service.inference import TASKS, InstanceError, OutOfRange, StreamStep, answer_json, validate_steps
+from service.inference import OutOfRange
+from service.inputs import InstanceError
+from service.lanes import ModelLane, Lanes
+from service.metrics import change_open_streams
 from service.schemas import StreamMessage
-from service.served import ServedModels
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +51,11 @@ IDLE = 4408
 class StreamSessions:
     """The WebSocket streams of one worker: the open-stream cap, the idle timeout, one state per connection."""
 
-    def __init__(self, served: ServedModels, settings: Settings, on_open: Callable[[int], None] | None = None):
-        self.served = served
+    def __init__(self, lanes: Lanes, settings: Settings):
+        self.lanes = lanes
         self.max_open = settings.stream_max_open
         self.idle_s = settings.stream_idle_s
         self.max_message_bytes = settings.max_body_bytes
-        self.on_open = on_open  # hears +1 / -1 as streams open and close
         self.open = 0
 
     async def asgi(self, scope, receive, send) -> None:
@@ -67,7 +65,7 @@ class StreamSessions:
             await websocket.accept()
             return await websocket.close(TRY_AGAIN_LATER, f"this worker has {self.open} open streams, its limit (SEQSERVE_STREAM_MAX_OPEN); retry later")
         try:
-            model, stream = self._model(websocket.query_params.get("model"), websocket.query_params.get("task"))
+            lane = self._lane(websocket.query_params.get("model"), websocket.query_params.get("task"))
         except InstanceError as err:
             await websocket.accept()
             return await websocket.close(BAD_REQUEST, f"{err.field}: {err.problem}"[:120])
@@ -75,34 +73,34 @@ class StreamSessions:
         try:
             await websocket.accept()
             await websocket.send_text(json.dumps({
-                "model": model.tag, "task": model.card.task, "features": model.card.features,
-                "max_steps": self.served.max_stream_steps, "idle_timeout_s": self.idle_s,
+                "model": lane.tag, "task": lane.task, "features": lane.model.card.features,
+                "max_steps": lane.max_steps, "idle_timeout_s": self.idle_s,
             }))
-            await self._run(receive, send, model, stream)
+            await self._run(receive, send, lane)
         except (WebSocketDisconnect, OSError):  # OSError: a send after the client left (uvicorn's ClientDisconnected)
             pass
         finally:
             self._count(-1)
 
-    def _model(self, name: str | None, task_name: str | None) -> tuple[LoadedModel, ClassifierStream | ForecasterStream]:
-        if name is None and task_name is None:
+    def _lane(self, name: str | None, task: str | None) -> ModelLane:
+        """The lane a connection asked for, which must be able to stream; InstanceError naming the problem."""
+        if name is None and task is None:
             raise InstanceError(0, "model", "name the model (?model=name) or the task (?task=classify or ?task=forecast)")
-        if task_name is not None and task_name not in TASKS:
-            raise InstanceError(0, "task", f"unknown task {task_name[:40]!r}; use classify or forecast")
-        if task_name is None:
-            model = self.served.by_name.get(name)
-            task = TASKS[model.card.task] if model is not None else TASKS["classify"]
-        else:
-            task = TASKS[task_name]
-        model = self.served.resolve(0, name, task)
-        return model, self.served.stream_model(0, model)
+        if task is not None and task not in ("classify", "forecast"):
+            raise InstanceError(0, "task", f"unknown task {task[:40]!r}; use classify or forecast")
+        if task is None:
+            named = self.lanes.get(name)
+            task = named.task if named is not None else "classify"
+        lane = self.lanes.lane_for(0, name, task)
+        lane.check_streamable(0)
+        return lane
 
-    async def _run(self, receive, send, model: LoadedModel, stream: ClassifierStream | ForecasterStream) -> None:
+    async def _run(self, receive, send, lane: ModelLane) -> None:
         """The stream's messages until the client leaves or stays silent too long.
 
         Plain ASGI messages: past the handshake, Starlette's WebSocket only adds checks, ~3% of a step. One
         idle timer per stream, moved at every message, rather than a new timeout per message."""
-        state = stream.initial()
+        state = lane.stream.initial()
         loop = asyncio.get_running_loop()
         idle = asyncio.timeout(None)
         try:
@@ -119,7 +117,7 @@ class StreamSessions:
                     if len(text) > self.max_message_bytes:  # uvicorn closes such a stream itself; in-process clients get the same
                         reason = f"message over {self.max_message_bytes} bytes (SEQSERVE_MAX_BODY_MB)"
                         return await send({"type": "websocket.close", "code": MESSAGE_TOO_BIG, "reason": reason})
-                    state, replies = await self._step(text, model, state)
+                    state, replies = await self._step(text, lane, state)
                     for reply in replies:
                         await send({"type": "websocket.send", "text": reply})
         except TimeoutError:
@@ -127,12 +125,12 @@ class StreamSessions:
                 raise
             await send({"type": "websocket.close", "code": IDLE, "reason": f"no message for {self.idle_s:g} s (SEQSERVE_STREAM_IDLE_S)"})
 
-    async def _step(self, text: str, model: LoadedModel, state: State) -> tuple[State, list[str]]:
+    async def _step(self, text: str, lane: ModelLane, state: State) -> tuple[State, list[str]]:
         """One message: the stream's state after it and the texts to send back (its answers, or one error)."""
         try:
-            item = self._parse(text, model, state)
+            message = self._parse(text)
             # With one stream open no other message can join its pass: it may skip the batcher's queue.
-            result = await self.served.step(model, item, alone=self.open == 1)
+            state, replies = await lane.step_message(state, message.steps, message.every_step, alone=self.open == 1)
         except _StreamError as err:
             return state, [_error(str(err))]
         except InstanceError as err:
@@ -141,20 +139,19 @@ class StreamSessions:
             return state, [_error(f"steps: {err}")]
         except RetryLater as err:  # the model's queue is full, or the deadline passed
             return state, [json.dumps(err.body())]
-        return result.state, [answer_json(answer) for answer in result.answers]
+        return state, replies
 
-    def _parse(self, text: str, model: LoadedModel, state) -> StreamStep:
+    @staticmethod
+    def _parse(text: str) -> StreamMessage:
         try:
-            message = StreamMessage.model_validate_json(text)
+            return StreamMessage.model_validate_json(text)
         except ValidationError as err:
             details = [{"loc": e["loc"], "msg": e["msg"]} for e in err.errors(include_url=False)]
             raise _StreamError(readable_error({"detail": details})["error"].replace("body: ", "message: ")) from None
-        return StreamStep(state, validate_steps(0, message.steps, model, self.served.max_stream_steps), message.every_step)
 
     def _count(self, delta: int) -> None:
         self.open += delta
-        if self.on_open:
-            self.on_open(delta)
+        change_open_streams(delta)
 
 
 def _error(problem: str) -> str:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil  # a BentoML dependency
 
+from service.framework import set_prometheus_dir
+
 log = logging.getLogger(__name__)
 
 RUN_DIR_ENV = "SEQSERVE_RUN_DIR"
@@ -35,14 +37,10 @@ RUN_DIR_ENV = "SEQSERVE_RUN_DIR"
 
 def open_run() -> Path:
     """Make this run's directory, point BentoML's Prometheus folder into it, and tell the workers where it is."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
     run = Path(tempfile.mkdtemp(prefix="seqserve-run-"))
     (run / "workers").mkdir()
     (run / "main").write_text(str(os.getpid()))
-    # BentoML's own hook (its pytest plugin sets it the same way): `serve` reads it after importing
-    # the service, creates the folder and passes it to the workers as PROMETHEUS_MULTIPROC_DIR.
-    BentoMLContainer.prometheus_multiproc_dir.set(str(run / "prometheus"))
+    set_prometheus_dir(run / "prometheus")
     os.environ[RUN_DIR_ENV] = str(run)  # circus copies the main process' environment into each worker
     return run
 

@@ -1,4 +1,4 @@
-"""The service in-process under starlette's TestClient, with the settings a test module needs."""
+"""The service in-process under starlette's TestClient, with the settings a test module needs; a lane's answers without it."""
 
 import importlib
 import os
@@ -32,3 +32,14 @@ def in_process(env: dict[str, str]) -> Iterator[TestClient]:
         for collector in list(registry._collector_to_names):
             if any(name.startswith("bentoml_service_") for name in registry._collector_to_names[collector]):
                 registry.unregister(collector)
+
+
+def served_answers(model, arrays: list) -> list[dict]:
+    """The JSON answers ``model``'s lane gives ``arrays`` (checked inputs) run as one batch: the service's own
+    path (forward pass, then answer), without a server or a batcher."""
+    from service.config import Settings
+    from service.lanes import LANE_FOR_TASK
+    from service.state_token import StateSigner
+
+    lane = LANE_FOR_TASK[model.card.task](model, Settings.from_env(), StateSigner("", []))
+    return [lane.answer(output) for output in lane.forward.run_batch(arrays)]

@@ -88,13 +88,22 @@ def test_time_spent_idle_is_not_counted_as_work():
     assert queue.seconds_per_unit == pytest.approx(0.002)
 
 
+class Client:
+    """A request's client, which hangs up when told to."""
+
+    hung_up = False
+
+    def gone(self) -> bool:
+        return self.hung_up
+
+
 def test_requests_whose_clients_hung_up_stop_counting_before_anyone_is_refused():
     queue, clock = busy_queue(0.002, max_wait_s=0.101)
-    hung_up = [False]
+    client = Client()
     for _ in range(51):  # the last one in: 50 x 2 ms = 100 ms ahead of it
-        queue.enter(1.0, client_gone=lambda: hung_up[0])
+        queue.enter(1.0, client)
     clock.now += 0.11
-    hung_up[0] = True
+    client.hung_up = True
     queue.enter(1.0)  # admitted: the 50 ahead of it are gone
     assert queue.units == 1.0
 
@@ -145,7 +154,7 @@ def test_the_door_answers_503_with_the_wait_in_whole_seconds_and_in_milliseconds
     asyncio.run(Door(app, queue, max_body_bytes=1 << 20)(scope, None, send))
     start, body = sent
     assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
-    assert scope[REFUSED] == 1  # the connection is left unread for up to that second (service.http_protocol)
+    assert scope[REFUSED] == 1  # the connection is left unread for up to that second (service.framework)
     assert json.loads(body["body"]) == {
         "error": "the server is busy: about 102 ms of requests are ahead of this one (limit 101 ms, "
         "SEQSERVE_MAX_QUEUE_MS); retry shortly",

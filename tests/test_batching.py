@@ -16,6 +16,34 @@ from service.batching import OFFLOAD_STEPS, ClientGone, DeadlineExceeded, MicroB
 from service.errors import RetryLater
 
 
+class Work:
+    """A batcher's work made of plain functions, as ``service.inference``'s passes offer it."""
+
+    def __init__(self, run_batch, cost=lambda item: 1):
+        self.run = run_batch
+        self.cost_of = cost
+
+    def cost(self, item) -> int:
+        return self.cost_of(item)
+
+    def run_batch(self, items):
+        return self.run(items)
+
+
+class Sizes(list):
+    """Every batch's size, as a batcher reports them (with their steps)."""
+
+    def observe(self, size: int, steps: int) -> None:
+        self.append(size)
+
+
+class HungUp:
+    """A client that has hung up."""
+
+    def gone(self) -> bool:
+        return True
+
+
 class FakeClock:
     """Seconds that pass only when :meth:`advance` is called."""
 
@@ -60,12 +88,12 @@ def run_in_fake_time(clock: FakeClock, main):
 
 
 def make(max_batch_size=64, max_wait_ms=0.0):
-    sizes: list[int] = []
+    sizes = Sizes()
 
     def run_batch(items):
         return [item * 10 for item in items]
 
-    return MicroBatcher(run_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, on_batch=sizes.append), sizes
+    return MicroBatcher(Work(run_batch), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, sizes=sizes), sizes
 
 
 def test_concurrent_requests_share_a_forward_pass_and_keep_their_order():
@@ -100,7 +128,7 @@ def test_batches_never_exceed_the_cap():
 def test_a_wait_window_collects_requests_that_arrive_a_little_later(max_wait_ms, batches):
     """Requests at 0, 10, 20 and 40 ms share the pass a 50 ms window holds back; one at 70 ms gets the next."""
     clock, ran = FakeClock(), []
-    batcher = MicroBatcher(lambda items: ran.append(items) or items, max_wait_ms=max_wait_ms, clock=clock)
+    batcher = MicroBatcher(Work(lambda items: ran.append(items) or items), max_wait_ms=max_wait_ms, clock=clock)
 
     async def at(i, seconds):
         await asyncio.sleep(seconds)
@@ -117,7 +145,7 @@ def test_a_failing_forward_pass_reaches_every_caller_of_that_batch():
     def run_batch(items):
         raise RuntimeError("device lost")
 
-    batcher = MicroBatcher(run_batch)
+    batcher = MicroBatcher(Work(run_batch))
 
     async def main():
         return await asyncio.gather(batcher.submit([1]), batcher.submit([2]), return_exceptions=True)
@@ -142,7 +170,7 @@ def test_past_the_queue_limit_new_work_is_refused_at_once_with_a_retry_hint():
         clock.advance(0.001 * sum(items))  # 1 ms per step
         return items
 
-    batcher = MicroBatcher(run, cost=lambda item: item, max_queue_ms=100, clock=clock)
+    batcher = MicroBatcher(Work(run, cost=lambda item: item), max_queue_ms=100, clock=clock)
 
     async def main():
         assert await batcher.submit([100]) == [100]  # 100 steps in 100 ms: the rate is learnt
@@ -169,7 +197,7 @@ def test_nobody_waits_past_the_deadline_and_late_work_is_dropped():
         ran.extend(items)
         return items
 
-    batcher = MicroBatcher(slow, max_batch_size=1, clock=clock)
+    batcher = MicroBatcher(Work(slow), max_batch_size=1, clock=clock)
 
     async def timed(i):
         try:
@@ -194,14 +222,11 @@ def test_work_of_a_client_that_hung_up_is_dropped_before_it_runs():
         ran.extend(items)
         return items
 
-    batcher = MicroBatcher(run)
-
-    def gone() -> bool:
-        return True
+    batcher = MicroBatcher(Work(run))
 
     async def main():
         kept = asyncio.ensure_future(batcher.submit(["kept"]))
-        abandoned = asyncio.ensure_future(batcher.submit(["abandoned"], client_gone=gone))
+        abandoned = asyncio.ensure_future(batcher.submit(["abandoned"], client=HungUp()))
         await kept
         with pytest.raises(ClientGone):
             await abandoned  # at once, not at the deadline
@@ -217,7 +242,7 @@ def test_heavy_batches_leave_the_event_loop_and_light_ones_do_not():
         threads.append(threading.current_thread().name)
         return items
 
-    batcher = MicroBatcher(run, cost=len)
+    batcher = MicroBatcher(Work(run, cost=len))
     asyncio.run(batcher.submit(["x" * 10]))
     asyncio.run(batcher.submit(["x" * (OFFLOAD_STEPS + 1)]))
     assert threads[0] == threading.current_thread().name
@@ -231,14 +256,11 @@ def test_abandoned_work_in_the_queue_never_causes_a_503():
         clock.advance(0.001 * sum(items))  # 1 ms per step
         return items
 
-    batcher = MicroBatcher(run, cost=lambda item: item, max_queue_ms=100, clock=clock)
-
-    def gone() -> bool:
-        return True
+    batcher = MicroBatcher(Work(run, cost=lambda item: item), max_queue_ms=100, clock=clock)
 
     async def main():
         await batcher.submit([100])  # the rate is learnt: 1 ms per step
-        ghost = asyncio.ensure_future(batcher.submit([300], client_gone=gone))
+        ghost = asyncio.ensure_future(batcher.submit([300], client=HungUp()))
         await asyncio.sleep(0)
         answer = await batcher.submit([1])  # admitted: the ghost's 300 steps are purged first
         with pytest.raises(ClientGone):
@@ -255,7 +277,7 @@ def test_a_lone_callers_light_work_runs_in_its_own_task_and_never_jumps_the_queu
         tasks.append(asyncio.current_task())
         return items
 
-    batcher = MicroBatcher(run)
+    batcher = MicroBatcher(Work(run))
 
     async def main():
         assert await batcher.submit(["now"], alone=True) == ["now"]
@@ -281,7 +303,7 @@ def test_the_learnt_cost_weighs_each_batch_by_its_steps_so_lone_steps_do_not_pus
         clock.advance(pass_s[0])
         return items
 
-    batcher = MicroBatcher(run, clock=clock)
+    batcher = MicroBatcher(Work(run), clock=clock)
 
     def ran(steps: int, seconds: float) -> None:
         pass_s[0] = seconds

@@ -68,7 +68,7 @@ def test_forecast_on_synthetic_with_quantiles_reports_ets(capsys, tmp_path):
     assert (tmp_path / "forecasts.png").exists()
     card = load_artifact(stored_tag(out)).card
     assert (card.horizon, card.lookback, card.quantiles) == (6, 96, [0.1, 0.5, 0.9])  # four seasons
-    assert card.arch == "lstm" and card.data["season"] == 24 and card.hparams["lookback"] == card.lookback
+    assert card.arch == "lstm" and card.data["season"] == 24 and "lookback" not in card.hparams  # stored once
     assert card.hparams["start"]["kind"] in ("mean", "seasonal_naive", "smoothing", "linear")
     assert {"q0.1_coverage", "q0.9_wql", "coverage_0.1_0.9", "mean_wql"} <= set(metrics["test"])
     assert {"q0.1_coverage", "coverage_0.1_0.9"} <= set(metrics["baselines"]["ets"])
@@ -198,6 +198,16 @@ def test_a_short_single_series_trains_with_a_lookback_chosen_to_fit(capsys, tmp_
     assert code == 0, err
     recipe = json.loads((tmp_path / "report" / "metrics.json").read_text())["recipe"]
     assert (recipe["evaluation"], recipe["lookback"], recipe["lookback_source"]) == ("last-horizon", 6, "chosen from the data")
+
+
+def test_a_stored_forecaster_holds_its_lookback_once(capsys, tmp_path):
+    pd.DataFrame({"value": np.sin(np.arange(60.0)) + 2}).to_csv(tmp_path / "series.csv", index=False)
+    code, out, err = run(capsys, "forecast", "--data", str(tmp_path / "series.csv"), "--horizon", "6", "--lookback", "12",
+                         "--name", "lookback-once", *QUICK, "--report", str(tmp_path / "report"))
+    assert code == 0, err
+    card = load_artifact(stored_tag(out)).card
+    assert card.lookback == 12 and "lookback" not in card.hparams and "lookback" not in card.training["recipe"]
+    assert card.training["recipe"]["lookback_source"] == "given"
 
 
 def test_unknown_dataset_lists_the_built_ins(capsys):

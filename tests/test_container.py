@@ -25,8 +25,9 @@ import yaml
 from container.build import ULIMITS, bento_image_name
 from loadtests.server import free_port
 from models.artifact import load_artifact
-from service.inference import CLASSIFY, FORECAST, Limits
+from service.inputs import Limits, history_window
 from tests import tiny_models
+from tests.service_client import served_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 PODMAN = shutil.which("podman")
@@ -162,12 +163,12 @@ def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(container
     assert bad.status_code == 400 and "instances[0].sequence" in bad.json()["error"]
 
     clf, fc = load_artifact(tags["clf"]), load_artifact(tags["fc"])
-    for answer, expected in zip(classified.json(), CLASSIFY.run_batch(clf, sequences), strict=True):
+    for answer, expected in zip(classified.json(), served_answers(clf, sequences), strict=True):
         assert answer["model"] == tags["clf"] and answer["label"] == expected["label"]
         np.testing.assert_allclose([answer["probabilities"][k] for k in expected["probabilities"]],
                                    list(expected["probabilities"].values()), atol=1e-5)
-    windows = [FORECAST.validate(i, h.tolist(), fc, Limits()) for i, h in enumerate(histories)]
-    for answer, expected in zip(forecast.json(), FORECAST.run_batch(fc, windows), strict=True):
+    windows = [history_window(i, h.tolist(), fc, Limits()) for i, h in enumerate(histories)]
+    for answer, expected in zip(forecast.json(), served_answers(fc, windows), strict=True):
         assert answer["model"] == tags["fc"]
         np.testing.assert_allclose(answer["forecast"], expected["forecast"], rtol=1e-5, atol=1e-4)
         for q, values in expected["quantiles"].items():

@@ -62,7 +62,7 @@ def test_every_overload_is_answered_by_one_refusal_that_also_marks_the_connectio
     assert refusal(RetryLater("the model is busy", 2500), scope) == (
         503, {"retry-after": "3"}, {"error": "the model is busy", "retry_after_s": 3, "retry_after_ms": 2500},
     )
-    assert scope == {REFUSED: 3}  # service.http_protocol leaves the connection unread until then
+    assert scope == {REFUSED: 3}  # service.framework leaves the connection unread until then
 
 
 def test_a_missed_deadline_and_a_gone_client_are_overload_with_an_unknown_wait():

@@ -1,5 +1,6 @@
 """The forecasting recipe's parts: classical starts as linear maps, the season of a cycle, the log and start
-choice, calibrated intervals, quantile metrics, ETS's quantiles, and cards written before members existed."""
+choice, calibrated intervals, quantile metrics, ETS's quantiles, and cards written before members existed or
+before the lookback was stored once."""
 
 import dataclasses
 
@@ -9,10 +10,10 @@ import torch
 
 from models import ForecasterConfig, create_model
 from models.artifact import ModelCard, load_artifact, save_artifact
-from models.starts import StartSpec, start_weights
+from models.starts import FITTED_KINDS, StartSpec, combination, min_lookback, start_weights
 from training import baselines, starts
 from training.data import SeriesCollection
-from training.forecast import resolve_season
+from training.forecast import mirrored, resolve_season
 from training.metrics import quantile_metrics
 from training.windows import before_test, make_windows, rolling_origins, split_by_time
 
@@ -88,9 +89,33 @@ def _train_windows(values: np.ndarray, lookback: int = 48, horizon: int = 12):
 def test_noise_around_a_level_starts_from_a_level_without_a_season_or_trend():
     w = _train_windows(100 + np.random.default_rng(0).normal(size=300))
     chosen = starts.choose_start(w, 1, season=12, allow_log=True)
-    spec = chosen["start"]
-    assert spec.kind == "mean" or (spec.kind == "smoothing" and spec.season == 1 and spec.alpha <= 0.1 and spec.phi == 0)
+    for spec in _parts(chosen["start"]):
+        assert spec.kind == "mean" or (spec.kind == "smoothing" and spec.season == 1 and spec.alpha <= 0.1)
+    weights = chosen["weights"]  # (H, L): every step ahead forecasts the same level
+    assert np.abs(weights - weights[0]).max() < 0.01 and np.allclose(weights.sum(axis=1), 1, atol=1e-4)
     assert chosen["errors"]["none: mean"] < chosen["errors"]["none: seasonal_naive"]
+
+
+def _parts(spec) -> list:
+    """A start's parts: itself, or a combination's components."""
+    return [part for _, part in spec.components()] if spec.kind == "combination" else [spec]
+
+
+def test_a_combination_is_the_average_of_its_parts_and_is_stored_with_the_weights():
+    specs = [StartSpec("seasonal_naive", 12), StartSpec("smoothing", 12, 0.3, 0.0, 0.9)]
+    combined = combination([(0.25, specs[0]), (0.75, specs[1])])
+    assert combined.describe() == ("average of 0.25 x seasonal naive (lag 12); 0.75 x exponential smoothing "
+                                   "of the season-12-adjusted window (alpha 0.3, trend beta 0 phi 0.9)")
+    assert StartSpec(**combined.to_dict()) == combined and min_lookback(combined) == 24
+    weights = 0.25 * start_weights(specs[0], 48, 12) + 0.75 * start_weights(specs[1], 48, 12)
+    model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=12, lookback=48,
+                         start=combined.to_dict()).eval()
+    assert "start_weights" in model.state_dict()
+    model.start_weights.copy_(torch.from_numpy(weights))
+    x = np.random.default_rng(0).normal(5, 1, size=(2, 48, 1)).astype(np.float32)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(x))[..., 0, 0].numpy()
+    np.testing.assert_allclose(out, x[..., 0] @ weights.T, rtol=1e-4)
 
 
 def test_a_season_growing_with_a_trend_is_modelled_in_logs():
@@ -112,7 +137,7 @@ def test_a_cycle_of_varying_length_starts_from_a_fitted_autoregression():
     values = 1000 + 800 * np.sin(phase) + rng.normal(0, 60, len(phase))
     w = _train_windows(values, lookback=30, horizon=10)
     chosen = starts.choose_start(w, 1, season=10, allow_log=False)
-    assert chosen["start"].kind == "linear" and chosen["weights"].shape == (10, 30)
+    assert "linear" in [part.kind for part in _parts(chosen["start"])] and chosen["weights"].shape == (10, 30)
     model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=10, lookback=30,
                          start=chosen["start"].to_dict())
     assert "start_weights" in model.state_dict()  # fitted, so stored with the weights
@@ -129,6 +154,24 @@ def test_a_fresh_forecaster_forecasts_its_start_in_the_series_own_scale():
     np.testing.assert_allclose(out, expected, rtol=1e-4)
 
 
+def test_a_mirrored_window_falls_where_it_rose_and_keeps_its_covariates():
+    t = np.arange(12, dtype=np.float32)
+    inputs = np.stack([np.stack([10 + t[:8], 100 + t[:8]], axis=-1)] * 2)  # (2, 8, 2): target, covariate
+    targets = np.stack([(10 + t[8:])[:, None]] * 2)  # (2, 4, 1)
+    flip = np.array([True, False])
+    x, y = mirrored(inputs, targets, 1, "none", flip)
+    centre = inputs[0, :, 0].mean()  # 13.5
+    np.testing.assert_allclose(x[0, :, 0], 2 * centre - inputs[0, :, 0])  # 17 ... 10: a fall
+    np.testing.assert_allclose(y[0, :, 0], 2 * centre - targets[0, :, 0])
+    np.testing.assert_array_equal(x[0, :, 1], inputs[0, :, 1])  # covariates as they were
+    np.testing.assert_array_equal(x[1], inputs[1])  # an unmarked window as it was
+    positive, _ = mirrored(np.exp(inputs / 10), np.exp(targets / 10), 1, "log", flip)  # in logs: still positive
+    assert (positive > 0).all()
+    np.testing.assert_allclose(10 * np.log(positive[0, :, 0]), x[0, :, 0], rtol=1e-5)
+    twice = mirrored(*mirrored(inputs, targets, 1, "none", flip), 1, "none", flip)
+    np.testing.assert_allclose(twice[0], inputs, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- calibrated intervals
 
 
@@ -143,13 +186,39 @@ def test_intervals_from_the_starts_errors_cover_their_share_of_new_data():
     assert offsets.shape == (12, 1, 3) and np.all(np.diff(offsets, axis=-1) > 0) and np.all(offsets[..., 1] == 0)
     model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=12, quantiles=[0.1, 0.9], lookback=48,
                          start=chosen["start"].to_dict(), quantile_offsets=offsets.tolist()).eval()
-    if chosen["start"].kind == "linear":
+    if chosen["start"].kind in FITTED_KINDS:
         model.start_weights.copy_(torch.from_numpy(chosen["weights"]))
     with torch.inference_mode():
         predicted = model(torch.from_numpy(test.inputs)).numpy()  # (N, H, 1, 3)
     metrics = quantile_metrics(test.targets, predicted, model.quantiles)
     assert abs(metrics["coverage_0.1_0.9"] - 0.8) < 0.07
     assert abs(metrics["q0.1_coverage"] - 0.1) < 0.05 and abs(metrics["q0.9_coverage"] - 0.9) < 0.05
+
+
+def test_calibration_widens_a_band_to_the_held_out_errors_as_far_as_they_are_many():
+    rng = np.random.default_rng(0)
+    levels = [0.1, 0.5, 0.9]
+    narrow = np.quantile(rng.normal(0, 1, 100_000), levels)  # the training windows' spread: sd 1
+    narrow -= narrow[1]  # offsets from the median
+    offsets = np.broadcast_to(narrow, (6, 1, 3)).copy()  # (H, K, Q)
+    held_out = rng.normal(0, 2, size=(3000, 6, 1))  # the validation errors: twice as wide
+    scaled, factors = starts.calibrate_offsets(offsets, held_out, levels)
+    assert factors[1] == 1.0 and np.all(scaled[..., 1] == 0) and np.all(np.diff(scaled, axis=-1) > 0)
+    assert factors[0] == pytest.approx(2, rel=0.05) and factors[2] == pytest.approx(2, rel=0.05)
+    fresh = rng.normal(0, 2, size=(3000, 6, 1))
+    inside = (fresh >= scaled[..., 0]) & (fresh <= scaled[..., 2])
+    assert abs(inside.mean() - 0.8) < 0.02
+    # Ten windows are weighed against the training windows' spread (as 30): the band widens less.
+    _, few = starts.calibrate_offsets(offsets, held_out[:10], levels)
+    assert 1.1 < few[0] < factors[0] and 1.1 < few[2] < factors[2]
+
+
+def test_calibration_keeps_a_band_that_already_fits():
+    rng = np.random.default_rng(1)
+    levels = [0.1, 0.5, 0.9]
+    offsets = np.broadcast_to(np.quantile(rng.normal(0, 1, 100_000), levels), (4, 2, 3)).copy()
+    _, factors = starts.calibrate_offsets(offsets, rng.normal(0, 1, size=(2000, 4, 2)), levels)
+    assert factors == pytest.approx([1, 1, 1], abs=0.06)
 
 
 def test_quantile_metrics_by_hand():
@@ -217,6 +286,23 @@ def test_a_forecaster_card_written_before_members_and_starts_still_loads():
         torch.testing.assert_close(loaded.module(x), model.eval()(x))
 
 
+@pytest.mark.parametrize("layout", ["in hparams too, as cards written before it was stored once", "stored once"])
+def test_a_forecasters_lookback_is_read_from_the_top_of_its_card(layout):
+    """A smoothing start reads the whole window, so the lookback shapes the model: both card layouts rebuild it."""
+    hparams = {"n_features": 1, "n_targets": 1, "horizon": 4, "hidden_size": 8, "lookback": 24,
+               "start": StartSpec("smoothing", 12, 0.5).to_dict()}
+    torch.manual_seed(0)
+    model = create_model("gru_forecaster", **hparams)
+    stored = hparams if layout.startswith("in hparams") else {k: v for k, v in hparams.items() if k != "lookback"}
+    card = ModelCard(task="forecast", model_name="gru_forecaster", hparams=stored, features=["v"], targets=["v"],
+                     lookback=24, horizon=4)
+    loaded = load_artifact(save_artifact("lookback-once", model, card))
+    assert loaded.card.lookback == 24 and loaded.module.start_weights.shape == (4, 24)
+    x = torch.randn(2, 24, 1) + 5
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.module(x), model.eval()(x))
+
+
 def test_config_round_trips_with_every_new_field():
     config = ForecasterConfig(n_features=1, n_targets=1, horizon=3, quantiles=[0.1, 0.9], lookback=24,
                               transform="log", start=StartSpec("smoothing", 4, 0.3).to_dict(), members=3,
@@ -248,15 +334,15 @@ def test_a_forecaster_of_the_current_recipe_round_trips_through_the_store():
 
 def test_a_log_forecaster_refuses_a_history_or_stream_step_that_is_not_above_zero():
     from models.artifact import LoadedModel
-    from service.inference import FORECAST, InstanceError, Limits, validate_steps
+    from service.inputs import InstanceError, Limits, history_window, new_steps
 
     model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=3, lookback=6, transform="log", hidden_size=8)
     loaded = LoadedModel("log-fc:v1", ModelCard(task="forecast", model_name="gru_forecaster", hparams={}, features=["v"],
                                                 targets=["v"], lookback=6, horizon=3), model, torch.device("cpu"))
     limits = Limits(max_length=100)
-    assert FORECAST.validate(0, [-1.0, 0.0] + [2.0] * 6, loaded, limits).shape == (6, 1)  # only the window counts
+    assert history_window(0, [-1.0, 0.0] + [2.0] * 6, loaded, limits).shape == (6, 1)  # only the window counts
     with pytest.raises(InstanceError, match=r"step 5, feature 0 is 0, but log-fc:v1 forecasts the logarithm of its "
                                             r"targets and needs them above 0"):
-        FORECAST.validate(0, [2.0] * 5 + [0.0] + [2.0] * 2, loaded, limits)
+        history_window(0, [2.0] * 5 + [0.0] + [2.0] * 2, loaded, limits)
     with pytest.raises(InstanceError, match=r"step 1, feature 0 is -3"):
-        validate_steps(0, [1.0, -3.0], loaded, max_steps=10)
+        new_steps(0, [1.0, -3.0], loaded, max_steps=10)

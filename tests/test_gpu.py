@@ -6,8 +6,8 @@ import torch
 
 from models.artifact import load_artifact
 from models.device import resolve_device
-from service.inference import CLASSIFY, FORECAST
 from tests import tiny_models
+from tests.service_client import served_answers
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
@@ -30,25 +30,25 @@ def test_batched_inference_on_the_gpu_matches_the_cpu():
     seqs = [rng.normal(size=(n, 3)).astype(np.float32) for n in (3, 40, 17, 1)]
     cpu, gpu = load_artifact(clf, "cpu"), load_artifact(clf, "cuda")
     assert next(gpu.module.parameters()).is_cuda
-    for a, b in zip(CLASSIFY.run_batch(cpu, seqs), CLASSIFY.run_batch(gpu, seqs)):
+    for a, b in zip(served_answers(cpu, seqs), served_answers(gpu, seqs)):
         assert a["label"] == b["label"]
         np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)
     histories = [rng.normal(size=(12, 1)).astype(np.float32) * 100 for _ in range(8)]
-    for a, b in zip(FORECAST.run_batch(load_artifact(fc, "cpu"), histories), FORECAST.run_batch(load_artifact(fc, "cuda"), histories)):
+    for a, b in zip(served_answers(load_artifact(fc, "cpu"), histories), served_answers(load_artifact(fc, "cuda"), histories)):
         np.testing.assert_allclose(a["forecast"], b["forecast"], rtol=1e-3, atol=1e-2)
 
 
 @needs_gpu
 def test_a_stream_on_the_gpu_equals_the_whole_sequence_on_the_gpu():
-    """Serving turns cuDNN's TF32 off (service.served): the stream's float32 cells and the whole-sequence
+    """Serving turns cuDNN's TF32 off (service.lanes): the stream's float32 cells and the whole-sequence
     cuDNN pass agree as closely as on the CPU."""
     from service.config import Settings
-    from service.served import ServedModels
+    from service.lanes import load_lanes
 
     tag = tiny_models.store_streaming_classifier("gpu-stream", "gru", 2)
-    served = ServedModels(Settings.from_env(), [tag])
-    assert served.device.type == "cuda" and not torch.backends.cudnn.allow_tf32
-    model, stream = served.models[tag], served.streams[tag]
+    lane = load_lanes(Settings.from_env(), [tag]).get(tag)
+    assert lane.model.device.type == "cuda" and not torch.backends.cudnn.allow_tf32
+    model, stream = lane.model, lane.stream
     sequence = np.random.default_rng(1).normal(size=(37, 3)).astype(np.float32)
     [advanced] = stream.advance([stream.initial()], [sequence], every_step=[True])
     for n, logits in advanced.outputs:

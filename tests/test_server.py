@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from models.artifact import load_artifact
-from service.inference import CLASSIFY
 from tests import tiny_models
+from tests.service_client import served_answers
 from loadtests.runner import batch_sizes
 from loadtests.server import running_server
 
@@ -56,7 +56,7 @@ def test_concurrent_requests_are_batched_and_answers_equal_direct_model_calls(se
             assert response.status_code == 400 and "instances[0].sequence" in response.json()["error"]
             continue
         assert response.status_code == 200, response.text
-        expected = CLASSIFY.run_batch(model, [next(good)])[0]  # alone: a batch of one
+        expected = served_answers(model, [next(good)])[0]  # alone: a batch of one
         answer = response.json()[0]
         assert answer["label"] == expected["label"]
         for label, p in expected["probabilities"].items():

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from models.artifact import load_artifact
-from service.inference import CLASSIFY, FORECAST
 from tests import tiny_models
-from tests.service_client import in_process
+from tests.service_client import in_process, served_answers
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_classify_answers_each_instance_in_order_and_matches_the_model(client, t
     answers = post(client, "/classify", *({"sequence": s} for s in seqs)).json()
     model = load_artifact(tags["clf"])
     for seq, answer in zip(seqs, answers):
-        expected = CLASSIFY.run_batch(model, [np.asarray(seq, dtype=np.float32)])[0]  # alone, batch of one
+        expected = served_answers(model, [np.asarray(seq, dtype=np.float32)])[0]  # alone, batch of one
         assert answer["model"] == tags["clf"]
         assert answer["label"] == expected["label"] and answer["label_index"] == expected["label_index"]
         assert list(answer["probabilities"]) == ["walk", "run", "sit", "jump"]
@@ -78,7 +77,7 @@ def test_forecast_answers_in_the_history_scale_with_ordered_quantiles(client, ta
     q = small["quantiles"]
     assert list(q) == ["0.1", "0.5", "0.9"] and q["0.5"] == small["forecast"]
     assert all(lo <= mid <= hi for lo, mid, hi in zip(q["0.1"], q["0.5"], q["0.9"]))
-    expected = FORECAST.run_batch(load_artifact(tags["fc"]), [np.asarray(history[-12:], dtype=np.float32)[:, None]])[0]
+    expected = served_answers(load_artifact(tags["fc"]), [np.asarray(history[-12:], dtype=np.float32)[:, None]])[0]
     np.testing.assert_allclose(small["forecast"], expected["forecast"], atol=1e-5)
 
 

@@ -223,13 +223,13 @@ def test_the_main_process_reads_the_settings_once_and_checks_that_object(monkeyp
 
     monkeypatch.setattr(Settings, "from_env", classmethod(from_env))
     monkeypatch.setattr(startup, "check_servable", checked.append)
-    monkeypatch.setattr(startup, "_serve_command", lambda: type("Serve", (), {"call_on_close": closing.append})())
+    monkeypatch.setattr(startup, "serve_command", lambda: type("Serve", (), {"call_on_close": closing.append})())
     monkeypatch.setattr(startup, "open_run", lambda: "run")
     monkeypatch.setattr(startup, "watch_workers", lambda run: None)
     settings = startup.start_up()
     assert read == [settings] and checked == [settings] and len(closing) == 1
 
-    monkeypatch.setattr(startup, "_serve_command", lambda: None)  # a worker, or imported elsewhere: no check
+    monkeypatch.setattr(startup, "serve_command", lambda: None)  # a worker, or imported elsewhere: no check
     assert startup.start_up() is read[-1] and len(read) == 2 and checked == [settings]
 
 

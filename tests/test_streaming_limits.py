@@ -28,7 +28,7 @@ def test_idle_streams_are_closed_and_api_keys_guard_the_handshake(tag):
 
 
 def test_the_real_servers_stream_lane_checks_keys_and_closes_idle_streams_and_on_shutdown(tag):
-    """Through `bentoml serve`, /stream skips BentoML's app (service.http_protocol): the guard, the message
+    """Through `bentoml serve`, /stream skips BentoML's app (service.framework): the guard, the message
     size cap and the lifecycle still hold."""
     import json
 
@@ -77,20 +77,21 @@ def test_the_real_servers_stream_lane_checks_keys_and_closes_idle_streams_and_on
 
 
 def test_uvicorn_hands_stream_websockets_to_the_sessions_and_the_rest_to_the_app(monkeypatch):
-    """The /stream lane (service.http_protocol): what `bentoml serve` relies on, without a server."""
+    """uvicorn's WebSocket protocol hands /stream to the sessions (service.framework): what `bentoml serve` relies on,
+    without a server."""
     import asyncio
 
     from uvicorn import config as uvicorn_config
 
-    from service import http_protocol
     from service.config import Settings
+    from service.framework import connections
 
     monkeypatch.setitem(uvicorn_config.HTTP_PROTOCOLS, "auto", uvicorn_config.HTTP_PROTOCOLS["auto"])
     monkeypatch.setitem(uvicorn_config.WS_PROTOCOLS, "auto", uvicorn_config.WS_PROTOCOLS["auto"])
-    monkeypatch.setattr(http_protocol.HeaderTimeoutProtocol, "door", None)
-    monkeypatch.setattr(http_protocol.StreamSocketProtocol, "streams", None)
-    http_protocol.install(Settings.from_env())
-    assert uvicorn_config.WS_PROTOCOLS["auto"] == "service.http_protocol:StreamSocketProtocol"
+    monkeypatch.setattr(connections.HeaderTimeoutProtocol, "door", None)
+    monkeypatch.setattr(connections.StreamSocketProtocol, "streams", None)
+    connections.install_protocols(Settings.from_env())
+    assert uvicorn_config.WS_PROTOCOLS["auto"] == "service.framework.connections:StreamSocketProtocol"
 
     served = []
 
@@ -100,13 +101,13 @@ def test_uvicorn_hands_stream_websockets_to_the_sessions_and_the_rest_to_the_app
     async def streams(scope, receive, send):
         served.append(("streams", scope["path"]))
 
-    route = http_protocol.StreamRoute(app)
+    route = connections.StreamRoute(app)
 
     def visit(path: str, root_path: str = "") -> None:
         asyncio.run(route({"type": "websocket", "path": path, "root_path": root_path}, None, None))
 
     visit("/stream")  # before the service registers its sessions: the app's own route
-    http_protocol.serve_streams(streams)
+    connections.serve_streams(streams)
     visit("/stream")
     visit("/api/stream", root_path="/api")
     visit("/other")

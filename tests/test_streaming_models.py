@@ -6,6 +6,7 @@ import torch
 
 from models import CELLS, create_model
 from models.padding import pad_sequences
+from models.starts import FITTED_KINDS, StartSpec, combination
 from models.streaming import NotStreamable, pack_state, stream_for, unpack_state
 
 FEATURES, CLASSES, HORIZON, LOOKBACK = 3, 4, 5, 12
@@ -23,7 +24,8 @@ def classifier(cell: str, **recipe) -> torch.nn.Module:
 
 
 # The recipes a card can hold: the older one (a seasonal naive start, one member, learnt quantiles) and the
-# current one's kinds (log of the targets, smoothing or fitted linear starts, averaged members, offsets).
+# current one's kinds (log of the targets, smoothing, fitted linear and combined starts, averaged members,
+# offsets).
 FORECASTER_RECIPES = {
     "older card": {"skip_season": 4, "linear_lookback": LOOKBACK},
     "log, smoothing, members": {"lookback": LOOKBACK, "transform": "log", "members": 3,
@@ -31,6 +33,10 @@ FORECASTER_RECIPES = {
                                 "quantile_offsets": [[[-0.5, 0.0, 0.7]]] * HORIZON},
     "fitted linear start": {"lookback": LOOKBACK, "members": 2, "start": {"kind": "linear", "ridge": 0.1},
                             "quantile_offsets": [[[-0.3, 0.0, 0.4]]] * HORIZON},
+    "combination start": {"lookback": LOOKBACK, "transform": "log", "members": 2,
+                          "start": combination([(0.5, StartSpec("seasonal_naive", 4)),
+                                                (0.5, StartSpec("linear", ridge=0.1))]).to_dict(),
+                          "quantile_offsets": [[[-0.3, 0.0, 0.4]]] * HORIZON},
 }
 
 
@@ -41,7 +47,7 @@ def forecaster(cell: str, recipe: str = "older card") -> torch.nn.Module:
     with torch.no_grad():  # members that add something, and a fitted start that is not zero
         for p in model.members.parameters() if recipe != "older card" else ():
             p.add_(0.05 * torch.randn_like(p))
-        if model.start.kind == "linear":
+        if model.start.kind in FITTED_KINDS:
             model.start_weights.copy_(torch.randn_like(model.start_weights) * 0.1)
     return model.eval()
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -14,8 +15,7 @@ from models.padding import pad_sequences
 from service.batching import MicroBatcher
 from service.errors import RetryLater
 from service.config import Settings
-from service.inference import StreamStep
-from service.served import ServedModels
+from service.lanes import load_lanes
 from service.state_token import NOT_CANONICAL, StateSigner, StateTokenError
 from tests import tiny_models
 from tests.service_client import in_process
@@ -329,18 +329,24 @@ def test_websocket_open_streams_are_capped_per_worker(client, tags):
 
 def test_concurrent_streams_share_forward_passes(tags, monkeypatch):
     monkeypatch.setenv("SEQSERVE_MODELS", tags["gru-3"])
-    sizes: list[int] = []
-    served = ServedModels(Settings.from_env(), [tags["gru-3"]], on_state_batch=lambda tag, size: sizes.append(size))
-    model = served.models[tags["gru-3"]]
-    stream = served.streams[model.tag]
+    lane = load_lanes(Settings.from_env(), [tags["gru-3"]]).get(tags["gru-3"])
+    lane.stream_batcher.sizes = sizes = BatchSizesHeard()
+    model, stream = lane.model, lane.stream
     sequences = [np.asarray(steps(6, seed=s), dtype=np.float32) for s in range(16)]
 
     async def run_streams():
-        return await asyncio.gather(*(served.step(model, StreamStep(stream.initial(), seq)) for seq in sequences))
+        return await asyncio.gather(*(lane.step_message(stream.initial(), seq.tolist(), False, alone=False) for seq in sequences))
 
     results = asyncio.run(run_streams())
     assert max(sizes) > 1  # streams were advanced together
-    for seq, result in zip(sequences, results):
+    for seq, (_, replies) in zip(sequences, results):
         with torch.inference_mode():
             whole = torch.softmax(model.module(*pad_sequences([seq]))[0], dim=-1).numpy()
-        np.testing.assert_allclose(list(result.answers[-1]["probabilities"].values()), whole, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(list(json.loads(replies[-1])["probabilities"].values()), whole, atol=1e-5, rtol=0)
+
+
+class BatchSizesHeard(list):
+    """A batcher's batch sizes, as it reports them (service.metrics.BatchSizes in a server)."""
+
+    def observe(self, size: int, steps: int) -> None:
+        self.append(size)

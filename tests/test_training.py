@@ -241,7 +241,7 @@ def test_stratified_folds_cover_every_row_once_and_deal_each_class_evenly():
 ])
 def test_a_small_set_model_trains_saves_loads_and_answers_as_trained(tmp_path, family, served, model_name):
     from models.streaming import NotStreamable, stream_for
-    from service.inference import CLASSIFY
+    from service.inference import ClassifyPass
 
     train, test = small_set()
     config = TrainConfig(epochs=1, batch_size=8, max_batches=2, progress=False)
@@ -252,8 +252,8 @@ def test_a_small_set_model_trains_saves_loads_and_answers_as_trained(tmp_path, f
     recorded = loaded.card.training["recipe"]["family"]
     assert (recorded["served"], recorded["why"]) == (served, f"asked for (--family {family})")
     assert list(recorded["training_set_accuracy"]) == ["networks" if family == "ensemble" else "dtw_1nn"]
-    answers = CLASSIFY.run_batch(loaded, test.sequences)  # the service's own path: pad, forward, postprocess
-    predicted = [loaded.card.labels.index(a["label"]) for a in answers]
+    outputs = ClassifyPass(loaded).run_batch(test.sequences)  # the service's own path: pad, forward, softmax
+    predicted = [int(probabilities.argmax()) for probabilities in outputs]
     assert np.mean(np.array(predicted) == test.labels) == result.test["accuracy"]
     if family == "dtw_1nn":
         assert loaded.card.hparams == {"n_features": 2, "n_classes": 3, "n_references": 13,

@@ -92,7 +92,7 @@ def _add_common(parser: argparse.ArgumentParser, defaults: TrainConfig, bidirect
     opt = parser.add_argument_group("optimisation")
     auto = "auto: sized to the data"
     opt.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help=f"maximum epochs (default: {defaults.epochs or auto + ', ~1200-1500 optimiser steps'})")
-    opt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help=f"(default: {defaults.batch_size or auto + ', 8 to 64'})")
+    opt.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help=f"(default: {defaults.batch_size or auto + ': classify 8 to 32 sequences, forecast 8 to 64 windows'})")
     opt.add_argument("--lr", type=float, default=defaults.lr, help=f"peak AdamW learning rate of the one-cycle schedule (default: {defaults.lr})")
     opt.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help=f"AdamW weight decay (default: {defaults.weight_decay})")
     opt.add_argument("--patience", type=_positive_int, default=defaults.patience, help=f"stop after this many epochs without a better validation loss (default: {defaults.patience or 'a quarter of the epochs'})")

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings; every field has a CLI flag of the same name."""
+    """Optimisation settings. ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience``, ``clip_norm``
+    and ``seed`` have CLI flags of the same name; ``max_batches`` is set by ``--dry-run``, ``progress`` and
+    ``log_every`` by ``--quiet`` and the terminal; ``min_delta`` has no flag."""
 
     epochs: int | None = 150  # None: sized to the data by sized_for()
     batch_size: int | None = 32  # None: sized to the data by sized_for()
@@ -73,7 +75,7 @@ class History:
 def sized_for(config: TrainConfig, n_train: int, target_steps: int = 1500, min_epochs: int = 20) -> TrainConfig:
     """Fill the settings left as None from the amount of data.
 
-    The batch gives at least ~16 steps an epoch (8 to 64 rows), and epochs add up to about
+    The batch gives at least ~16 steps an epoch (8 to 64 windows), and epochs add up to about
     ``target_steps`` optimiser steps (``min_epochs`` to 300 epochs). On 144 monthly airline points (66 windows)
     that is batch 8 for 200 epochs; on 2,284 weekly CO2 points (1,536 windows) batch 64 for 63.
     """

@@ -3,14 +3,18 @@
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/{version}]``
 and its ``/ready``, and ``POST .../infer``. A model's name is its stored name and its version the stored
 version (``name:version``); without a version, the name's served version answers. Every request passes
-the same door, guard (API keys, body caps), metrics and batchers as ``/classify`` and ``/forecast``: an
-infer request's instances are queued on the model's batcher by :func:`infer_arrays`, the one call these
-handlers make into the service, so v2 and JSON instances of one model share forward passes.
+the same door, guard (API keys, body caps) and metrics as ``/classify`` and ``/forecast``, and
+:func:`infer_arrays` hands an infer request's instances to the model's lane (``service.lanes``), whose
+batcher admits them and runs them with the JSON API's: one model, one queue, shared forward passes.
+
+One infer request: :func:`infer` -> ``protocol.read_infer_request`` (the tensors as (N, T, F) and (N,)
+arrays) -> :func:`infer_arrays` -> :meth:`ModelLane.infer` -> the model's batcher and forward pass;
+then ``protocol.write_infer_response``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -18,55 +22,47 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from models.artifact import LoadedModel
-from service.admission import CLIENT_GONE
+from service.admission import CLIENT
+from service.batching import Client
 from service.errors import RetryLater, refusal
-from service.inference import TASKS, InstanceError, answer_json
+from service.inference import OutOfRange
+from service.inputs import InstanceError
+from service.lanes import Lanes, ModelLane, answer_json, shown
 from service.openapi import seqserve_version
-from service.served import ServedModels, shown
 from service.v2.protocol import HEADER_LENGTH, ModelInterface, ProtocolError, read_infer_request, server_metadata
 from service.v2.protocol import write_infer_response
 
 
-async def infer_arrays(
-    served: ServedModels,
-    model: LoadedModel,
-    values: np.ndarray,
-    lengths: np.ndarray,
-    client_gone: Callable[[], bool] | None = None,
-) -> dict[str, np.ndarray]:
-    """``values`` (N, T, F) float32, instance ``i`` its first ``lengths[i]`` steps, answered by ``model``.
+async def infer_arrays(lane: ModelLane, values: np.ndarray, lengths: np.ndarray, client: Client | None = None) -> dict[str, np.ndarray]:
+    """``values`` (N, T, F) float32, instance ``i`` its first ``lengths[i]`` steps, answered by ``lane``'s model.
 
-    The instances go through the model's batcher with every other request's. Returns, for a classifier,
-    ``probabilities`` (N, C) float32, ``label_index`` (N,) int64 and ``label`` (N,) str; for a forecaster,
-    ``forecast`` (N, H, K) float32 and, when it has quantiles, ``quantiles`` (N, Q, H, K) float32.
-    Raises InstanceError (400) and RetryLater (503) as ``ServedModels.answer`` does.
+    Returns, for a classifier, ``probabilities`` (N, C) float32, ``label_index`` (N,) int64 and ``label``
+    (N,) str; for a forecaster, ``forecast`` (N, H, K) float32 and, when it has quantiles, ``quantiles``
+    (N, Q, H, K) float32. Raises InstanceError (400) and RetryLater (503) as the JSON API's requests do.
     """
-    task = TASKS[model.card.task]
-    arrays = [task.prepare(i, values[i, :n], model) for i, n in enumerate(lengths.tolist())]  # each (T_i, F)
-    answers = await served.answer_prepared(model, arrays, client_gone)
-    card, n = model.card, len(answers)
-    if card.task == "classify":
-        return {
-            "probabilities": np.array([[a["probabilities"][label] for label in card.labels] for a in answers], np.float32),
-            "label_index": np.array([a["label_index"] for a in answers], np.int64),
-            "label": np.array([a["label"] for a in answers], dtype=object),
-        }
-    h, k = card.horizon, len(card.targets)
-    outputs = {"forecast": np.array([a["forecast"] for a in answers], np.float32).reshape(n, h, k)}
+    arrays = [lane.validate_array(i, values[i, :n]) for i, n in enumerate(lengths.tolist())]  # each (T_i, F)
+    outputs = await lane.infer(arrays, client)
+    refused = next((index for index, output in enumerate(outputs) if isinstance(output, OutOfRange)), None)
+    if refused is not None:  # inputs far outside what the model learnt overflowed float32
+        raise InstanceError(refused, "sequence" if lane.task == "classify" else "history", str(outputs[refused]))
+    card = lane.model.card
+    if lane.task == "classify":
+        probabilities = np.stack(outputs)  # (N, C)
+        best = probabilities.argmax(axis=1)
+        return {"probabilities": probabilities, "label_index": best.astype(np.int64), "label": np.array(card.labels, dtype=object)[best]}
+    forecasts = np.stack(outputs)  # (N, H, K, Q)
+    answer = {"forecast": forecasts[..., lane.model.module.point_index]}  # (N, H, K)
     if card.quantiles:
-        levels = [[a["quantiles"][str(q)] for q in card.quantiles] for a in answers]
-        outputs["quantiles"] = np.array(levels, np.float32).reshape(n, len(card.quantiles), h, k)
-    return outputs
+        answer["quantiles"] = np.moveaxis(forecasts, -1, 1)  # (N, Q, H, K)
+    return answer
 
 
-def interface(model: LoadedModel, served: ServedModels) -> ModelInterface:
-    """What the protocol says of ``model``: its inputs, outputs and this server's limits."""
-    card = model.card
-    name, version = model.tag.split(":")
+def interface(lane: ModelLane) -> ModelInterface:
+    """What the protocol says of ``lane``'s model: its inputs, outputs and this server's limits."""
+    card = lane.model.card
     return ModelInterface(
-        name=name, version=version, task=card.task, features=card.features,
-        max_instances=served.limits.max_instances, max_length=served.limits.max_length,
+        name=lane.name, version=lane.tag.split(":")[1], task=card.task, features=card.features,
+        max_instances=lane.limits.max_instances, max_length=lane.limits.max_length,
         labels=card.labels, targets=card.targets, lookback=card.lookback or 0, horizon=card.horizon or 0,
         quantiles=card.quantiles,
     )
@@ -76,18 +72,18 @@ class UnknownModel(LookupError):
     """The path names a model or version this server does not serve (404)."""
 
 
-def _served() -> ServedModels:
-    return bentoml.get_current_service().served
+def _lanes() -> Lanes:
+    return bentoml.get_current_service().lanes
 
 
-def _resolve(request: Request) -> tuple[ServedModels, LoadedModel]:
-    served = _served()
+def _resolve(request: Request) -> ModelLane:
+    lanes = _lanes()
     name, version = request.path_params["name"], request.path_params.get("version")
-    model = served.models.get(f"{name}:{version}") if version else (None if ":" in name else served.by_name.get(name))
-    if model is None:
+    lane = lanes.get(f"{name}:{version}") if version else (None if ":" in name else lanes.get(name))
+    if lane is None:
         asked = f"{name} version {version}" if version else name
-        raise UnknownModel(f"model: {shown(asked)} is not served; served models: {', '.join(served.models)}")
-    return served, model
+        raise UnknownModel(f"model: {shown(asked)} is not served; served models: {', '.join(served.tag for served in lanes)}")
+    return lane
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -106,36 +102,36 @@ async def live(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """GET /v2/health/ready: every served model is loaded (a worker answers only once they are)."""
-    return _json(200, {"ready": bool(_served().models)})
+    return _json(200, {"ready": any(_lanes())})
 
 
 async def model_metadata(request: Request) -> Response:
     """GET /v2/models/{name}[/versions/{version}]: the model's inputs and outputs."""
     try:
-        served, model = _resolve(request)
+        lane = _resolve(request)
     except UnknownModel as err:
         return _json(404, {"error": str(err)})
-    return _json(200, interface(model, served).metadata())
+    return _json(200, interface(lane).metadata())
 
 
 async def model_ready(request: Request) -> Response:
     """GET /v2/models/{name}[/versions/{version}]/ready."""
     try:
-        _, model = _resolve(request)
+        lane = _resolve(request)
     except UnknownModel as err:
         return _json(404, {"error": str(err)})
-    return _json(200, {"name": model.tag.split(":")[0], "ready": True})
+    return _json(200, {"name": lane.name, "ready": True})
 
 
 async def infer(request: Request) -> Response:
     """POST /v2/models/{name}[/versions/{version}]/infer: JSON or binary tensors in, the outputs asked for out."""
     try:
-        served, model = _resolve(request)
-        contract = interface(model, served)
+        lane = _resolve(request)
+        contract = interface(lane)
         body = await request.body()  # read by the guard already, within its caps
         max_json_bytes = bentoml.get_current_service().settings.max_body_bytes
         asked = read_infer_request(body, request.headers.get(HEADER_LENGTH), contract, max_json_bytes)
-        outputs = await infer_arrays(served, model, asked.values, asked.lengths, request.scope.get(CLIENT_GONE))
+        outputs = await infer_arrays(lane, asked.values, asked.lengths, request.scope.get(CLIENT))
     except UnknownModel as err:
         return _json(404, {"error": str(err)})
     except ProtocolError as err:

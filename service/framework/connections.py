@@ -5,9 +5,9 @@ line now and then holds them open. This protocol closes a connection whose reque
 complete ``SEQSERVE_HEADER_TIMEOUT_S`` after the connection opened or the request began. The body has
 its own deadline in :mod:`service.guard`.
 
-It also puts ``seqserve.client_gone`` in every request's scope: a plain function that says whether
-the client has hung up (uvicorn's own flag, set as soon as the connection drops). The batcher asks
-it for every request before computing its work. Starlette's ``Request.is_disconnected`` asks the
+It also puts a :class:`Client` in every request's scope (``seqserve.client``): its ``gone()`` says
+whether the client has hung up (uvicorn's own flag, set as soon as the connection drops). The batcher
+asks it for every request before computing its work. Starlette's ``Request.is_disconnected`` asks the
 same by awaiting ``receive`` under a cancelled scope, an event-loop turn each time: too slow to ask
 for every request of every batch.
 
@@ -20,8 +20,8 @@ app. A stream's messages are many and small, and each one crossed a dozen ASGI l
 timeout, context, Starlette's error handling and routing, mounted twice): ~12% of a step at 64 streams.
 Its messages are capped at the request body cap, and it does not offer per-message deflate.
 
-BentoML starts uvicorn with ``http="auto"`` and ``ws="auto"``; :func:`install` points those names at
-these classes, once, in the worker process, before uvicorn builds its config.
+BentoML starts uvicorn with ``http="auto"`` and ``ws="auto"``; :func:`install_protocols` points those names
+at these classes, once, in the worker process, before uvicorn builds its config.
 """
 
 from __future__ import annotations
@@ -29,20 +29,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
-from service.admission import CLIENT_GONE, Door, WorkerQueue
+from service.admission import CLIENT, Door, WorkerQueue
 from service.config import Settings
 from service.errors import REFUSED
 from service.guard import BINARY_HEADER, V2_PREFIX
-from service.metrics import count_refused
 
 log = logging.getLogger(__name__)
 
 READ_ON_CONNECTIONS = 32
 BINARY_HEADER_BYTES = BINARY_HEADER.encode()
+
+
+class Client:
+    """One request's client, as the door and the batcher ask about it: has it hung up?"""
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle):
+        # Weakly: the scope belongs to the cycle, and a strong reference to the cycle in its own scope
+        # would make each request a reference cycle only the garbage collector frees (long full passes
+        # under load). The cycle lives while its request runs; once it is gone, so is anyone who asks.
+        self.cycle = weakref.ref(cycle)  # uvicorn's RequestResponseCycle of the request
+
+    def gone(self) -> bool:
+        """True once uvicorn saw the connection drop (a plain attribute read: asked for every request of every batch)."""
+        return getattr(self.cycle(), "disconnected", True)
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -53,7 +69,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
     max_body_bytes: int = 1 << 20
     max_binary_body_bytes: int = 4 << 20  # the cap of a /v2/ body with binary tensors (service.guard)
-    door: Door | None = None  # one per worker, made by install(); wraps the app uvicorn loaded
+    door: Door | None = None  # one per worker, made by install_protocols(); wraps the app uvicorn loaded
     reading_on = 0  # connections of this worker read past uvicorn's 64 KiB pause (see on_body)
 
     def __init__(self, *args, **kwargs) -> None:
@@ -78,10 +94,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
         super().on_headers_complete()  # makes the request's cycle; its app task starts on the next loop turn
-        cycle = self.cycle
-        self.scope[CLIENT_GONE] = lambda: cycle.disconnected
-        # An upgrade (WebSocket) request has no path in the scope yet: it is handed to the WebSocket protocol.
-        binary = self.scope.get("path", "").startswith(V2_PREFIX) and any(name == BINARY_HEADER_BYTES for name, _ in self.headers)
+        # The upgrade guard: on a WebSocket upgrade uvicorn's WebSocket protocol takes the connection over.
+        if self.cycle is None or self.cycle.scope is not self.scope:
+            return
+        self.scope[CLIENT] = Client(self.cycle)
+        binary = self.scope["path"].startswith(V2_PREFIX) and any(name == BINARY_HEADER_BYTES for name, _ in self.headers)
         self._body_cap = self.max_binary_body_bytes if binary else self.max_body_bytes
 
     def on_body(self, body: bytes) -> None:
@@ -154,7 +171,7 @@ class StreamSocketProtocol(WSProtocol):
     """
 
     streams = None  # ASGI app for /stream in this worker (the guard in front of the stream sessions)
-    max_message_bytes = 1 << 20  # SEQSERVE_MAX_BODY_MB, set by install()
+    max_message_bytes = 1 << 20  # SEQSERVE_MAX_BODY_MB, set by install_protocols()
 
     def __init__(self, config, *args, **kwargs) -> None:
         # uvicorn buffers a message whole before the app sees it, up to 16 MiB by default, inflated from
@@ -189,7 +206,7 @@ def serve_streams(app) -> None:
     StreamSocketProtocol.streams = app
 
 
-def install(settings: Settings) -> None:
+def install_protocols(settings: Settings) -> None:
     """Make uvicorn's default protocols (``http="auto"``, ``ws="auto"``) the ones above: HTTP with the settings'
     header timeout and a door that lets requests wait at most ``SEQSERVE_MAX_QUEUE_MS``; WebSockets with
     the /stream lane."""
@@ -200,6 +217,6 @@ def install(settings: Settings) -> None:
     HeaderTimeoutProtocol.max_binary_body_bytes = max(settings.max_body_bytes, settings.max_binary_body_bytes)
     StreamSocketProtocol.max_message_bytes = settings.max_body_bytes
     queue = WorkerQueue(settings.max_queue_ms / 1000)
-    HeaderTimeoutProtocol.door = Door(None, queue, settings.max_body_bytes, on_refused=count_refused)
+    HeaderTimeoutProtocol.door = Door(None, queue, settings.max_body_bytes)
     config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HeaderTimeoutProtocol"
     config.WS_PROTOCOLS["auto"] = f"{__name__}:StreamSocketProtocol"

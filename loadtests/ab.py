@@ -1,0 +1,67 @@
+"""``python -m loadtests ab``: steady-state throughput of two server set-ups, in turns, in one run.
+
+A and B are each a checkout (``--tree-a``/``--tree-b``, default this one) and ``SEQSERVE_*`` settings
+(``--env-a``/``--env-b KEY=VALUE``). Each round starts A, then B, fresh on 127.0.0.1, warms each up, and
+loads it with ``wrk`` at ``--connections`` keep-alive connections on ``/classify`` with one small instance a
+request (built from ``GET /models``). Turns spread the machine's own drift over both; the summary gives
+each round's requests/s and the median of B/A. Needs ``wrk`` and the store's models (``BENTOML_HOME``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from loadtests.payloads import request_body, served
+from loadtests.server import ROOT, free_port, serve_command, started_process
+from loadtests.wrk import post_script, wrk
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtests ab", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--tree-a", type=Path, default=ROOT, help="checkout that serves A (default: this one)")
+    add("--tree-b", type=Path, default=ROOT, help="checkout that serves B (default: this one)")
+    add("--env-a", action="append", default=[], metavar="KEY=VALUE", help="a setting for A (repeatable)")
+    add("--env-b", action="append", default=[], metavar="KEY=VALUE", help="a setting for B (repeatable)")
+    add("--rounds", type=int, default=3, help="turns of A then B (default %(default)s)")
+    add("--seconds", type=int, default=30, help="length of each measured wrk run (default %(default)s)")
+    add("--connections", type=int, default=64, help="wrk's keep-alive connections (default %(default)s)")
+    return parser
+
+
+def measure(tree: Path, env: dict[str, str], args: argparse.Namespace, folder: Path) -> dict:
+    """Serve from ``tree`` with ``env``, warm it up for 5 s, then one wrk run of ``args.seconds``."""
+    port = free_port()
+    with started_process(serve_command(port), port=port, env=env, cwd=tree, log=folder / "server.log") as (url, _):
+        models = httpx.get(f"{url}/models", timeout=10).json()
+        body, _ = request_body(np.random.default_rng(0), "classify", served(models, "classify", []), 1)
+        script = post_script(folder / "post.lua", json.dumps(body))
+        wrk(f"{url}/classify", script, args.connections, 5)
+        return wrk(f"{url}/classify", script, args.connections, args.seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    envs = [dict(pair.split("=", 1) for pair in pairs) for pairs in (args.env_a, args.env_b)]
+    ratios = []
+    with tempfile.TemporaryDirectory(prefix="seqserve-ab-") as folder:
+        for round_ in range(1, args.rounds + 1):
+            a, b = (measure(tree, env, args, Path(folder)) for tree, env in zip((args.tree_a, args.tree_b), envs))
+            ratios.append(b["requests_per_s"] / a["requests_per_s"])
+            print(f"round {round_}: A {a['requests_per_s']:.1f} req/s (p99 {a['p99_ms']:.0f} ms, {a['errors']} errors), "
+                  f"B {b['requests_per_s']:.1f} req/s (p99 {b['p99_ms']:.0f} ms, {b['errors']} errors), B/A {ratios[-1]:.3f}",
+                  flush=True)
+    print(f"B/A median {statistics.median(ratios):.3f} over {args.rounds} rounds at {args.connections} connections")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
