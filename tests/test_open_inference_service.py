@@ -106,6 +106,17 @@ def test_unknown_models_and_versions_are_404(client, tags):
     assert answer.status_code == 404
 
 
+def test_other_v2_paths_and_methods_get_json_404_and_405(client):
+    answer = client.get("/v2/models/a/b/c")
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "path: '/v2/models/a/b/c' is not a route of the Open Inference Protocol; GET /v2 says what this server offers"}
+    answer = client.get("/v2/models/any/infer")
+    assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
+    assert answer.json() == {"error": "method: GET is not allowed on '/v2/models/any/infer'; send POST"}
+    answer = client.post("/v2/health/live", json={})
+    assert (answer.status_code, answer.headers["allow"]) == (405, "GET, HEAD")
+
+
 def test_refusals_name_the_input_and_the_problem(client, tags):
     name, _ = name_version(tags["fc"])
     short = tensor_json("history", np.zeros((2, 5, 1), np.float32))  # the forecaster reads 12 steps

@@ -103,9 +103,11 @@ def test_v2_instances_go_through_the_models_batcher_and_routes_label_metrics_by_
     assert instances() - before == 5
     for made_up in ("a", "b", "c"):
         assert not client.is_model_ready(f"made-up-{made_up}")
+    assert httpx.get(f"{url}/v2/made-up-d").status_code == 404
     metrics = httpx.get(f"{url}/metrics").text
     assert 'endpoint="/v2/models/{name}/infer"' in metrics and 'endpoint="/v2/models/{name}/ready"' in metrics
-    assert "made-up-a" not in metrics
+    assert 'endpoint="/v2{rest:path}"' in metrics
+    assert "made-up-a" not in metrics and "made-up-d" not in metrics
 
 
 def test_a_binary_request_over_the_json_cap_is_served_within_the_binary_cap(client, server):

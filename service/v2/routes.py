@@ -20,7 +20,7 @@ import bentoml
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from service.admission import CLIENT
 from service.batching import Client
@@ -153,10 +153,24 @@ def _model_routes(prefix: str) -> list[Route]:
     ]
 
 
-ROUTES = [
+PROTOCOL_ROUTES = [
     Route("/v2", server, methods=["GET"]),
     Route("/v2/health/live", live, methods=["GET"]),
     Route("/v2/health/ready", ready, methods=["GET"]),
     *_model_routes("/v2/models/{name}"),
     *_model_routes("/v2/models/{name}/versions/{version}"),
 ]
+
+
+async def not_found(request: Request) -> Response:
+    """Any other /v2 path, or a route asked with a method it does not take: 404 or 405, as JSON like every v2 error."""
+    allowed = sorted({method for route in PROTOCOL_ROUTES if route.matches(request.scope)[0] is Match.PARTIAL for method in route.methods})
+    path = shown(request.url.path)
+    if allowed:
+        return _json(405, {"error": f"method: {request.method} is not allowed on {path}; send {' or '.join(allowed)}"},
+                     {"allow": ", ".join(allowed)})
+    return _json(404, {"error": f"path: {path} is not a route of the Open Inference Protocol; GET /v2 says what this server offers"})
+
+
+# Last: it answers whatever the routes above do not (HEAD comes with GET).
+ROUTES = [*PROTOCOL_ROUTES, Route("/v2{rest:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])]
