@@ -21,6 +21,7 @@ from service.lanes import VersionGone, load_lanes
 from service.reload import RETRY_MAX_S, StoreWatcher, VersionPolicy, watched
 from service.schemas import ClassifyInstance, StreamClassifyInstance
 from tests import tiny_models
+from loadtests.chaos import serving_workers
 from loadtests.server import running_server
 
 # ------------------------------------------------------------------------------------------ the decisions
@@ -148,17 +149,6 @@ def test_a_pinned_version_is_not_replaced():
 # -------------------------------------------------------------------------------------- a real server
 
 
-def model_versions(metrics: str) -> dict[tuple[str, str], set[str]]:
-    """``seqserve_model_version`` samples of value 1: (version, default) -> the worker pids that said so."""
-    found: dict[tuple[str, str], set[str]] = {}
-    for family in text_string_to_metric_families(metrics):
-        if family.name == "seqserve_model_version":
-            for sample in family.samples:
-                if sample.value == 1:
-                    found.setdefault((sample.labels["version"], sample.labels["default"]), set()).add(sample.labels.get("pid", ""))
-    return found
-
-
 def failures_of(metrics: str, tag: str) -> float:
     for family in text_string_to_metric_families(metrics):
         if family.name == "seqserve_model_load_failures":
@@ -185,7 +175,7 @@ def test_a_server_of_two_workers_serves_a_new_version_within_the_poll_interval(t
         body = {"instances": [{"steps": [[0.1, 0.2, 0.3]], "model": name}]}
         token = client.post("/stream/classify", json=body).json()[0]["state"]
         def serving(tag: str) -> set[str]:  # the workers that serve tag as the name's default
-            return model_versions(client.get("/metrics").text).get((tag.split(":")[1], "true"), set())
+            return serving_workers(client.get("/metrics").text, tag)
 
         workers = wait_for(lambda: len(serving(first)) == 2 and serving(first))  # one series per worker, once both are up
 
