@@ -8,7 +8,8 @@ its stream (when the model can stream) behind a second batcher, and the JSON ans
 endpoints use it, and so can any other front door.
 
 :class:`Lanes` holds a service instance's lanes, looked up by ``name:version``, by name (that name's
-default version: the first one served) or by task (the task's default: the first lane of that task).
+default version: the first one served, until ``service.reload`` serves a newer one) or by task (the
+task's default: the first lane of that task, or the newer version of its name).
 It also answers whole requests, as the JSON text of their answers: every instance is checked by its lane
 before anything is queued, every lane involved admits the work, then the instances are queued and
 answered in request order.
