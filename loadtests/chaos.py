@@ -4,7 +4,8 @@
   ``bentoml serve``), as a crash or the kernel's OOM killer would; circus starts a replacement.
 * :func:`store_new_version` stores a new version of a served model under the same name through
   ``models.artifact`` (the same weights and card, a new version): what ``seqserve-train`` does on the same
-  store. The soak then shows that nothing breaks while the new version appears in the store.
+  store. The server's workers serve it by themselves (service.reload); :func:`serving_workers` reads from
+  ``/metrics`` which workers serve it as the name's default, so the soak says when the switch happened.
 * :class:`WorkerShares` samples ``seqserve_worker_requests_total{worker="<pid>"}`` from ``/metrics``
   (service.connection_limits counts every HTTP request per worker process) and says each worker's share of the
   requests in a stretch of the run, and when the shares were even again after a kill.
@@ -40,6 +41,19 @@ def store_new_version(tag: str) -> str:
 
     loaded = load_artifact(tag)
     return save_artifact(tag.split(":")[0], loaded.module, replace(loaded.card, created="", weights_sha256=""))
+
+
+def serving_workers(metrics_text: str, tag: str) -> set[str]:
+    """The worker PIDs whose ``seqserve_model_version`` says ``tag`` serves its name by default (service.reload)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    name, _, version = tag.partition(":")
+    return {
+        sample.labels.get("pid", "")
+        for family in text_string_to_metric_families(metrics_text) if family.name == "seqserve_model_version"
+        for sample in family.samples
+        if sample.value == 1 and sample.labels["model"] == name and sample.labels["version"] == version and sample.labels["default"] == "true"
+    }
 
 
 def worker_counts(metrics_text: str) -> dict[int, float]:

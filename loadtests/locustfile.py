@@ -119,6 +119,8 @@ class SeqServeUser(FastHttpUser):
         body, asked = request_body(self.rng, self.task_name, self.served_models(), n_instances)
         with self.client.post(f"/{self.task_name}", json=body, name=name, catch_response=True) as resp:
             problem = check_answers(self.task_name, asked, resp.status_code, resp.text or "")
+            if resp.status_code == 503 and not (resp.headers or {}).get("retry-after"):
+                problem = f"HTTP 503 without Retry-After: {(resp.text or '')[:200]}"  # an overload must say when to retry
             if problem:
                 resp.failure(problem)
             else:

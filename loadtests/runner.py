@@ -270,14 +270,16 @@ def totals(out: Path) -> tuple[list[dict], dict, int, int, float]:
     return rows, total, requests, failures, (failures / requests if requests else 1.0)
 
 
+def failure_reasons(out: Path) -> list[tuple[int, str, str]]:
+    """Every failure reason of the run, most frequent first: (occurrences, request name, reason as the locustfile wrote it)."""
+    rows = sorted(read_csv(out / "locust_failures.csv"), key=lambda r: -int(r["Occurrences"]))
+    # locust stores a failure as the repr of an exception around our reason
+    return [(int(row["Occurrences"]), row["Name"], re.sub(r"^CatchResponseError\((['\"])(.*)\1\)$", r"\2", row["Error"])) for row in rows]
+
+
 def failure_lines(out: Path, most: int = 5) -> list[str]:
     """The most frequent failure reasons, as the locustfile wrote them."""
-    reasons = sorted(read_csv(out / "locust_failures.csv"), key=lambda r: -int(r["Occurrences"]))
-    lines = []
-    for row in reasons[:most]:  # locust stores a failure as the repr of an exception around our reason
-        reason = re.sub(r"^CatchResponseError\((['\"])(.*)\1\)$", r"\2", row["Error"])
-        lines.append(f"  {row['Occurrences']:>6} x {row['Name']}: {reason[:160]}")
-    return lines
+    return [f"  {count:>6} x {name}: {reason[:160]}" for count, name, reason in failure_reasons(out)[:most]]
 
 
 def summary(args: argparse.Namespace, host: str, out: Path, batches: dict[str, dict]) -> tuple[list[str], list[str]]:

@@ -22,7 +22,8 @@ must be one the soak started, or ``--server-pid``); the summary then gives each 
 requests before the kill and at the end, the seconds until the shares were even again (each worker 35-65%
 of the requests over 10 s, for two workers) and p99 the minute before and the last minute.
 ``--store-version-at 3m`` stores a new version of the first served model under the same name, in this
-machine's store. ``--gc-pauses`` times every garbage-collector pass in the server's processes
+machine's store; the summary says when a first worker and every worker served it (service.reload), and
+every run counts its failures other than 503s with ``Retry-After``. ``--gc-pauses`` times every garbage-collector pass in the server's processes
 (``loadtests/gc_pauses``) and adds the longest pause to each minute.
 
 Writes soak.txt (what it printed), soak.json, memory.csv and locust's files into ``--out``.
@@ -45,9 +46,9 @@ import httpx
 import psutil
 
 from loadtests import gc_pauses, generator
-from loadtests.chaos import EVEN, WorkerShares, kill_worker, sample_at, store_new_version
+from loadtests.chaos import EVEN, WorkerShares, kill_worker, sample_at, serving_workers, store_new_version
 from loadtests.runner import (
-    RunError, add_load_options, batch_size_line, failure_lines, is_local, out_folder, parse_duration, read_csv,
+    RunError, add_load_options, batch_size_line, failure_lines, failure_reasons, is_local, out_folder, parse_duration, read_csv,
     run_locust, stats_table, target, totals,
 )
 from loadtests.server import worker_pids
@@ -186,6 +187,24 @@ class Chaos:
             event["error"] = f"{type(err).__name__}: {err}"
         self.events.append(event)
 
+    def watch_switch(self) -> None:
+        """Once a version was stored: note when a first worker, and when every worker of the server (known with its
+        PID), served it as its name's default (``seqserve_model_version`` on /metrics)."""
+        event = next((e for e in self.events if "stored" in e and "all_served_s" not in e), None)
+        if event is None:
+            return
+        try:
+            serving = serving_workers(httpx.get(f"{self.host}/metrics", timeout=5).text, event["stored"])
+        except httpx.HTTPError:
+            return  # a busy server: the next look will do
+        if not serving:
+            return
+        now = round(time.time() - self.started, 1)
+        event.setdefault("first_served_s", now)
+        workers = {str(pid) for pid in worker_pids(self.server_pid)} if self.server_pid else set()
+        if workers and workers <= serving:
+            event["all_served_s"] = now
+
     def minutes(self) -> set[int]:
         """Minutes (1-based) in which an event happened."""
         return {int(event["seconds"] // 60) + 1 for event in self.events}
@@ -268,6 +287,20 @@ def kill_lines(kill: dict, shares: WorkerShares, minutes: list[dict], duration: 
     return lines, result
 
 
+def store_lines(event: dict) -> list[str]:
+    """What storing a new version did: when it was stored, and when a first worker and every worker served it."""
+    if "stored" not in event:
+        return [f"chaos: storing a new version at {event['seconds']:g}s failed: {event['error']}"]
+    at, first, every = event["seconds"], event.get("first_served_s"), event.get("all_served_s")
+    lines = [f"chaos: at {at:g}s stored {event['stored']} beside {event['model']}"]
+    if first is None:
+        lines.append("  not served within the run (its name pinned as name:version in SEQSERVE_MODELS, or SEQSERVE_MODEL_POLL_S=0?)")
+        return lines
+    lines.append(f"  served as its name's default by a first worker {first - at:.0f}s later"
+                 + (f", by every worker {every - at:.0f}s later" if every is not None else ""))
+    return lines
+
+
 def report(args: argparse.Namespace, host: str, out: Path, started: float, memory: WorkerMemory | None,
            batches: dict[str, dict], shares: WorkerShares | None = None, chaos: Chaos | None = None,
            gc_passes: dict[int, list] | None = None) -> dict:
@@ -285,6 +318,9 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
     lines += stats_table(rows)
     lines.append(f"failures {failures} of {requests} ({100 * rate:.2f}%)")
     lines += failure_lines(out)
+    # The locustfile writes an overload answered as it should be (503 with Retry-After) as "HTTP 503: ...".
+    result["failures_not_503"] = sum(count for count, _, reason in failure_reasons(out) if not reason.startswith("HTTP 503:"))
+    lines.append(f"failures other than 503 with Retry-After: {result['failures_not_503']}")
     pids = sorted({int(pid) for m in minutes for pid in m.get("shares", {})})
     lines.append(
         f"  {'minute':>6} {'seconds':>7} {'requests':>9} {'failures':>9} {'p99 ms':>7} {'worker RSS MiB':>15}"
@@ -326,8 +362,7 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
             lines.append(f"chaos: no worker to kill at {event['seconds']:g}s")
             result["chaos"].append(event)
         else:
-            lines.append(f"chaos: at {event['seconds']:g}s stored {event['stored']} beside {event['model']}" if "stored" in event
-                         else f"chaos: storing a new version at {event['seconds']:g}s failed: {event['error']}")
+            lines += store_lines(event)
             result["chaos"].append(event)
     if every_pass is not None:
         warmup = min(args.warmup, args.duration / 4)
@@ -382,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             shares = WorkerShares(host, started)
             chaos = Chaos(host, server_pid, started, shares)
             periodic = [(SHARE_EVERY_S, shares.sample)] + ([(args.sample_every, memory.sample)] if memory else [])
+            if args.store_version_at is not None:
+                periodic.append((SHARE_EVERY_S, chaos.watch_switch))
             once = [(at, call) for at, call in ((args.kill_worker_at, chaos.kill), (args.store_version_at, chaos.store_version))
                     if at is not None]
             ticker = Ticker(started, periodic, once)

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import bentoml
 import numpy as np
@@ -232,28 +232,57 @@ class ArtifactInfo:
     card: ModelCard | None  # None when the model cannot be read
     problem: str = ""  # why it cannot be read ("" when it can)
     created: str = ""  # when it was stored (the card's time, else BentoML's)
+    stored: str = ""  # BentoML's time of storing, to the microsecond: orders versions stored within one second
+
+    @property
+    def name(self) -> str:
+        return self.tag.split(":")[0]
 
     @property
     def readable(self) -> bool:
         return self.card is not None
 
 
-def list_artifacts() -> list[ArtifactInfo]:
-    """Every seqserve model version in the store, newest first, the unreadable ones included.
+def list_artifacts(names: Iterable[str] = ()) -> list[ArtifactInfo]:
+    """Every seqserve model version in the store (only those of ``names`` when given), newest first, the
+    unreadable ones included.
 
     A model whose card cannot be read is listed with ``card=None`` and ``problem`` saying why, never
     skipped: skipping it silently made the server come up with fewer models than stored and quietly
     changed which model answered by default. Callers decide what to do with such a model.
     """
     found = []
-    for stored in bentoml.models.list():
+    for stored in _stored(names):
         if stored.info.labels.get(SEQSERVE_LABEL) != "true":
             continue
-        stored_at = stored.info.creation_time.astimezone(timezone.utc).isoformat(timespec="seconds")
+        when = stored.info.creation_time.astimezone(timezone.utc)
+        stored_at, precise = when.isoformat(timespec="seconds"), when.isoformat(timespec="microseconds")
         try:
             _, card, _ = read_card(str(stored.tag))
         except ArtifactError as err:
-            found.append(ArtifactInfo(str(stored.tag), None, str(err).removeprefix(f"{stored.tag}: "), stored_at))
+            found.append(ArtifactInfo(str(stored.tag), None, str(err).removeprefix(f"{stored.tag}: "), stored_at, precise))
             continue
-        found.append(ArtifactInfo(str(stored.tag), card, "", card.created or stored_at))
-    return sorted(found, key=lambda info: info.created, reverse=True)
+        found.append(ArtifactInfo(str(stored.tag), card, "", card.created or stored_at, precise))
+    return sorted(found, key=lambda info: (info.created, info.stored), reverse=True)
+
+
+def newest_versions(names: Iterable[str] = ()) -> dict[str, ArtifactInfo]:
+    """The newest stored version of every seqserve model name (of ``names`` when given), readable or not."""
+    newest: dict[str, ArtifactInfo] = {}
+    for info in list_artifacts(names):  # newest first
+        newest.setdefault(info.name, info)
+    return newest
+
+
+def _stored(names: Iterable[str]) -> list:
+    """The store's models: all of them, or every version of each of ``names`` (none for a name not stored)."""
+    names = list(names)
+    if not names:
+        return bentoml.models.list()
+    found = []
+    for name in names:
+        try:
+            found += bentoml.models.list(name)
+        except bentoml.exceptions.NotFound:
+            pass
+    return found

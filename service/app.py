@@ -27,8 +27,9 @@ from service.connection_limits import ConnectionLimits
 from service.errors import ReadableValidationErrors, RetryLater, refusal
 from service.guard import RequestGuard
 from service.inputs import InstanceError
-from service.lanes import RequestError, answer_json, load_lanes, served_tags
+from service.lanes import RequestError, VersionGone, answer_json, load_lanes, served_tags
 from service.openapi import SeqServeService
+from service.reload import StoreWatcher, watched
 from service.schemas import (
     CLASSIFY_INSTANCES,
     FORECAST_INSTANCES,
@@ -124,6 +125,16 @@ class SeqServe:
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
 
+    @bentoml.on_startup
+    def watch_store(self) -> None:
+        """Serve new versions of the served names as they are stored, without a restart (service.reload)."""
+        self.watcher = StoreWatcher(self.lanes, SETTINGS, *watched(SETTINGS.models, self.lanes))
+        self.watcher.start()
+
+    @bentoml.on_shutdown
+    def stop_watching(self) -> None:
+        self.watcher.stop()
+
     # The handlers return the finished JSON (see _json); output_spec says what it holds, for the API page.
     @bentoml.api(route="/classify", output_spec=ClassifyAnswers)
     async def classify(self, ctx: bentoml.Context, instances: list[ClassifyInstance] = CLASSIFY_INSTANCES) -> Response:
@@ -152,6 +163,8 @@ async def _answered(ctx: bentoml.Context, answers: Awaitable[str]) -> Response:
     """A request's ``answers`` (a call to the lanes, their JSON text); its errors as 400, an overload as 503 (service.errors)."""
     try:
         return Response(await answers, media_type="application/json")
+    except VersionGone as err:  # a model version unloaded since: the client starts again on a served one
+        return _answer_with(ctx, 410, {"error": str(err)})
     except (InstanceError, RequestError) as err:
         return _answer_with(ctx, 400, {"error": str(err)})
     except RetryLater as err:  # the model's queue is full, the deadline passed or the client hung up

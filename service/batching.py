@@ -195,6 +195,16 @@ class MicroBatcher:
         finally:
             caller.gone = True  # answered, timed out or cancelled: nothing left of it needs running
 
+    async def close(self, within_s: float, poll_s: float = 0.05) -> None:
+        """Stop the drain task once nothing is queued or running, waiting at most ``within_s`` (a deadline: every
+        caller has its answer or its 503 by then). A later :meth:`submit` starts the task again."""
+        deadline = self.clock() + within_s
+        while (self._queue or self._running) and self.clock() < deadline:
+            await asyncio.sleep(poll_s)
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+
     async def _drain(self) -> None:
         while True:
             await self._wake.wait()

@@ -26,6 +26,8 @@
 | SEQSERVE_STREAM_MAX_STEPS | 1024 | most new steps in one stream message or /stream instance |
 | SEQSERVE_CONNECTION_MAX_REQUESTS | 1000 | a keep-alive connection is closed after about this many requests (0: no bound) |
 | SEQSERVE_CONNECTION_MAX_AGE_S | 20 | and after about this many seconds open (0: no bound); see service.connection_limits |
+| SEQSERVE_MODEL_POLL_S | 10 | each worker looks for a newer stored version of each served name this often (0: never); see service.reload |
+| SEQSERVE_MODEL_VERSIONS | 2 | most versions of one name a worker keeps loaded (the newest ones) |
 
 Why one torch thread per worker: on a 2-core machine torch's default (one thread per core) makes a
 batch-1 server fall to about 1 request/s as soon as the other core is busy, because the intra-op
@@ -121,6 +123,8 @@ class Settings:
     max_binary_body_bytes: int = 4 << 20
     connection_max_requests: int = 1000  # 0: no bound
     connection_max_age_s: float = 20.0  # 0: no bound
+    model_poll_s: float = 10.0  # 0: never look for new versions
+    model_versions: int = 2
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -149,4 +153,6 @@ class Settings:
             max_binary_body_bytes=int(_float("SEQSERVE_MAX_BINARY_BODY_MB", 4.0, minimum=0.001) * 2**20),
             connection_max_requests=_int("SEQSERVE_CONNECTION_MAX_REQUESTS", 1000, minimum=0),
             connection_max_age_s=_float("SEQSERVE_CONNECTION_MAX_AGE_S", 20.0),
+            model_poll_s=_float("SEQSERVE_MODEL_POLL_S", 10.0),
+            model_versions=_int("SEQSERVE_MODEL_VERSIONS", 2),
         )

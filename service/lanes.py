@@ -8,7 +8,8 @@ its stream (when the model can stream) behind a second batcher, and the JSON ans
 endpoints use it, and so can any other front door.
 
 :class:`Lanes` holds a service instance's lanes, looked up by ``name:version``, by name (that name's
-default version: the first one served) or by task (the task's default: the first lane of that task).
+default version: the first one served, until ``service.reload`` serves a newer one) or by task (the
+task's default: the first lane of that task, or the newer version of its name).
 It also answers whole requests, as the JSON text of their answers: every instance is checked by its lane
 before anything is queued, every lane involved admits the work, then the instances are queued and
 answered in request order.
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.artifact import ArtifactError, LoadedModel, list_artifacts, load_artifact
+from models.artifact import ArtifactError, LoadedModel, load_artifact, newest_versions
 from models.device import resolve_device
 from models.streaming import NotStreamable, State, pack_state, stream_for, unpack_state
 from service import inputs
@@ -37,7 +38,7 @@ from service.batching import Client, MicroBatcher
 from service.config import Settings
 from service.inference import ClassifyPass, ForecastPass, OutOfRange, Stepped, StreamPass, StreamStep
 from service.inputs import InstanceError, Limits
-from service.metrics import BatchSizes
+from service.metrics import BatchSizes, show_model_version
 from service.schemas import ModelInfo
 from service.state_token import StateSigner, StateTokenError
 
@@ -53,14 +54,15 @@ class RequestError(ValueError):
     """A request-level problem (not tied to one instance), answered with a 4xx."""
 
 
+class VersionGone(InstanceError):
+    """A stream's state token of a model version this server no longer serves (answered 410): start a new stream."""
+
+
 def served_tags(requested: tuple[str, ...]) -> list[str]:
     """The tags to load: ``requested`` names/tags, or the newest version of every seqserve model in the store."""
     if requested:
         return list(requested)
-    newest: dict[str, str] = {}
-    for info in list_artifacts():  # newest first
-        newest.setdefault(info.tag.split(":")[0], info.tag)
-    return sorted(newest.values())
+    return sorted(info.tag for info in newest_versions().values())
 
 
 def shown(text: str, limit: int = 64) -> str:
@@ -169,15 +171,23 @@ class ModelLane(ABC):
     def step_answers(self, item: StreamStep, stepped: Stepped) -> list[dict[str, Any]]:
         """A stream's answers after ``item``'s steps, each with ``seen`` (its steps so far)."""
 
+    async def close(self) -> None:
+        """Once this lane no longer takes new requests: let the work in its queues finish (requests in flight get
+        their answer or their deadline's 503), then stop its batchers' tasks."""
+        for batcher in (self.batcher, self.stream_batcher):
+            if batcher is not None:
+                await batcher.close(within_s=self.timeout_s + 1)
+
     # --------------------------------------------------------------------------------------------- about
 
-    def describe(self, default: bool) -> ModelInfo:
+    def describe(self, default: bool, name_default: bool) -> ModelInfo:
         """What GET /models says of this lane's model."""
         card = self.model.card
         return ModelInfo(
             tag=self.tag,
             task=card.task,
             default=default,
+            name_default=name_default,
             architecture={"model_name": card.model_name, "cell": card.arch, **card.hparams},
             features=card.features,
             labels=card.labels,
@@ -260,13 +270,22 @@ LANE_FOR_TASK: dict[str, type[ClassifierLane] | type[ForecasterLane]] = {"classi
 
 
 class Lanes:
-    """The lanes of one service instance, by ``name:version``, by name and by task, and the requests they answer."""
+    """The lanes of one service instance, by ``name:version``, by name and by task, and the requests they answer.
 
-    def __init__(self, limits: Limits):
+    A name's default version answers requests that give the name alone; a task's default answers requests
+    that name no model. At start-up each is the first lane served of that name or task; while the service
+    runs, :meth:`make_default` hands them to a new version (``service.reload``) and :meth:`unload` takes an
+    old one out of service. A request keeps the lanes it was handed until it is answered, so work in flight
+    finishes on the version it started on.
+    """
+
+    def __init__(self, limits: Limits, signer: StateSigner):
         self.limits = limits
+        self.signer = signer  # every lane's: it makes and opens the state tokens of every version served
         self.by_tag: dict[str, ModelLane] = {}
-        self.by_name: dict[str, ModelLane] = {}  # a full tag, or a name alone: its default (first served) version
-        self.defaults: dict[str, ModelLane] = {}  # a task: its default lane, the first one served
+        self.by_name: dict[str, ModelLane] = {}  # a full tag, or a name alone: its default version
+        self.defaults: dict[str, ModelLane] = {}  # a task: its default lane
+        self.retired: dict[str, str] = {}  # tag of a version unloaded while serving -> the tag serving its name then
 
     def add(self, lane: ModelLane) -> None:
         """Serve ``lane``: it becomes the default of its name and of its task when they have none yet."""
@@ -274,9 +293,39 @@ class Lanes:
         self.by_name[lane.tag] = lane
         self.by_name.setdefault(lane.name, lane)
         self.defaults.setdefault(lane.task, lane)
+        self._show(lane.name)
+
+    def make_default(self, lane: ModelLane) -> None:
+        """Serve ``lane`` (a new lane, or a loaded one) as its name's default version, and as its task's default
+        where that was the name's previous default. ``lane`` must be of the task its name is served for."""
+        before = self.by_name.get(lane.name)
+        self.by_tag[lane.tag] = lane
+        self.by_name[lane.tag] = self.by_name[lane.name] = lane
+        self.retired.pop(lane.tag, None)
+        if before is not None and self.defaults.get(lane.task) is before:
+            self.defaults[lane.task] = lane
+        self.defaults.setdefault(lane.task, lane)
+        self._show(lane.name)
+
+    def unload(self, tag: str) -> ModelLane:
+        """Take the version ``tag`` (not its name's default) out of service; requests can no longer reach it."""
+        lane = self.by_tag.pop(tag)
+        del self.by_name[tag]
+        self.retired[tag] = self.by_name[lane.name].tag
+        show_model_version(lane.name, tag.partition(":")[2], default=None)
+        return lane
+
+    def versions(self, name: str) -> list[ModelLane]:
+        """The loaded versions of ``name``, in the order they were loaded."""
+        return [lane for lane in self if lane.name == name]
+
+    def _show(self, name: str) -> None:
+        """``seqserve_model_version`` for every loaded version of ``name``: which one is its default."""
+        for lane in self.versions(name):
+            show_model_version(name, lane.tag.partition(":")[2], default=self.by_name[name] is lane)
 
     def __iter__(self):
-        return iter(self.by_tag.values())
+        return iter(list(self.by_tag.values()))
 
     def get(self, name: str) -> ModelLane | None:
         """The lane of ``name:version``, or of a name's default version; None when nothing serves it."""
@@ -289,6 +338,8 @@ class Lanes:
                 raise InstanceError(index, "model", f"no {task} model is served; served models: {', '.join(self.by_tag)}")
             return self.defaults[task]
         lane = self.by_name.get(name)
+        if lane is None and name in self.retired:
+            raise VersionGone(index, "model", f"{name} is no longer served here; {self.retired[name]} serves {name.split(':')[0]} now")
         if lane is None:
             raise InstanceError(index, "model", f"unknown model {shown(name)}; served models: {', '.join(self.by_tag)}")
         if lane.task != task:
@@ -296,9 +347,23 @@ class Lanes:
             raise InstanceError(index, "model", f"{lane.tag} is a {lane.task} model; send it to {other}")
         return lane
 
+    def stream_lane(self, index: int, name: str | None, task: str, token: str | None) -> ModelLane:
+        """The lane that continues a stream: :meth:`lane_for`'s, unless the instance names no version and its
+        ``token`` was made by another version of that same model: then that version's lane, so that a stream keeps
+        its version while the version is served. VersionGone when that version is no longer served."""
+        lane = self.lane_for(index, name, task)
+        made_by = self.signer.made_by(token) if token is not None else None
+        if made_by is None or made_by == lane.tag or name == lane.tag or made_by.split(":")[0] != lane.name:
+            return lane  # a new stream, this lane's own token, a version asked for by tag, or another model's token
+        if made_by in self.by_tag:
+            return self.by_tag[made_by]
+        raise VersionGone(index, "state", f"was made by {made_by}, which is no longer served here ({lane.tag} serves "
+                          f"{lane.name} now); start a new stream without a state")
+
     def describe(self) -> list[ModelInfo]:
-        """What GET /models returns: one entry per served model."""
-        return [lane.describe(default=self.defaults.get(lane.task) is lane) for lane in self]
+        """What GET /models returns: one entry per served model version."""
+        return [lane.describe(default=self.defaults.get(lane.task) is lane, name_default=self.by_name.get(lane.name) is lane)
+                for lane in self]
 
     # ------------------------------------------------------------------------------------------ requests
 
@@ -323,7 +388,7 @@ class Lanes:
         self._check_count(instances)
         checked = []
         for index, instance in enumerate(instances):
-            lane = self.lane_for(index, instance.model, task)
+            lane = self.stream_lane(index, instance.model, task, instance.state)
             steps = lane.new_steps(index, instance.steps)
             checked.append((lane, StreamStep(lane.stream_state(index, instance.state), steps, instance.every_step)))
         groups = _grouped(checked)
@@ -396,12 +461,15 @@ def load_lanes(settings: Settings, tags: list[str]) -> Lanes:
             "no seqserve model in the BentoML store to serve; train one first, e.g. "
             "`seqserve-train classify --dataset japanesevowels --name japanesevowels-gru`"
         )
-    lanes = Lanes(Limits(max_instances=settings.max_instances, max_length=settings.max_length))
-    signer = StateSigner(settings.state_key, [])
+    lanes = Lanes(Limits(max_instances=settings.max_instances, max_length=settings.max_length), StateSigner(settings.state_key, []))
     for tag in tags:
-        model = load_artifact(tag, device)
-        lane = LANE_FOR_TASK[model.card.task](model, settings, signer)
-        lanes.add(lane)
-        log.info("serving %s (%s) on %s%s", lane.tag, lane.task, device,
-                 "" if lane.stream is not None else f"; it cannot stream: {lane.not_streamable}")
+        lanes.add(build_lane(load_artifact(tag, device), settings, lanes.signer))
     return lanes
+
+
+def build_lane(model: LoadedModel, settings: Settings, signer: StateSigner) -> ModelLane:
+    """The lane that serves ``model`` (loaded by ``models.artifact.load_artifact``, which checked it)."""
+    lane = LANE_FOR_TASK[model.card.task](model, settings, signer)
+    log.info("serving %s (%s) on %s%s", lane.tag, lane.task, model.device,
+             "" if lane.stream is not None else f"; it cannot stream: {lane.not_streamable}")
+    return lane

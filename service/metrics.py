@@ -94,3 +94,36 @@ def _worker_requests(pid: int):
 
 def count_worker_request() -> None:
     _worker_requests(os.getpid()).inc()
+
+
+@lru_cache(maxsize=None)
+def _model_version_gauge():
+    """``seqserve_model_version{model, version, default}``: 1 for each version a worker serves, ``default="true"``
+    on the one its name alone reaches; 0 once a version is unloaded or no longer the default. Each worker sets its
+    own (multiprocess ``liveall``: a ``pid`` label per worker), so ``/metrics`` shows which workers switched."""
+    from prometheus_client import Gauge
+
+    return Gauge(
+        "seqserve_model_version", "Model versions served: 1 per version and worker, default=true on its name's default",
+        labelnames=["model", "version", "default"], multiprocess_mode="liveall",
+    )
+
+
+def show_model_version(name: str, version: str, default: bool | None) -> None:
+    """Say that this worker serves ``name:version`` as its name's default (True), beside it (False), or not (None)."""
+    gauge = _model_version_gauge()
+    gauge.labels(model=name, version=version, default="true").set(1 if default is True else 0)
+    gauge.labels(model=name, version=version, default="false").set(1 if default is False else 0)
+
+
+@lru_cache(maxsize=None)
+def _load_failures_counter():
+    """``seqserve_model_load_failures_total{model}``: attempts to serve a new version (``model`` is its tag) that
+    failed to load or check (service.reload). Created on first use."""
+    from prometheus_client import Counter
+
+    return Counter("seqserve_model_load_failures", "New model versions that failed to load or check", labelnames=["model"])
+
+
+def count_load_failure(tag: str) -> None:
+    _load_failures_counter().labels(model=tag).inc()

@@ -114,7 +114,8 @@ sequence or history, {settings.stream_max_steps} new steps per stream instance o
 {settings.request_timeout_s:g} s. {keys}
 
 Every error is `{{"error": "..."}}`: 400 names the instance, the field and the problem; 413 a body over the
-limit; 415 a content type other than `application/json`; 408 a body that arrived too slowly; 503 (with
+limit; 410 a model version (named, or the maker of a state token) unloaded since a newer one of its name was
+loaded; 415 a content type other than `application/json`; 408 a body that arrived too slowly; 503 (with
 `Retry-After` in whole seconds, and `retry_after_s` and `retry_after_ms` in the body) an overloaded server or
 a missed deadline: retry later."""
 
@@ -137,6 +138,9 @@ API_ERRORS = {
     "400": _error("The request cannot be answered as sent: the error names the instance, the field and the problem."),
     "401": UNAUTHORIZED,
     "408": _error("The body did not arrive within the server's body timeout."),
+    "410": _error("A model version this server served and has unloaded since newer versions of its name were loaded: "
+                  "named as name:version, or the maker of a stream's state token. Name the model alone, or start a new "
+                  "stream without a state."),
     "413": _error("The body is over the server's size limit (`SEQSERVE_MAX_BODY_MB`): send fewer instances per request."),
     "415": _error("The content type is not `application/json`."),
     "503": _error("Overloaded, or the answer missed the request deadline: retry after `Retry-After` seconds "

@@ -221,6 +221,10 @@ class ModelInfo(BaseModel):
     tag: str = Field(description="name:version", examples=["japanesevowels-gru:2x3kd7hf"])
     task: str = Field(description="classify or forecast", examples=["classify"])
     default: bool = Field(description="Whether requests without a model go to this one.", examples=[True])
+    name_default: bool = Field(
+        description="Whether requests that give only the model's name (no version) go to this version: the name's "
+        "newest version once it has loaded (other versions stay reachable as name:version while loaded).", examples=[True],
+    )
     architecture: dict = Field(
         description="Registry name and hyper-parameters.",
         examples=[{"model_name": "gru_classifier", "cell": "gru", "hidden_size": 64, "num_layers": 2}],

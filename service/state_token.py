@@ -38,6 +38,7 @@ VERSION = 1
 FINGERPRINT_BYTES = 8
 MAC_BYTES = 16
 HEADER_BYTES = 1 + FINGERPRINT_BYTES
+HEADER_CHARS = HEADER_BYTES * 4 // 3  # 9 bytes are exactly 12 base64 characters
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
@@ -72,6 +73,15 @@ class StateSigner:
     def add(self, model: LoadedModel) -> None:
         """Know ``model`` as a maker of tokens: a token of it sent to another model is refused naming it."""
         self.makers[fingerprint(model)] = model.tag
+
+    def made_by(self, token: str) -> str | None:
+        """The tag of the known model named at the head of ``token``, before any check (None when no known model
+        is named there, or it is not a token): which model's :meth:`open` should check it."""
+        head = token[: HEADER_CHARS]
+        if len(head) < HEADER_CHARS or not _BASE64URL.fullmatch(head):
+            return None
+        raw = base64.urlsafe_b64decode(head)
+        return self.makers.get(raw[1:HEADER_BYTES]) if raw[0] == VERSION else None
 
     def _model_key(self, model: LoadedModel) -> bytes:
         key = self._model_keys.get(model.tag)

@@ -81,7 +81,7 @@ def test_the_page_names_seqserve_its_version_and_every_route(server):
     assert models == {"type": "array", "items": {"$ref": "#/components/schemas/ModelInfo"}}
     for route in ("/classify", "/forecast"):
         responses = paths[route]["post"]["responses"]
-        assert set(responses) == {"200", "400", "401", "408", "413", "415", "503"}
+        assert set(responses) == {"200", "400", "401", "408", "410", "413", "415", "503"}
         assert all(r["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorAnswer")
                    for status, r in responses.items() if status != "200")
         assert "Retry-After" in responses["503"]["headers"]

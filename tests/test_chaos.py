@@ -72,11 +72,11 @@ def test_chaos_options_outside_the_run_or_without_a_server_to_kill_are_refused()
 def test_a_soak_that_kills_a_worker_and_stores_a_version_reports_both(tmp_path):
     clf = tiny_models.store_classifier("chaos-clf")
     out = tmp_path / "soak"
-    command = [sys.executable, "-m", "loadtests", "soak", "--models", clf, "--scenarios", "ClassifyUser", "--users", "4",
+    command = [sys.executable, "-m", "loadtests", "soak", "--models", "chaos-clf", "--scenarios", "ClassifyUser", "--users", "4",
                "--spawn-rate", "4", "--duration", "14s", "--kill-worker-at", "5s", "--store-version-at", "7s", "--gc-pauses",
                "--sample-every", "1s", "--max-p99-ms", "100000", "--max-failure-rate", "0.5", "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "SEQSERVE_WORKERS": "2"})
+                          env={**os.environ, "SEQSERVE_WORKERS": "2", "SEQSERVE_MODEL_POLL_S": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "soak.json").read_text())
     kill, stored = report["chaos"]
@@ -84,5 +84,9 @@ def test_a_soak_that_kills_a_worker_and_stores_a_version_reports_both(tmp_path):
     assert len(kill["shares_before"]) == 2
     assert stored["event"] == "store_version" and stored["model"] == clf and stored["stored"].startswith("chaos-clf:")
     assert stored["stored"] != clf
+    # Both workers served the new version as the name's default within the run (a replaced worker loads it at its start).
+    assert 7 <= stored["seconds"] <= stored["first_served_s"] <= stored["all_served_s"] <= 14 + 5
+    assert "served as its name's default by a first worker" in done.stdout
+    assert "failures other than 503 with Retry-After" in done.stdout
     assert report["minutes"][0]["shares"] and "gc_longest_ms" in report["minutes"][0]
     assert f"chaos: worker {kill['pid']} SIGKILLed" in done.stdout and "garbage collector" in done.stdout

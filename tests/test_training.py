@@ -275,7 +275,7 @@ def test_below_the_small_set_size_auto_serves_what_cross_validates_better_and_sa
     scores = family["training_set_accuracy"]
     assert scores["dtw_1nn"] == 1.0 and scores["networks"] < 1.0  # one epoch of two batches learns little
     assert family["served"] == "dtw_1nn"
-    assert family["why"] == (f"fewer than 50 training sequences: 4-fold accuracy of the networks {scores['networks']:.3f}, "
+    assert family["why"] == (f"fewer than {SMALL_SET_SEQUENCES} training sequences: 4-fold accuracy of the networks {scores['networks']:.3f}, "
                              "leave-one-out accuracy of 1-NN DTW 1.000; 1-NN DTW is as high or higher")
 
 
@@ -284,7 +284,8 @@ def test_from_the_small_set_size_on_auto_trains_one_network(tmp_path):
     config = TrainConfig(epochs=1, batch_size=8, max_batches=2, progress=False)
     result = train_classifier(train, test, name="big", network=NetworkOptions(hidden_size=8), config=config,
                               device=torch.device("cpu"), report_dir=tmp_path, save=False, strong_baselines=False)
-    assert result.training["recipe"]["family"] == {"served": "network", "why": "50 training sequences (cross-validation below 50)"}
+    assert result.training["recipe"]["family"] == {
+        "served": "network", "why": f"{SMALL_SET_SEQUENCES} training sequences (cross-validation below {SMALL_SET_SEQUENCES})"}
 
 
 # ----------------------------------------------------------------------------- the benchmark

@@ -27,7 +27,9 @@ STREAMABLE = ["--no-bidirectional", "--instance-norm", "running"]
 DEFAULT_RUNS: list[list[str]] = [
     ["forecast", "--dataset", "co2", "--horizon", "12", "--quantiles", "0.1,0.9", "--name", "co2-gru"],
     ["classify", "--dataset", "japanesevowels", *STREAMABLE, "--name", "japanesevowels-gru"],
-    ["classify", "--dataset", "italypower", *STREAMABLE, "--name", "italypower-gru"],
+    # 67 sequences: --family auto would serve 1-NN DTW here; the default is the GRU its name says, the
+    # recurrent network the service's benchmarks and streaming are measured on.
+    ["classify", "--dataset", "italypower", *STREAMABLE, "--family", "network", "--name", "italypower-gru"],
 ]
 
 
