@@ -115,7 +115,7 @@ def v2_interface(entry: dict):
     from service.v2.protocol import ModelInterface
 
     return ModelInterface(
-        name=payloads.name_of(entry), version="v1", task=entry["task"], features=entry["features"], max_instances=8,
+        name=payloads.name_of(entry), version="v1", task=entry["task"], versions=["v1"], features=entry["features"], max_instances=8,
         max_length=entry["max_length"], labels=entry["labels"], targets=entry["features"], lookback=entry["lookback"] or 0,
         horizon=entry["horizon"] or 0, quantiles=entry["quantiles"],
     )

@@ -15,11 +15,11 @@ import tritonclient.http as triton
 from service.v2.protocol import ModelInterface, ProtocolError, read_infer_request, server_metadata, write_infer_response
 
 CLASSIFIER = ModelInterface(
-    name="clf", version="v1", task="classify", features=["x", "y", "z"], max_instances=8, max_length=50,
+    name="clf", version="v1", task="classify", versions=["v1"], features=["x", "y", "z"], max_instances=8, max_length=50,
     labels=["walk", "run", "sit", "jump"],
 )
 FORECASTER = ModelInterface(
-    name="fc", version="v2", task="forecast", features=["value"], max_instances=8, max_length=50,
+    name="fc", version="v2", task="forecast", versions=["v1", "v2"], features=["value"], max_instances=8, max_length=50,
     targets=["value"], lookback=12, horizon=5, quantiles=[0.1, 0.5, 0.9],
 )
 MAX_JSON = 1 << 20
@@ -136,7 +136,7 @@ def test_forecaster_answers_with_quantiles_in_binary():
 
 def test_metadata_lists_inputs_outputs_and_quantile_levels():
     meta = FORECASTER.metadata()
-    assert meta["name"] == "fc" and meta["versions"] == ["v2"]
+    assert meta["name"] == "fc" and meta["versions"] == ["v1", "v2"]
     assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [("history", "FP32", [-1, -1, 1]), ("lengths", "INT64", [-1])]
     assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [("forecast", "FP32", [-1, 5, 1]), ("quantiles", "FP32", [-1, 3, 5, 1])]
     assert meta["outputs"][1]["parameters"]["quantile_levels"] == [0.1, 0.5, 0.9]

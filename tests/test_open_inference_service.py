@@ -170,3 +170,37 @@ def test_api_keys_guard_v2_but_not_its_health_probes(client, tags):
     assert client.get("/v2/health/live", headers=bare).status_code == 200
     assert client.get("/v2/health/ready", headers=bare).status_code == 200
 
+
+
+def test_two_loaded_versions_of_a_name_are_listed_and_each_answers_as_classify():
+    """Live updates keep the newest versions of a name loaded: v2 lists them all, the name alone reaches the
+    newest, a version its own, and each answer equals that version's /classify."""
+    import asyncio
+    import dataclasses
+
+    from service.config import Settings
+    from service.lanes import load_lanes
+    from service.reload import StoreWatcher, watched
+    from service.schemas import ClassifyInstance
+    from service.v2.routes import infer_arrays, interface
+
+    name = "v2live-clf"
+    first = tiny_models.store_classifier(name, seed=0)
+    settings = dataclasses.replace(Settings.from_env(), model_versions=2)
+    lanes = load_lanes(settings, [first])
+    second = tiny_models.store_classifier(name, seed=1)
+    assert asyncio.run(StoreWatcher(lanes, settings, *watched((), lanes)).check()) == [second]
+    versions = [first.split(":")[1], second.split(":")[1]]
+    for tag in (name, first, second):
+        meta = interface(lanes.get(tag), lanes).metadata()
+        assert meta["versions"] == versions
+    values = np.random.default_rng(0).normal(size=(2, 6, 3)).astype(np.float32)
+    answered = []
+    for tag in (first, second):
+        outputs = asyncio.run(infer_arrays(lanes.get(tag), values, np.array([6, 4])))
+        instances = [ClassifyInstance(sequence=values[0].tolist(), model=tag), ClassifyInstance(sequence=values[1, :4].tolist(), model=tag)]
+        expected = json.loads(asyncio.run(lanes.classify(instances)))
+        np.testing.assert_allclose(outputs["probabilities"], [list(e["probabilities"].values()) for e in expected], atol=1e-6)
+        answered.append(outputs["probabilities"])
+    assert np.abs(answered[0] - answered[1]).max() > 1e-3  # two models indeed, each reached by its own version
+    assert interface(lanes.get(name), lanes).version == versions[1]

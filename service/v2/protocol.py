@@ -58,6 +58,7 @@ class ModelInterface:
     name: str
     version: str
     task: str  # "classify" or "forecast"
+    versions: list[str]  # every version of the name this server has loaded (live updates keep the newest few)
     features: list[str]
     max_instances: int
     max_length: int
@@ -94,7 +95,7 @@ class ModelInterface:
         if self.task == "forecast":
             parameters |= {"lookback": self.lookback, "horizon": self.horizon}
         return {
-            "name": self.name, "versions": [self.version], "platform": "seqserve_pytorch",
+            "name": self.name, "versions": self.versions, "platform": "seqserve_pytorch",
             "inputs": [spec.metadata() for spec in self.inputs()],
             "outputs": [spec.metadata() for spec in self.outputs()],
             "parameters": parameters,

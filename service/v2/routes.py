@@ -57,11 +57,12 @@ async def infer_arrays(lane: ModelLane, values: np.ndarray, lengths: np.ndarray,
     return answer
 
 
-def interface(lane: ModelLane) -> ModelInterface:
+def interface(lane: ModelLane, lanes: Lanes) -> ModelInterface:
     """What the protocol says of ``lane``'s model: its inputs, outputs and this server's limits."""
     card = lane.model.card
     return ModelInterface(
-        name=lane.name, version=lane.tag.split(":")[1], task=card.task, features=card.features,
+        name=lane.name, version=lane.tag.split(":")[1], task=card.task,
+        versions=[loaded.tag.split(":")[1] for loaded in lanes.versions(lane.name)], features=card.features,
         max_instances=lane.limits.max_instances, max_length=lane.limits.max_length,
         labels=card.labels, targets=card.targets, lookback=card.lookback or 0, horizon=card.horizon or 0,
         quantiles=card.quantiles,
@@ -76,14 +77,14 @@ def _lanes() -> Lanes:
     return bentoml.get_current_service().lanes
 
 
-def _resolve(request: Request) -> ModelLane:
+def _resolve(request: Request) -> tuple[ModelLane, Lanes]:
     lanes = _lanes()
     name, version = request.path_params["name"], request.path_params.get("version")
     lane = lanes.get(f"{name}:{version}") if version else (None if ":" in name else lanes.get(name))
     if lane is None:
         asked = f"{name} version {version}" if version else name
         raise UnknownModel(f"model: {shown(asked)} is not served; served models: {', '.join(served.tag for served in lanes)}")
-    return lane
+    return lane, lanes
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -108,16 +109,16 @@ async def ready(request: Request) -> Response:
 async def model_metadata(request: Request) -> Response:
     """GET /v2/models/{name}[/versions/{version}]: the model's inputs and outputs."""
     try:
-        lane = _resolve(request)
+        lane, lanes = _resolve(request)
     except UnknownModel as err:
         return _json(404, {"error": str(err)})
-    return _json(200, interface(lane).metadata())
+    return _json(200, interface(lane, lanes).metadata())
 
 
 async def model_ready(request: Request) -> Response:
     """GET /v2/models/{name}[/versions/{version}]/ready."""
     try:
-        lane = _resolve(request)
+        lane, _ = _resolve(request)
     except UnknownModel as err:
         return _json(404, {"error": str(err)})
     return _json(200, {"name": lane.name, "ready": True})
@@ -126,8 +127,8 @@ async def model_ready(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     """POST /v2/models/{name}[/versions/{version}]/infer: JSON or binary tensors in, the outputs asked for out."""
     try:
-        lane = _resolve(request)
-        contract = interface(lane)
+        lane, lanes = _resolve(request)
+        contract = interface(lane, lanes)
         body = await request.body()  # read by the guard already, within its caps
         max_json_bytes = bentoml.get_current_service().settings.max_body_bytes
         asked = read_infer_request(body, request.headers.get(HEADER_LENGTH), contract, max_json_bytes)
