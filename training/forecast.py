@@ -401,7 +401,7 @@ def train_forecaster(
     report.write_metrics(report_dir, "forecast", tag or f"{name}:unsaved", metrics, recipe)
     report.plot_history(report_dir, history)
     report.plot_forecasts(report_dir, test_w.inputs, test_w.targets, predicted, model.quantiles, kept.target_names[0])
-    return RunResult(tag, test_metrics, baselines, report_dir, warnings, card.training)
+    return RunResult(tag, test_metrics, baselines, report_dir, warnings, {**card.training, "recipe": recipe})
 
 
 def _ets(kept: SeriesCollection, parts: list[np.ndarray], test_w: Windows, horizon: int, season: int,

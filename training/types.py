@@ -27,4 +27,4 @@ class RunResult:
     baselines: dict[str, dict[str, float]]
     report_dir: Path
     warnings: list[str] = field(default_factory=list)  # human sentences; empty when the model beats its baseline
-    training: dict[str, Any] = field(default_factory=dict)  # the card's training record (recipe, epochs, seconds)
+    training: dict[str, Any] = field(default_factory=dict)  # the training record (recipe, epochs, seconds)
