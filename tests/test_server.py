@@ -21,11 +21,7 @@ from loadtests.server import running_server
 def server():
     clf, fc = tiny_models.store_classifier("real-clf"), tiny_models.store_forecaster("real-fc")
     streaming = tiny_models.store_streaming_classifier("real-stream", "gru", 2)
-    # These tests fire 200 requests at once to see them batched: on a busy 2-core machine the queue limit's
-    # learnt rate can shed some (a right answer, but not what is tested here; tests/test_batching.py and the
-    # hostile run test the shedding), so the limit is set far above what 200 tiny requests queue.
-    env = {"SEQSERVE_MODELS": f"{clf},{fc},{streaming}", "SEQSERVE_HEADER_TIMEOUT_S": "1", "SEQSERVE_BODY_TIMEOUT_S": "1",
-           "SEQSERVE_MAX_QUEUE_MS": "10000"}
+    env = {"SEQSERVE_MODELS": f"{clf},{fc},{streaming}", "SEQSERVE_HEADER_TIMEOUT_S": "1", "SEQSERVE_BODY_TIMEOUT_S": "1"}
     with running_server(env) as url:
         yield url, clf
 
@@ -182,8 +178,10 @@ def test_streams_through_the_real_server_by_token_and_websocket(server):
 
     state = None
     for start, stop in ((0, 1), (1, 9), (9, 30)):
-        answer = httpx.post(f"{url}/stream/classify", json={"instances": [
-            {"steps": sequence[start:stop], "state": state, "model": tag}]}).json()[0]
+        response = httpx.post(f"{url}/stream/classify", json={"instances": [
+            {"steps": sequence[start:stop], "state": state, "model": tag}]})
+        assert response.status_code == 200, response.text
+        answer = response.json()[0]
         state = answer["state"]
         np.testing.assert_allclose(list(answer["probabilities"].values()), list(whole(stop)["probabilities"].values()), atol=1e-5)
     ws = create_connection(f"{url.replace('http', 'ws')}/stream?model={tag}", timeout=30)
