@@ -149,7 +149,7 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
                      (mixed_spec, (top_weights + linear_weights) / 2, (top_weights + refit) / 2)]
         scored = [(error(held_out, transform, held), spec, final) for spec, held_out, final in finalists]
         e, spec, weights = min(scored, key=lambda entry: entry[0])
-        chosen = {"transform": transform, "start": spec, "weights": weights.astype(np.float32), "error": e}
+        chosen = {"transform": transform, "start": spec, "weights": weights, "error": e}
         errors[f"{transform}: combination"] = min(scored[0][0], scored[2][0])
     chosen["weights"] = chosen["weights"].astype(np.float32)
     return {**chosen, "errors": {key: round(e, 4) for key, e in errors.items()}}
