@@ -9,7 +9,9 @@ Steps, each printed with its time:
    the models it serves;
 3. ``bentoml containerize`` of that bento, kept as ``<name>-bento:<variant>``: its layers are the
    cache that makes the next build take seconds;
-4. ``container/Containerfile`` on top: health check on /readyz, tini as PID 1, a numeric non-root user.
+4. ``container/Containerfile``: the bento image's virtual environment and bento copied onto a clean copy
+   of its base image (leaving behind the compilers BentoML's template installs), with the bento image's
+   environment, a health check on /readyz, tini as PID 1 and a numeric non-root user.
 
 Where torch comes from: the CPU variant installs the ``torch==X+cpu`` wheel from a local wheel folder
 (``--torch-wheels``; default: pip's find-links, when one holds that wheel), mounted read-only into the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import json
 import os
 import re
 import shlex
@@ -115,6 +118,31 @@ def bento_image_name(tag: str, variant: str) -> str:
     return f"{tag.rsplit(':', 1)[0]}-bento:{variant}"
 
 
+def bento_base_image(bento: str) -> str:
+    """The base image `bentoml containerize` built ``bento`` on (BentoML's default when the bentofile names none)."""
+    info = subprocess.run([sys.executable, "-m", "bentoml", "get", bento, "-o", "json"],
+                          check=True, capture_output=True, text=True).stdout
+    return json.loads(info)["image"]["base_image"]
+
+
+def env_instruction(variables: list[str]) -> str:
+    """One ENV instruction setting ``NAME=value`` items exactly, whatever their values hold."""
+    def quoted(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+    return "ENV " + " \\\n    ".join(f"{name}={quoted(value)}" for name, value in (v.split("=", 1) for v in variables))
+
+
+def runtime_containerfile(backend: str, bento_image: str) -> str:
+    """container/Containerfile with the bento image's environment and working directory at its end: the
+    runtime stage starts from the bare base image, and BentoML's settings (BENTO_PATH, the virtual
+    environment on PATH, the service's envs) live in that image's configuration."""
+    config = json.loads(subprocess.run([backend, "image", "inspect", "--format", "{{json .Config}}", bento_image],
+                                       check=True, capture_output=True, text=True).stdout)
+    return ((ROOT / "container" / "Containerfile").read_text()
+            + f"\n# The environment and working directory of {bento_image} (added by container/build.py).\n"
+            + env_instruction(config["Env"]) + f"\nWORKDIR {config['WorkingDir']}\n")
+
+
 def run(cmd: list[str], dry_run: bool, **kwargs) -> subprocess.CompletedProcess | None:
     print("+", shlex.join(cmd), flush=True)
     return None if dry_run else subprocess.run(cmd, check=True, **kwargs)
@@ -176,12 +204,17 @@ def main(argv: list[str] | None = None) -> str:
         run([*bentoml, "containerize", bento, "--backend", args.backend, "--image-tag", bento_image, *opts], args.dry_run, cwd=ROOT)
 
     with step("image", timings):
+        containerfile = ROOT / "build" / f"Containerfile.{args.variant}"
+        base = "<bento-base-image>" if args.dry_run else bento_base_image(bento)
+        if not args.dry_run:
+            containerfile.write_text(runtime_containerfile(args.backend, bento_image))
         # --format docker keeps HEALTHCHECK, which the OCI image format has no field for.
         fmt = ["--format", "docker"] if args.backend == "podman" else []
         run([args.backend, "build", *fmt, *engine_net, "--build-arg", f"BENTO_IMAGE={bento_image}",
+             "--build-arg", f"BASE_IMAGE={base}",
              "--label", "org.opencontainers.image.title=seqserve", "--label", f"seqserve.bento={bento}",
              "--label", f"seqserve.variant={args.variant}",
-             "-f", str(ROOT / "container" / "Containerfile"), "-t", args.tag, str(ROOT / "container")], args.dry_run)
+             "-f", str(containerfile), "-t", args.tag, str(ROOT / "container")], args.dry_run)
 
     print(" ".join(f"{name}: {seconds:.0f}s" for name, seconds in timings.items()))
     print(f"image {args.tag} (bento {bento}); run it: {args.backend} run --rm -p 3000:3000 {args.tag}")

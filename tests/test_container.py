@@ -139,7 +139,7 @@ def wait_ready(url: str, container_name: str, timeout: float = 120) -> float:
 
 @needs_podman
 @pytest.mark.timeout(1500)
-def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(container):
+def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(image, container):
     container_name, url, tags = container
     print(f"ready {wait_ready(url, container_name):.1f}s after podman run")
 
@@ -151,22 +151,40 @@ def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(container
     assert healthcheck["Test"][-1].endswith("seqserve-healthcheck")
     assert podman("healthcheck", "run", container_name, check=False).returncode == 0
     assert podman("exec", container_name, "id", "-u").stdout.strip() != "0"
+    # The runtime stage keeps the bento image's settings and leaves its compilers behind (issue 19: <= 1.2 GB).
+    bento_config = json.loads(podman("image", "inspect", bento_image_name(image[0], "cpu")).stdout)[0]["Config"]
+    assert set(bento_config["Env"]) <= set(inspected["Config"]["Env"])
+    assert podman("exec", container_name, "sh", "-c", "command -v gcc || command -v cc", check=False).returncode != 0
+    assert inspected["Size"] <= 1.2e9, f"image is {inspected['Size'] / 1e9:.2f} GB"
 
     rng = np.random.default_rng(0)
     sequences = [rng.normal(size=(int(n), 3)).astype(np.float32) for n in (1, 7, 30)]
     histories = [rng.normal(size=int(n)).astype(np.float32) * 3 + 10 for n in (12, 40)]
+    padded = np.zeros((len(sequences), max(len(s) for s in sequences), 3), np.float32)
+    for i, s in enumerate(sequences):
+        padded[i, :len(s)] = s
+    v2_request = {"inputs": [
+        {"name": "sequence", "datatype": "FP32", "shape": list(padded.shape), "data": padded.ravel().tolist()},
+        {"name": "lengths", "datatype": "INT64", "shape": [len(sequences)], "data": [len(s) for s in sequences]}]}
     with httpx.Client(base_url=url, timeout=30) as client:
         classified = client.post("/classify", json={"instances": [{"sequence": s.tolist()} for s in sequences]})
         forecast = client.post("/forecast", json={"instances": [{"history": h.tolist(), "model": tags["fc"]} for h in histories]})
         bad = client.post("/classify", json={"instances": [{"sequence": [[1.0, 2.0]]}]})
+        v2_ready = client.get("/v2/health/ready")
+        v2 = client.post(f"/v2/models/{tags['clf'].split(':')[0]}/infer", json=v2_request)
     assert classified.status_code == 200 and forecast.status_code == 200, classified.text + forecast.text
     assert bad.status_code == 400 and "instances[0].sequence" in bad.json()["error"]
+    assert v2_ready.status_code == 200 and v2.status_code == 200, v2_ready.text + v2.text
 
     clf, fc = load_artifact(tags["clf"]), load_artifact(tags["fc"])
     for answer, expected in zip(classified.json(), served_answers(clf, sequences), strict=True):
         assert answer["model"] == tags["clf"] and answer["label"] == expected["label"]
         np.testing.assert_allclose([answer["probabilities"][k] for k in expected["probabilities"]],
                                    list(expected["probabilities"].values()), atol=1e-5)
+    v2_outputs = {o["name"]: o for o in v2.json()["outputs"]}
+    assert v2_outputs["label"]["data"] == [answer["label"] for answer in classified.json()]
+    np.testing.assert_allclose(np.reshape(v2_outputs["probabilities"]["data"], v2_outputs["probabilities"]["shape"]),
+                               [list(answer["probabilities"].values()) for answer in classified.json()], atol=1e-5)
     windows = [history_window(i, h.tolist(), fc, Limits()) for i, h in enumerate(histories)]
     for answer, expected in zip(forecast.json(), served_answers(fc, windows), strict=True):
         assert answer["model"] == tags["fc"]
