@@ -228,7 +228,11 @@ def streaming(args: argparse.Namespace) -> list[dict]:
     print("… seqserve streaming", file=sys.stderr, flush=True)
     histories = [int(h) for h in args.histories.split(",")]
     open_at_once = len(histories) * max(streams)  # every history's streams of one stream count (stream_bench.compare)
-    env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": str(max(1000, 2 * open_at_once))}
+    # A cell's streams stay silent while the other cells of their stream count are set up: bringing 256 streams
+    # to 4,096 steps took 66 s on a quiet 2-core machine and over 200 s on a busy one, and the server closes a
+    # stream silent for SEQSERVE_STREAM_IDLE_S (300 s by default; 4408). A device sends readings far more often.
+    env = {"SEQSERVE_MODELS": tag, "OMP_NUM_THREADS": "1", "SEQSERVE_STREAM_MAX_OPEN": str(max(1000, 2 * open_at_once)),
+           "SEQSERVE_STREAM_IDLE_S": "3600"}
     with running_process(serve_command(port), port=port, ready_path="/readyz", env=env) as url:
         rows = run_streaming(url, tag.split(":")[0], histories, streams, args.stream_seconds, args.stream_rounds)
     port = free_port()

@@ -8,7 +8,8 @@ only what the bench needs, cheaply: each step message is framed and masked once 
 a stream's timed loop runs in the protocol's callback, without a task switch per message.
 
 Not a general client: text messages only, answers must be single frames (uvicorn sends them so), pings
-are answered, a close frame ends the stream.
+are answered, a close frame ends the stream. Using a stream that has ended raises ConnectionError with
+the server's close code and reason, so that a caller can count streams the server closed.
 """
 
 from __future__ import annotations
@@ -187,6 +188,9 @@ class AsyncStream(asyncio.Protocol):
         return message
 
     def send(self, frame: bytes) -> None:
+        """Send ``frame``; ConnectionError when the stream has ended (the transport would refuse it)."""
+        if self.transport.is_closing():
+            raise ConnectionError(f"stream {self.closed_because}")
         self.transport.write(frame)
 
     async def replay(self, frame: bytes, seconds: float) -> tuple[list[float], int]:
@@ -196,7 +200,11 @@ class AsyncStream(asyncio.Protocol):
         done = asyncio.get_running_loop().create_future()
         self._replay = (frame, time.perf_counter() + seconds, [], [0], done)
         self._sent_at = time.perf_counter()
-        self.transport.write(frame)
+        try:
+            self.send(frame)  # a stream that ended before would never answer
+        except ConnectionError:
+            self._replay = None
+            raise
         await done
         _, _, latencies, errors, _ = self._replay
         self._replay = None

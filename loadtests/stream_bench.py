@@ -30,6 +30,7 @@ import json
 import shutil
 import time
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -88,7 +89,8 @@ async def _timed(work, seconds: float) -> tuple[list[float], int]:
 
 @dataclass
 class Tally:
-    """One cell's timed windows so far: answered steps, failures, seconds timed, and each window's p50."""
+    """One cell's timed windows so far: answered steps, failures, seconds timed, each window's p50, and the
+    streams the server refused or closed (by the reason it gave), which the cell goes on without."""
 
     way: str
     history: int | None
@@ -98,6 +100,10 @@ class Tally:
     failures: int = 0
     seconds: float = 0.0
     p50s_ms: list[float] = field(default_factory=list)
+    lost: Counter[str] = field(default_factory=Counter)
+
+    def lose(self, err: ConnectionError) -> None:
+        self.lost[str(err)] += 1
 
     def add(self, answered: int, failures: int, seconds: float, p50_ms: float) -> None:
         self.answered, self.failures, self.seconds = self.answered + answered, self.failures + failures, self.seconds + seconds
@@ -112,12 +118,17 @@ class Tally:
             "way": self.way, "history": self.history, "streams": self.streams, "client": self.client,
             "steps": self.answered, "failures": self.failures, "steps_per_s": self.answered / self.seconds if self.seconds else 0.0,
             "p50_ms": float(np.median(self.p50s_ms)) if self.p50s_ms else float("nan"), "windows": len(self.p50s_ms),
+            "lost_streams": sum(self.lost.values()), "lost_because": dict(self.lost),
         }
 
 
 class WebSocketWay:
     """``streams`` WebSocket streams brought to ``history`` steps (not timed); each window, every stream
-    replays one new step back to back. One lean asyncio client for many streams, a blocking socket for one."""
+    replays one new step back to back. One lean asyncio client for many streams, a blocking socket for one.
+
+    A stream the server refuses (1013 past ``SEQSERVE_STREAM_MAX_OPEN``) or closes (4408 when idle) is a
+    result, not a crash: it is counted in the row's ``lost_streams`` with the server's reason, and the
+    cell goes on with the others."""
 
     def __init__(self, url: str, model: BenchModel, history: int, streams: int):
         self.url, self.model, self.history = url, model, history
@@ -128,24 +139,24 @@ class WebSocketWay:
 
     async def open(self) -> None:
         if self.tally.streams == 1:
-            self.lone, self.step = await asyncio.to_thread(self._open_lone)
+            try:
+                self.lone, self.step = await asyncio.to_thread(self._open_lone)
+            except ConnectionError as err:
+                self.tally.lose(err)
             return
         setting_up = asyncio.Semaphore(8)
         opened = await asyncio.gather(*(self._open_one(setting_up) for _ in range(self.tally.streams)), return_exceptions=True)
-        self.many = [o for o in opened if not isinstance(o, BaseException)]
-        failed = next((o for o in opened if isinstance(o, BaseException)), None)
-        if failed is not None:
-            raise failed
+        self.many = [o for o in opened if not self._lost(o)]
 
     async def _open_one(self, setting_up: asyncio.Semaphore) -> tuple[AsyncStream, bytes]:
-        """One stream brought to its history, a few streams at a time, as a well-behaved fleet would: all at
-        once, their long first messages are mostly refused (overloaded), and the retries alone keep the
-        worker busy parsing them."""
+        """One stream opened and brought to its history, a few streams at a time, as a well-behaved fleet
+        would: all at once, their long first messages are mostly refused (overloaded), and the retries alone
+        keep the worker busy parsing them. ConnectionError when the server refuses or closes the stream."""
         rng = np.random.default_rng()
-        stream = await AsyncStream.open(self.url, f"/stream?model={self.model.tag}")
-        try:
-            await stream.receive()  # hello
-            async with setting_up:
+        async with setting_up:
+            stream = await AsyncStream.open(self.url, f"/stream?model={self.model.tag}")
+            try:
+                await stream.receive()  # hello
                 give_up = time.perf_counter() + 300  # bounded, however slowly the worker lets the histories in
                 for done in range(0, self.history, CHUNK):
                     chunk = client_frame(json.dumps({"steps": self.model.steps(rng, min(CHUNK, self.history - done))}))
@@ -157,10 +168,20 @@ class WebSocketWay:
                         await asyncio.sleep(0.05)  # overloaded: the chunk left the state as it was
                     if "error" in answer:
                         raise RuntimeError(f"the stream refused its history: {answer}")
-        except BaseException:
-            stream.close()
-            raise
+            except BaseException:
+                stream.close()
+                raise
         return stream, client_frame(json.dumps({"steps": self.model.steps(rng, 1)}))
+
+    def _lost(self, result) -> bool:
+        """Whether a stream's ``result`` (from ``gather(..., return_exceptions=True)``) says the server refused or
+        closed it, which is counted; any other exception is raised."""
+        if isinstance(result, ConnectionError):
+            self.tally.lose(result)
+            return True
+        if isinstance(result, BaseException):
+            raise result
+        return False
 
     def _open_lone(self) -> tuple[BlockingStream, bytes]:
         rng = np.random.default_rng()
@@ -177,10 +198,17 @@ class WebSocketWay:
     async def window(self, seconds: float) -> None:
         started = time.perf_counter()
         if self.lone is not None:
-            latencies, failures = await asyncio.to_thread(self._lone_window, seconds)
+            try:
+                latencies, failures = await asyncio.to_thread(self._lone_window, seconds)
+            except ConnectionError as err:
+                self.tally.lose(err)
+                self.lone.close()
+                self.lone, latencies, failures = None, [], 0
         else:
-            results = await asyncio.gather(*(stream.replay(step, seconds) for stream, step in self.many))
-            latencies, failures = [x for lat, _ in results for x in lat], sum(f for _, f in results)
+            results = await asyncio.gather(*(stream.replay(step, seconds) for stream, step in self.many), return_exceptions=True)
+            kept = [(pair, result) for pair, result in zip(self.many, results) if not self._lost(result)]
+            self.many = [pair for pair, _ in kept]
+            latencies, failures = [x for _, (lat, _) in kept for x in lat], sum(f for _, (_, f) in kept)
         self.tally.add_latencies(latencies, failures, time.perf_counter() - started)
 
     def _lone_window(self, seconds: float) -> tuple[list[float], int]:
@@ -355,7 +383,8 @@ def run_streaming(url: str, tag: str, histories: list[int], streams: list[int], 
     asyncio.run(_warm_up(url, model))
     for n in streams:
         for row in _run(compare(url, model, histories, n, seconds, rounds)):
-            print(f"… {row['way']} history {row['history']} streams {n}: {row['steps_per_s']:.0f} steps/s, p50 {row['p50_ms']:.2f} ms", flush=True)
+            lost = f", {row['lost_streams']} streams lost" if row.get("lost_streams") else ""
+            print(f"… {row['way']} history {row['history']} streams {n}: {row['steps_per_s']:.0f} steps/s, p50 {row['p50_ms']:.2f} ms{lost}", flush=True)
             rows.append(row)
     return sorted(rows, key=lambda r: (WAYS.index(r["way"]), r["history"], r["streams"]))
 
@@ -368,6 +397,9 @@ def streaming_markdown(rows: list[dict], seconds: float, ceiling_p50_ms: float |
              "| way | history | streams | client | steps/s | p50 ms per step | failures |", "|---|---:|---:|---|---:|---:|---:|"]
     lines += [f"| {r['way']} | {r['history'] if r['history'] is not None else '–'} | {r['streams']} | {r.get('client', '')} "
               f"| {r['steps_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['failures']} |" for r in rows]
+    lines += [f"\n{r['way']}, history {r['history']}, {r['streams']} streams: {r['lost_streams']} streams refused or closed by the server, "
+              f"measured without them ({'; '.join(f'{n}x {why}' for why, n in r['lost_because'].items())})"
+              for r in rows if r.get("lost_streams")]
     cell = {(r["way"], r["history"], r["streams"]): r for r in rows}
     lines += ["", "| target | measured |", "|---|---|"]
     for way in ("websocket", "token"):

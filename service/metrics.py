@@ -46,6 +46,20 @@ def change_open_streams(delta: int) -> None:
     _stream_metrics()[0].inc(delta)
 
 
+@lru_cache(maxsize=None)
+def _stream_closes_counter():
+    """``seqserve_stream_closes_total{reason}``: WebSocket streams the server closed or refused (service.streams),
+    by reason: ``too_many_open`` (1013), ``idle`` (4408), ``too_big`` (1009), ``bad_request`` (4400). A client
+    sees each as a close frame with its code; this says how often. Created on first use."""
+    from prometheus_client import Counter
+
+    return Counter("seqserve_stream_closes", "WebSocket streams the server closed or refused, by reason", labelnames=["reason"])
+
+
+def count_stream_close(reason: str) -> None:
+    _stream_closes_counter().labels(reason=reason).inc()
+
+
 class BatchSizes:
     """One model's batches: ``seqserve_batch_size`` (instances per forward pass) or, with ``streams``,
     ``seqserve_state_batch_size`` (stream states per pass) and ``seqserve_stream_steps_total`` (the steps

@@ -20,6 +20,9 @@ Limits and lifecycle:
 * an unknown model, or one that cannot stream, closes with 4400 and the reason;
 * on server shutdown uvicorn closes every stream with 1012 (service restart).
 
+Each of these closes but shutdown's is counted in ``seqserve_stream_closes_total{reason}`` (``too_many_open``,
+``idle``, ``too_big``, ``bad_request``), so an operator sees how often clients are turned away and why.
+
 API keys apply to the handshake (``service.guard``): ``Authorization: Bearer <key>``.
 """
 
@@ -37,7 +40,7 @@ from service.errors import RetryLater, readable_error
 from service.inference import OutOfRange
 from service.inputs import InstanceError
 from service.lanes import ModelLane, Lanes
-from service.metrics import change_open_streams
+from service.metrics import change_open_streams, count_stream_close
 from service.schemas import StreamMessage
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
 BAD_REQUEST = 4400
 IDLE = 4408
+CLOSE_REASONS = {TRY_AGAIN_LATER: "too_many_open", IDLE: "idle", MESSAGE_TOO_BIG: "too_big", BAD_REQUEST: "bad_request"}
 
 
 class StreamSessions:
@@ -62,11 +66,13 @@ class StreamSessions:
         """Run one stream, an ASGI WebSocket connection, from the handshake to its close."""
         websocket = WebSocket(scope, receive, send)  # for the handshake, the hello and the early closes
         if self.open >= self.max_open:
+            _count_close(TRY_AGAIN_LATER)
             await websocket.accept()
             return await websocket.close(TRY_AGAIN_LATER, f"this worker has {self.open} open streams, its limit (SEQSERVE_STREAM_MAX_OPEN); retry later")
         try:
             lane = self._lane(websocket.query_params.get("model"), websocket.query_params.get("task"))
         except InstanceError as err:
+            _count_close(BAD_REQUEST)
             await websocket.accept()
             return await websocket.close(BAD_REQUEST, f"{err.field}: {err.problem}"[:120])
         self._count(+1)
@@ -110,12 +116,15 @@ class StreamSessions:
                     message = await receive()
                     idle.reschedule(None)  # a slow step (an overloaded model) is not the client's silence
                     if message["type"] == "websocket.disconnect":
+                        if message.get("code") == MESSAGE_TOO_BIG:  # uvicorn closed it as the message arrived
+                            _count_close(MESSAGE_TOO_BIG)
                         return
                     text = message.get("text")
                     if text is None:
                         text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
                     if len(text) > self.max_message_bytes:  # uvicorn closes such a stream itself; in-process clients get the same
                         reason = f"message over {self.max_message_bytes} bytes (SEQSERVE_MAX_BODY_MB)"
+                        _count_close(MESSAGE_TOO_BIG)
                         return await send({"type": "websocket.close", "code": MESSAGE_TOO_BIG, "reason": reason})
                     state, replies = await self._step(text, lane, state)
                     for reply in replies:
@@ -123,6 +132,7 @@ class StreamSessions:
         except TimeoutError:
             if not idle.expired():
                 raise
+            _count_close(IDLE)
             await send({"type": "websocket.close", "code": IDLE, "reason": f"no message for {self.idle_s:g} s (SEQSERVE_STREAM_IDLE_S)"})
 
     async def _step(self, text: str, lane: ModelLane, state: State) -> tuple[State, list[str]]:
@@ -152,6 +162,11 @@ class StreamSessions:
     def _count(self, delta: int) -> None:
         self.open += delta
         change_open_streams(delta)
+
+
+def _count_close(code: int) -> None:
+    """Count a stream the server closes with ``code`` in ``seqserve_stream_closes_total``."""
+    count_stream_close(CLOSE_REASONS[code])
 
 
 def _error(problem: str) -> str:

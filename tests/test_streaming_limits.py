@@ -112,3 +112,37 @@ def test_uvicorn_hands_stream_websockets_to_the_sessions_and_the_rest_to_the_app
     visit("/api/stream", root_path="/api")
     visit("/other")
     assert served == [("app", "/stream"), ("streams", "/stream"), ("streams", "/api/stream"), ("app", "/other")]
+
+
+def test_streams_the_server_refuses_or_closes_are_counted_by_both_and_the_bench_goes_on(tag):
+    """Past SEQSERVE_STREAM_MAX_OPEN a stream is closed with 1013, after SEQSERVE_STREAM_IDLE_S silent with 4408:
+    `/metrics` counts both by reason, and `loadtests bench`'s WebSocket cell counts them as lost streams and
+    measures the others, where it crashed on the first closed transport."""
+    import asyncio
+
+    import httpx
+
+    from loadtests.server import running_server
+    from loadtests.stream_bench import BenchModel, WebSocketWay, streaming_markdown
+
+    async def cell(url: str) -> dict:
+        way = WebSocketWay(url, BenchModel(tag, 3), history=8, streams=3)
+        try:
+            await way.open()  # two streams open, the third is refused
+            await way.window(0.3)
+            await asyncio.sleep(4.5)  # silent past the idle limit: the server closes both
+            await way.window(0.3)
+        finally:
+            await way.close()
+        return way.tally.row()
+
+    env = {"SEQSERVE_MODELS": tag, "SEQSERVE_STREAM_MAX_OPEN": "2", "SEQSERVE_STREAM_IDLE_S": "2"}
+    with running_server(env) as url:
+        row = asyncio.run(cell(url))
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert row["steps"] > 0 and row["windows"] == 2 and row["lost_streams"] == 3, row
+    reasons = sorted(why.split(":")[0] for why, n in row["lost_because"].items() for _ in range(n))
+    assert reasons == ["stream closed with 1013", "stream closed with 4408", "stream closed with 4408"], row
+    assert 'seqserve_stream_closes_total{reason="too_many_open"} 1.0' in metrics
+    assert 'seqserve_stream_closes_total{reason="idle"} 2.0' in metrics
+    assert "websocket, history 8, 3 streams: 3 streams refused or closed by the server" in streaming_markdown([row], 0.6)
