@@ -285,7 +285,7 @@ class Lanes:
         self.by_tag: dict[str, ModelLane] = {}
         self.by_name: dict[str, ModelLane] = {}  # a full tag, or a name alone: its default version
         self.defaults: dict[str, ModelLane] = {}  # a task: its default lane
-        self.retired: dict[str, str] = {}  # tag of a version unloaded while serving -> the tag serving its name then
+        self.retired: set[str] = set()  # tags of versions unloaded while newer ones of their name serve
 
     def add(self, lane: ModelLane) -> None:
         """Serve ``lane``: it becomes the default of its name and of its task when they have none yet."""
@@ -301,7 +301,7 @@ class Lanes:
         before = self.by_name.get(lane.name)
         self.by_tag[lane.tag] = lane
         self.by_name[lane.tag] = self.by_name[lane.name] = lane
-        self.retired.pop(lane.tag, None)
+        self.retired.discard(lane.tag)
         if before is not None and self.defaults.get(lane.task) is before:
             self.defaults[lane.task] = lane
         self.defaults.setdefault(lane.task, lane)
@@ -311,9 +311,17 @@ class Lanes:
         """Take the version ``tag`` (not its name's default) out of service; requests can no longer reach it."""
         lane = self.by_tag.pop(tag)
         del self.by_name[tag]
-        self.retired[tag] = self.by_name[lane.name].tag
+        self.retired.add(tag)
         show_model_version(lane.name, tag.partition(":")[2], default=None)
         return lane
+
+    def gone(self, tag: str) -> str | None:
+        """Why ``tag`` answers no more when it is a version unloaded since newer ones of its name came (a 410), and
+        which version serves its name now; None for any other tag."""
+        if tag not in self.retired:
+            return None
+        name = tag.split(":")[0]
+        return f"{tag} is no longer served here; {self.by_name[name].tag} serves {name} now"
 
     def versions(self, name: str) -> list[ModelLane]:
         """The loaded versions of ``name``, in the order they were loaded."""
@@ -338,8 +346,8 @@ class Lanes:
                 raise InstanceError(index, "model", f"no {task} model is served; served models: {', '.join(self.by_tag)}")
             return self.defaults[task]
         lane = self.by_name.get(name)
-        if lane is None and name in self.retired:
-            raise VersionGone(index, "model", f"{name} is no longer served here; {self.retired[name]} serves {name.split(':')[0]} now")
+        if lane is None and (gone := self.gone(name)):
+            raise VersionGone(index, "model", gone)
         if lane is None:
             raise InstanceError(index, "model", f"unknown model {shown(name)}; served models: {', '.join(self.by_tag)}")
         if lane.task != task:

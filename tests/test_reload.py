@@ -125,6 +125,12 @@ def test_a_new_version_becomes_the_default_beside_the_old_and_a_corrupt_one_neve
                                           f"\\({third} serves {name} now\\); start a new stream without a state"):
         asyncio.run(lanes.step_streams("classify", [StreamClassifyInstance(steps=[[0.4, 0.5, 0.6]], state=token, model=name)]))
 
+    # One more: the 410 names the version serving the name now, not the one serving when the first was unloaded.
+    fourth = tiny_models.store_streaming_classifier(name, seed=5)
+    assert asyncio.run(watcher.check()) == [fourth]
+    with pytest.raises(VersionGone, match=f"instances\\[0\\].model: {first} is no longer served here; {fourth} serves {name} now"):
+        answered_by(lanes, first)
+
 
 def test_a_new_version_of_another_task_is_refused():
     name = "live-task"
@@ -199,6 +205,11 @@ def test_a_server_of_two_workers_serves_a_new_version_within_the_poll_interval(t
         gone = client.post("/stream/classify", json={"instances": [{**body["instances"][0], "state": token}]})
         assert gone.status_code == 410 and "start a new stream" in gone.json()["error"]
         assert client.post("/classify", json={"instances": [{"sequence": [[0.0] * 3] * 4, "model": first}]}).status_code == 410
+        first_v2 = f"/v2/models/{name}/versions/{first.split(':')[1]}"  # the Open Inference Protocol says 410 too
+        sequence = {"name": "sequence", "datatype": "FP32", "shape": [1, 4, 3], "data": [0.0] * 12}
+        gone = client.post(f"{first_v2}/infer", json={"inputs": [sequence]})
+        assert gone.status_code == 410 and gone.json() == {"error": f"model: {first} is no longer served here; {third} serves {name} now"}
+        assert client.get(f"{first_v2}/ready").status_code == 410 and client.get(first_v2).status_code == 410
     lines = log.read_text()
     assert f"new model version {broken} is not served: weights are corrupt" in lines
     assert f"{second} serves {name} now, in place of {first}" in lines

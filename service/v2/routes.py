@@ -70,7 +70,12 @@ def interface(lane: ModelLane, lanes: Lanes) -> ModelInterface:
 
 
 class UnknownModel(LookupError):
-    """The path names a model or version this server does not serve (404)."""
+    """The path names a model or version this server does not serve: 404, or 410 for a version unloaded since newer
+    ones of its name came (as the JSON API answers it)."""
+
+    def __init__(self, message: str, status: int = 404):
+        super().__init__(message)
+        self.status = status
 
 
 def _lanes() -> Lanes:
@@ -81,6 +86,8 @@ def _resolve(request: Request) -> tuple[ModelLane, Lanes]:
     lanes = _lanes()
     name, version = request.path_params["name"], request.path_params.get("version")
     lane = lanes.get(f"{name}:{version}") if version else (None if ":" in name else lanes.get(name))
+    if lane is None and version and (gone := lanes.gone(f"{name}:{version}")):
+        raise UnknownModel(f"model: {gone}", status=410)
     if lane is None:
         asked = f"{name} version {version}" if version else name
         raise UnknownModel(f"model: {shown(asked)} is not served; served models: {', '.join(served.tag for served in lanes)}")
@@ -111,7 +118,7 @@ async def model_metadata(request: Request) -> Response:
     try:
         lane, lanes = _resolve(request)
     except UnknownModel as err:
-        return _json(404, {"error": str(err)})
+        return _json(err.status, {"error": str(err)})
     return _json(200, interface(lane, lanes).metadata())
 
 
@@ -120,7 +127,7 @@ async def model_ready(request: Request) -> Response:
     try:
         lane, _ = _resolve(request)
     except UnknownModel as err:
-        return _json(404, {"error": str(err)})
+        return _json(err.status, {"error": str(err)})
     return _json(200, {"name": lane.name, "ready": True})
 
 
@@ -134,7 +141,7 @@ async def infer(request: Request) -> Response:
         asked = read_infer_request(body, request.headers.get(HEADER_LENGTH), contract, max_json_bytes)
         outputs = await infer_arrays(lane, asked.values, asked.lengths, request.scope.get(CLIENT))
     except UnknownModel as err:
-        return _json(404, {"error": str(err)})
+        return _json(err.status, {"error": str(err)})
     except ProtocolError as err:
         return _json(err.status, {"error": str(err)})
     except InstanceError as err:
