@@ -14,6 +14,15 @@ the Open Inference Protocol's JSON and as its binary tensors (``/v2/models/<name
 model alone at batch 64; then the streaming table (``loadtests/stream_bench.py``): one new step over the ``/stream`` WebSocket or
 with a state token, next to re-sending the whole history to ``/classify``.
 
+How the 64-instance rows compare: the same stored model and the same 64 instances (the JSON rows carry
+them as decimals rounded to 6 places, v2 binary as their float32 bytes) go to one seqserve worker with one
+torch thread, in turn, from wrk at the same connection counts. The model alone runs in this process, with
+one torch thread and nothing else running, over one input batch it reuses (warm in the cache): the most a
+worker could do. A 64-instance request fills a batch (the default SEQSERVE_MAX_BATCH_SIZE is 64), and the
+worker runs such a batch on its event loop, so a worker does one request's HTTP work, decoding and forward
+pass after another: v2 binary cannot beat the model alone, and model alone ÷ /classify JSON is the most v2
+binary ÷ /classify JSON can be (the ratio table shows both).
+
 Every server gets one worker and one torch thread. Load comes from ``wrk`` (C, one thread), whose own
 CPU use is measured and reported, so the generator is seen not to be the bottleneck. Machines here are
 shared and noisy: the ratios (seqserve ÷ plain BentoML, seqserve ÷ ceiling) are the headline.
