@@ -324,3 +324,17 @@ def test_no_load_test_imports_the_service():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             imports.setdefault(path.name, set()).update(n for n in names if n.split(".")[0] == "service")
     assert {name: found for name, found in imports.items() if found} == {}
+
+
+def test_bench_batch_table_shows_the_most_v2_binary_over_json_can_be():
+    from loadtests.bench import batch_markdown
+
+    def row(sequences_per_s):
+        return {"connections": 1, "requests_per_s": sequences_per_s / 64, "sequences_per_s": sequences_per_s,
+                "p50_ms": 10.0, "p99_ms": 20.0, "errors": 0, "generator_cpu_pct": 1.0}
+
+    ways = {"/classify JSON": 4000.0, "v2 JSON": 4400.0, "v2 binary": 7000.0}
+    results = {"model_only": [{"batch": 64, "sequences_per_s": 8000.0}], "batches": {way: [row(s)] for way, s in ways.items()}}
+    ratios = batch_markdown(results, 8)[-1]
+    # v2 binary ÷ model alone, v2 binary ÷ JSON, model alone ÷ JSON (the bound), v2 JSON ÷ JSON
+    assert ratios == "| 1 | 0.88× | 1.75× | 2.00× | 1.10× |"
