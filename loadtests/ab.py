@@ -4,7 +4,9 @@ A and B are each a checkout (``--tree-a``/``--tree-b``, default this one) and ``
 (``--env-a``/``--env-b KEY=VALUE``). Each round starts A, then B, fresh on 127.0.0.1, warms each up, and
 loads it with ``wrk`` at ``--connections`` keep-alive connections on ``/classify`` with one small instance a
 request (built from ``GET /models``). Turns spread the machine's own drift over both; the summary gives
-each round's requests/s and the median of B/A. Needs ``wrk`` and the store's models (``BENTOML_HOME``).
+each round's requests/s, each worker's share of the measured requests (from ``/metrics``: a keep-alive
+client's split over the workers is fixed when it connects, and moves throughput by itself), and the
+median of B/A. Needs ``wrk`` and the store's models (``BENTOML_HOME``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from loadtests.chaos import worker_counts
 from loadtests.payloads import request_body, served
 from loadtests.server import ROOT, free_port, serve_command, started_process
 from loadtests.wrk import post_script, wrk
@@ -45,7 +48,17 @@ def measure(tree: Path, env: dict[str, str], args: argparse.Namespace, folder: P
         body, _ = request_body(np.random.default_rng(0), "classify", served(models, "classify", []), 1)
         script = post_script(folder / "post.lua", json.dumps(body))
         wrk(f"{url}/classify", script, args.connections, 5)
-        return wrk(f"{url}/classify", script, args.connections, args.seconds)
+        before = worker_counts(httpx.get(f"{url}/metrics", timeout=10).text)
+        result = wrk(f"{url}/classify", script, args.connections, args.seconds)
+        after = worker_counts(httpx.get(f"{url}/metrics", timeout=10).text)
+        taken = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+        result["shares"] = sorted((n / (sum(taken.values()) or 1) for n in taken.values()), reverse=True)
+        return result
+
+
+def described(run: dict) -> str:
+    shares = "/".join(f"{100 * share:.0f}" for share in run["shares"]) or "-"
+    return f"{run['requests_per_s']:.1f} req/s (p99 {run['p99_ms']:.0f} ms, {run['errors']} errors, workers {shares}%)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(1, args.rounds + 1):
             a, b = (measure(tree, env, args, Path(folder)) for tree, env in zip((args.tree_a, args.tree_b), envs))
             ratios.append(b["requests_per_s"] / a["requests_per_s"])
-            print(f"round {round_}: A {a['requests_per_s']:.1f} req/s (p99 {a['p99_ms']:.0f} ms, {a['errors']} errors), "
-                  f"B {b['requests_per_s']:.1f} req/s (p99 {b['p99_ms']:.0f} ms, {b['errors']} errors), B/A {ratios[-1]:.3f}",
-                  flush=True)
+            print(f"round {round_}: A {described(a)}, B {described(b)}, B/A {ratios[-1]:.3f}", flush=True)
     print(f"B/A median {statistics.median(ratios):.3f} over {args.rounds} rounds at {args.connections} connections")
     return 0
 
