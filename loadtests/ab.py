@@ -1,14 +1,18 @@
 """``python -m loadtests ab``: steady-state throughput of two server set-ups, in turns, in one run.
 
 A and B are each a checkout (``--tree-a``/``--tree-b``, default this one) and ``SEQSERVE_*`` settings
-(``--env-a``/``--env-b KEY=VALUE``). Each round starts A, then B, fresh on 127.0.0.1, warms each up, and
-loads it with ``wrk`` at ``--connections`` keep-alive connections on ``/classify`` with one small instance a
-request (built from ``GET /models``). Turns spread the machine's own drift over both; the summary gives
-each round's requests/s, each worker's share of the measured requests (from ``/metrics``: a keep-alive
-client's split over the workers is fixed when it connects, and moves throughput by itself), the workers'
-CPU time per request, and the medians of B/A. CPU per request is the steadier of the two on a shared
-machine: it does not move with the split or with other work taking cores. Needs ``wrk`` and the
-store's models (``BENTOML_HOME``).
+(``--env-a``/``--env-b KEY=VALUE``). Each round starts both, one after the other, fresh on 127.0.0.1, warms
+each up, and loads it with ``wrk`` at ``--connections`` keep-alive connections on ``/classify`` with one small
+instance a request (built from ``GET /models``). Turns spread the machine's own drift over both, and odd
+rounds run A first, even rounds B first, so that whatever the second run of a round meets (the first
+server's processes still exiting, a drift within the round) falls on both alike.
+
+The summary gives each round's requests/s, each worker's share of the measured requests (from
+``/metrics``: a keep-alive client's split over the workers is fixed when it connects, and moves throughput
+by itself), the workers' CPU time per request, and the medians of B/A. CPU per request is the steadier of
+the two on a shared machine: it does not move with the split or with other work taking cores. A setting
+that acts only after some seconds (``SEQSERVE_CONNECTION_MAX_AGE_S``) needs ``--seconds`` well past it:
+wrk opens its connections when a run starts. Needs ``wrk`` and the store's models (``BENTOML_HOME``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tree-b", type=Path, default=ROOT, help="checkout that serves B (default: this one)")
     add("--env-a", action="append", default=[], metavar="KEY=VALUE", help="a setting for A (repeatable)")
     add("--env-b", action="append", default=[], metavar="KEY=VALUE", help="a setting for B (repeatable)")
-    add("--rounds", type=int, default=3, help="turns of A then B (default %(default)s)")
+    add("--rounds", type=int, default=3, help="turns of A and B, A first in odd rounds, B first in even ones (default %(default)s)")
     add("--seconds", type=int, default=30, help="length of each measured wrk run (default %(default)s)")
     add("--connections", type=int, default=64, help="wrk's keep-alive connections (default %(default)s)")
     return parser
@@ -78,10 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     ratios, cpu_ratios = [], []
     with tempfile.TemporaryDirectory(prefix="seqserve-ab-") as folder:
         for round_ in range(1, args.rounds + 1):
-            a, b = (measure(tree, env, args, Path(folder)) for tree, env in zip((args.tree_a, args.tree_b), envs))
+            setups = list(zip((args.tree_a, args.tree_b), envs))
+            first, second = setups if round_ % 2 else setups[::-1]
+            runs = [measure(*first, args, Path(folder)), measure(*second, args, Path(folder))]
+            a, b = runs if round_ % 2 else runs[::-1]
             ratios.append(b["requests_per_s"] / a["requests_per_s"])
             cpu_ratios.append(b["cpu_ms_per_request"] / a["cpu_ms_per_request"])
-            print(f"round {round_}: A {described(a)}, B {described(b)}, B/A {ratios[-1]:.3f}, "
+            print(f"round {round_} ({'A then B' if round_ % 2 else 'B then A'}): A {described(a)}, B {described(b)}, B/A {ratios[-1]:.3f}, "
                   f"CPU per request B/A {cpu_ratios[-1]:.3f}", flush=True)
     print(f"B/A median {statistics.median(ratios):.3f} (CPU per request B/A median {statistics.median(cpu_ratios):.3f}) "
           f"over {args.rounds} rounds at {args.connections} connections")
