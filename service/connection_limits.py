@@ -17,7 +17,9 @@ Each worker's HTTP protocol (``service.framework.connections``) asks :meth:`Conn
 the bound of every connection it accepts and :meth:`ConnectionBound.last` for every request on it, and
 lets uvicorn close the connection after the last one's complete response, never with a request in
 flight. The count lives with the connection: a request costs a subtraction and a clock read, with no
-table of connections and no ASGI layer of its own. A pipelined request behind the last one must be sent
+table of connections and no ASGI layer of its own. A reconnection costs ~0.6 ms of a worker's CPU: at
+the defaults and 64 busy connections ~0.1% of the workers' CPU (measured in the README's operations
+section, with the A/B of bounds on against off). A pipelined request behind the last one must be sent
 again on a new connection, as HTTP/1.1 says for any ``Connection: close``. WebSocket connections
 (``/stream``) are not bounded, and requests from in-process clients (no connection) are not either.
 """
