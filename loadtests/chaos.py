@@ -7,7 +7,7 @@
   store. The server's workers serve it by themselves (service.reload); :func:`serving_workers` reads from
   ``/metrics`` which workers serve it as the name's default, so the soak says when the switch happened.
 * :class:`WorkerShares` samples ``seqserve_worker_requests_total{worker="<pid>"}`` from ``/metrics``
-  (service.connection_limits counts every HTTP request per worker process) and says each worker's share of the
+  (service.framework.connections counts every HTTP request per worker process) and says each worker's share of the
   requests in a stretch of the run, and when the shares were even again after a kill.
 """
 

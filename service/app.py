@@ -23,7 +23,6 @@ from starlette.routing import Route, WebSocketRoute
 
 from service import framework
 from service.admission import CLIENT
-from service.connection_limits import ConnectionLimits
 from service.errors import ReadableValidationErrors, RetryLater, refusal
 from service.guard import RequestGuard
 from service.inputs import InstanceError
@@ -179,8 +178,7 @@ def _answer_with(ctx: bentoml.Context, status: int, body: dict, headers: dict[st
     return _json(body)
 
 
-# Outermost first. Every HTTP answer may close its keep-alive connection at the bound (service.connection_limits).
-SeqServe.add_asgi_middleware(ConnectionLimits, settings=SETTINGS)
+# Outermost first. (Keep-alive connections are bounded by the worker's protocol: service.connection_limits.)
 # CORS answers browsers' preflights before the guard asks them for a key.
 if SETTINGS.cors_origins:
     SeqServe.add_asgi_middleware(

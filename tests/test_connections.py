@@ -1,7 +1,6 @@
-"""Keep-alive connections close at their bound (service.connection_limits): in-process with a fake clock, and through
+"""Keep-alive connections close at their bound (service.connection_limits): the bound with a fake clock, and through
 a real ``bentoml serve`` with a keep-alive httpx client that must reconnect without an error."""
 
-import asyncio
 import dataclasses
 import json
 from itertools import groupby
@@ -25,63 +24,43 @@ class Clock:
         return self.now
 
 
-async def ok(scope, receive, send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": b"ok"})
-
-
-def limits(max_requests: int, max_age_s: float, draw: float = 0.0, tracked: int = 100, clock=None) -> ConnectionLimits:
+def limits(max_requests: int, max_age_s: float, draw: float = 0.0, clock=None) -> ConnectionLimits:
     settings = dataclasses.replace(SETTINGS, connection_max_requests=max_requests, connection_max_age_s=max_age_s)
-    return ConnectionLimits(ok, settings, clock=clock or Clock(), draw=lambda: draw, tracked=tracked)
+    return ConnectionLimits(settings, clock=clock or Clock(), draw=lambda: draw)
 
 
-def closes(app: ConnectionLimits, port: int = 5000, kind: str = "http") -> bool:
-    """One request of the connection from 127.0.0.1:``port``: whether its response says ``connection: close``."""
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": kind, "client": ("127.0.0.1", port), "server": ("127.0.0.1", 3000), "path": "/classify"}
-    asyncio.run(app(scope, None, send))
-    return (b"connection", b"close") in sent[0].get("headers", [])
-
-
-def test_the_response_that_reaches_the_request_bound_closes_and_the_next_connection_starts_afresh():
+def test_the_request_that_reaches_the_request_bound_is_the_last_and_the_next_connection_starts_afresh():
     app = limits(max_requests=3, max_age_s=0)
-    assert [closes(app) for _ in range(7)] == [False, False, True, False, False, True, False]
+    first, second = app.opened(), app.opened()
+    assert [first.last() for _ in range(3)] == [False, False, True]
+    assert [second.last() for _ in range(3)] == [False, False, True]
 
 
-def test_the_first_request_past_the_age_bound_closes():
+def test_the_first_request_past_the_age_bound_is_the_last():
     clock = Clock()
     app = limits(max_requests=0, max_age_s=20, clock=clock)
-    assert not closes(app)
+    bound = app.opened()
+    assert not bound.last()
     clock.now += 19.9
-    assert not closes(app)
+    assert not bound.last()
+    later = app.opened()  # a new connection: its age counts from its own opening
     clock.now += 0.1
-    assert closes(app)
-    clock.now += 19.9  # a new connection: its age counts from its own first request
-    assert not closes(app)
+    assert bound.last()
+    clock.now += 19.8
+    assert not later.last()
+    clock.now += 0.1
+    assert later.last()
 
 
 def test_each_connection_draws_its_bound_up_to_a_fifth_lower():
-    app = limits(max_requests=10, max_age_s=0, draw=1.0)  # the lowest draw: 8 requests
-    assert [closes(app) for _ in range(8)] == [False] * 7 + [True]
+    app = limits(max_requests=10, max_age_s=100, draw=1.0)  # the lowest draw: 8 requests, 80 s
+    bound = app.opened()
+    assert [bound.last() for _ in range(8)] == [False] * 7 + [True]
+    assert bound.closes_at == 100.0 + 80.0
 
 
-def test_connections_are_counted_apart_and_the_least_recently_used_is_forgotten_when_the_table_is_full():
-    app = limits(max_requests=2, max_age_s=0, tracked=2)
-    assert not closes(app, 1) and not closes(app, 2)
-    assert closes(app, 1)  # its second request; port 2 has had one
-    assert not closes(app, 1) and not closes(app, 3)  # 1 and 3 tracked now: port 2 was used longest ago
-    assert not closes(app, 2)  # forgotten, so this counts as its first request
-    assert len(app.connections) == 2
-
-
-def test_without_bounds_no_connection_is_closed_and_websockets_are_never_touched():
-    assert not any(closes(limits(max_requests=0, max_age_s=0)) for _ in range(5))
-    app = limits(max_requests=1, max_age_s=0)
-    assert not closes(app, kind="websocket") and not app.connections
+def test_without_bounds_a_connection_has_none():
+    assert limits(max_requests=0, max_age_s=0).opened() is None
 
 
 @pytest.fixture(scope="module")

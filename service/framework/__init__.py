@@ -9,12 +9,14 @@ routing, requests, responses, WebSockets and CORS middleware. What no public hoo
 offers no setting to change them or to reach a connection):
 
 * ``uvicorn.protocols.http.httptools_impl.HttpToolsProtocol``, subclassed: its ``on_*`` callbacks,
-  ``app``, ``scope``, ``headers``, ``cycle`` (a ``RequestResponseCycle``: its ``body`` and ``disconnected``),
-  ``flow`` (``FlowControl``: ``read_paused``, ``pause_reading``, ``resume_reading``), ``transport``, ``loop``
-  and ``client``. For a header timeout (slowloris), the hang-up flag the door and the batcher ask
-  (:class:`Client`), the door in front of BentoML's middleware (``service.admission``), refused connections
-  left unread until their Retry-After, and request bodies read on up to the cap (the binary cap for a
-  ``/v2/`` request with binary tensors, ``service.guard``) so a hang-up is seen.
+  ``app``, ``scope``, ``headers``, ``cycle`` (a ``RequestResponseCycle``: its ``body``, ``disconnected`` and
+  ``keep_alive``), ``flow`` (``FlowControl``: ``read_paused``, ``pause_reading``, ``resume_reading``),
+  ``transport``, ``loop`` and ``client``. For a header timeout (slowloris), the hang-up flag the door and
+  the batcher ask (:class:`Client`), the door in front of BentoML's middleware (``service.admission``),
+  refused connections left unread until their Retry-After, request bodies read on up to the cap (the
+  binary cap for a ``/v2/`` request with binary tensors, ``service.guard``) so a hang-up is seen, and the
+  bound on each keep-alive connection (``service.connection_limits``): ``keep_alive = False`` on a
+  connection's last request makes uvicorn answer ``connection: close`` and close it after that response.
 * ``uvicorn.protocols.websockets.wsproto_impl.WSProtocol``, subclassed: ``/stream`` straight to the stream
   sessions (a dozen ASGI layers per message cost ~12% of a step), messages capped at the body cap
   (``Config.ws_max_size``) and no per-message deflate (``Config.ws_per_message_deflate``).

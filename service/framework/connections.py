@@ -14,6 +14,12 @@ for every request of every batch.
 And it puts :class:`service.admission.Door` in front of the app, outside BentoML's middleware, so
 that a request the worker is too busy for is refused in a few microseconds.
 
+It bounds each keep-alive connection (:mod:`service.connection_limits`): the bound is drawn when the
+connection opens and counted as each request's headers complete; on the last request it sets the
+cycle's ``keep_alive`` to False, so uvicorn answers that request with ``connection: close`` and closes
+the connection once the response's last body chunk is written (``RequestResponseCycle.send``). It also
+counts each request in ``seqserve_worker_requests_total{worker="<pid>"}``, refused ones included.
+
 WebSockets get :class:`StreamSocketProtocol`: uvicorn's wsproto protocol, with ``/stream`` handed
 straight to the worker's stream sessions (behind the guard's key check) instead of through BentoML's
 app. A stream's messages are many and small, and each one crossed a dozen ASGI layers twice (metrics,
@@ -36,8 +42,10 @@ from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from service.admission import CLIENT, Door, WorkerQueue
 from service.config import Settings
+from service.connection_limits import ConnectionLimits
 from service.errors import REFUSED
 from service.guard import BINARY_HEADER, V2_PREFIX
+from service.metrics import count_worker_request
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +71,15 @@ class Client:
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with seqserve's connection rules: a header timeout, the hang-up flag,
-    the door in front of the app, refused connections left unread until their Retry-After, and request
-    bodies read on up to the cap."""
+    the door in front of the app, refused connections left unread until their Retry-After, request
+    bodies read on up to the cap, and a bound on each keep-alive connection's requests and age."""
 
     header_timeout_s: float = 10.0
     max_body_bytes: int = 1 << 20
     max_binary_body_bytes: int = 4 << 20  # the cap of a /v2/ body with binary tensors (service.guard)
     door: Door | None = None  # one per worker, made by install_protocols(); wraps the app uvicorn loaded
     reading_on = 0  # connections of this worker read past uvicorn's 64 KiB pause (see on_body)
+    limits: ConnectionLimits | None = None  # the keep-alive bounds, set by install_protocols()
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -84,6 +93,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._bound = self.limits.opened() if self.limits is not None else None
         self._header_timer: asyncio.TimerHandle | None = None
         self._start_header_timer()
 
@@ -97,6 +107,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # The upgrade guard: on a WebSocket upgrade uvicorn's WebSocket protocol takes the connection over.
         if self.cycle is None or self.cycle.scope is not self.scope:
             return
+        count_worker_request()
+        if self._bound is not None and self._bound.last():
+            self.cycle.keep_alive = False  # uvicorn says connection: close and closes after this response
         self.scope[CLIENT] = Client(self.cycle)
         binary = self.scope["path"].startswith(V2_PREFIX) and any(name == BINARY_HEADER_BYTES for name, _ in self.headers)
         self._body_cap = self.max_binary_body_bytes if binary else self.max_body_bytes
@@ -208,13 +221,14 @@ def serve_streams(app) -> None:
 
 def install_protocols(settings: Settings) -> None:
     """Make uvicorn's default protocols (``http="auto"``, ``ws="auto"``) the ones above: HTTP with the settings'
-    header timeout and a door that lets requests wait at most ``SEQSERVE_MAX_QUEUE_MS``; WebSockets with
-    the /stream lane."""
+    header timeout, keep-alive bounds and a door that lets requests wait at most ``SEQSERVE_MAX_QUEUE_MS``;
+    WebSockets with the /stream lane."""
     from uvicorn import config
 
     HeaderTimeoutProtocol.header_timeout_s = settings.header_timeout_s
     HeaderTimeoutProtocol.max_body_bytes = settings.max_body_bytes
     HeaderTimeoutProtocol.max_binary_body_bytes = max(settings.max_body_bytes, settings.max_binary_body_bytes)
+    HeaderTimeoutProtocol.limits = ConnectionLimits(settings)
     StreamSocketProtocol.max_message_bytes = settings.max_body_bytes
     queue = WorkerQueue(settings.max_queue_ms / 1000)
     HeaderTimeoutProtocol.door = Door(None, queue, settings.max_body_bytes)
