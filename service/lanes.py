@@ -315,7 +315,7 @@ class Lanes:
         show_model_version(lane.name, tag.partition(":")[2], default=None)
         return lane
 
-    def gone(self, tag: str) -> str | None:
+    def why_unloaded(self, tag: str) -> str | None:
         """Why ``tag`` answers no more when it is a version unloaded since newer ones of its name came (a 410), and
         which version serves its name now; None for any other tag."""
         if tag not in self.retired:
@@ -346,7 +346,7 @@ class Lanes:
                 raise InstanceError(index, "model", f"no {task} model is served; served models: {', '.join(self.by_tag)}")
             return self.defaults[task]
         lane = self.by_name.get(name)
-        if lane is None and (gone := self.gone(name)):
+        if lane is None and (gone := self.why_unloaded(name)):
             raise VersionGone(index, "model", gone)
         if lane is None:
             raise InstanceError(index, "model", f"unknown model {shown(name)}; served models: {', '.join(self.by_tag)}")

@@ -86,7 +86,7 @@ def _resolve(request: Request) -> tuple[ModelLane, Lanes]:
     lanes = _lanes()
     name, version = request.path_params["name"], request.path_params.get("version")
     lane = lanes.get(f"{name}:{version}") if version else (None if ":" in name else lanes.get(name))
-    if lane is None and version and (gone := lanes.gone(f"{name}:{version}")):
+    if lane is None and version and (gone := lanes.why_unloaded(f"{name}:{version}")):
         raise UnknownModel(f"model: {gone}", status=410)
     if lane is None:
         asked = f"{name} version {version}" if version else name
