@@ -13,7 +13,9 @@ p99 and the server workers' memory, and judges the run against three thresholds.
   With ``--host`` the workers can only be found with ``--server-pid`` (``bentoml serve`` on this machine).
 * A worker replaced during the soak (it died) fails the run, unless the soak killed it (``--kill-worker-at``).
 * **Stalls**: a full minute whose p99 is above ``--max-p99-over-median`` (1.5) times the median full minute's
-  fails the run and is marked in the table; minutes with a chaos event are reported, not judged.
+  fails the run and is marked in the table. Minutes with a chaos event, and the minutes of the warm-up
+  (``--warmup``: every client connecting at once and each model's first batches, a cold start rather than
+  a stall that comes back), are reported and marked, not judged.
 * **Worker shares** come from ``seqserve_worker_requests_total{worker}`` on ``/metrics``, sampled every
   :data:`SHARE_EVERY_S` (``loadtests/chaos.py``): each worker's share of the requests, per minute and around a kill.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import time
@@ -251,6 +254,11 @@ def stalls(minutes: list[dict], factor: float, skip: set[int]) -> tuple[float | 
     return median, [m["minute"] for m in judged if m["p99_ms"] > factor * median]
 
 
+def warmup_minutes(warmup_s: float) -> set[int]:
+    """The minutes (1-based) that lie within the first ``warmup_s`` seconds, or begin inside them."""
+    return {minute + 1 for minute in range(int(math.ceil(warmup_s / 60)))}
+
+
 def percent(shares: dict) -> str:
     return ", ".join(f"{pid} {100 * share:.0f}%" for pid, share in shares.items()) or "-"
 
@@ -312,7 +320,8 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
         "failure_rate": rate, "p99_ms": float(total["99%"]) if requests else None, "minutes": minutes, "memory": None,
     }
     events = chaos.events if chaos else []
-    median, stalled = stalls(minutes, args.max_p99_over_median, chaos.minutes() if chaos else set())
+    warming = warmup_minutes(min(args.warmup, args.duration / 4))
+    median, stalled = stalls(minutes, args.max_p99_over_median, warming | (chaos.minutes() if chaos else set()))
     result["stalls"] = {"median_minute_p99_ms": median, "minutes": stalled}
     lines = [f"seqserve soak: {args.users} users for {args.duration:g}s against {host}"]
     lines += stats_table(rows)
@@ -338,6 +347,7 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
             line += "  " + "/".join(f"{100 * m['shares'][str(pid)]:.0f}" if str(pid) in m["shares"] else "-" for pid in pids)
         line += "  stall" if m["minute"] in stalled else ""
         line += "  chaos" if chaos and m["minute"] in chaos.minutes() else ""
+        line += "  warm-up" if m["minute"] in warming else ""
         lines.append(line)
     if median is not None:
         lines.append(f"stalls: {len(stalled)} full minute(s) with p99 above {args.max_p99_over_median:g} x the median minute's {median:g} ms")

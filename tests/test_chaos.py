@@ -8,7 +8,7 @@ import sys
 
 from loadtests.chaos import WorkerShares, worker_counts
 from loadtests.runner import ROOT
-from loadtests.soak import Ticker, build_parser, option_problem, stalls
+from loadtests.soak import Ticker, build_parser, option_problem, stalls, warmup_minutes
 from tests import tiny_models
 
 
@@ -49,6 +49,12 @@ def test_stalls_are_full_minutes_above_the_factor_times_the_median_minute_leavin
     assert stalls(minutes, 1.5, skip=set()) == (135.0, [3])
     assert stalls(minutes, 1.5, skip={3}) == (110.0, [6])
     assert stalls(minutes[:2], 1.5, skip=set()) == (None, [])
+
+
+def test_the_warm_up_minutes_are_not_judged_as_stalls():
+    assert warmup_minutes(60) == {1}
+    assert warmup_minutes(90) == {1, 2}  # minute 2 begins inside the warm-up
+    assert warmup_minutes(0) == set()
 
 
 def test_the_ticker_runs_periodic_jobs_on_their_period_and_one_off_jobs_once():
