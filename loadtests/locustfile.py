@@ -147,6 +147,8 @@ class SeqServeUser(FastHttpUser):
             text = resp.text or ""
             if resp.status_code == 400 and "instances[" in text:
                 resp.success()
+            elif resp.status_code == 503 and (resp.headers or {}).get("retry-after"):
+                resp.failure(f"HTTP 503: {text[:200]}")  # shed before it was read: an overload, as in post()
             else:
                 resp.failure(f"expected a 400 naming instances[0], got HTTP {resp.status_code}: {text[:200]}")
 
