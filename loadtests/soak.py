@@ -320,7 +320,8 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
         "failure_rate": rate, "p99_ms": float(total["99%"]) if requests else None, "minutes": minutes, "memory": None,
     }
     events = chaos.events if chaos else []
-    warming = warmup_minutes(min(args.warmup, args.duration / 4))
+    warmup = min(args.warmup, args.duration / 4)  # the warm-up's seconds: not judged, and the memory and gc baselines
+    warming = warmup_minutes(warmup)
     median, stalled = stalls(minutes, args.max_p99_over_median, warming | (chaos.minutes() if chaos else set()))
     result["stalls"] = {"median_minute_p99_ms": median, "minutes": stalled}
     lines = [f"seqserve soak: {args.users} users for {args.duration:g}s against {host}"]
@@ -375,13 +376,11 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
             lines += store_lines(event)
             result["chaos"].append(event)
     if every_pass is not None:
-        warmup = min(args.warmup, args.duration / 4)
+        summaries = {pid: gc_pauses.summary([p for p in passes if p[0] - started >= warmup]) for pid, passes in sorted(gc_passes.items())}
         lines.append(f"garbage collector, after the {warmup:g}s warm-up (loadtests/gc_pauses):")
-        lines += [f"  worker {pid}: {gc_pauses.summary([p for p in passes if p[0] - started >= warmup])}"
-                  for pid, passes in sorted(gc_passes.items())]
-        result["gc"] = {str(pid): gc_pauses.summary([p for p in passes if p[0] - started >= warmup]) for pid, passes in gc_passes.items()}
+        lines += [f"  worker {pid}: {summary}" for pid, summary in summaries.items()]
+        result["gc"] = {str(pid): summary for pid, summary in summaries.items()}
     if memory and memory.samples:
-        warmup = min(args.warmup, args.duration / 4)
         grown = result["memory"] = memory.growth(warmup)
         lines.append(
             f"worker memory ({grown['samples']} samples every {args.sample_every:g}s; baseline after a {warmup:g}s warm-up): "
