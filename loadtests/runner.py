@@ -219,11 +219,12 @@ def target(args: argparse.Namespace, out: Path, env: dict[str, str] | None = Non
 
 def run_locust(
     args: argparse.Namespace, host: str, out: Path, extra: Sequence[str] = (),
-    every: tuple[float, Callable[[], None]] | None = None,
+    every: tuple[float, Callable[[], None]] | None = None, env: dict[str, str] | None = None,
 ) -> dict[str, dict]:
     """Run locust against ``host``, bounded in time; return the batch sizes the server saw meanwhile.
 
-    ``every=(seconds, call)`` calls ``call`` that often while locust runs (the soak samples memory).
+    ``every=(seconds, call)`` calls ``call`` that often while locust runs (the soak samples memory);
+    ``env`` is added to locust's environment.
     """
     try:
         httpx.get(f"{host}/models", timeout=10).raise_for_status()
@@ -235,7 +236,8 @@ def run_locust(
     log = out / "locust.log"
     with open(log, "w") as f:
         meter = generator.CpuMeter()  # locust and the workers it reaps; nothing else is reaped meanwhile
-        process = subprocess.Popen(locust_command(args, host, out, extra), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(locust_command(args, host, out, extra), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
         deadline = time.monotonic() + timeout
         try:
             while process.poll() is None:

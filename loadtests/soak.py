@@ -54,6 +54,7 @@ from loadtests.runner import (
     RunError, add_load_options, batch_size_line, failure_lines, failure_reasons, is_local, out_folder, parse_duration, read_csv,
     run_locust, stats_table, target, totals,
 )
+from loadtests.gc_pauses.sitecustomize import STALL_S
 from loadtests.server import worker_pids
 
 SHARE_EVERY_S = 2.0  # how often the workers' request counts are read from /metrics
@@ -311,7 +312,7 @@ def store_lines(event: dict) -> list[str]:
 
 def report(args: argparse.Namespace, host: str, out: Path, started: float, memory: WorkerMemory | None,
            batches: dict[str, dict], shares: WorkerShares | None = None, chaos: Chaos | None = None,
-           gc_passes: dict[int, list] | None = None) -> dict:
+           gc_passes: dict[int, list] | None = None, paused: dict[str, list] | None = None) -> dict:
     rows, total, requests, failures, rate = totals(out)
     every_pass = [one for passes in (gc_passes or {}).values() for one in passes] if gc_passes is not None else None
     minutes = per_minute(read_csv(out / "locust_stats_history.csv"), started, memory, shares, every_pass)
@@ -380,6 +381,12 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
         lines.append(f"garbage collector, after the {warmup:g}s warm-up (loadtests/gc_pauses):")
         lines += [f"  worker {pid}: {summary}" for pid, summary in summaries.items()]
         result["gc"] = {str(pid): summary for pid, summary in summaries.items()}
+    if paused is not None:
+        lines.append(f"processes that did not run for over {STALL_S * 1000:.0f} ms (a heartbeat thread woke that late; loadtests/gc_pauses):")
+        for label, found in paused.items():
+            lines.append(f"  {label}: " + (", ".join(f"minute {int((when - started) // 60) + 1} (+{when - started:.0f}s) {ms:.0f} ms"
+                                                      for when, ms in found) or "none"))
+        result["paused"] = {label: [[round(when - started, 1), ms] for when, ms in found] for label, found in paused.items()}
     if memory and memory.samples:
         grown = result["memory"] = memory.growth(warmup)
         lines.append(
@@ -431,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             once = [(at, call) for at, call in ((args.kill_worker_at, chaos.kill), (args.store_version_at, chaos.store_version))
                     if at is not None]
             ticker = Ticker(started, periodic, once)
-            batches = run_locust(args, host, out, extra=["--csv-full-history"], every=(1.0, ticker.tick))
+            batches = run_locust(args, host, out, extra=["--csv-full-history"], every=(1.0, ticker.tick),
+                                 env=gc_pauses.server_env(gc_folder / "generator") if gc_folder else None)
             shares.sample()
             if memory:
                 memory.sample()
@@ -441,7 +449,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     gc_passes = {pid: gc_pauses.read(gc_folder, pid, started) for pid in sorted(workers)} if gc_folder else None
-    result = report(args, host, out, started, memory, batches, shares if shares.samples else None, chaos, gc_passes)
+    paused = None
+    if gc_folder:
+        paused = {f"{'worker' if pid in workers else 'server process'} {pid}": found
+                  for pid, found in gc_pauses.read_stalls(gc_folder, started).items()}
+        paused.update({f"load generator {pid}": found for pid, found in gc_pauses.read_stalls(gc_folder / "generator", started).items()})
+    result = report(args, host, out, started, memory, batches, shares if shares.samples else None, chaos, gc_passes, paused)
     lines = result.pop("lines")
     (out / "soak.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     (out / "soak.txt").write_text("\n".join(lines) + "\n")

@@ -3,9 +3,12 @@ schedule, then one short real soak that kills a worker and stores a new model ve
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+from loadtests import gc_pauses
 from loadtests.chaos import WorkerShares, worker_counts
 from loadtests.runner import ROOT
 from loadtests.soak import Ticker, build_parser, option_problem, stalls, warmup_minutes
@@ -96,3 +99,22 @@ def test_a_soak_that_kills_a_worker_and_stores_a_version_reports_both(tmp_path):
     assert "failures other than 503 with Retry-After" in done.stdout
     assert report["minutes"][0]["shares"] and "gc_longest_ms" in report["minutes"][0]
     assert f"chaos: worker {kill['pid']} SIGKILLed" in done.stdout and "garbage collector" in done.stdout
+    assert "processes that did not run for over 100 ms" in done.stdout
+    assert any(label.startswith("load generator ") for label in report["paused"])  # the client is watched too
+
+
+def test_the_heartbeat_records_a_process_the_machine_paused(tmp_path):
+    # SIGSTOP for 0.4 s is what a host that deschedules the VM, or a thread holding the GIL, looks like from
+    # inside: the heartbeat wakes that late and the soak can say whose pause a latency spike was.
+    env = {**os.environ, **gc_pauses.server_env(tmp_path)}
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(4.5)"], env=env)
+    try:
+        time.sleep(1.0)
+        os.kill(child.pid, signal.SIGSTOP)
+        time.sleep(0.4)
+        os.kill(child.pid, signal.SIGCONT)
+        assert child.wait(timeout=10) == 0
+    finally:
+        child.kill()
+    found = gc_pauses.read_stalls(tmp_path)[child.pid]
+    assert len(found) == 1 and 300 <= found[0][1] <= 1500

@@ -1,11 +1,13 @@
-"""The garbage collector's passes in a server's processes, timed by this folder's ``sitecustomize``.
+"""The garbage collector's passes, and the stretches a process did not run at all, timed by this folder's
+``sitecustomize`` in the soak's server and load generator.
 
-:func:`server_env` is what a server started by the soak gets with ``--gc-pauses``; :func:`read` and
-:func:`summary` turn the files its processes wrote into pauses per worker and generation.
+:func:`server_env` is what those processes get with ``--gc-pauses``; :func:`read` and :func:`summary` turn
+the files they wrote into pauses per process and generation, :func:`read_stalls` into their stalls.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
@@ -13,9 +15,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def server_env(folder: Path) -> dict[str, str]:
-    """Environment for a server whose processes write their passes into ``folder``."""
+    """Environment for processes (a server, a load generator) that write their passes and stalls into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    return {"PYTHONPATH": str(HERE), "SEQSERVE_GC_PAUSES_DIR": str(folder)}
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "SEQSERVE_GC_PAUSES_DIR": str(folder)}
 
 
 def read(folder: Path, pid: int, since: float = 0.0) -> list[tuple[float, int, float]]:
@@ -29,6 +32,15 @@ def read(folder: Path, pid: int, since: float = 0.0) -> list[tuple[float, int, f
         if float(when) >= since:
             passes.append((float(when), int(generation), float(ms)))
     return passes
+
+
+def read_stalls(folder: Path, since: float = 0.0) -> dict[int, list[tuple[float, float]]]:
+    """Every process's stalls that began at or after unix time ``since``: pid -> [(unix time, milliseconds)]."""
+    stalls: dict[int, list[tuple[float, float]]] = {}
+    for path in sorted(folder.glob("*.stalls.csv")):
+        rows = [line.split(",") for line in path.read_text().splitlines()]
+        stalls[int(path.name.split(".")[0])] = [(float(when), float(ms)) for when, ms in rows if float(when) >= since]
+    return stalls
 
 
 def summary(passes: list[tuple[float, int, float]]) -> str:
