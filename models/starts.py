@@ -13,14 +13,20 @@ Kinds (a ``StartSpec`` names one and its parameters):
   autoregression on the standardised window: cycles of varying length (sunspots, population counts)
   are what it forecasts and the fixed-period kinds cannot. Its weights are fitted, so they are stored
   with the model's weights rather than derived from the spec.
-* ``smoothing`` — exponential smoothing of the seasonally adjusted window: the season is estimated by one
-  least-squares fit of a line plus one offset per phase (offsets summing to zero) over the whole window;
-  a damped-trend Holt filter (``alpha``, ``beta``, ``phi``) starts from that line and runs over the
-  adjusted values, and the forecast is its damped-trend path plus the season. ``phi=0`` is simple
+* ``smoothing`` — exponential smoothing of the seasonally adjusted window. The season is estimated one of
+  two ways (``season_fit``): ``line``, one least-squares fit of a line plus one offset per phase (offsets
+  summing to zero) over the whole window; or ``moving_average``, classical decomposition: each phase's
+  mean distance from the centred moving average of one season (the trend-cycle), which a turn in the
+  level inside the window (a recession, a cycle) does not bend the way it bends a straight line. A
+  damped-trend Holt filter (``alpha``, ``beta``, ``phi``) starts from the least-squares line of the
+  adjusted values and runs over them, and the forecast is its damped-trend path plus the season. ``phi=0`` is simple
   exponential smoothing (no trend); ``beta=0, phi=1`` keeps the fitted line's slope (a drift).
   That is the M4 competition's strong statistical family (SES / Holt / damped on deseasonalised data,
   whose average "Comb" beat most entries), and the level/season split ES-RNN fed its network, here
   computed inside each window so that the stored model stays one function of the window.
+* Any classical kind may read only the window's latest ``span`` steps (0: all of it; its weights on older
+  steps are zero), so starts of several lengths of memory can be averaged into one map of the longest
+  window: a season averaged over many years beside a level that follows the last few.
 * ``combination`` — a weighted average of other starts (``parts``: each one's share and spec). An average
   of linear maps is one linear map, so it serves like any other start; its weights are stored like a
   fitted start's, since one of its parts may be fitted.
@@ -33,6 +39,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 KINDS = ("mean", "seasonal_naive", "smoothing", "linear", "combination")
+SEASON_FITS = ("line", "moving_average")
 FITTED_KINDS = ("linear", "combination")  # weights learnt from the data, stored with the model's weights
 
 
@@ -47,14 +54,22 @@ class StartSpec:
     phi: float = 1.0
     ridge: float = 0.0  # linear: the penalty, as a share of the mean squared input
     parts: tuple = ()  # combination: ({"share": w, **spec fields}, ...), shares summing to 1
+    season_fit: str = "line"  # smoothing: how the season is estimated (cards before it have "line")
+    span: int = 0  # the latest steps of the window read (0: all; cards before it read all)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown start kind {self.kind!r}; valid: {', '.join(KINDS)}")
+        if self.season_fit not in SEASON_FITS:
+            raise ValueError(f"unknown season_fit {self.season_fit!r}; valid: {', '.join(SEASON_FITS)}")
+        if self.span < 0:
+            raise ValueError(f"a start's span must be 0 (the whole window) or positive, got {self.span}")
         if self.season < 1:
             raise ValueError(f"a start's season must be at least 1, got {self.season}")
 
     def describe(self) -> str:
+        if self.span and self.kind not in ("linear", "combination"):
+            return f"{StartSpec(**{**self.to_dict(), 'span': 0}).describe()}, of the latest {self.span} steps"
         if self.kind == "mean":
             return "window mean"
         if self.kind == "seasonal_naive":
@@ -64,7 +79,8 @@ class StartSpec:
         if self.kind == "combination":
             return "average of " + "; ".join(f"{part['share']:.2g} x {spec.describe()}" for part, spec in self.components())
         trend = f", trend beta {self.beta:g} phi {self.phi:g}" if self.phi else ""
-        season = f" of the season-{self.season}-adjusted window" if self.season > 1 else ""
+        how = " (moving-average season)" if self.season_fit == "moving_average" else ""
+        season = f" of the season-{self.season}-adjusted window{how}" if self.season > 1 else ""
         return f"exponential smoothing{season} (alpha {self.alpha:g}{trend})"
 
     def components(self) -> list[tuple[dict, "StartSpec"]]:
@@ -83,6 +99,8 @@ def combination(shares_and_specs: list[tuple[float, StartSpec]]) -> StartSpec:
 
 def min_lookback(spec: StartSpec) -> int:
     """The shortest window ``spec`` can forecast from."""
+    if spec.span:
+        return max(spec.span, min_lookback(StartSpec(**{**spec.to_dict(), "span": 0})))
     if spec.kind == "seasonal_naive":
         return spec.season
     if spec.kind == "smoothing":
@@ -100,7 +118,10 @@ def start_weights(spec: StartSpec, lookback: int, horizon: int) -> np.ndarray:
     if lookback < min_lookback(spec):
         raise ValueError(f"{spec.describe()} needs a window of at least {min_lookback(spec)} steps, got {lookback}")
     # Every kind is linear in the window, so forecasting each unit window gives W's columns.
-    return _forecast(spec, np.eye(lookback), horizon).T.astype(np.float32)
+    read = spec.span or lookback
+    weights = np.zeros((horizon, lookback), dtype=np.float32)
+    weights[:, lookback - read:] = _forecast(spec, np.eye(read), horizon).T
+    return weights
 
 
 def fit_linear(inputs: np.ndarray, targets: np.ndarray, ridge: float) -> np.ndarray:
@@ -124,8 +145,13 @@ def _forecast(spec: StartSpec, windows: np.ndarray, horizon: int) -> np.ndarray:
         return np.repeat(windows.mean(axis=1, keepdims=True), horizon, axis=1)
     if spec.kind == "seasonal_naive":
         return windows[:, lookback + steps % spec.season - spec.season]
-    start, slope, season = _line_and_season(windows, spec.season)  # (N,), (N,), (N, m); phase of step t: t % m
-    adjusted = windows - season[:, np.arange(lookback) % spec.season]
+    if spec.season_fit == "moving_average" and spec.season > 1:
+        season = _moving_average_season(windows, spec.season)  # (N, m); phase of step t: t % m
+        adjusted = windows - season[:, np.arange(lookback) % spec.season]
+        start, slope, _ = _line_and_season(adjusted, 1)
+    else:
+        start, slope, season = _line_and_season(windows, spec.season)
+        adjusted = windows - season[:, np.arange(lookback) % spec.season]
     level, trend = start, slope  # the fitted line at step 0 starts the filter
     for t in range(1, lookback):
         before = level
@@ -144,3 +170,20 @@ def _line_and_season(windows: np.ndarray, season: int) -> tuple[np.ndarray, np.n
     design = np.column_stack([np.ones(lookback), t, np.eye(season)[t.astype(int) % season] @ sum_zero])  # (L, m + 1)
     coef, *_ = np.linalg.lstsq(design, windows.T, rcond=None)  # (m + 1, N)
     return coef[0], coef[1], (sum_zero @ coef[2:]).T
+
+
+def _moving_average_season(windows: np.ndarray, season: int) -> np.ndarray:
+    """Classical decomposition's offsets (N, m), summing to zero: each phase's mean distance of the window
+    (N, L) from its centred moving average of one season (2 x m for an even m), where that average exists."""
+    lookback = windows.shape[1]
+    kernel = np.ones(season + 1 - season % 2)
+    if season % 2 == 0:
+        kernel[0] = kernel[-1] = 0.5
+    kernel /= season
+    half = len(kernel) // 2
+    trend = np.stack([np.convolve(row, kernel, mode="valid") for row in windows])  # (N, L - 2 half)
+    steps = np.arange(half, lookback - half)
+    detrended = windows[:, steps] - trend
+    phase = steps % season
+    offsets = np.stack([detrended[:, phase == p].mean(axis=1) for p in range(season)], axis=1)
+    return offsets - offsets.mean(axis=1, keepdims=True)

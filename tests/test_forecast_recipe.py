@@ -10,6 +10,7 @@ import torch
 
 from models import ForecasterConfig, create_model
 from models.artifact import ModelCard, load_artifact, save_artifact
+from models import starts as model_starts
 from models.starts import FITTED_KINDS, StartSpec, combination, min_lookback, start_weights
 from training import baselines, starts
 from training.data import SeriesCollection
@@ -22,7 +23,9 @@ from training.windows import before_test, make_windows, rolling_origins, split_b
 
 @pytest.mark.parametrize("spec", [StartSpec("mean"), StartSpec("seasonal_naive", 1), StartSpec("seasonal_naive", 12),
                                   StartSpec("smoothing", 1, 0.3), StartSpec("smoothing", 12, 0.5, 0.1, 0.9),
-                                  StartSpec("smoothing", 4, 1.0, 0.0, 1.0)])
+                                  StartSpec("smoothing", 4, 1.0, 0.0, 1.0),
+                                  StartSpec("smoothing", 12, 0.5, 0.1, 0.9, season_fit="moving_average"),
+                                  StartSpec("smoothing", 7, 0.3, season_fit="moving_average")])
 def test_every_start_forecasts_a_constant_as_itself(spec):
     w = start_weights(spec, lookback=48, horizon=7)
     assert w.shape == (7, 48)
@@ -43,9 +46,29 @@ def test_smoothing_of_the_adjusted_window_continues_a_line_and_its_season_exactl
     np.testing.assert_allclose(w @ x, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("season_fit", ["line", "moving_average"])
+def test_both_season_fits_continue_a_line_and_its_season_exactly(season_fit):
+    x = 5 + 0.5 * np.arange(40) + np.tile([1.0, -1.0, 2.0, -2.0], 10)
+    w = start_weights(StartSpec("smoothing", 4, 0.3, 0.0, 1.0, season_fit=season_fit), 32, 8)
+    np.testing.assert_allclose(w @ x[:32], x[32:], atol=1e-4)
+
+
+def test_the_moving_average_season_is_not_bent_by_a_turn_in_the_level():
+    # A recession inside the window: the level climbs, falls, climbs. A straight line through it leaves the
+    # turn in the phase offsets; the centred moving average follows the turn and leaves the season alone.
+    t = np.arange(48)
+    offsets = np.array([3.0, 1.0, -1.0, -3.0, 0.5, -0.5, 2.0, -2.0, 1.5, -1.5, 0.0, 0.0])  # summing to zero
+    x = (100 + 10 * np.sin(2 * np.pi * t / 40) + offsets[t % 12])[None, :]
+    by_line = model_starts._line_and_season(x, 12)[2][0]
+    by_average = model_starts._moving_average_season(x, 12)[0]
+    assert np.abs(by_average - offsets).max() < 0.5 < np.abs(by_line - offsets).max()
+
+
 def test_a_bad_start_is_refused_with_the_valid_kinds():
     with pytest.raises(ValueError, match="unknown start kind 'holt'; valid: mean, seasonal_naive, smoothing, linear"):
         StartSpec("holt")
+    with pytest.raises(ValueError, match="unknown season_fit 'x11'; valid: line, moving_average"):
+        StartSpec("smoothing", 12, 0.5, season_fit="x11")
     with pytest.raises(ValueError, match="needs a window of at least 24 steps"):
         start_weights(StartSpec("smoothing", 12, 0.5), lookback=20, horizon=3)
 

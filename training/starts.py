@@ -45,6 +45,9 @@ def candidates(season: int, lookback: int) -> list[StartSpec]:
     if season > 1:
         specs.append(StartSpec("seasonal_naive", season))
     specs += [StartSpec("smoothing", m, alpha, beta, phi) for m in seasons for alpha in ALPHAS for beta, phi in TRENDS]
+    if season > 1:
+        specs += [StartSpec("smoothing", season, alpha, beta, phi, season_fit="moving_average")
+                  for alpha in ALPHAS for beta, phi in TRENDS]
     specs += [StartSpec("linear", ridge=ridge) for ridge in RIDGES]
     return [s for s in specs if min_lookback(s) <= lookback]
 
