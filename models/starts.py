@@ -24,9 +24,6 @@ Kinds (a ``StartSpec`` names one and its parameters):
   That is the M4 competition's strong statistical family (SES / Holt / damped on deseasonalised data,
   whose average "Comb" beat most entries), and the level/season split ES-RNN fed its network, here
   computed inside each window so that the stored model stays one function of the window.
-* Any classical kind may read only the window's latest ``span`` steps (0: all of it; its weights on older
-  steps are zero), so starts of several lengths of memory can be averaged into one map of the longest
-  window: a season averaged over many years beside a level that follows the last few.
 * ``combination`` — a weighted average of other starts (``parts``: each one's share and spec). An average
   of linear maps is one linear map, so it serves like any other start; its weights are stored like a
   fitted start's, since one of its parts may be fitted.
@@ -55,21 +52,16 @@ class StartSpec:
     ridge: float = 0.0  # linear: the penalty, as a share of the mean squared input
     parts: tuple = ()  # combination: ({"share": w, **spec fields}, ...), shares summing to 1
     season_fit: str = "line"  # smoothing: how the season is estimated (cards before it have "line")
-    span: int = 0  # the latest steps of the window read (0: all; cards before it read all)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown start kind {self.kind!r}; valid: {', '.join(KINDS)}")
         if self.season_fit not in SEASON_FITS:
             raise ValueError(f"unknown season_fit {self.season_fit!r}; valid: {', '.join(SEASON_FITS)}")
-        if self.span < 0:
-            raise ValueError(f"a start's span must be 0 (the whole window) or positive, got {self.span}")
         if self.season < 1:
             raise ValueError(f"a start's season must be at least 1, got {self.season}")
 
     def describe(self) -> str:
-        if self.span and self.kind not in ("linear", "combination"):
-            return f"{StartSpec(**{**self.to_dict(), 'span': 0}).describe()}, of the latest {self.span} steps"
         if self.kind == "mean":
             return "window mean"
         if self.kind == "seasonal_naive":
@@ -99,8 +91,6 @@ def combination(shares_and_specs: list[tuple[float, StartSpec]]) -> StartSpec:
 
 def min_lookback(spec: StartSpec) -> int:
     """The shortest window ``spec`` can forecast from."""
-    if spec.span:
-        return max(spec.span, min_lookback(StartSpec(**{**spec.to_dict(), "span": 0})))
     if spec.kind == "seasonal_naive":
         return spec.season
     if spec.kind == "smoothing":
@@ -118,10 +108,7 @@ def start_weights(spec: StartSpec, lookback: int, horizon: int) -> np.ndarray:
     if lookback < min_lookback(spec):
         raise ValueError(f"{spec.describe()} needs a window of at least {min_lookback(spec)} steps, got {lookback}")
     # Every kind is linear in the window, so forecasting each unit window gives W's columns.
-    read = spec.span or lookback
-    weights = np.zeros((horizon, lookback), dtype=np.float32)
-    weights[:, lookback - read:] = _forecast(spec, np.eye(read), horizon).T
-    return weights
+    return _forecast(spec, np.eye(lookback), horizon).T.astype(np.float32)
 
 
 def fit_linear(inputs: np.ndarray, targets: np.ndarray, ridge: float) -> np.ndarray:
