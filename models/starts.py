@@ -19,8 +19,9 @@ Kinds (a ``StartSpec`` names one and its parameters):
   mean distance from the centred moving average of one season (the trend-cycle), which a turn in the
   level inside the window (a recession, a cycle) does not bend the way it bends a straight line. A
   damped-trend Holt filter (``alpha``, ``beta``, ``phi``) starts from the least-squares line of the
-  adjusted values and runs over them, and the forecast is its damped-trend path plus the season. ``phi=0`` is simple
-  exponential smoothing (no trend); ``beta=0, phi=1`` keeps the fitted line's slope (a drift).
+  adjusted values and runs over them, and the forecast is its damped-trend path plus the season.
+  ``phi=0`` is simple exponential smoothing (no trend); ``beta=0, phi=1`` keeps the fitted line's slope
+  (a drift).
   That is the M4 competition's strong statistical family (SES / Holt / damped on deseasonalised data,
   whose average "Comb" beat most entries), and the level/season split ES-RNN fed its network, here
   computed inside each window so that the stored model stays one function of the window.
@@ -132,13 +133,13 @@ def _forecast(spec: StartSpec, windows: np.ndarray, horizon: int) -> np.ndarray:
         return np.repeat(windows.mean(axis=1, keepdims=True), horizon, axis=1)
     if spec.kind == "seasonal_naive":
         return windows[:, lookback + steps % spec.season - spec.season]
+    phases = np.arange(lookback) % spec.season
     if spec.season_fit == "moving_average" and spec.season > 1:
         season = _moving_average_season(windows, spec.season)  # (N, m); phase of step t: t % m
-        adjusted = windows - season[:, np.arange(lookback) % spec.season]
-        start, slope, _ = _line_and_season(adjusted, 1)
+        start, slope, _ = _line_and_season(windows - season[:, phases], 1)  # the adjusted values' line
     else:
         start, slope, season = _line_and_season(windows, spec.season)
-        adjusted = windows - season[:, np.arange(lookback) % spec.season]
+    adjusted = windows - season[:, phases]
     level, trend = start, slope  # the fitted line at step 0 starts the filter
     for t in range(1, lookback):
         before = level
