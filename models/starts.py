@@ -169,7 +169,7 @@ def _moving_average_season(windows: np.ndarray, season: int) -> np.ndarray:
         kernel[0] = kernel[-1] = 0.5
     kernel /= season
     half = len(kernel) // 2
-    trend = np.stack([np.convolve(row, kernel, mode="valid") for row in windows])  # (N, L - 2 half)
+    trend = np.lib.stride_tricks.sliding_window_view(windows, len(kernel), axis=1) @ kernel  # (N, L - 2 half)
     steps = np.arange(half, lookback - half)
     detrended = windows[:, steps] - trend
     phase = steps % season

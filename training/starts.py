@@ -41,13 +41,12 @@ HELD_OUT = 0.25
 def candidates(season: int, lookback: int) -> list[StartSpec]:
     """Every start that fits a window of ``lookback`` steps, seasonal ones only for ``season > 1``."""
     specs = [StartSpec("mean"), StartSpec("seasonal_naive", 1)]
-    seasons = [1] + ([season] if season > 1 else [])
+    adjustments = [(1, "line")]  # (season, how it is estimated) of the smoothers' seasonal adjustment
     if season > 1:
         specs.append(StartSpec("seasonal_naive", season))
-    specs += [StartSpec("smoothing", m, alpha, beta, phi) for m in seasons for alpha in ALPHAS for beta, phi in TRENDS]
-    if season > 1:
-        specs += [StartSpec("smoothing", season, alpha, beta, phi, season_fit="moving_average")
-                  for alpha in ALPHAS for beta, phi in TRENDS]
+        adjustments += [(season, "line"), (season, "moving_average")]
+    specs += [StartSpec("smoothing", m, alpha, beta, phi, season_fit=fit)
+              for m, fit in adjustments for alpha in ALPHAS for beta, phi in TRENDS]
     specs += [StartSpec("linear", ridge=ridge) for ridge in RIDGES]
     return [s for s in specs if min_lookback(s) <= lookback]
 
@@ -96,8 +95,9 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
     finalists then meet on the latest share: the average of the ``TOP_CLASSICAL`` best classical starts
     (M4's "Comb"), and its average with the best linear one (never the linear one alone: choosing the
     transform by the finalists instead made the 21-series mean worse, 0.816 -> 0.825 of ETS). The winner,
-    if it has a linear part, is refitted on every window. Returns ``{"transform", "start": StartSpec, "weights" (H, L), "error",
-    "errors"}``, ``errors`` holding the best error of each kind and transform (for the report).
+    if it has a linear part, is refitted on every window. Returns ``{"transform", "start": StartSpec,
+    "weights" (H, L), "error", "errors"}``, ``errors`` holding the best error of each kind and transform
+    (for the report).
     """
     inputs, targets = windows.inputs[..., :k], windows.targets
     held = latest_share(windows)
