@@ -278,11 +278,12 @@ def _checked_lengths(lengths: np.ndarray | None, values: np.ndarray) -> np.ndarr
 
 def _check_finite(name: str, values: np.ndarray, lengths: np.ndarray) -> None:
     """Every value within its instance's length is a finite float32; padding may hold anything."""
-    if np.isfinite(values).all():  # the common case, in one pass: no mask of the padding to build
+    finite = np.isfinite(values)
+    if finite.all():  # the common case: no mask of the padding to build
         return
     n, t, _ = values.shape
     inside = np.arange(t)[None, :] < lengths[:, None]  # (N, T)
-    bad = ~np.isfinite(values) & inside[:, :, None]  # (N, T, F)
+    bad = ~finite & inside[:, :, None]  # (N, T, F)
     if bad.any():
         i, step, feature = np.argwhere(bad)[0]
         raise ProtocolError(f"{name}[{i}]: step {step}, feature {feature} is not a finite 32-bit number")
