@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     out = out_folder(args, "soak")
     gc_folder = out / "gc" if args.gc_pauses else None
     try:
-        with target(args, out, gc_pauses.server_env(gc_folder) if gc_folder else None) as (host, server_pid):
+        with target(args, out, gc_pauses.watched_env(gc_folder) if gc_folder else None) as (host, server_pid):
             server_pid = server_pid or args.server_pid
             started = time.time()
             memory = WorkerMemory(server_pid, started) if server_pid else None
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                     if at is not None]
             ticker = Ticker(started, periodic, once)
             batches = run_locust(args, host, out, extra=["--csv-full-history"], every=(1.0, ticker.tick),
-                                 env=gc_pauses.server_env(gc_folder / "generator") if gc_folder else None)
+                                 env=gc_pauses.watched_env(gc_folder / "generator") if gc_folder else None)
             shares.sample()
             if memory:
                 memory.sample()

@@ -106,7 +106,7 @@ def test_a_soak_that_kills_a_worker_and_stores_a_version_reports_both(tmp_path):
 def test_the_heartbeat_records_a_process_the_machine_paused(tmp_path):
     # SIGSTOP for 0.4 s is what a host that deschedules the VM, or a thread holding the GIL, looks like from
     # inside: the heartbeat wakes that late and the soak can say whose pause a latency spike was.
-    env = {**os.environ, **gc_pauses.server_env(tmp_path)}
+    env = {**os.environ, **gc_pauses.watched_env(tmp_path)}
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(4.5)"], env=env)
     try:
         time.sleep(1.0)

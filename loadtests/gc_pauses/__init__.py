@@ -1,7 +1,7 @@
 """The garbage collector's passes, and the stretches a process did not run at all, timed by this folder's
 ``sitecustomize`` in the soak's server and load generator.
 
-:func:`server_env` is what those processes get with ``--gc-pauses``; :func:`read` and :func:`summary` turn
+:func:`watched_env` is what those processes get with ``--gc-pauses``; :func:`read` and :func:`summary` turn
 the files they wrote into pauses per process and generation, :func:`read_stalls` into their stalls.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def server_env(folder: Path) -> dict[str, str]:
+def watched_env(folder: Path) -> dict[str, str]:
     """Environment for processes (a server, a load generator) that write their passes and stalls into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
