@@ -85,7 +85,10 @@ def test_a_soak_that_kills_a_worker_and_stores_a_version_reports_both(tmp_path):
                "--spawn-rate", "4", "--duration", "14s", "--kill-worker-at", "5s", "--store-version-at", "7s", "--gc-pauses",
                "--sample-every", "1s", "--max-p99-ms", "100000", "--max-failure-rate", "0.5", "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "SEQSERVE_WORKERS": "2", "SEQSERVE_MODEL_POLL_S": "1"})
+                          # 4 keep-alive users may all land on one worker at first; a short bound on requests
+                          # per connection spreads them over both before the kill at 5 s (as a pool's do in minutes).
+                          env={**os.environ, "SEQSERVE_WORKERS": "2", "SEQSERVE_MODEL_POLL_S": "1",
+                               "SEQSERVE_CONNECTION_MAX_REQUESTS": "50"})
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "soak.json").read_text())
     kill, stored = report["chaos"]
