@@ -175,6 +175,11 @@ BINARY_GOOD = np.zeros((1, 2, 3), np.float32).tobytes()
         ({"inputs": [GOOD, {"name": "lengths", "datatype": "INT64", "shape": [2], "data": [1, 2]}]}, None, "lengths: has 2 values but there are 1 instances"),
         ({"inputs": [GOOD, {"name": "lengths", "datatype": "FP32", "shape": [1], "data": [1]}]}, None, "lengths: datatype 'FP32' is not accepted; send INT32 or INT64"),
         ({"inputs": [GOOD, {"name": "lengths", "datatype": "INT64", "shape": [1], "data": [1.5]}]}, None, "lengths: data must hold only whole numbers for INT64, got fractions"),
+        ({"inputs": [GOOD, {"name": "lengths", "datatype": "INT32", "shape": [1], "data": [2**32 + 2]}]}, None, "lengths: data holds 4294967298, outside INT32's range"),
+        ({"inputs": [GOOD, {"name": "lengths", "datatype": "INT32", "shape": [1], "data": [2 - 2**32]}]}, None, "lengths: data holds -4294967294, outside INT32's range"),
+        ({"inputs": [GOOD, {"name": "lengths", "datatype": "INT64", "shape": [1], "data": [2**64 + 2]}]}, None, "lengths: data holds 18446744073709551618, outside INT64's range"),
+        ({"inputs": [{**GOOD, "data": [1, 2, 3, 4, 5, 2**130]}]}, None, "sequence[0]: step 1, feature 2 is not a finite 32-bit number"),
+        ({"inputs": [{**GOOD, "data": [1, 2, 3, 4, 5, 10**400]}]}, None, "sequence[0]: step 1, feature 2 is not a finite 32-bit number"),
         ({"inputs": [GOOD], "outputs": [{"name": "forecast"}]}, None, "outputs[0].name: 'forecast' is not one of the outputs of clf: probabilities, label_index, label"),
         ({"inputs": [GOOD], "outputs": [{"name": "label", "parameters": {"classification": 2}}]}, None, "classification extension is not supported"),
         ({"inputs": [GOOD], "outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]}, None, "label.parameters.binary_data: must be true or false"),
@@ -196,6 +201,11 @@ def test_malformed_requests_are_refused_naming_the_input_and_problem(request_jso
     assert message in refused(*raw(request_json, binary))
 
 
+def test_a_whole_number_past_64_bits_is_read_as_fp32_like_any_number():
+    request = decode(*raw({"inputs": [{**GOOD, "data": [1, 2, 3, 4, 5, 2**64]}]}))
+    assert request.values[0, 1, 2] == np.float32(2**64)
+
+
 def test_non_finite_binary_values_are_refused_with_their_position():
     values = np.zeros((2, 3, 3), np.float32)
     values[1, 2, 0] = np.inf
@@ -208,6 +218,9 @@ def test_non_finite_binary_values_are_refused_with_their_position():
         (b'{"inputs": [', None, "body: is not valid JSON"),
         (b'[1, 2]', None, "body: must be a JSON object"),
         (b'\xff\xfe', None, "body: is not valid JSON"),
+        (b'\x1f\x8b\x08\x00\xf5', None, "body: is not valid JSON (not UTF-8 text); a body with binary tensors gives the "
+                                    "length of its JSON part in the Inference-Header-Content-Length header"),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "body: is not valid JSON (nested too deeply)"),
         (b'{"inputs": [{"name": "sequence", "datatype": "FP32", "shape": [1, 1, 3], "data": [NaN, 1, 2]}]}', None,
          "sequence[0]: step 0, feature 0 is not a finite 32-bit number"),
         (b'{"inputs": []}', "twelve", "Inference-Header-Content-Length: must be a whole number of bytes, got 'twelve'"),

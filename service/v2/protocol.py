@@ -193,8 +193,14 @@ def _parse_json(raw: memoryview) -> dict[str, Any]:
     # within an instance's length _check_finite refuses them with their position.
     try:
         request = json.loads(bytes(raw))
-    except ValueError as err:  # also UnicodeDecodeError
+    except UnicodeDecodeError:
+        raise ProtocolError(
+            "body: is not valid JSON (not UTF-8 text); a body with binary tensors gives the length of its JSON "
+            "part in the Inference-Header-Content-Length header") from None
+    except ValueError as err:
         raise ProtocolError(f"body: is not valid JSON ({str(err)[:100]})") from None
+    except RecursionError:
+        raise ProtocolError("body: is not valid JSON (nested too deeply)") from None
     return _object(request, "body")
 
 

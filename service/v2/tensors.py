@@ -50,11 +50,20 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarr
     except ValueError:  # numpy refuses nested lists of different lengths
         raise TensorError("data is ragged: its nested lists differ in length") from None
     whole = datatype.startswith("INT")
+    if array.dtype.kind == "O" and all(type(v) is int for v in array.ravel()):  # whole numbers past 64 bits
+        if whole:
+            raise TensorError(f"data holds {short(max(array.ravel(), key=abs))}, outside {datatype}'s range")
+        array = np.array([float(v) if abs(v) < 2**1000 else np.inf * np.sign(v) for v in array.ravel()]).reshape(array.shape)
     if array.dtype.kind not in ("iu" if whole else "iuf"):
         wanted = "whole numbers" if whole else "numbers"
         raise TensorError(f"data must hold only {wanted} for {datatype}, got {_kind(array)}")
     if array.size != element_count(shape):
         raise TensorError(f"data has {array.size} values but shape {list(shape)} needs {element_count(shape)}")
+    if whole and array.size:
+        bounds = np.iinfo(NUMERIC[datatype])
+        low, high = array.min(), array.max()
+        if low < bounds.min or high > bounds.max:  # astype would wrap them around
+            raise TensorError(f"data holds {short(int(high if high > bounds.max else low))}, outside {datatype}'s range")
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf; the caller refuses it with its position
         return array.astype(NUMERIC[datatype], copy=False).reshape(shape)
 
