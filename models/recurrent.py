@@ -17,6 +17,7 @@ from models.normalization import instance_norm_name, instance_standardize, runni
 from models.starts import FITTED_KINDS, StartSpec, min_lookback, start_weights
 
 TRANSFORMS = ("none", "log")
+LOG_FLOAT32_MAX = 88.72  # log of float32's largest value (3.4e38)
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -348,7 +349,11 @@ class Forecaster(nn.Module):
         x_norm, loc, scale = self.normalize(x)
         out = self.forward_normalized(x_norm, members)
         out = out * scale[..., :k, None] + loc[..., :k, None]  # loc/scale: (B, 1, K) -> (B, 1, K, 1)
-        return out.clamp(max=80.0).exp() if self.transform == "log" else out  # exp(80) is near float32's largest
+        if self.transform != "log":
+            return out
+        # Answering, a forecast past float32's range becomes inf, which the service refuses as out of range;
+        # training caps it at float32's largest so that one wild window cannot make the loss NaN.
+        return out.clamp(max=LOG_FLOAT32_MAX).exp() if torch.is_grad_enabled() else out.exp()
 
     def forward_normalized(self, x_norm: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
         # x_norm: (B, T, F) -> (B, H, K, Q) in the window's normalised (and transformed) units, ordered along Q

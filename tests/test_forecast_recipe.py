@@ -357,6 +357,17 @@ def test_a_forecaster_of_the_current_recipe_round_trips_through_the_store():
         torch.testing.assert_close(loaded.module(x), model.eval()(x))
 
 
+def test_a_log_forecaster_answers_huge_values_exactly_and_overflows_past_float32_to_be_refused():
+    model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=3, hidden_size=8, lookback=24,
+                         transform="log", start=StartSpec("smoothing", 1, 1.0, 0.0, 1.0).to_dict()).eval()  # a drift
+    rising = torch.exp(torch.linspace(np.log(1e37), np.log(3.3e38), 24))[None, :, None]  # the next step is past float32
+    with torch.inference_mode():
+        huge = model(torch.full((1, 24, 1), 1e36))
+        past = model(rising)
+    torch.testing.assert_close(huge, torch.full_like(huge, 1e36), rtol=1e-4, atol=0)
+    assert torch.isinf(past).all()  # the service answers it with a 400 (out of range), never a capped number
+
+
 def test_a_log_forecaster_refuses_a_history_or_stream_step_that_is_not_above_zero():
     from models.artifact import LoadedModel
     from service.inputs import InstanceError, Limits, history_window, new_steps
