@@ -15,6 +15,8 @@ door refuses requests that would wait too long: :mod:`service.admission`.)
   ``application/octet-stream`` and no content type at all, as Triton's clients send none: a page on
   another site could then make a browser send one without a preflight, but not read the answer, nor
   send an API key.
+* **Uncompressed bodies**: a ``Content-Encoding`` (gzip, deflate) gets 415: inflated, a small body could
+  pass the size cap by orders of magnitude.
 * **Body size**: a ``Content-Length`` over the cap is refused before a byte is read, and a body that
   grows past it while streaming is refused as soon as it does (413). A ``/v2/`` request with binary
   tensors (an ``Inference-Header-Content-Length`` header) has the larger cap of binary bodies: its
@@ -104,6 +106,11 @@ class RequestGuard:
             shown = media_type[:60] or "none"
             accepted = "application/json or application/octet-stream" if v2 else "application/json"
             return await json_error(415, f"content-type: {shown} is not accepted; send {accepted}")(send)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", ""):
+            # A compressed body would have to be inflated past the size cap to be read (a zip bomb's way in).
+            return await json_error(
+                415, f"content-encoding: {encoding[:40]} is not accepted; send the body uncompressed")(send)
         binary = v2 and BINARY_HEADER in headers
         cap = self.max_binary_body if binary else self.max_body
         declared = headers.get("content-length", "")

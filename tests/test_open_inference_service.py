@@ -1,5 +1,6 @@
 """The /v2 routes in-process: answers equal /classify and /forecast, and every refusal is the protocol's 4xx."""
 
+import gzip
 import json
 
 import numpy as np
@@ -142,6 +143,17 @@ def test_the_guard_takes_tritonclients_content_types_on_v2_only(client, tags):
         assert answer.status_code == 200, (content_type, answer.text)
     assert client.post(f"/v2/models/{name}/infer", content=request, headers={"content-type": "text/plain"}).status_code == 415
     assert client.post("/classify", content=b'{"instances": []}', headers={"content-type": "application/octet-stream"}).status_code == 415
+
+
+def test_a_compressed_body_is_refused_naming_its_content_encoding(client, tags):
+    name, _ = name_version(tags["clf"])
+    request = json.dumps({"inputs": [tensor_json("sequence", np.zeros((1, 2, 3), np.float32))]}).encode()
+    for path in (f"/v2/models/{name}/infer", "/classify"):
+        answer = client.post(path, content=gzip.compress(request), headers={"content-type": "application/json", "content-encoding": "gzip"})
+        assert answer.status_code == 415
+        assert answer.json() == {"error": "content-encoding: gzip is not accepted; send the body uncompressed"}
+    plain = client.post(f"/v2/models/{name}/infer", content=request, headers={"content-type": "application/json", "content-encoding": "identity"})
+    assert plain.status_code == 200
 
 
 def test_binary_bodies_have_their_own_cap_and_json_parts_stay_within_the_json_cap(client, tags):
