@@ -312,7 +312,8 @@ def test_series_duplicate_timestamp(tmp_path):
 def test_series_missing_value_column(tmp_path):
     df = series_frame().rename(columns={"value": "sales"})
     with pytest.raises(DataError, match=r"data\.csv: missing column 'value'; the file has columns "
-                                        r"\['series_id', 'timestamp', 'sales', 'price'\]; pass targets="):
+                                        r"\['series_id', 'timestamp', 'sales', 'price'\]; name the time column with --time-col "
+                                        r"and each value column with --target \(in Python: time_col=\.\.\., targets=\[\.\.\.\]\)"):
         read_series(write_csv(tmp_path, df))
 
 

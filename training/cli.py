@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(fc, FORECAST_DEFAULTS, bidirectional=False)
     fc.add_argument("--horizon", type=_positive_int, default=12, help="steps to forecast (default: 12)")
-    fc.add_argument("--lookback", type=_positive_int, default=None, help="history steps the model reads (default: chosen from the data: one season, at least 2x horizon and 24, shorter for panels of short series)")
+    fc.add_argument("--lookback", type=_positive_int, default=None, help="history steps the model reads (default: chosen from the data: four seasons (two past 24 steps), at least 2x horizon and 24, fewer where short series would keep too few training windows)")
     fc.add_argument("--quantiles", type=_quantiles, default=[0.1, 0.9], help="comma-separated quantile levels, calibrated on the validation windows; 0.5 is always added and is the point forecast; 'none' for a point forecaster trained on absolute error (default: 0.1,0.9)")
     fc.add_argument("--members", type=_positive_int, default=None, help="networks trained with seeds seed, seed+1, ... and averaged into one model (default: 5, fewer for large data)")
     fc.add_argument("--season", type=_positive_int, default=None, help="seasonal period for the seasonal naive baseline and MASE (default: the dataset's, else inferred)")

@@ -30,7 +30,8 @@ def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
         return _single_column_series(df, path)
     targets = list(targets) if targets is not None else ["value"]
     require_columns(df, [time_col, *targets], path,
-                     hint="" if targets != ["value"] else "; pass targets=[...] to name the value column(s)")
+                     hint="; name the time column with --time-col and each value column with --target "
+                          "(in Python: time_col=..., targets=[...])")
     has_ids = id_col in df.columns
     require_values(df, [id_col, time_col] if has_ids else [time_col], path)
     covariates = [c for c in df.columns if c not in (id_col, time_col, *targets)]
