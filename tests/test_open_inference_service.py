@@ -110,7 +110,7 @@ def test_unknown_models_and_versions_are_404(client, tags):
 def test_other_v2_paths_and_methods_get_json_404_and_405(client):
     answer = client.get("/v2/models/a/b/c")
     assert answer.status_code == 404
-    assert answer.json() == {"error": "path: '/v2/models/a/b/c' is not a route of the Open Inference Protocol; GET /v2 says what this server offers"}
+    assert answer.json() == {"error": "path: '/v2/models/a/b/c' is not a route of the Open Inference Protocol; its routes are /v2, /v2/health/live, /v2/health/ready and /v2/models/<name>[/versions/<version>][/ready|/infer]; GET /models lists the names"}
     answer = client.get("/v2/models/any/infer")
     assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
     assert answer.json() == {"error": "method: GET is not allowed on '/v2/models/any/infer'; send POST"}

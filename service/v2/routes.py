@@ -177,7 +177,7 @@ async def not_found(request: Request) -> Response:
     if allowed:
         return _json(405, {"error": f"method: {request.method} is not allowed on {path}; send {' or '.join(allowed)}"},
                      {"allow": ", ".join(allowed)})
-    return _json(404, {"error": f"path: {path} is not a route of the Open Inference Protocol; GET /v2 says what this server offers"})
+    return _json(404, {"error": f"path: {path} is not a route of the Open Inference Protocol; its routes are /v2, /v2/health/live, /v2/health/ready and /v2/models/<name>[/versions/<version>][/ready|/infer]; GET /models lists the names"})
 
 
 # Last: it answers whatever the routes above do not (HEAD comes with GET).

@@ -29,7 +29,9 @@ def parse_shape(shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise TensorError(f"shape must be a list of whole numbers, got {short(shape)}")
     if any(d < 0 for d in shape):
-        raise TensorError(f"shape {shape} has a negative dimension")
+        raise TensorError(f"shape {short(shape)} has a negative dimension")
+    if any(d >= 2**63 for d in shape):
+        raise TensorError(f"shape {short(shape)} has a dimension past INT64's range")
     return tuple(shape)
 
 
@@ -99,6 +101,9 @@ def _kind(array: np.ndarray) -> str:
 
 
 def short(value: Any, limit: int = 40) -> str:
-    """``value`` as it may be echoed in an error: its repr, cut short when long."""
-    text = repr(value)
+    """``value`` as it may be echoed in an error: its repr (JSON's words for null, true and false), cut short when long."""
+    if value is None or isinstance(value, bool):
+        text = {None: "null", True: "true", False: "false"}[value]
+    else:
+        text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
