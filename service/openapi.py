@@ -7,7 +7,8 @@ corrects in one pass over BentoML's spec:
 * title, version and description: BentoML writes its own README, its contact and ``"version": "None"``;
 * ``GET /models``, a Starlette route mounted beside the APIs (BentoML documents only mounted FastAPI apps);
 * ``POST /v2/models/{name}[/versions/{version}]/infer``, the Open Inference Protocol's infer route, with
-  its JSON as ``service.v2.schemas`` describes it and its binary form;
+  its JSON as ``service.v2.schemas`` describes it and its binary form, and the protocol's ``GET`` routes
+  (health, server and model metadata);
 * the errors: BentoML lists 404 and 500 in its own shapes and none of the answers seqserve gives
   (400 from our checks, 401/408/413/415 from ``service.guard``, 503 with ``Retry-After`` when overloaded);
 * the OpenAPI version: pydantic writes JSON Schema 2020-12 (``"type": "null"``, ``examples``), which is
@@ -212,6 +213,50 @@ def infer_operation(with_version: bool) -> dict[str, Any]:
     }
 
 
+TENSOR_METADATA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
+                   "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1: any size"},
+                   "parameters": {"type": "object"}},
+}
+V2_READS = [  # (path, summary, description, the 200 answer's schema, whether it names a model)
+    ("/v2", "Server metadata", "The server's name and version, and the protocol extensions it supports.",
+     {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                       "extensions": {"type": "array", "items": {"type": "string"}}}}, False),
+    ("/v2/health/live", "Live", "Always `{\"live\": true}` while the worker answers.",
+     {"type": "object", "properties": {"live": {"type": "boolean"}}}, False),
+    ("/v2/health/ready", "Ready", "`{\"ready\": true}` once a model serves.",
+     {"type": "object", "properties": {"ready": {"type": "boolean"}}}, False),
+    ("/v2/models/{name}", "Model metadata", "The model's versions, inputs and outputs (datatypes and shapes, -1 for "
+     "any size; a forecaster's quantile levels in its `quantiles` output's parameters) and its limits.",
+     {"type": "object", "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+                                       "platform": {"type": "string"}, "inputs": {"type": "array", "items": TENSOR_METADATA},
+                                       "outputs": {"type": "array", "items": TENSOR_METADATA}, "parameters": {"type": "object"}}}, True),
+    ("/v2/models/{name}/ready", "Model ready", "`{\"name\": ..., \"ready\": true}` when the model serves.",
+     {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}}, True),
+]
+
+
+def v2_read_operation(path: str, summary: str, description: str, schema: dict[str, Any], with_model: bool,
+                      with_version: bool) -> dict[str, Any]:
+    """A ``GET`` route of the Open Inference Protocol: health, server and model metadata."""
+    parameters = [("name", "A served model's name.")] if with_model else []
+    parameters += [("version", "Its stored version.")] if with_version else []
+    operation_id = path.removeprefix("/v2").replace("/", "_").replace("{", "").replace("}", "")
+    answer = {
+        "tags": ["Open Inference Protocol"],
+        "summary": f"{summary} (Open Inference Protocol)",
+        "description": description,
+        "operationId": "seqserve__v2" + operation_id + ("_version" if with_version else ""),
+        "parameters": [{"name": name, "in": "path", "required": True, "description": text, "schema": TAG_PART}
+                       for name, text in parameters],
+        "responses": {"200": {"description": summary, "content": _json(schema)}, "401": UNAUTHORIZED},
+    }
+    if with_model:
+        answer["responses"] |= {"404": _error("No such model or version is served."), "410": API_ERRORS["410"]}
+    return answer
+
+
 def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> OpenAPISpecification:
     """BentoML's spec with seqserve's title, version, description, ``GET /models`` and real error answers."""
     paths = dict(spec.paths)
@@ -221,6 +266,11 @@ def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> Op
     paths["/models"] = PathItem(get=MODELS_PATH["get"])
     paths["/v2/models/{name}/infer"] = PathItem(post=infer_operation(with_version=False))
     paths["/v2/models/{name}/versions/{version}/infer"] = PathItem(post=infer_operation(with_version=True))
+    for path, *read in V2_READS:
+        paths[path] = PathItem(get=v2_read_operation(path, *read, with_version=False))
+        if read[-1]:  # a model's route has a versioned twin
+            versioned = path.replace("{name}", "{name}/versions/{version}")
+            paths[versioned] = PathItem(get=v2_read_operation(versioned, *read, with_version=True))
     paths["/readyz"] = attrs.evolve(
         paths["/readyz"], get=attrs.evolve(paths["/readyz"].get, responses={
             **paths["/readyz"].get.responses, "503": {"description": "Not ready yet: the models are still loading."}

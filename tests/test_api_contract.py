@@ -215,7 +215,9 @@ def on_italypower(case, version: str):
 def test_schemathesis_finds_no_server_error_and_no_answer_unlike_the_page(server):
     schema = schemathesis.openapi.from_url(f"{server.url}/docs.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/classify", "/forecast", "/models", "/v2/models/{name}/infer"}
+    assert {op.path for op in operations} >= {"/classify", "/forecast", "/models", "/v2/models/{name}/infer", "/v2",
+                                              "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/versions/{version}",
+                                              "/v2/models/{name}/ready"}
     version = server.tags["italypower-gru"].split(":")[1]
     statuses = collections.Counter()
     for operation in operations:
