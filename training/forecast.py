@@ -141,7 +141,7 @@ def mirrored(inputs: np.ndarray, targets: np.ndarray, k: int, transform: str, fl
     return inputs, targets
 
 
-def fit_member(model, i: int, train_w: Windows, config: TrainConfig, device: torch.device) -> History:
+def fit_member(model, i: int, train_w: Windows, config: TrainConfig, device: torch.device, label: str = "") -> History:
     """Train member ``i`` of ``model`` alone (seed + i) for the whole schedule on ``train_w``.
 
     Its loss is the pinball loss of the forecaster's answer with that member alone, in each window's
@@ -167,7 +167,7 @@ def fit_member(model, i: int, train_w: Windows, config: TrainConfig, device: tor
         return pinball_loss((predicted - loc[..., None]) / scale[..., None], (y - loc) / scale, levels)
 
     seed_everything(config.seed + i)
-    return fit(model.members[i], len(train_w), 0, make_batch, loss_fn, dataclasses.replace(config, seed=config.seed + i))
+    return fit(model.members[i], len(train_w), 0, make_batch, loss_fn, dataclasses.replace(config, seed=config.seed + i), label)
 
 
 def held_out_error(model, windows: Windows, device: torch.device) -> float:
@@ -309,7 +309,7 @@ def train_forecaster(
         "epochs": config.epochs,
         "lr": config.lr,
     }
-    log.info("recipe: %s", recipe)
+    log.info("recipe:\n%s", "\n".join(f"  {key}: {value}" for key, value in recipe.items()))
 
     # Rolling-origin validation decides whether the networks earn their place: at every origin one member
     # trains on what came before and forecasts what follows, and unless it beats the start alone there by
@@ -321,13 +321,16 @@ def train_forecaster(
         fold_model = new_model(model_name, hparams, chosen["weights"], device, members=1)
         errors["start"].append(held_out_error(fold_model, fold_val, device))
         residuals["start"].append(normalized_residuals(fold_model, fold_val, device))
-        fit_member(fold_model, 0, fold_train, dataclasses.replace(config, seed=config.seed + MAX_MEMBERS + f), device)
+        fit_member(fold_model, 0, fold_train, dataclasses.replace(config, seed=config.seed + MAX_MEMBERS + f), device,
+                   f"validation origin {f + 1}/{len(folds)}")
         errors["networks"].append(held_out_error(fold_model, fold_val, device))
         residuals["networks"].append(normalized_residuals(fold_model, fold_val, device))
     mean = {name: float(np.mean(values)) for name, values in errors.items() if values}
     use_networks = not folds or mean["networks"] < (1 - NETWORK_MARGIN) * mean["start"]
     recipe["validation_error"] = {name: [round(v, 4) for v in values] for name, values in errors.items()}
     recipe["networks"] = "trained" if use_networks else "not used: the start alone forecast better at the validation origins"
+    if folds:
+        log.info("networks %s (mean validation error: start %.4f, networks %.4f)", recipe["networks"], mean["start"], mean["networks"])
     if not use_networks:
         hparams.members = recipe["members"] = 1
     if quantiles and folds:
@@ -337,7 +340,8 @@ def train_forecaster(
     model = new_model(model_name, hparams, chosen["weights"], device)
     history = History()
     if use_networks:
-        histories = [fit_member(model, i, train_w, config, device) for i in range(hparams.members)]
+        histories = [fit_member(model, i, train_w, config, device, f"member {i + 1}/{hparams.members}")
+                     for i in range(hparams.members)]
         history = histories[-1]
         history.seconds = sum(h.seconds for h in histories)
     if not distributed.is_main():

@@ -127,10 +127,12 @@ def fit(
     make_batch: Callable[[np.ndarray, bool], Any],
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
     config: TrainConfig,
+    label: str = "",
 ) -> History:
     """Train ``model`` in place and leave it holding the weights of its best validation epoch (0: as it started).
 
     ``make_batch(indices, is_train)`` builds a batch from training (``is_train``) or validation rows.
+    ``label`` starts its log lines (which network of several this is).
     Under torchrun each rank trains on its shard of every epoch and holds the same weights as the others
     after every step; rank 0's validation loss decides for all of them (see ``training.distributed``).
     """
@@ -147,7 +149,8 @@ def fit(
         # that on validation, the baseline is what is kept (best_epoch 0), not the least bad epoch.
         history.best_val_loss = evaluate_loss(model, n_val, make_batch, loss_fn, config)
     started = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress, leave=False)
+    bar = tqdm(range(config.epochs), desc=label or "training", unit="epoch", disable=not config.progress, leave=False)
+    prefix = f"{label}: " if label else ""
     last_line = started
     for epoch in bar:
         model.train()
@@ -176,7 +179,7 @@ def fit(
         now = time.perf_counter()
         if config.log_every and (now - last_line >= config.log_every or epoch + 1 == config.epochs):
             last_line = now
-            log.info("epoch %d/%d loss %.4f val %s best epoch %d (%.0fs)", epoch + 1, config.epochs,
+            log.info("%sepoch %d/%d loss %.4f val %s best epoch %d (%.0fs)", prefix, epoch + 1, config.epochs,
                      history.train_loss[-1], val, history.best_epoch, now - started)
         if n_val and epoch + 1 - history.best_epoch >= config.patience:
             history.stopped_early = True
@@ -185,7 +188,7 @@ def fit(
     if n_val:
         model.load_state_dict(best_state)
     history.seconds = time.perf_counter() - started
-    log.info("trained %d epochs in %.1fs; best epoch %d", len(history.train_loss), history.seconds, history.best_epoch)
+    log.info("%strained %d epochs in %.1fs; best epoch %d", prefix, len(history.train_loss), history.seconds, history.best_epoch)
     return history
 
 
