@@ -17,7 +17,9 @@ from models.normalization import instance_norm_name, instance_standardize, runni
 from models.starts import FITTED_KINDS, StartSpec, min_lookback, start_weights
 
 TRANSFORMS = ("none", "log")
-LOG_FLOAT32_MAX = 88.72  # log of float32's largest value (3.4e38)
+# Training's cap on a log forecaster's output in log units: exp(80) = 5.5e34 leaves float32 room (3.4e38) for
+# the loss to divide it by a small window scale and sum it over quantiles without overflowing to inf.
+TRAINING_LOG_CAP = 80.0
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -339,9 +341,10 @@ class Forecaster(nn.Module):
         scale = x.std(dim=1, keepdim=True, unbiased=False).maximum(floor)
         return (x - loc) / scale, loc, scale
 
-    def forward(self, x: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: list[int] | None = None, capped: bool = False) -> torch.Tensor:
         # x: (B, T, F), targets in the first K channels -> (B, H, K, Q) in the series' own scale;
-        # members: the networks to average (default: all; training fits one at a time)
+        # members: the networks to average (default: all; training fits one at a time);
+        # capped: a log model's output held below exp(TRAINING_LOG_CAP) (training's loss only)
         k = self.n_targets
         if self.transform == "log":
             # A non-positive value has no logarithm: it counts as the smallest positive float32.
@@ -351,9 +354,9 @@ class Forecaster(nn.Module):
         out = out * scale[..., :k, None] + loc[..., :k, None]  # loc/scale: (B, 1, K) -> (B, 1, K, 1)
         if self.transform != "log":
             return out
-        # Answering, a forecast past float32's range becomes inf, which the service refuses as out of range;
-        # training caps it at float32's largest so that one wild window cannot make the loss NaN.
-        return out.clamp(max=LOG_FLOAT32_MAX).exp() if torch.is_grad_enabled() else out.exp()
+        # Uncapped, a forecast past float32's range is inf, which the service refuses as out of range (a cap
+        # would answer a wrong number); training caps it so that one wild window cannot make the loss NaN.
+        return (out.clamp(max=TRAINING_LOG_CAP) if capped else out).exp()
 
     def forward_normalized(self, x_norm: torch.Tensor, members: list[int] | None = None) -> torch.Tensor:
         # x_norm: (B, T, F) -> (B, H, K, Q) in the window's normalised (and transformed) units, ordered along Q

@@ -357,15 +357,30 @@ def test_a_forecaster_of_the_current_recipe_round_trips_through_the_store():
         torch.testing.assert_close(loaded.module(x), model.eval()(x))
 
 
-def test_a_log_forecaster_answers_huge_values_exactly_and_overflows_past_float32_to_be_refused():
+def test_a_log_forecaster_answers_huge_values_exactly_and_overflows_past_float32_where_training_caps_it():
     model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=3, hidden_size=8, lookback=24,
-                         transform="log", start=StartSpec("smoothing", 1, 1.0, 0.0, 1.0).to_dict()).eval()  # a drift
+                         transform="log", start=StartSpec("smoothing", 1, 1.0, 0.0, 1.0).to_dict())  # a drift
     rising = torch.exp(torch.linspace(np.log(1e37), np.log(3.3e38), 24))[None, :, None]  # the next step is past float32
     with torch.inference_mode():
-        huge = model(torch.full((1, 24, 1), 1e36))
+        huge = model.eval()(torch.full((1, 24, 1), 1e36))
         past = model(rising)
     torch.testing.assert_close(huge, torch.full_like(huge, 1e36), rtol=1e-4, atol=0)
-    assert torch.isinf(past).all()  # the service answers it with a 400 (out of range), never a capped number
+    assert torch.isinf(past).all()
+    from models.artifact import LoadedModel
+    from service.inference import ForecastPass, OutOfRange
+
+    served = LoadedModel("log-fc:v1", ModelCard(task="forecast", model_name="gru_forecaster", hparams={}, features=["v"],
+                                                targets=["v"], lookback=24, horizon=3), model, torch.device("cpu"))
+    answers = ForecastPass(served).run_batch([rising[0].numpy(), np.full((24, 1), 1e36, np.float32)])
+    assert isinstance(answers[0], OutOfRange) and "too large for log-fc:v1" in str(answers[0])  # a 400, not a capped number
+    np.testing.assert_allclose(answers[1], 1e36, rtol=1e-4)
+    # Training's loss divides by the window's scale and sums over quantiles: capped, it and its gradient stay finite.
+    model.train()
+    capped = model(rising, capped=True)  # (1, H, 1, 1)
+    loss = ((capped - rising[:, -1:, :, None]) / (0.01 * rising[:, -1:, :, None])).abs().mean()
+    loss.backward()
+    assert torch.isfinite(capped).all() and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_a_log_forecaster_refuses_a_history_or_stream_step_that_is_not_above_zero():

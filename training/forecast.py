@@ -142,7 +142,7 @@ def mirrored(inputs: np.ndarray, targets: np.ndarray, k: int, transform: str, fl
 
 
 def fit_member(model, i: int, train_w: Windows, config: TrainConfig, device: torch.device, label: str = "") -> History:
-    """Train member ``i`` of ``model`` alone (seed + i) for the whole schedule on ``train_w``.
+    """Train member ``i`` of ``model`` alone (seed + i) for the whole schedule on ``train_w``; ``label`` names it in the log.
 
     Its loss is the pinball loss of the forecaster's answer with that member alone, in each window's
     standardised units: every series weighs the same whatever its scale, and a log model is judged in the
@@ -160,7 +160,7 @@ def fit_member(model, i: int, train_w: Windows, config: TrainConfig, device: tor
     def loss_fn(member, batch):
         x, y = batch  # (B, T, C), (B, H, K)
         _, loc, scale = model.normalize(x[..., :k])  # (B, 1, K): the loss's units
-        predicted = model(x, members=[i])  # (B, H, K, Q)
+        predicted = model(x, members=[i], capped=True)  # (B, H, K, Q)
         levels = model.quantiles
         if model.quantile_offsets is not None:  # the members learn the median; the offsets give the rest
             predicted, levels = predicted[..., model.point_index, None], []
@@ -328,7 +328,8 @@ def train_forecaster(
     mean = {name: float(np.mean(values)) for name, values in errors.items() if values}
     use_networks = not folds or mean["networks"] < (1 - NETWORK_MARGIN) * mean["start"]
     recipe["validation_error"] = {name: [round(v, 4) for v in values] for name, values in errors.items()}
-    recipe["networks"] = "trained" if use_networks else "not used: the start alone forecast better at the validation origins"
+    recipe["networks"] = ("trained" if use_networks else
+                          f"not used: they did not beat the start by {NETWORK_MARGIN:.0%} at the validation origins")
     if folds:
         log.info("networks %s (mean validation error: start %.4f, networks %.4f)", recipe["networks"], mean["start"], mean["networks"])
     if not use_networks:
