@@ -258,15 +258,15 @@ def _check_shape(name: str, shape: tuple[int, ...], model: ModelInterface) -> No
         raise TensorError(f"shape {short(list(shape))} must be [N, T, F]: instances, steps, features")
     n, t, f = shape
     if f != len(model.features):
-        raise TensorError(f"shape {short(list(shape))} has {short(f)} features but {model.name} expects {len(model.features)}")
+        raise TensorError(f"shape {short(list(shape))} has {f} features but {model.name} expects {len(model.features)}")
     if n == 0:
         raise TensorError("has no instances; send at least one")
     if n > model.max_instances:
-        raise TensorError(f"has {short(n)} instances; the limit is {model.max_instances} per request (SEQSERVE_MAX_INSTANCES)")
+        raise TensorError(f"has {n} instances; the limit is {model.max_instances} per request (SEQSERVE_MAX_INSTANCES)")
     if t == 0:
         raise TensorError("has 0 steps; send at least one")
     if t > model.max_length:
-        raise TensorError(f"has {short(t)} steps; the limit is {model.max_length} (SEQSERVE_MAX_LENGTH)")
+        raise TensorError(f"has {t} steps; the limit is {model.max_length} (SEQSERVE_MAX_LENGTH)")
 
 
 def _checked_lengths(lengths: np.ndarray | None, values: np.ndarray) -> np.ndarray:

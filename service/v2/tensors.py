@@ -9,6 +9,7 @@ followed by that many bytes.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -52,10 +53,11 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarr
     except ValueError:  # numpy refuses nested lists of different lengths
         raise TensorError("data is ragged: its nested lists differ in length") from None
     whole = datatype.startswith("INT")
-    if array.dtype.kind == "O" and all(type(v) is int for v in array.ravel()):  # whole numbers past 64 bits
+    if array.dtype.kind == "O" and all(type(v) in (int, float) for v in array.ravel()):  # a whole number past 64 bits
         if whole:
-            raise TensorError(f"data holds {short(max(array.ravel(), key=abs))}, outside {datatype}'s range")
-        array = np.array([float(v) if abs(v) < 2**1000 else np.inf * np.sign(v) for v in array.ravel()]).reshape(array.shape)
+            biggest = max((v for v in array.ravel() if type(v) is int), key=abs)
+            raise TensorError(f"data holds {short(biggest)}, outside {datatype}'s range")
+        array = np.array([_as_float(v) for v in array.ravel()]).reshape(array.shape)
     if array.dtype.kind not in ("iu" if whole else "iuf"):
         wanted = "whole numbers" if whole else "numbers"
         raise TensorError(f"data must hold only {wanted} for {datatype}, got {_kind(array)}")
@@ -94,6 +96,14 @@ def to_binary(name: str, datatype: str, array: np.ndarray) -> tuple[dict[str, An
         raw = np.ascontiguousarray(array, dtype=NUMERIC[datatype]).tobytes()
     head = {"name": name, "datatype": datatype, "shape": list(array.shape), "parameters": {"binary_data_size": len(raw)}}
     return head, raw
+
+
+def _as_float(value: int | float) -> float:
+    """A number as a float; one past float64's range as an infinity (refused later, with its position)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _kind(array: np.ndarray) -> str:
