@@ -106,11 +106,11 @@ class RequestGuard:
             shown = media_type[:60] or "none"
             accepted = "application/json or application/octet-stream" if v2 else "application/json"
             return await json_error(415, f"content-type: {shown} is not accepted; send {accepted}")(send)
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding not in ("identity", ""):
+        codings = {coding.strip() for coding in headers.get("content-encoding", "").lower().split(",")} - {"", "identity"}
+        if codings:
             # A compressed body would have to be inflated past the size cap to be read (a zip bomb's way in).
-            return await json_error(
-                415, f"content-encoding: {encoding[:40]} is not accepted; send the body uncompressed")(send)
+            shown = ", ".join(sorted(codings))[:40]
+            return await json_error(415, f"content-encoding: {shown} is not accepted; send the body uncompressed")(send)
         binary = v2 and BINARY_HEADER in headers
         cap = self.max_binary_body if binary else self.max_body
         declared = headers.get("content-length", "")

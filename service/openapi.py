@@ -21,7 +21,7 @@ for a service class of one's own, so the live page and the spec ``bentoml build`
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import bentoml
@@ -219,42 +219,58 @@ TENSOR_METADATA = {
                    "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1: any size"},
                    "parameters": {"type": "object"}},
 }
-V2_READS = [  # (path, summary, description, the 200 answer's schema, whether it names a model)
-    ("/v2", "Server metadata", "The server's name and version, and the protocol extensions it supports.",
-     {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"},
-                                       "extensions": {"type": "array", "items": {"type": "string"}}}}, False),
-    ("/v2/health/live", "Live", "Always `{\"live\": true}` while the worker answers.",
-     {"type": "object", "properties": {"live": {"type": "boolean"}}}, False),
-    ("/v2/health/ready", "Ready", "`{\"ready\": true}` once a model serves.",
-     {"type": "object", "properties": {"ready": {"type": "boolean"}}}, False),
-    ("/v2/models/{name}", "Model metadata", "The model's versions, inputs and outputs (datatypes and shapes, -1 for "
-     "any size; a forecaster's quantile levels in its `quantiles` output's parameters) and its limits.",
-     {"type": "object", "properties": {"name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
-                                       "platform": {"type": "string"}, "inputs": {"type": "array", "items": TENSOR_METADATA},
-                                       "outputs": {"type": "array", "items": TENSOR_METADATA}, "parameters": {"type": "object"}}}, True),
-    ("/v2/models/{name}/ready", "Model ready", "`{\"name\": ..., \"ready\": true}` when the model serves.",
-     {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}}, True),
+
+
+class V2Read(NamedTuple):
+    """A ``GET`` route of the Open Inference Protocol, and what the API page says of it."""
+
+    path: str
+    summary: str
+    description: str
+    answer: dict[str, Any]  # the 200 answer's schema
+    with_model: bool = False  # names a model, so it has a versioned twin and may answer 404 or 410
+
+
+V2_READS = [
+    V2Read("/v2", "Server metadata", "The server's name and version, and the protocol extensions it supports.",
+           {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                             "extensions": {"type": "array", "items": {"type": "string"}}}}),
+    V2Read("/v2/health/live", "Live", "Always `{\"live\": true}` while the worker answers.",
+           {"type": "object", "properties": {"live": {"type": "boolean"}}}),
+    V2Read("/v2/health/ready", "Ready", "`{\"ready\": true}` once a model serves.",
+           {"type": "object", "properties": {"ready": {"type": "boolean"}}}),
+    V2Read("/v2/models/{name}", "Model metadata", "The model's versions, inputs and outputs (datatypes and shapes, -1 "
+           "for any size; a forecaster's quantile levels in its `quantiles` output's parameters) and its limits.",
+           {"type": "object", "properties": {
+               "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+               "platform": {"type": "string"}, "inputs": {"type": "array", "items": TENSOR_METADATA},
+               "outputs": {"type": "array", "items": TENSOR_METADATA}, "parameters": {"type": "object"}}},
+           with_model=True),
+    V2Read("/v2/models/{name}/ready", "Model ready", "`{\"name\": ..., \"ready\": true}` when the model serves.",
+           {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}}, with_model=True),
 ]
 
 
-def v2_read_operation(path: str, summary: str, description: str, schema: dict[str, Any], with_model: bool,
-                      with_version: bool) -> dict[str, Any]:
-    """A ``GET`` route of the Open Inference Protocol: health, server and model metadata."""
-    parameters = [("name", "A served model's name.")] if with_model else []
-    parameters += [("version", "Its stored version.")] if with_version else []
-    operation_id = path.removeprefix("/v2").replace("/", "_").replace("{", "").replace("}", "")
-    answer = {
+def v2_read_operation(read: V2Read, path: str, open_paths: tuple[str, ...]) -> dict[str, Any]:
+    """``read``'s operation at ``path`` (its own, or its versioned twin's); an open path never answers 401."""
+    versioned = "{version}" in path
+    parameters = [("name", "A served model's name.")] if read.with_model else []
+    parameters += [("version", "Its stored version.")] if versioned else []
+    operation_id = path.removeprefix("/v2").replace("/versions/{version}", "").replace("/", "_").replace("{", "").replace("}", "")
+    responses: dict[str, Any] = {"200": {"description": read.summary, "content": _json(read.answer)}}
+    if path not in open_paths:
+        responses["401"] = UNAUTHORIZED
+    if read.with_model:
+        responses |= {"404": _error("No such model or version is served."), "410": API_ERRORS["410"]}
+    return {
         "tags": ["Open Inference Protocol"],
-        "summary": f"{summary} (Open Inference Protocol)",
-        "description": description,
-        "operationId": "seqserve__v2" + operation_id + ("_version" if with_version else ""),
+        "summary": f"{read.summary} (Open Inference Protocol)",
+        "description": read.description,
+        "operationId": "seqserve__v2" + operation_id + ("_version" if versioned else ""),
         "parameters": [{"name": name, "in": "path", "required": True, "description": text, "schema": TAG_PART}
                        for name, text in parameters],
-        "responses": {"200": {"description": summary, "content": _json(schema)}, "401": UNAUTHORIZED},
+        "responses": responses,
     }
-    if with_model:
-        answer["responses"] |= {"404": _error("No such model or version is served."), "410": API_ERRORS["410"]}
-    return answer
 
 
 def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> OpenAPISpecification:
@@ -266,11 +282,10 @@ def describe(spec: OpenAPISpecification, settings: Settings, version: str) -> Op
     paths["/models"] = PathItem(get=MODELS_PATH["get"])
     paths["/v2/models/{name}/infer"] = PathItem(post=infer_operation(with_version=False))
     paths["/v2/models/{name}/versions/{version}/infer"] = PathItem(post=infer_operation(with_version=True))
-    for path, *read in V2_READS:
-        paths[path] = PathItem(get=v2_read_operation(path, *read, with_version=False))
-        if read[-1]:  # a model's route has a versioned twin
-            versioned = path.replace("{name}", "{name}/versions/{version}")
-            paths[versioned] = PathItem(get=v2_read_operation(versioned, *read, with_version=True))
+    for read in V2_READS:
+        twins = [read.path, read.path.replace("{name}", "{name}/versions/{version}")] if read.with_model else [read.path]
+        for path in twins:
+            paths[path] = PathItem(get=v2_read_operation(read, path, settings.open_paths))
     paths["/readyz"] = attrs.evolve(
         paths["/readyz"], get=attrs.evolve(paths["/readyz"].get, responses={
             **paths["/readyz"].get.responses, "503": {"description": "Not ready yet: the models are still loading."}
