@@ -121,7 +121,10 @@ def fit_linear(inputs: np.ndarray, targets: np.ndarray, ridge: float) -> np.ndar
     x = inputs.transpose(0, 2, 1).reshape(-1, inputs.shape[1])  # (N * K, L)
     y = targets.transpose(0, 2, 1).reshape(-1, targets.shape[1])  # (N * K, H)
     gram = x.T @ x
-    penalty = ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
+    mean_square = np.trace(gram) / len(gram)
+    # Windows with no variation at all (a constant series) have a zero gram: a unit penalty then keeps the
+    # system solvable, and the fit is zero weights, the window's mean.
+    penalty = ridge * (mean_square if mean_square > 0 else 1.0) * np.eye(len(gram))
     return np.linalg.solve(gram + penalty, x.T @ y).T.astype(np.float32)
 
 

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from models.artifact import list_artifacts, load_artifact
 from models.starts import KINDS, StartSpec
@@ -73,6 +74,22 @@ def test_forecast_on_synthetic_with_quantiles_reports_ets(capsys, tmp_path):
     assert StartSpec(**card.hparams["start"]).kind in KINDS  # a start the model rebuilds (any kind, a combination too)
     assert {"q0.1_coverage", "q0.9_wql", "coverage_0.1_0.9", "mean_wql"} <= set(metrics["test"])
     assert {"q0.1_coverage", "coverage_0.1_0.9"} <= set(metrics["baselines"]["ets"])
+
+
+@pytest.mark.parametrize("value", [5.0, 0.0])
+def test_a_constant_series_trains_and_forecasts_itself(capsys, tmp_path, value):
+    # Its windows carry no variation: the fitted autoregression's system was singular ("error: Singular matrix").
+    data = tmp_path / "flat.csv"
+    data.write_text("value\n" + "\n".join([str(value)] * 150))
+    code, out, err = run(capsys, "forecast", "--data", str(data), "--horizon", "6", "--name", "flat-fc", *QUICK,
+                         "--report", str(tmp_path / "report"))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["test"]["mae"] == 0.0 and metrics["beats_baseline"] and metrics["warnings"] == []
+    loaded = load_artifact(stored_tag(out))
+    with torch.inference_mode():
+        forecast = loaded.module(torch.full((1, loaded.card.lookback, 1), value))
+    torch.testing.assert_close(forecast, torch.full_like(forecast, value))
 
 
 @pytest.mark.parametrize("task", ["classify", "forecast"])

@@ -54,6 +54,8 @@ def test_compare_with_baselines_says_why():
     beats, warnings = compare_with_baselines(
         "forecast", {"mase": 0.9}, {"naive": {"mase": 1.5}, "seasonal_naive": {"mase": 1.0}, "ets": {"mase": 0.8}})
     assert beats and warnings == ["the model does not reach the ETS baseline: test mase 0.900 against 0.800"]
+    # A constant series: every forecast is perfect, and a perfect score cannot be beaten.
+    assert compare_with_baselines("forecast", {"mase": 0.0}, {"naive": {"mase": 0.0}, "ets": {"mase": 0.0}}) == (True, [])
 
 
 # ----------------------------------------------------------------------------- the loop
