@@ -103,7 +103,8 @@ def test_unsupported_suffix(tmp_path):
 def test_missing_column_lists_existing(tmp_path):
     path = write_csv(tmp_path, long_frame().drop(columns="label"))
     with pytest.raises(DataError, match=r"data\.csv: missing column 'label'; the file has columns "
-                                        r"\['sample_id', 'step', 'x', 'y'\]"):
+                                        r"\['sample_id', 'step', 'x', 'y'\]; name the sample, time and label columns with "
+                                        r"--id-col, --time-col and --label-col"):
         read_classification(path)
 
 

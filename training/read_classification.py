@@ -30,7 +30,9 @@ def read_classification(path, *, id_col: str = "sample_id", time_col: str = "ste
     if p.suffix.lower() == ".npz":
         return _classification_from_npz(path, label_names)
     df = read_table(path)
-    require_columns(df, [id_col, time_col, label_col], path)
+    require_columns(df, [id_col, time_col, label_col], path,
+                    hint="; name the sample, time and label columns with --id-col, --time-col and --label-col "
+                         "(in Python: id_col=..., time_col=..., label_col=...)")
     require_values(df, [id_col, time_col, label_col], path)
     features = [c for c in df.columns if c not in (id_col, time_col, label_col)]
     if not features:
