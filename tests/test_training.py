@@ -12,6 +12,7 @@ import torch
 from models import ClassifierConfig, ForecasterConfig, create_model
 from models.artifact import load_artifact
 from training import datasets
+from training.baselines import dtw_1nn
 from training.classify import SMALL_SET_SEQUENCES, stratified_folds, train_classifier
 from training.cli import build_parser, main, train_one
 from training.data import SeriesCollection
@@ -56,6 +57,16 @@ def test_compare_with_baselines_says_why():
     assert beats and warnings == ["the model does not reach the ETS baseline: test mase 0.900 against 0.800"]
     # A constant series: every forecast is perfect, and a perfect score cannot be beaten.
     assert compare_with_baselines("forecast", {"mase": 0.0}, {"naive": {"mase": 0.0}, "ets": {"mase": 0.0}}) == (True, [])
+
+
+def test_dtw_1nn_takes_sequences_of_one_step_beside_longer_ones():
+    # A (1, F) sequence transposed is C- and F-contiguous at once, the longer ones only F: numba refused the mix.
+    rng = np.random.default_rng(0)
+    train = [rng.normal(size=(1 + i % 7, 2)) + (i % 2) for i in range(20)]
+    test = [rng.normal(size=(1 + i % 5, 2)) + (i % 2) for i in range(6)]
+    labels = np.arange(20) % 2
+    metrics, how = dtw_1nn(train, labels, test, np.arange(6) % 2, 2)
+    assert how == "full window" and 0.0 <= metrics["accuracy"] <= 1.0
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -47,7 +47,7 @@ def dtw_1nn(train_seqs: list[np.ndarray], y_train: np.ndarray, test_seqs: list[n
     from aeon.classification.distance_based import KNeighborsTimeSeriesClassifier
 
     def as_aeon(seqs):  # aeon wants (N, F, T) when lengths are equal, else a list of (F, T_i)
-        arrays = [s.T.astype(np.float64) for s in seqs]
+        arrays = [np.ascontiguousarray(s.T, dtype=np.float64) for s in seqs]  # numba's lists take C order only
         return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
 
     train_x, test_x = as_aeon(train_seqs), as_aeon(test_seqs)
