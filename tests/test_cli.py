@@ -201,6 +201,13 @@ def test_bad_data_is_a_clear_error_not_a_traceback(capsys, tmp_path):
     assert "Traceback" not in err
 
 
+def test_a_file_with_one_sequence_a_class_is_a_clear_error(capsys, tmp_path):
+    (tmp_path / "two.csv").write_text("sample_id,step,x,label\n0,0,1.0,a\n0,1,2.0,a\n1,0,3.0,b\n1,1,4.0,b\n")
+    code, _, err = run(capsys, "classify", "--data", str(tmp_path / "two.csv"), "--name", "two", "--dry-run")
+    assert code == 2 and "Traceback" not in err
+    assert "no class has 2 sequences, so none can be held out for testing; add sequences or give a test file" in err
+
+
 def test_series_too_short_for_the_lookback_is_a_clear_error(capsys, tmp_path):
     pd.DataFrame({"value": np.arange(30.0)}).to_csv(tmp_path / "short.csv", index=False)
     code, _, err = run(capsys, "forecast", "--data", str(tmp_path / "short.csv"), "--horizon", "12", "--lookback", "24",

@@ -201,6 +201,9 @@ def _report_dir(args: argparse.Namespace) -> Path:
 def _split_file_dataset(data: SequenceDataset, seed: int) -> tuple[SequenceDataset, SequenceDataset]:
     """No --test-data: keep 20% of every class for testing."""
     keep, held = stratified_split(data.labels, 0.2, seed)
+    if not len(held):
+        raise DataError(f"{data.source}: no class has 2 sequences, so none can be held out for testing; "
+                        "add sequences or give a test file with --test-data")
 
     def subset(rows, part):
         return SequenceDataset([data.sequences[i] for i in rows], data.labels[rows], data.label_names, data.feature_names, f"{data.source} ({part})")
