@@ -135,6 +135,7 @@ def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
 
 
 UNAUTHORIZED = _error("No valid API key: only when the server has keys (`SEQSERVE_API_KEYS`).")
+NOT_SERVED = _error("No such model or version is served.")
 API_ERRORS = {
     "400": _error("The request cannot be answered as sent: the error names the instance, the field and the problem."),
     "401": UNAUTHORIZED,
@@ -205,7 +206,7 @@ def infer_operation(with_version: bool) -> dict[str, Any]:
                 "content": {**_json({"$ref": REF.format(model="InferAnswer")}), "application/octet-stream": {"schema": BINARY}},
             },
             **API_ERRORS,
-            "404": _error("No such model or version is served."),
+            "404": NOT_SERVED,
             "413": _error("The body is over the server's size limit (`SEQSERVE_MAX_BINARY_BODY_MB` with binary tensors, "
                           "`SEQSERVE_MAX_BODY_MB` for JSON and for the JSON header)."),
             "415": _error("The content type is neither `application/json` nor `application/octet-stream`."),
@@ -256,12 +257,12 @@ def v2_read_operation(read: V2Read, path: str, open_paths: tuple[str, ...]) -> d
     versioned = "{version}" in path
     parameters = [("name", "A served model's name.")] if read.with_model else []
     parameters += [("version", "Its stored version.")] if versioned else []
-    operation_id = path.removeprefix("/v2").replace("/versions/{version}", "").replace("/", "_").replace("{", "").replace("}", "")
+    operation_id = read.path.removeprefix("/v2").replace("/", "_").replace("{", "").replace("}", "")
     responses: dict[str, Any] = {"200": {"description": read.summary, "content": _json(read.answer)}}
     if path not in open_paths:
         responses["401"] = UNAUTHORIZED
     if read.with_model:
-        responses |= {"404": _error("No such model or version is served."), "410": API_ERRORS["410"]}
+        responses |= {"404": NOT_SERVED, "410": API_ERRORS["410"]}
     return {
         "tags": ["Open Inference Protocol"],
         "summary": f"{read.summary} (Open Inference Protocol)",
