@@ -92,6 +92,21 @@ def test_a_constant_series_trains_and_forecasts_itself(capsys, tmp_path, value):
     torch.testing.assert_close(forecast, torch.full_like(forecast, value))
 
 
+def test_a_glitch_in_the_data_is_named_in_the_warnings(capsys, tmp_path):
+    # One 1e9 among monthly values near 100: every window that holds it forecasts far off, and the run says where.
+    t = np.arange(150)
+    values = 100 + 0.5 * t + 15 * np.sin(2 * np.pi * t / 12)
+    values[100] = 1e9
+    data = tmp_path / "glitch.csv"
+    data.write_text("value\n" + "\n".join(f"{v:.6g}" for v in values))
+    code, out, err = run(capsys, "forecast", "--data", str(data), "--horizon", "6", "--name", "glitch-fc", *QUICK,
+                         "--no-save", "--report", str(tmp_path / "report"))
+    assert code == 0, err
+    warning = json.loads((tmp_path / "report" / "metrics.json").read_text())["warnings"][0]
+    assert warning.startswith("values far outside the rest of their series") and "step 101 of 150: 1e+09" in warning
+    assert f"warning: {warning}" in out
+
+
 @pytest.mark.parametrize("task", ["classify", "forecast"])
 def test_dry_run_stores_nothing(capsys, tmp_path, task):
     before = {info.tag for info in list_artifacts()}

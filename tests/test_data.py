@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import DataError, SequenceDataset, SeriesCollection, fingerprint
+from training.data import DataError, SequenceDataset, SeriesCollection, far_values, fingerprint
 from training.read_classification import check_compatible, read_classification
 from training.read_series import read_series
 from training.datasets import CLASSIFICATION_DATASETS, FORECAST_DATASETS, load_classification, load_series
@@ -535,3 +535,34 @@ def test_fingerprint_tracks_content_not_source():
     assert fingerprint(load_classification("synthetic")[0]) == fingerprint(load_classification("synthetic")[0])
     with pytest.raises(TypeError):
         fingerprint([1, 2])
+
+
+# ----------------------------------------------------------------------------- values far from their series
+
+
+def collection_of(*columns: np.ndarray, targets: tuple[str, ...] = ("value",)) -> SeriesCollection:
+    return SeriesCollection(series=[c.reshape(len(c), -1).astype(np.float32) for c in columns],
+                            series_ids=[f"s{i}" for i in range(len(columns))], target_names=list(targets),
+                            covariate_names=[], season=None, source="test")
+
+
+def test_far_values_name_a_glitch_and_pass_ordinary_series():
+    t = np.arange(200, dtype=np.float64)
+    seasonal = 100 * np.exp(0.01 * t) * (1 + 0.3 * np.sin(2 * np.pi * t / 12))  # growing, with a growing season
+    intermittent = np.where(t % 37 == 0, 25.0, 0.0)  # mostly zeros: measured by its other values
+    glitched = seasonal.copy()
+    glitched[[50, 120]] = [1e9, -1e7]
+    assert far_values(collection_of(seasonal, intermittent, np.full(50, 3.0))) == []
+    found = far_values(collection_of(seasonal, glitched))
+    assert len(found) == 2
+    assert found[0].startswith("series 's1', step 51 of 200: 1e+09 (") and "step 121 of 200: -1e+07" in found[1]
+
+
+def test_far_values_are_capped_and_name_the_column_of_several_targets():
+    values = np.ones((40, 2))
+    values[:, 0] += np.arange(40) % 3
+    values[::5, 1] = (np.arange(8) + 1) * 1e6  # eight wild values in the second target
+    values[:, 1] += np.arange(40) % 2
+    found = far_values(collection_of(values, targets=("a", "b")), limit=3)
+    assert len(found) == 4 and found[-1] == "and 5 more"
+    assert all("series 's0', column 'b', step" in text for text in found[:3])

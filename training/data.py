@@ -120,6 +120,36 @@ def fingerprint(obj: SequenceDataset | SeriesCollection) -> str:
     return h.hexdigest()
 
 
+# Every real series we tried keeps its values within 10 typical deviations of its median; a glitch such as
+# 1e9 among values near 100 is millions of them, and one is enough to wreck a forecaster's windows.
+FAR_DEVIATIONS = 100
+
+
+def far_values(collection: SeriesCollection, limit: int = 5) -> list[str]:
+    """Target values at least ``FAR_DEVIATIONS`` typical deviations from their series' median, described
+    for a warning (at most ``limit``, the farthest first): ``"series 'a', step 100 of 150: 1e+09"``.
+
+    The typical deviation is the median absolute deviation from the median, which a few wild values do not
+    move; in a series that is mostly one value (zeros, say) it is the median of the other values' deviations.
+    """
+    found = []  # (deviations, description)
+    for sid, values in zip(collection.series_ids, collection.series):
+        for c, column in enumerate(collection.target_names):
+            y = values[:, c].astype(np.float64)
+            distance = np.abs(y - np.median(y))
+            off = distance[distance > 0]
+            if not off.size:
+                continue  # a constant series
+            typical = float(np.median(distance)) or float(np.median(off))
+            for step in np.flatnonzero(distance >= FAR_DEVIATIONS * typical):
+                where = f"series {sid!r}" + (f", column {column!r}" if collection.n_targets > 1 else "")
+                found.append((distance[step] / typical,
+                              f"{where}, step {step + 1} of {len(y)}: {y[step]:.6g} ({distance[step] / typical:,.0f} "
+                              f"typical deviations from its median {np.median(y):.6g})"))
+    found.sort(key=lambda entry: -entry[0])
+    return [text for _, text in found[:limit]] + ([f"and {len(found) - limit} more"] if len(found) > limit else [])
+
+
 def check_file(path, supported: tuple[str, ...]) -> Path:
     p = Path(path)
     if not p.exists():

@@ -45,7 +45,7 @@ from models import ForecasterConfig, create_model
 from models.artifact import ModelCard, save_artifact
 from models.starts import FITTED_KINDS
 from training import baselines as strong, distributed, report, starts
-from training.data import DataError, SeriesCollection, fingerprint
+from training.data import DataError, SeriesCollection, far_values, fingerprint
 from training.loop import History, TrainConfig, fit, seed_everything, sized_for
 from training.metrics import (compare_with_baselines, forecast_metrics, mase_scale, naive_forecast, quantile_metrics,
                               seasonal_naive_forecast)
@@ -260,6 +260,13 @@ def train_forecaster(
         log.warning("%s: skipped %d of %d series too short for lookback %d and horizon %d under the %s "
                     "evaluation: %s", collection.source, len(skipped), len(lengths),
                     lookback, horizon, evaluation, ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
+    data_warnings = []
+    if far := far_values(kept):
+        # Not an error: the values may be real. But a forecast from a window that holds one is far off (a
+        # 1e9 glitch among monthly values near 100 made the test MAE 200 times seasonal naive's).
+        data_warnings.append("values far outside the rest of their series, which a data error would explain; every "
+                             "forecast from a window that holds one is off, so check them before serving: " + "; ".join(far))
+        log.warning("%s: %s", collection.source, data_warnings[0])
 
     if evaluation == "windows":
         *_, test_w = split_by_time(kept, lookback=lookback, horizon=horizon, **split)
@@ -368,9 +375,10 @@ def train_forecaster(
                 notes["ets"] += f"; quantiles from {strong.ETS_PATHS} simulated paths"
     else:
         notes["ets"] = "skipped: dry run"
-    beats, warnings = compare_with_baselines("forecast", test_metrics, baselines)
-    for sentence in warnings:
+    beats, comparisons = compare_with_baselines("forecast", test_metrics, baselines)
+    for sentence in comparisons:
         log.warning("%s: %s", name, sentence)
+    warnings = data_warnings + comparisons
     metrics = {"test": test_metrics, "baselines": baselines, "baseline_notes": notes,
                "beats_baseline": beats, "warnings": warnings}
 

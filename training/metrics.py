@@ -49,6 +49,7 @@ def mase_scale(train_part: np.ndarray, season: int) -> np.ndarray:
 
 def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: np.ndarray) -> dict[str, float]:
     """Metrics over windows: ``y_true``/``y_pred`` (N, H, K), ``scale`` (N, K) each window's MASE scale."""
+    y_true, y_pred = y_true.astype(np.float64), y_pred.astype(np.float64)  # a wild forecast's square overflows float32
     error = y_pred - y_true
     denominator = np.abs(y_true) + np.abs(y_pred)
     smape = np.where(denominator > 0, 2 * np.abs(error) / np.where(denominator > 0, denominator, 1), 0.0)
@@ -121,10 +122,16 @@ def compare_with_baselines(task: str, test: dict[str, float], baselines: dict[st
     warnings = []
     beats = wins(model, simple_scores[best_name]) or model == perfect  # a perfect score (a constant series) cannot be beaten
     if not beats:
-        warnings.append(f"the model does not beat its simplest baseline: test {key} {model:.3f} against "
-                        f"{simple_scores[best_name]:.3f} for {BASELINE_NAMES[best_name]}")
+        warnings.append(f"the model does not beat its simplest baseline: test {key} {_score(model)} against "
+                        f"{_score(simple_scores[best_name])} for {BASELINE_NAMES[best_name]}")
     for name in strong:
         if name in baselines and not wins(model, baselines[name][key]) and model != baselines[name][key]:
             warnings.append(f"the model does not reach the {BASELINE_NAMES[name]} baseline: test {key} "
-                            f"{model:.3f} against {baselines[name][key]:.3f}")
+                            f"{_score(model)} against {_score(baselines[name][key])}")
     return beats, warnings
+
+
+def _score(value: float) -> str:
+    # Three decimals, or three significant digits for a score that would print as 0.000 (a MASE whose
+    # scale a huge value in the training part inflated).
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.001 else f"{value:.3g}"
