@@ -127,7 +127,8 @@ FAR_DEVIATIONS = 100
 
 def far_values(collection: SeriesCollection, limit: int = 5) -> list[str]:
     """Target values at least ``FAR_DEVIATIONS`` typical deviations from their series' median, described
-    for a warning (at most ``limit``, the farthest first): ``"series 'a', step 100 of 150: 1e+09"``.
+    for a warning (at most ``limit``, the farthest first), such as
+    ``"series 'a', step 101 of 150: 1e+09 (51,777,167 typical deviations from its median 138.087)"``.
 
     The typical deviation is the median absolute deviation from the median, which a few wild values do not
     move; in a series that is mostly one value (zeros, say) it is the median of the other values' deviations.
