@@ -8,7 +8,7 @@ corrects in one pass over BentoML's spec:
 * ``GET /models``, a Starlette route mounted beside the APIs (BentoML documents only mounted FastAPI apps);
 * ``POST /v2/models/{name}[/versions/{version}]/infer``, the Open Inference Protocol's infer route, with
   its JSON as ``service.v2.schemas`` describes it and its binary form, and the protocol's ``GET`` routes
-  (health, server and model metadata);
+  (health, server and model metadata, Triton's model configuration);
 * the errors: BentoML lists 404 and 500 in its own shapes and none of the answers seqserve gives
   (400 from our checks, 401/408/413/415 from ``service.guard``, 503 with ``Retry-After`` when overloaded);
 * the OpenAPI version: pydantic writes JSON Schema 2020-12 (``"type": "null"``, ``examples``), which is
@@ -102,7 +102,7 @@ Recurrent sequence classifiers and forecasters (RNN, GRU, LSTM) trained by seqse
   (4408); an unknown or non-streamable model closes with 4400. Not listed below: OpenAPI has no WebSockets.
 * The Open Inference Protocol (KServe v2, Triton's REST API) with binary tensors: `GET /v2`,
   `/v2/health/live`, `/v2/health/ready`, `GET /v2/models/<name>[/versions/<version>]` (inputs and outputs)
-  and its `/ready`, `POST .../infer`. Same models, batchers and limits; binary bodies up to
+  and its `/ready` and `/config` (Triton's model configuration, for `perf_analyzer`), `POST .../infer`. Same models, batchers and limits; binary bodies up to
   {settings.max_binary_body_bytes / 2**20:g} MiB. The infer route is listed below; the others follow the protocol's
   own specification.
 
@@ -221,6 +221,13 @@ TENSOR_METADATA = {
                    "parameters": {"type": "object"}},
 }
 
+TENSOR_CONFIG = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "data_type": {"type": "string", "examples": ["TYPE_FP32"]},
+                   "dims": {"type": "array", "items": {"type": "integer"}, "description": "-1: any size"},
+                   "optional": {"type": "boolean"}},
+}
+
 
 class V2Read(NamedTuple):
     """A ``GET`` route of the Open Inference Protocol, and what the API page says of it."""
@@ -249,6 +256,14 @@ V2_READS = [
            with_model=True),
     V2Read("/v2/models/{name}/ready", "Model ready", "`{\"name\": ..., \"ready\": true}` when the model serves.",
            {"type": "object", "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}}}, with_model=True),
+    V2Read("/v2/models/{name}/config", "Model configuration", "The model in Triton's model configuration format "
+           "(the `model_configuration` extension, read by Triton's `perf_analyzer`): `max_batch_size` is 0, so "
+           "each tensor's `dims` are its whole shape, the metadata's, instances first.",
+           {"type": "object", "properties": {
+               "name": {"type": "string"}, "platform": {"type": "string"}, "backend": {"type": "string"},
+               "max_batch_size": {"type": "integer"}, "input": {"type": "array", "items": TENSOR_CONFIG},
+               "output": {"type": "array", "items": TENSOR_CONFIG}}},
+           with_model=True),
 ]
 
 

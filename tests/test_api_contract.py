@@ -217,7 +217,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_unlike_the_page(server
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/classify", "/forecast", "/models", "/v2/models/{name}/infer", "/v2",
                                               "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/versions/{version}",
-                                              "/v2/models/{name}/ready"}
+                                              "/v2/models/{name}/ready", "/v2/models/{name}/config"}
     version = server.tags["italypower-gru"].split(":")[1]
     statuses = collections.Counter()
     for operation in operations:

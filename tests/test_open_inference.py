@@ -141,7 +141,26 @@ def test_metadata_lists_inputs_outputs_and_quantile_levels():
     assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [("forecast", "FP32", [-1, 5, 1]), ("quantiles", "FP32", [-1, 3, 5, 1])]
     assert meta["outputs"][1]["parameters"]["quantile_levels"] == [0.1, 0.5, 0.9]
     assert [o["name"] for o in CLASSIFIER.metadata()["outputs"]] == ["probabilities", "label_index", "label"]
-    assert server_metadata("1.0")["extensions"] == ["binary_tensor_data"]
+    assert server_metadata("1.0")["extensions"] == ["binary_tensor_data", "model_configuration"]
+
+
+def test_triton_model_configuration_gives_the_metadatas_whole_shapes():
+    """Triton's config for perf_analyzer: max_batch_size 0 makes ``dims`` the whole shapes, so ``lengths`` keeps
+    its one dimension (with a batch dimension implied, [N] would leave perf_analyzer none to send)."""
+    assert FORECASTER.config() == {
+        "name": "fc", "platform": "seqserve_pytorch", "backend": "seqserve", "max_batch_size": 0,
+        "input": [{"name": "history", "data_type": "TYPE_FP32", "dims": [-1, -1, 1]},
+                  {"name": "lengths", "data_type": "TYPE_INT64", "dims": [-1], "optional": True}],
+        "output": [{"name": "forecast", "data_type": "TYPE_FP32", "dims": [-1, 5, 1]},
+                   {"name": "quantiles", "data_type": "TYPE_FP32", "dims": [-1, 3, 5, 1]}],
+    }
+    outputs = CLASSIFIER.config()["output"]
+    assert [(o["name"], o["data_type"], o["dims"]) for o in outputs] == [
+        ("probabilities", "TYPE_FP32", [-1, 4]), ("label_index", "TYPE_INT64", [-1]), ("label", "TYPE_STRING", [-1])]
+    for model in (CLASSIFIER, FORECASTER):  # the same tensors as the metadata, in its order
+        meta = model.metadata()
+        for kind in ("input", "output"):
+            assert [(t["name"], t["dims"]) for t in model.config()[kind]] == [(t["name"], t["shape"]) for t in meta[kind + "s"]]
 
 
 BINARY_GOOD = np.zeros((1, 2, 3), np.float32).tobytes()

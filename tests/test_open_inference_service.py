@@ -91,16 +91,21 @@ def test_forecaster_answers_in_binary_equal_forecast(client, tags):
 
 def test_server_and_model_metadata_health_and_readiness(client, tags):
     name, version = name_version(tags["fc"])
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_configuration"]
     assert client.get("/v2/health/live").status_code == 200 and client.get("/v2/health/ready").json() == {"ready": True}
     meta = client.get(f"/v2/models/{name}/versions/{version}").json()
     assert meta["name"] == name and meta["versions"] == [version]
     assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
+    for path in (f"/v2/models/{name}/config", f"/v2/models/{name}/versions/{version}/config"):
+        config = client.get(path).json()
+        assert (config["name"], config["max_batch_size"]) == (name, 0), path
+        assert [i["name"] for i in config["input"]] == ["history", "lengths"]
 
 
 def test_unknown_models_and_versions_are_404(client, tags):
     name, _ = name_version(tags["clf"])
-    for path in ("/v2/models/nope", f"/v2/models/{name}/versions/nope/ready", f"/v2/models/{tags['clf']}"):
+    for path in ("/v2/models/nope", f"/v2/models/{name}/versions/nope/ready", f"/v2/models/{tags['clf']}",
+                 "/v2/models/nope/config", f"/v2/models/{name}/versions/nope/config"):
         answer = client.get(path)
         assert answer.status_code == 404 and "is not served; served models:" in answer.json()["error"], path
     answer = client.post("/v2/models/nope/infer", json={"inputs": []})
@@ -110,7 +115,7 @@ def test_unknown_models_and_versions_are_404(client, tags):
 def test_other_v2_paths_and_methods_get_json_404_and_405(client):
     answer = client.get("/v2/models/a/b/c")
     assert answer.status_code == 404
-    assert answer.json() == {"error": "path: '/v2/models/a/b/c' is not a route of the Open Inference Protocol; its routes are /v2, /v2/health/live, /v2/health/ready and /v2/models/<name>[/versions/<version>][/ready|/infer]; GET /models lists the names"}
+    assert answer.json() == {"error": "path: '/v2/models/a/b/c' is not a route of the Open Inference Protocol; its routes are /v2, /v2/health/live, /v2/health/ready and /v2/models/<name>[/versions/<version>][/ready|/config|/infer]; GET /models lists the names"}
     answer = client.get("/v2/models/any/infer")
     assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
     assert answer.json() == {"error": "method: GET is not allowed on '/v2/models/any/infer'; send POST"}
@@ -180,6 +185,7 @@ def test_api_keys_guard_v2_but_not_its_health_probes(client, tags):
     name, _ = name_version(tags["clf"])
     bare = {"authorization": ""}
     assert client.get(f"/v2/models/{name}", headers=bare).status_code == 401
+    assert client.get(f"/v2/models/{name}/config", headers=bare).status_code == 401
     assert client.get("/v2", headers=bare).status_code == 401
     assert client.get("/v2/health/live", headers=bare).status_code == 200
     assert client.get("/v2/health/ready", headers=bare).status_code == 200

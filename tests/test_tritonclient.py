@@ -39,11 +39,16 @@ def test_health_and_metadata(client, server):
     _, tags = server
     name, version = tags["fc"].split(":")
     assert client.is_server_live() and client.is_server_ready()
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_configuration"]
     assert client.is_model_ready(name) and client.is_model_ready(name, version)
     meta = client.get_model_metadata(name, version)
     assert [(o["name"], o["shape"]) for o in meta["outputs"]] == [("forecast", [-1, 5, 1]), ("quantiles", [-1, 3, 5, 1])]
     assert not client.is_model_ready("no-such-model")
+    config = client.get_model_config(name, version)  # what perf_analyzer reads before its first request
+    assert (config["name"], config["max_batch_size"]) == (name, 0)
+    assert [(o["name"], o["dims"]) for o in config["output"]] == [("forecast", [-1, 5, 1]), ("quantiles", [-1, 3, 5, 1])]
+    with pytest.raises(InferenceServerException, match="is not served"):
+        client.get_model_config("no-such-model")
 
 
 @pytest.mark.parametrize("binary", [False, True])

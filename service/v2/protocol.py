@@ -24,7 +24,10 @@ import numpy as np
 from service.v2.tensors import TYPES_KNOWN, TensorError, from_bytes, from_json_data, parse_shape, short, to_binary, to_json
 
 HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header (HTTP names are case-blind)
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+PLATFORM = "seqserve_pytorch"
+# Triton's model configuration names the protocol's datatypes with its own (BYTES is TYPE_STRING).
+CONFIG_TYPES = {"FP32": "TYPE_FP32", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}
 SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 LENGTHS = "lengths"
 
@@ -49,6 +52,11 @@ class TensorSpec:
     def metadata(self) -> dict[str, Any]:
         meta = {"name": self.name, "datatype": self.datatype, "shape": self.shape}
         return {**meta, "parameters": self.parameters} if self.parameters else meta
+
+    def config(self) -> dict[str, Any]:
+        """This tensor in Triton's model configuration: its whole shape as ``dims``."""
+        config: dict[str, Any] = {"name": self.name, "data_type": CONFIG_TYPES[self.datatype], "dims": self.shape}
+        return {**config, "optional": True} if self.parameters.get("optional") else config
 
 
 @dataclass(frozen=True)
@@ -95,10 +103,25 @@ class ModelInterface:
         if self.task == "forecast":
             parameters |= {"lookback": self.lookback, "horizon": self.horizon}
         return {
-            "name": self.name, "versions": self.versions, "platform": "seqserve_pytorch",
+            "name": self.name, "versions": self.versions, "platform": PLATFORM,
             "inputs": [spec.metadata() for spec in self.inputs()],
             "outputs": [spec.metadata() for spec in self.outputs()],
             "parameters": parameters,
+        }
+
+    def config(self) -> dict[str, Any]:
+        """``GET /v2/models/{name}[/versions/{version}]/config``: Triton's model configuration extension, which
+        Triton's ``perf_analyzer`` reads before it sends a request.
+
+        ``max_batch_size`` is 0, so ``dims`` are whole shapes, the metadata's: in Triton's terms, a positive
+        one would make the first dimension an implied batch dimension left out of ``dims``, and ``lengths``
+        ``[N]`` would have no dimension left (perf_analyzer refuses an input without one). seqserve still
+        merges the instances of concurrent requests into shared forward passes.
+        """
+        return {
+            "name": self.name, "platform": PLATFORM, "backend": "seqserve", "max_batch_size": 0,
+            "input": [spec.config() for spec in self.inputs()],
+            "output": [spec.config() for spec in self.outputs()],
         }
 
 

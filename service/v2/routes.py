@@ -1,7 +1,7 @@
 """The Open Inference Protocol's REST routes, beside the JSON API and through the same service.
 
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/{version}]``
-and its ``/ready``, and ``POST .../infer``. A model's name is its stored name and its version the stored
+and its ``/ready`` and ``/config`` (Triton's model configuration), and ``POST .../infer``. A model's name is its stored name and its version the stored
 version (``name:version``); without a version, the name's served version answers. Every request passes
 the same door, guard (API keys, body caps) and metrics as ``/classify`` and ``/forecast``, and
 :func:`infer_arrays` hands an infer request's instances to the model's lane (``service.lanes``), whose
@@ -122,6 +122,15 @@ async def model_metadata(request: Request) -> Response:
     return _json(200, interface(lane, lanes).metadata())
 
 
+async def model_config(request: Request) -> Response:
+    """GET /v2/models/{name}[/versions/{version}]/config: the model in Triton's model configuration format."""
+    try:
+        lane, lanes = _resolve(request)
+    except UnknownModel as err:
+        return _json(err.status, {"error": str(err)})
+    return _json(200, interface(lane, lanes).config())
+
+
 async def model_ready(request: Request) -> Response:
     """GET /v2/models/{name}[/versions/{version}]/ready."""
     try:
@@ -157,6 +166,7 @@ def _model_routes(prefix: str) -> list[Route]:
     return [
         Route(prefix, model_metadata, methods=["GET"]),
         Route(f"{prefix}/ready", model_ready, methods=["GET"]),
+        Route(f"{prefix}/config", model_config, methods=["GET"]),
         Route(f"{prefix}/infer", infer, methods=["POST"]),
     ]
 
@@ -177,7 +187,7 @@ async def not_found(request: Request) -> Response:
     if allowed:
         return _json(405, {"error": f"method: {request.method} is not allowed on {path}; send {' or '.join(allowed)}"},
                      {"allow": ", ".join(allowed)})
-    return _json(404, {"error": f"path: {path} is not a route of the Open Inference Protocol; its routes are /v2, /v2/health/live, /v2/health/ready and /v2/models/<name>[/versions/<version>][/ready|/infer]; GET /models lists the names"})
+    return _json(404, {"error": f"path: {path} is not a route of the Open Inference Protocol; its routes are /v2, /v2/health/live, /v2/health/ready and /v2/models/<name>[/versions/<version>][/ready|/config|/infer]; GET /models lists the names"})
 
 
 # Last: it answers whatever the routes above do not (HEAD comes with GET).
