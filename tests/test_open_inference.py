@@ -75,6 +75,22 @@ def test_a_ragged_batch_is_decoded_exactly_from_tritonclients_body(binary):
     assert request.outputs == {"probabilities": True, "label_index": True, "label": True}
 
 
+def test_bodies_as_perf_analyzer_and_kserves_client_send_them_are_read():
+    """perf_analyzer 2.48's JSON tensor format sends an empty id and a header length equal to the whole JSON body;
+    kserve 0.21's ``InferRequest.to_rest`` adds the model's name to the body. Both as captured from the clients."""
+    values = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    perf_analyzer = {"id": "", "inputs": [{"name": "sequence", "datatype": "FP32", "shape": [1, 2, 3], "data": values.ravel().tolist()}],
+                     "outputs": [{"name": "label", "parameters": {"binary_data": False}}]}
+    body = json.dumps(perf_analyzer, separators=(",", ":")).encode()
+    request = decode(body, str(len(body)))
+    assert request.values.tolist() == values.tolist() and request.outputs == {"label": False} and request.id == ""
+    kserve = {"id": "6f1c", "model_name": "clf",
+              "inputs": [{"name": "sequence", "shape": [1, 2, 3], "datatype": "FP32", "parameters": {"binary_data_size": 24}}]}
+    head = json.dumps(kserve).encode()
+    request = decode(head + values.tobytes(), str(len(head)))
+    assert request.values.tolist() == values.tolist() and request.id == "6f1c"
+
+
 def test_lengths_default_to_every_step_and_nested_json_data_is_read():
     request = decode(*raw({"inputs": [{**GOOD, "data": [[[1, 2, 3], [4, 5, 6]]]}]}))
     assert request.lengths.tolist() == [2] and request.values.tolist() == [[[1, 2, 3], [4, 5, 6]]]
