@@ -62,6 +62,12 @@ def worker_peak_mb(server_pid: int | None) -> float:
     return peak / 1024
 
 
+def huge_history(steps: int, magnitude: float) -> list[float]:
+    """A history of ``steps`` values between 0.2 and 1 times ``magnitude``: positive, so a forecaster that works on
+    logs (a 400 for a value <= 0) is asked about the size of its values too, as every other forecaster is."""
+    return (magnitude * (1.5 + np.sin(np.arange(steps))) / 2.5).tolist()
+
+
 async def timed(client: httpx.AsyncClient, name: str, request, server_pid: int | None) -> dict:
     """Run one request (a coroutine factory) with /livez probed beside it."""
     probe = Probe(str(client.base_url).rstrip("/"))
@@ -226,11 +232,11 @@ async def run_cases(
         ))
         rows.append(await timed(
             client, "POST /classify/ with Host: evil.example",
-            post(json.dumps({"instances": [{"sequence": [[0.0] * n_features] * 10}]}), "/classify/", {"host": "evil.example"}),
+            post(json.dumps({"instances": [{"sequence": [[0.0] * n_features] * 10, "model": name}]}), "/classify/", {"host": "evil.example"}),
             server_pid,
         ))
         for magnitude in (1e37, 4e37, 3.4e38):
-            body = json.dumps({"instances": [{"history": (np.sin(np.arange(fc["lookback"])) * magnitude).tolist(), "model": fc["tag"]}]})
+            body = json.dumps({"instances": [{"history": huge_history(fc["lookback"], magnitude), "model": fc["tag"]}]})
             row = await timed(client, f"history values ~{magnitude:.0e}", post(body, "/forecast"), server_pid)
             row["strict_json"] = _strict_json(row["answer"]) if row["status"] == 200 else "-"
             rows.append(row)

@@ -25,8 +25,8 @@ from locust import FastHttpUser, User, between, events, task
 from locust.exception import StopUser
 
 from loadtests.payloads import (
-    STREAM_RESTART_STEPS, V2_HEADER, V2_INPUT, bad_body, check_answers, check_stream_answer, check_v2_answer, name_of,
-    new_steps, request_body, same_probabilities, served, streamable, v2_body, v2_instances, v2_path,
+    STREAM_RESTART_STEPS, V2_HEADER, V2_INPUT, TokenStream, bad_body, bad_request_problem, check_answers, check_stream_answer,
+    check_v2_answer, name_of, new_steps, request_body, same_probabilities, served, streamable, v2_body, v2_instances, v2_path,
 )
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,8 @@ class SeqServeUser(FastHttpUser):
         entries = self.served_models()
         body = bad_body(self.task_name, entries[int(self.rng.integers(len(entries)))])
         with self.client.post(f"/{self.task_name}", json=body, name=name, catch_response=True) as resp:
-            text = resp.text or ""
-            if resp.status_code == 400 and "instances[" in text:
-                resp.success()
-            elif resp.status_code == 503 and (resp.headers or {}).get("retry-after"):
-                resp.failure(f"HTTP 503: {text[:200]}")  # shed before it was read: an overload, as in post()
-            else:
-                resp.failure(f"expected a 400 naming instances[0], got HTTP {resp.status_code}: {text[:200]}")
+            problem = bad_request_problem(resp.status_code, resp.text or "", "instances[0]", (resp.headers or {}).get("retry-after"))
+            resp.failure(problem) if problem else resp.success()
 
 
 class ClassifyUser(SeqServeUser):
@@ -197,10 +192,8 @@ class V2BinaryUser(SeqServeUser):
         expected = f"{V2_INPUT[entry['task']]}: shape"
         with self.client.post(v2_path(entry), data=body, headers=headers, name=name, catch_response=True) as resp:
             text = (resp.content or b"").decode(errors="replace")
-            if resp.status_code == 400 and expected in text:
-                resp.success()
-            else:
-                resp.failure(f"expected a 400 naming {expected!r}, got HTTP {resp.status_code}: {text[:200]}")
+            problem = bad_request_problem(resp.status_code, text, expected, (resp.headers or {}).get("retry-after"))
+            resp.failure(problem) if problem else resp.success()
 
 
 class StreamTokenUser(FastHttpUser):
@@ -220,7 +213,7 @@ class StreamTokenUser(FastHttpUser):
 
     def restart(self):
         self.entry = self.entries[int(self.rng.integers(len(self.entries)))] if self.entries else None
-        self.state, self.sequence, self.sent = None, [], 0
+        self.stream, self.sent = (TokenStream(self.entry) if self.entry else None), 0
 
     @task
     def send_steps(self):
@@ -228,24 +221,21 @@ class StreamTokenUser(FastHttpUser):
             log.warning("no streamable classifier served; %s stops", type(self).__name__)
             raise StopUser()
         steps = new_steps(self.rng, self.entry)
-        self.sequence += steps
-        body = {"instances": [{"steps": steps, "state": self.state, "model": name_of(self.entry)}]}
-        with self.client.post("/stream/classify", json=body, name="/stream/classify [token]", catch_response=True) as resp:
+        with self.client.post("/stream/classify", json=self.stream.body(steps), name="/stream/classify [token]", catch_response=True) as resp:
             if resp.status_code != 200:
                 return resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
             [answer] = resp.json()
-            problem = check_stream_answer(answer, self.entry, len(self.sequence), token=True)
+            problem = self.stream.answered(steps, answer)
             self.sent += 1
             if problem is None and self.sent % 10 == 0:
-                whole = self.client.post("/classify", json={"instances": [{"sequence": self.sequence, "model": name_of(self.entry)}]},
+                whole = self.client.post("/classify", json={"instances": [{"sequence": self.stream.sequence, "model": name_of(self.entry)}]},
                                          name="/classify [stream check]").json()[0]
                 problem = same_probabilities(answer, whole)
             if problem:
                 resp.failure(problem)
                 return self.restart()
             resp.success()
-            self.state = answer["state"]
-        if len(self.sequence) >= STREAM_RESTART_STEPS:
+        if len(self.stream.sequence) >= STREAM_RESTART_STEPS:
             self.restart()
 
 

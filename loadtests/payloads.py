@@ -157,6 +157,36 @@ def check_stream_answer(answer: dict, entry: dict, seen: int, token: bool) -> st
     return check_classification(answer, entry)
 
 
+class TokenStream:
+    """One ``/stream/<task>`` stream as its client keeps it: the steps the server has answered and the token to send
+    with the next ones. Steps count only once answered: a refused request (a 503 under load, a 400) left the
+    server's stream where it was, so the next answer's ``seen`` does not include them."""
+
+    def __init__(self, entry: dict):
+        self.entry, self.sequence, self.state = entry, [], None
+
+    def body(self, steps: list[list[float]]) -> dict:
+        return {"instances": [{"steps": steps, "state": self.state, "model": name_of(self.entry)}]}
+
+    def answered(self, steps: list[list[float]], answer: dict) -> str | None:
+        """Why ``answer`` to ``steps`` is wrong, or None; a right one moves the stream on past them."""
+        problem = check_stream_answer(answer, self.entry, len(self.sequence) + len(steps), token=True)
+        if problem is None:
+            self.sequence, self.state = self.sequence + steps, answer["state"]
+        return problem
+
+
+def bad_request_problem(status: int, text: str, expected: str, retry_after: str | None) -> str | None:
+    """Why the answer to a request malformed on purpose is wrong, or None for a 400 whose message holds ``expected``.
+    Under overload it may be shed before it is read: a 503 with Retry-After reads ``HTTP 503: …``, the prefix the
+    soak counts apart from real failures, as the good requests' overloads are."""
+    if status == 400 and expected in text:
+        return None
+    if status == 503 and retry_after:
+        return f"HTTP 503: {text[:200]}"
+    return f"expected a 400 naming {expected!r}, got HTTP {status}: {text[:200]}"
+
+
 def same_probabilities(streamed: dict, whole: dict, tolerance: float = PROBABILITY_TOLERANCE) -> str | None:
     """Why a stream's answer differs from /classify on its whole sequence, or None."""
     worst = max(abs(streamed["probabilities"][k] - p) for k, p in whole["probabilities"].items())

@@ -130,6 +130,31 @@ def v2_outputs(entry: dict, n: int) -> dict[str, np.ndarray]:
     return {"forecast": quantiles[:, 1].copy(), "quantiles": quantiles}
 
 
+def test_a_token_stream_counts_only_the_steps_the_server_answered():
+    stream = payloads.TokenStream(CLF)
+    first, second = [[0.1] * 3] * 2, [[0.3] * 3]
+    assert stream.body(first) == {"instances": [{"steps": first, "state": None, "model": "clf"}]}
+    assert stream.answered(first, classification(seen=2, state="t1")) is None
+    # The next request was refused (a 503 under load): its steps never reached the stream, so the one after
+    # it is answered with 3 steps seen, not 3 + the refused ones.
+    assert stream.body(second)["instances"][0]["state"] == "t1"
+    assert stream.answered(second, classification(seen=3, state="t2")) is None
+    assert (stream.sequence, stream.state) == (first + second, "t2")
+    assert stream.answered(second, classification(seen=9, state="t3")) == "seen is 9, the stream has sent 4 steps"
+    assert (stream.sequence, stream.state) == (first + second, "t2")  # a wrong answer does not move it on
+
+
+@pytest.mark.parametrize("status, text, retry_after, problem", [
+    (400, '{"error": "sequence: shape [1, 5, 4] ..."}', None, None),
+    (503, '{"error": "the server is busy"}', "1", 'HTTP 503: {"error": "the server is busy"}'),
+    (503, '{"error": "the server is busy"}', None, "expected a 400 naming 'sequence: shape', got HTTP 503: {\"error\": \"the server is busy\"}"),
+    (400, '{"error": "history: shape"}', None, "expected a 400 naming 'sequence: shape', got HTTP 400: {\"error\": \"history: shape\"}"),
+    (200, "[]", None, "expected a 400 naming 'sequence: shape', got HTTP 200: []"),
+])
+def test_a_bad_request_shed_by_an_overload_counts_as_an_overload(status, text, retry_after, problem):
+    assert payloads.bad_request_problem(status, text, "sequence: shape", retry_after) == problem
+
+
 @pytest.mark.parametrize("entry", [CLF, FC, FC2], ids=["classify", "forecast", "forecast-2-features"])
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_v2_bodies_are_read_by_the_service_and_its_answers_pass_the_checks(entry, binary):
@@ -199,6 +224,14 @@ def test_batch_size_histogram_is_parsed_subtracted_and_summarised():
     assert "11 forward passes, 48 instances, mean batch size 4.36" in line
     assert "[1: 27%  2: 18%  3-4: 45%  >4: 9%]" in line
     assert batch_sizes("# nothing here\n") == {}
+
+
+def test_hostile_huge_histories_are_positive_and_reach_the_magnitude():
+    from loadtests.hostile import huge_history
+
+    history = np.array(huge_history(104, 3.4e38))
+    assert history.min() > 0 and 0.99 * 3.4e38 < history.max() <= 3.4e38
+    assert np.isfinite(history.astype(np.float32)).all()  # within float32: what overflows is the model, not the input
 
 
 def test_parse_duration():

@@ -99,6 +99,24 @@ def test_a_body_shorter_than_its_content_length_gets_408(server):
     assert b"body: not received within 1 s" in answer
 
 
+def test_a_body_over_the_cap_gets_its_413_while_the_client_is_still_sending_it(server):
+    """httpx's async client writes a whole body before it reads the answer. The 413 comes as soon as the headers
+    are in; closing the connection then, with the body still arriving, reset it, and the client saw a ReadError
+    instead of the 413 (3 in 6 tries). The server reads on and drops the rest of the body, as nginx does."""
+    url, _ = server
+    body = b'{"instances": [' + b"0" * (3 << 20) + b"]}"  # 3 MiB, over the 1 MiB cap
+
+    async def send() -> list:
+        answers = []
+        for _ in range(6):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                answer = await client.post("/classify", content=body, headers={"content-type": "application/json"})
+                answers.append((answer.status_code, answer.json()["error"][:40]))
+        return answers
+
+    assert asyncio.run(send()) == [(413, "body: 3.0 MiB is over the limit of 1 MiB")] * 6
+
+
 def served_after_retries(url: str, tries: int = 10) -> httpx.Response:
     """A small /classify as a polite client sends it: retried after each 503's Retry-After (at most 1 s), ``tries`` times."""
     for _ in range(tries):

@@ -20,6 +20,12 @@ cycle's ``keep_alive`` to False, so uvicorn answers that request with ``connecti
 the connection once the response's last body chunk is written (``RequestResponseCycle.send``). It also
 counts each request in ``seqserve_worker_requests_total{worker="<pid>"}``, refused ones included.
 
+A response sent before its request's body was read (413 for a body over the cap, 408 for a slow one) closes
+the connection lingeringly, as nginx's ``lingering_close`` does: a connection closed with unread data is
+reset, and the reset can drop the answer before a client still sending the body reads it (httpx's async
+client then sees a ReadError, not the 413). So the protocol stops writing, reads on and drops what comes
+for up to :data:`LINGER_S`, and then closes (:class:`CycleTransport`).
+
 WebSockets get :class:`StreamSocketProtocol`: uvicorn's wsproto protocol, with ``/stream`` handed
 straight to the worker's stream sessions (behind the guard's key check) instead of through BentoML's
 app. A stream's messages are many and small, and each one crossed a dozen ASGI layers twice (metrics,
@@ -50,6 +56,7 @@ from service.metrics import count_worker_request
 log = logging.getLogger(__name__)
 
 READ_ON_CONNECTIONS = 32
+LINGER_S = 1.0  # how long a connection answered before its body came reads on: a body sent at once arrives within it
 BINARY_HEADER_BYTES = BINARY_HEADER.encode()
 
 
@@ -69,6 +76,27 @@ class Client:
         return getattr(self.cycle(), "disconnected", True)
 
 
+class CycleTransport:
+    """The connection as one request's uvicorn cycle sees it: ``close()`` while the request's body is still coming
+    closes lingeringly (:meth:`HeaderTimeoutProtocol.linger`); everything else is the transport's own."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: "HeaderTimeoutProtocol"):
+        # Weakly, as Client does: the protocol holds the cycle, which holds this.
+        self.protocol = weakref.ref(protocol)
+
+    def __getattr__(self, name: str):
+        return getattr(self.protocol().transport, name)
+
+    def close(self) -> None:
+        self.protocol().linger()
+
+    def is_closing(self) -> bool:
+        protocol = self.protocol()
+        return protocol.lingering or protocol.transport.is_closing()
+
+
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with seqserve's connection rules: a header timeout, the hang-up flag,
     the door in front of the app, refused connections left unread until their Retry-After, request
@@ -85,6 +113,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._reading_on = False
         self._body_cap = self.max_body_bytes  # this request's: set again once its headers are in
+        self.lingering = False
+        self._linger_timer: asyncio.TimerHandle | None = None
         door = HeaderTimeoutProtocol.door
         if door is not None:
             if door.app is None:
@@ -111,6 +141,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self._bound is not None and self._bound.last():
             self.cycle.keep_alive = False  # uvicorn says connection: close and closes after this response
         self.scope[CLIENT] = Client(self.cycle)
+        self.cycle.transport = CycleTransport(self)
         binary = self.scope["path"].startswith(V2_PREFIX) and any(name == BINARY_HEADER_BYTES for name, _ in self.headers)
         self._body_cap = self.max_binary_body_bytes if binary else self.max_body_bytes
 
@@ -140,7 +171,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._stop_reading_on()
         super().on_response_complete()
         retry_after_s = self.scope.get(REFUSED)
-        if retry_after_s and not self.transport.is_closing():
+        if retry_after_s and not self.transport.is_closing() and not self.lingering:
             # The client was told when to retry. One that does not listen would send again at once, and
             # here a refusal costs the event loop half as much as an answer (uvicorn's own work per
             # request), so a flood of retries would take it from the requests let in. Its next request
@@ -154,9 +185,30 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.flow.resume_reading()
 
+    def linger(self) -> None:
+        """Close the connection once its answer is out. With the request's body still coming, first stop writing
+        (the client reads the answer and then the end) and drop what arrives for up to :data:`LINGER_S`: a
+        connection closed with unread data is reset, and a reset can drop the answer before the client reads it."""
+        if self.lingering:
+            return
+        if self.cycle is None or not self.cycle.more_body or self.transport.is_closing() or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.lingering = True
+        self.transport.write_eof()
+        self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.lingering:  # once lingering, whatever comes is the rest of an answered body: dropped unparsed
+            super().data_received(data)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
         self._stop_reading_on()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
 
     def _start_header_timer(self) -> None:

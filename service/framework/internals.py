@@ -32,9 +32,9 @@ class Internal:
 INTERNALS = (
     Internal("uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol", (
         "__init__", "connection_made", "on_message_begin", "on_headers_complete", "on_body", "on_response_complete",
-        "connection_lost", "app", "cycle", "scope", "headers", "flow", "transport", "loop", "client",
+        "connection_lost", "data_received", "app", "cycle", "scope", "headers", "flow", "transport", "loop", "client",
     )),
-    Internal("uvicorn.protocols.http.httptools_impl", "RequestResponseCycle", ("body", "disconnected", "keep_alive")),
+    Internal("uvicorn.protocols.http.httptools_impl", "RequestResponseCycle", ("body", "disconnected", "keep_alive", "more_body", "transport")),
     Internal("uvicorn.protocols.http.flow_control", "FlowControl", ("read_paused", "pause_reading", "resume_reading")),
     Internal("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol", ("__init__", "app")),
     Internal("uvicorn.config", "Config", ("ws_max_size", "ws_per_message_deflate")),
