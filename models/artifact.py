@@ -167,7 +167,19 @@ def save_artifact(name: str, module: nn.Module, card: ModelCard) -> str:
         torch.save(state, folder / WEIGHTS_FILE)
         card.weights_sha256 = _sha256(folder / WEIGHTS_FILE)
         (folder / CARD_FILE).write_text(card.to_json())
+        _readable_like(folder, folder / WEIGHTS_FILE)
         return str(stored.tag)
+
+
+def _readable_like(folder: Path, file: Path) -> None:
+    """Let whoever may read ``file`` read and list ``folder`` too.
+
+    BentoML makes a version's folder with ``mkdtemp`` (owner only, 0700) and copies that mode into the store,
+    while the files in it get the umask's (0644 usually). A store written on the host and mounted into a
+    container is read there by the image's non-root user (1034): with 0700 it could read no version.
+    """
+    read = file.stat().st_mode & 0o444
+    folder.chmod(0o700 | read | read >> 2)
 
 
 def read_card(tag: str) -> tuple[str, ModelCard, Path]:

@@ -91,6 +91,15 @@ def test_weights_are_plain_tensors_loadable_with_weights_only():
     assert card["schema_version"] == 1 and card["task"] == "classify"
 
 
+def test_a_stored_version_is_as_readable_as_its_files():
+    # A store written on the host is read in a container by its non-root user (container/README.md).
+    tag, _ = store_classifier()
+    files = {(path.stat().st_mode & 0o444) for path in folder(tag).iterdir()}
+    assert len(files) == 1
+    read = files.pop()
+    assert folder(tag).stat().st_mode & 0o555 == read | read >> 2
+
+
 def test_unknown_model_names_the_ones_that_exist():
     store_classifier("known")
     with pytest.raises(ArtifactError, match=r"no model 'missing:latest'.*known:"):
