@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import tomllib
 import uuid
@@ -199,3 +200,97 @@ def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(image, co
     assert state["ExitCode"] == 0 and stopped < 5, f"exit code {state['ExitCode']} after {stopped:.1f}s"
     logs = podman("logs", container_name)
     assert "Service seqserve initialized" in logs.stdout + logs.stderr  # the server logs to the container's output
+
+
+def store_outside(store: Path, code: str) -> str:
+    """Run ``code`` (tests.tiny_models calls, through models.artifact as seqserve-train stores) in a process whose
+    BentoML store is ``store``, as an operator writing to a mounted store from outside; return what it prints."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "BENTOML_HOME": str(store)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def defaults(url: str) -> dict[str, str]:
+    """Name -> the version that answers requests naming it (GET /models)."""
+    return {m["tag"].split(":")[0]: m["tag"] for m in httpx.get(f"{url}/models", timeout=5).json() if m["name_default"]}
+
+
+def wait_default(url: str, tag: str, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if defaults(url).get(tag.split(":")[0]) == tag:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"{tag} does not serve its name {timeout:.0f}s after it was stored: {defaults(url)}")
+
+
+@needs_podman
+@pytest.mark.timeout(1500)
+def test_a_mounted_store_serves_new_versions_written_from_outside(image, tmp_path):
+    name, tags = image
+    clf_name = tags["clf"].split(":")[0]
+    # The store an operator makes once: the image's bundled versions copied out (README, "New model versions, live").
+    store = tmp_path / "store"
+    store.mkdir()
+    created = podman("create", name).stdout.strip()
+    podman("cp", f"{created}:/home/bentoml/bento/models", str(store / "models"))
+    podman("rm", created)
+
+    port, container_name = free_port(), f"seqserve-test-{uuid.uuid4().hex[:8]}"
+    podman("run", "--detach", "--name", container_name, "--network", "host",
+           *[arg for limit in ULIMITS for arg in ("--ulimit", limit)],
+           "--volume", f"{store / 'models'}:/home/bentoml/bento/models:ro",
+           "--env", f"BENTOML_PORT={port}", "--env", "SEQSERVE_MODEL_POLL_S=1",
+           "--env", f"SEQSERVE_MODELS={clf_name},{tags['fc'].split(':')[0]}", name)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, container_name)
+        assert defaults(url) == {clf_name: tags["clf"], tags["fc"].split(":")[0]: tags["fc"]}
+
+        # Requests keep coming while the new version is stored and loaded: every one is answered.
+        answered: list[tuple[int, str]] = []
+        stop = threading.Event()
+
+        def send() -> None:
+            sequence = [[0.1, -0.2, 0.3]] * 7
+            with httpx.Client(base_url=url, timeout=10) as client:
+                while not stop.is_set():
+                    reply = client.post("/classify", json={"instances": [{"sequence": sequence}]})
+                    model = reply.json()[0]["model"] if reply.status_code == 200 else reply.text
+                    answered.append((reply.status_code, model))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            second = store_outside(store, f"from tests import tiny_models; print(tiny_models.store_classifier({clf_name!r}, seed=1))")
+            took = wait_default(url, second, timeout=60)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            sender.join(timeout=30)
+        print(f"{second} served {took:.1f}s after it was stored (poll 1 s)")
+        assert answered and all(status == 200 for status, _ in answered), [a for a in answered if a[0] != 200][:3]
+        assert {model for _, model in answered} == {tags["clf"], second} and answered[-1][1] == second
+
+        # The old version still answers when named (two versions of a name stay loaded).
+        old = httpx.post(f"{url}/classify", json={"instances": [{"sequence": [[0.1, -0.2, 0.3]], "model": tags["clf"]}]})
+        assert old.status_code == 200 and old.json()[0]["model"] == tags["clf"]
+
+        # A version half-copied into the store (no model.yaml yet) is not served; once complete, it is.
+        staging = tmp_path / "staging"
+        third = store_outside(staging, f"from tests import tiny_models; print(tiny_models.store_classifier({clf_name!r}, seed=2))")
+        source, target = staging / "models" / clf_name / third.split(":")[1], store / "models" / clf_name / third.split(":")[1]
+        target.mkdir()
+        for part in source.iterdir():
+            if part.name != "model.yaml":
+                shutil.copy2(part, target)
+        time.sleep(3)  # three looks
+        assert defaults(url)[clf_name] == second
+        shutil.copy2(source / "model.yaml", target)
+        took = wait_default(url, third, timeout=60)
+        print(f"{third} served {took:.1f}s after its copy completed")
+        gone = httpx.post(f"{url}/classify", json={"instances": [{"sequence": [[0.1, -0.2, 0.3]], "model": tags["clf"]}]})
+        assert gone.status_code == 410 and third in gone.json()["error"], gone.text
+    finally:
+        podman("rm", "--force", container_name, check=False)
