@@ -107,6 +107,7 @@ class StoreWatcher:
         self.policy = VersionPolicy(settings.model_poll_s, settings.model_versions, clock)
         self._task: asyncio.Task | None = None
         self._closing: set[asyncio.Task] = set()  # unloaded lanes finishing their queued work
+        self._failing: str | None = None  # the last look's error, while looks fail
 
     def start(self) -> None:
         """Start looking, on the running event loop (unless the interval is 0 or no name is watched)."""
@@ -120,10 +121,24 @@ class StoreWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.policy.interval_s)
-            try:
-                await self.check()
-            except Exception:  # the store could not be read (an unmounted volume): look again next time
+            await self.look()
+
+    async def look(self) -> None:
+        """One :meth:`check`, its failure logged: with the traceback when the error is new, in one line while the
+        same error repeats (a version folder it may not read fails every look until someone fixes it)."""
+        try:
+            await self.check()
+        except Exception as err:  # the store could not be read (an unmounted volume): look again next time
+            error = f"{type(err).__name__}: {err}"
+            if error == self._failing:
+                log.error("looking for new model versions still fails (%s); looking again in %g s", error, self.policy.interval_s)
+            else:
                 log.exception("looking for new model versions failed; looking again in %g s", self.policy.interval_s)
+            self._failing = error
+        else:
+            if self._failing is not None:
+                log.info("looking for new model versions works again")
+            self._failing = None
 
     async def check(self) -> list[str]:
         """One look at the store: serve the newest version of each watched name; the tags that now serve their name."""

@@ -74,6 +74,31 @@ def corrupt_weights(tag: str) -> None:
     weights.write_bytes(weights.read_bytes()[:100])
 
 
+def test_a_look_that_keeps_failing_logs_its_traceback_once(caplog):
+    # A half-copied version (its folder there, its model.yaml not yet) makes the store's listing fail at every look.
+    name = "live-half"
+    first = tiny_models.store_streaming_classifier(name, seed=0)
+    settings = Settings.from_env()
+    lanes = load_lanes(settings, [first])
+    watcher = StoreWatcher(lanes, settings, *watched((), lanes))
+    half = Path(bentoml.models.get(first).path).parent / "halfcopied0000000"
+    half.mkdir()
+    (half / WEIGHTS_FILE).write_bytes(b"partial")
+    with caplog.at_level(logging.INFO, logger="service.reload"):
+        for _ in range(3):
+            asyncio.run(watcher.look())
+        for path in half.iterdir():
+            path.unlink()
+        half.rmdir()
+        asyncio.run(watcher.look())
+    records = [r for r in caplog.records if r.name == "service.reload"]
+    assert [r.exc_info is not None for r in records] == [True, False, False, False]
+    assert records[0].getMessage().startswith("looking for new model versions failed")
+    assert all(r.getMessage().startswith("looking for new model versions still fails (") for r in records[1:3])
+    assert records[3].getMessage() == "looking for new model versions works again"
+    assert answered_by(lanes, name) == first  # the served version never stopped
+
+
 def test_a_new_version_becomes_the_default_beside_the_old_and_a_corrupt_one_never_does(caplog):
     name = "live-clf"
     first = tiny_models.store_streaming_classifier(name, seed=0)
