@@ -102,3 +102,52 @@ def test_a_keep_alive_client_reconnects_cleanly_after_the_bound_and_websockets_s
         ws.close()
     metrics = httpx.get(f"{url}/metrics").text
     assert "seqserve_worker_requests_total{worker=" in metrics
+
+
+def test_a_pipelined_request_behind_an_answer_that_closes_is_never_started(monkeypatch):
+    """A response with ``connection: close`` closes at once even when the client has already sent the next request's
+    headers and part of its body: that request is the one still arriving, not the one answered, so the connection
+    does not linger for it, and uvicorn does not start it on a connection that will write no more."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from service.framework import connections
+
+    monkeypatch.setattr(connections.HeaderTimeoutProtocol, "door", None)
+    started = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        started.append(scope["path"])
+        await asyncio.sleep(0.1)  # the pipelined request's headers and first bytes arrive while this one runs
+        close = [(b"connection", b"close")] if scope["path"] == "/first" else []
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2"), *close]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def exchange() -> bytes:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, http=connections.HeaderTimeoutProtocol,
+                                lifespan="off", log_level="warning")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n"
+                         b"POST /second HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n" + b"x" * 10)
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return answer
+        finally:
+            server.should_exit = True
+            await serving
+
+    answer = asyncio.run(exchange())
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.count(b"HTTP/1.1 ") == 1 and answer.endswith(b"ok")
+    assert started == ["/first"]

@@ -80,17 +80,18 @@ class CycleTransport:
     """The connection as one request's uvicorn cycle sees it: ``close()`` while the request's body is still coming
     closes lingeringly (:meth:`HeaderTimeoutProtocol.linger`); everything else is the transport's own."""
 
-    __slots__ = ("protocol",)
+    __slots__ = ("protocol", "cycle")
 
-    def __init__(self, protocol: "HeaderTimeoutProtocol"):
+    def __init__(self, protocol: "HeaderTimeoutProtocol", cycle):
         # Weakly, as Client does: the protocol holds the cycle, which holds this.
         self.protocol = weakref.ref(protocol)
+        self.cycle = weakref.ref(cycle)
 
     def __getattr__(self, name: str):
         return getattr(self.protocol().transport, name)
 
     def close(self) -> None:
-        self.protocol().linger()
+        self.protocol().linger(self.cycle())
 
     def is_closing(self) -> bool:
         protocol = self.protocol()
@@ -141,7 +142,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self._bound is not None and self._bound.last():
             self.cycle.keep_alive = False  # uvicorn says connection: close and closes after this response
         self.scope[CLIENT] = Client(self.cycle)
-        self.cycle.transport = CycleTransport(self)
+        self.cycle.transport = CycleTransport(self, self.cycle)
         binary = self.scope["path"].startswith(V2_PREFIX) and any(name == BINARY_HEADER_BYTES for name, _ in self.headers)
         self._body_cap = self.max_binary_body_bytes if binary else self.max_body_bytes
 
@@ -185,13 +186,16 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.flow.resume_reading()
 
-    def linger(self) -> None:
-        """Close the connection once its answer is out. With the request's body still coming, first stop writing
-        (the client reads the answer and then the end) and drop what arrives for up to :data:`LINGER_S`: a
-        connection closed with unread data is reset, and a reset can drop the answer before the client reads it."""
+    def linger(self, cycle) -> None:
+        """Close the connection once ``cycle``'s answer is out. With that request's body still coming, first stop
+        writing (the client reads the answer and then the end) and drop what arrives for up to :data:`LINGER_S`: a
+        connection closed with unread data is reset, and a reset can drop the answer before the client reads it.
+
+        Only the newest request's body can still be coming: an earlier one that closes (a pipelining client's, whose
+        next request is parsed and queued) closes at once, so that uvicorn starts no request queued behind it."""
         if self.lingering:
             return
-        if self.cycle is None or not self.cycle.more_body or self.transport.is_closing() or not self.transport.can_write_eof():
+        if cycle is None or cycle is not self.cycle or not cycle.more_body or self.transport.is_closing() or not self.transport.can_write_eof():
             self.transport.close()
             return
         self.lingering = True
