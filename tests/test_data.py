@@ -566,3 +566,16 @@ def test_far_values_are_capped_and_name_the_column_of_several_targets():
     found = far_values(collection_of(values, targets=("a", "b")), limit=3)
     assert len(found) == 4 and found[-1] == "and 5 more"
     assert all("series 's0', column 'b', step" in text for text in found[:3])
+
+
+def test_far_values_show_the_farthest_of_a_panel_and_count_the_rest():
+    # Each series holds more far values than are shown: the farthest of all come first, every other one is counted.
+    series = []
+    for s in range(4):
+        values = np.ones(60) + np.arange(60) % 2
+        values[::6] = (np.arange(10) * 4 + s + 1) * 1e3  # ten wild values a series, interleaved between the series
+        series.append(values)
+    found = far_values(collection_of(*series), limit=3)
+    assert [text.split(":")[0] for text in found[:3]] == ["series 's3', step 55 of 60", "series 's2', step 55 of 60",
+                                                          "series 's1', step 55 of 60"]
+    assert found[3] == "and 37 more"
