@@ -103,7 +103,7 @@ def test_a_glitch_in_the_data_is_named_in_the_warnings(capsys, tmp_path):
                          "--no-save", "--report", str(tmp_path / "report"))
     assert code == 0, err
     warning = json.loads((tmp_path / "report" / "metrics.json").read_text())["warnings"][0]
-    assert warning.startswith("values far outside the rest of their series") and "step 101 of 150: 1e+09" in warning
+    assert warning.startswith("values far from their neighbours") and "step 101 of 150: 1e+09, where" in warning
     assert f"warning: {warning}" in out
 
 

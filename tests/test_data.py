@@ -537,7 +537,7 @@ def test_fingerprint_tracks_content_not_source():
         fingerprint([1, 2])
 
 
-# ----------------------------------------------------------------------------- values far from their series
+# ----------------------------------------------------------------------------- values far from their neighbours
 
 
 def collection_of(*columns: np.ndarray, targets: tuple[str, ...] = ("value",)) -> SeriesCollection:
@@ -548,14 +548,28 @@ def collection_of(*columns: np.ndarray, targets: tuple[str, ...] = ("value",)) -
 
 def test_far_values_name_a_glitch_and_pass_ordinary_series():
     t = np.arange(200, dtype=np.float64)
-    seasonal = 100 * np.exp(0.01 * t) * (1 + 0.3 * np.sin(2 * np.pi * t / 12))  # growing, with a growing season
-    intermittent = np.where(t % 37 == 0, 25.0, 0.0)  # mostly zeros: measured by its other values
-    glitched = seasonal.copy()
-    glitched[[50, 120]] = [1e9, -1e7]
-    assert far_values(collection_of(seasonal, intermittent, np.full(50, 3.0))) == []
-    found = far_values(collection_of(seasonal, glitched))
-    assert len(found) == 2
-    assert found[0].startswith("series 's1', step 51 of 200: 1e+09 (") and "step 121 of 200: -1e+07" in found[1]
+    noise = np.random.default_rng(0).normal(size=200)
+    ordinary = {
+        "growing, with a growing season": 100 * np.exp(0.01 * t) * (1 + 0.3 * np.sin(2 * np.pi * t / 12)),
+        "mostly zeros": np.where(t % 37 == 0, 25.0, 0.0),
+        "flat": np.full(50, 3.0),
+        "s-shaped cumulative count": 1000 / (1 + np.exp(-(t - 100) / 10)) + noise,
+        "level shift": np.where(t < 100, 100.0, 300.0) + noise,
+        "5% growth a step": 100 * 1.05**t * (1 + 0.01 * noise),
+        "sharp seasonal peaks": 1000 * np.sin(np.pi * t / 12) ** 8 + noise,
+        "a yearly peak three times the rest": 100 * np.where(t % 12 == 11, 3.0, 1.0) * (1 + 0.02 * noise),
+        "one holiday five times the level": np.where(t == 150, 500.0, 100.0) + 3 * noise,
+        "one big order among ones and zeros": np.where(t == 77, 120.0, (t % 7 == 0).astype(float)),
+        "three points": np.array([1.0, 2.0, 1000.0]),
+    }
+    for shape, values in ordinary.items():
+        assert far_values(collection_of(values)) == [], shape
+    glitched = ordinary["growing, with a growing season"].copy()
+    glitched[[0, 50, 51, 120]] = [1e6, 1e9, 1e9, -1e7]  # at the first step, a run of two, and negative
+    found = far_values(collection_of(ordinary["level shift"], glitched))
+    assert len(found) == 4 and all(text.startswith("series 's1', step ") for text in found)
+    assert found[0].startswith("series 's1', step 51 of 200: 1e+09, where its neighbours' median is ")
+    assert {text.split(":")[0] for text in found[2:]} == {"series 's1', step 121 of 200", "series 's1', step 1 of 200"}
 
 
 def test_far_values_are_capped_and_name_the_column_of_several_targets():
@@ -573,7 +587,7 @@ def test_far_values_show_the_farthest_of_a_panel_and_count_the_rest():
     series = []
     for s in range(4):
         values = np.ones(60) + np.arange(60) % 2
-        values[::6] = (np.arange(10) * 4 + s + 1) * 1e3  # ten wild values a series, interleaved between the series
+        values[::6] = (np.arange(10) * 4 + s + 1) * 1e4  # ten wild values a series, interleaved between the series
         series.append(values)
     found = far_values(collection_of(*series), limit=3)
     assert [text.split(":")[0] for text in found[:3]] == ["series 's3', step 55 of 60", "series 's2', step 55 of 60",
