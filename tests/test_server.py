@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from models.artifact import load_artifact
+from service.framework.connections import LINGER_BYTES
 from tests import tiny_models
 from tests.service_client import served_answers
 from loadtests.runner import batch_sizes
@@ -115,6 +116,24 @@ def test_a_body_over_the_cap_gets_its_413_while_the_client_is_still_sending_it(s
         return answers
 
     assert asyncio.run(send()) == [(413, "body: 3.0 MiB is over the limit of 1 MiB")] * 6
+
+
+def test_a_client_that_keeps_sending_after_its_413_is_cut_off(server):
+    """Dropping the rest of an answered body is bounded in bytes too, so a client streaming a huge body cannot hold
+    the worker's event loop reading for the whole linger time."""
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    sent, chunk = 0, b"0" * (1 << 20)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /classify HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+                     f"content-length: {8 << 30}\r\n\r\n".encode())
+        try:
+            while sent < 1 << 30:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # the server closed the connection: the rest was never read
+            pass
+    assert sent < LINGER_BYTES + (64 << 20)  # the cap, and what the two sockets' buffers held
 
 
 def served_after_retries(url: str, tries: int = 10) -> httpx.Response:
