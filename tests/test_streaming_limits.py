@@ -146,3 +146,51 @@ def test_streams_the_server_refuses_or_closes_are_counted_by_both_and_the_bench_
     assert 'seqserve_stream_closes_total{reason="too_many_open"} 1.0' in metrics
     assert 'seqserve_stream_closes_total{reason="idle"} 2.0' in metrics
     assert "websocket, history 8, 3 streams: 3 streams refused or closed by the server" in streaming_markdown([row], 0.6)
+
+
+def test_a_client_that_answers_pings_only_while_reading_keeps_its_stream(monkeypatch):
+    """uvicorn pings every stream; aiohttp and websocket-client (the README's client) answer a ping only when the
+    application next reads. A device silent longer than the ping interval and timeout (20 s + 20 s by default)
+    keeps its stream up to SEQSERVE_STREAM_IDLE_S: the server goes on pinging and closes nothing for a late pong."""
+    import asyncio
+
+    import aiohttp
+    import uvicorn
+
+    from service.framework import connections
+
+    monkeypatch.setattr(connections.StreamSocketProtocol, "streams", None)
+
+    async def echo(scope, receive, send):
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+
+    async def silent_client() -> tuple[list, str]:
+        config = uvicorn.Config(
+            echo, host="127.0.0.1", port=0, ws=connections.StreamSocketProtocol, ws_ping_interval=0.1,
+            ws_ping_timeout=0.1, lifespan="off", log_level="warning",
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                # autoping=False: the pings come to the application, which reads nothing for 6 ping intervals
+                async with session.ws_connect(f"ws://127.0.0.1:{port}/other", autoping=False) as ws:
+                    await asyncio.sleep(0.6)
+                    await ws.send_str("reading")
+                    kinds = []
+                    while (message := await ws.receive(timeout=5)).type == aiohttp.WSMsgType.PING:
+                        kinds.append(message.type)
+                    return kinds, message.data
+        finally:
+            server.should_exit = True
+            await serving
+
+    pings, answer = asyncio.run(silent_client())
+    assert answer == "reading"
+    assert len(pings) >= 3, pings  # the server went on pinging the silent client

@@ -19,7 +19,8 @@ offers no setting to change them or to reach a connection):
   connection's last request makes uvicorn answer ``connection: close`` and close it after that response.
 * ``uvicorn.protocols.websockets.wsproto_impl.WSProtocol``, subclassed: ``/stream`` straight to the stream
   sessions (a dozen ASGI layers per message cost ~12% of a step), messages capped at the body cap
-  (``Config.ws_max_size``) and no per-message deflate (``Config.ws_per_message_deflate``).
+  (``Config.ws_max_size``), no per-message deflate (``Config.ws_per_message_deflate``) and no close
+  for a late keep-alive pong (``Config.ws_ping_timeout``).
 * ``uvicorn.config.HTTP_PROTOCOLS["auto"]`` and ``WS_PROTOCOLS["auto"]``, pointed at those two classes.
 
 ``service.framework.bento`` (BentoML 1.4):

@@ -246,6 +246,7 @@ class StreamSocketProtocol(WSProtocol):
     """uvicorn's wsproto WebSocket protocol, with ``/stream`` served by :attr:`streams` directly.
 
     Other paths, and ``/stream`` before the service has called :func:`serve_streams`, go to the app.
+    Keep-alive pings are sent and a late pong is not held against the client (see ``__init__``).
     Streams thereby skip BentoML's own per-request metrics and access log (seqserve's stream metrics
     count them) and uvicorn's proxy-headers rewrite of the client address (nothing on /stream reads it).
     """
@@ -261,6 +262,11 @@ class StreamSocketProtocol(WSProtocol):
         # would also keep ~27 KiB of zlib state.
         config.ws_max_size = self.max_message_bytes
         config.ws_per_message_deflate = False
+        # uvicorn pings every 20 s and closes a stream whose pong is 20 s late (1011). websocket-client (the
+        # README's client) and aiohttp answer a ping only when the application next reads, so a device sending
+        # a reading a minute was cut off after ~40 s. The pings go on (they keep proxies' idle timers open);
+        # a silent client is closed by SEQSERVE_STREAM_IDLE_S alone (4408), a dead one too.
+        config.ws_ping_timeout = None
         super().__init__(config, *args, **kwargs)
         self.app = StreamRoute(self.app)
 

@@ -37,7 +37,7 @@ INTERNALS = (
     Internal("uvicorn.protocols.http.httptools_impl", "RequestResponseCycle", ("body", "disconnected", "keep_alive", "more_body", "transport")),
     Internal("uvicorn.protocols.http.flow_control", "FlowControl", ("read_paused", "pause_reading", "resume_reading")),
     Internal("uvicorn.protocols.websockets.wsproto_impl", "WSProtocol", ("__init__", "app")),
-    Internal("uvicorn.config", "Config", ("ws_max_size", "ws_per_message_deflate")),
+    Internal("uvicorn.config", "Config", ("ws_max_size", "ws_per_message_deflate", "ws_ping_timeout")),
     Internal("uvicorn.config", "HTTP_PROTOCOLS", keys=("auto",)),
     Internal("uvicorn.config", "WS_PROTOCOLS", keys=("auto",)),
     Internal("bentoml._internal.server.http.instruments", "RunnerTrafficMetricsMiddleware", ("__init__", "__call__")),
