@@ -234,7 +234,7 @@ def test_a_server_of_two_workers_serves_a_new_version_within_the_poll_interval(t
         sequence = {"name": "sequence", "datatype": "FP32", "shape": [1, 4, 3], "data": [0.0] * 12}
         gone = client.post(f"{first_v2}/infer", json={"inputs": [sequence]})
         assert gone.status_code == 410 and gone.json() == {"error": f"model: {first} is no longer served here; {third} serves {name} now"}
-        assert client.get(f"{first_v2}/ready").status_code == 410 and client.get(first_v2).status_code == 410
+        assert [client.get(f"{first_v2}{route}").status_code for route in ("", "/ready", "/config")] == [410] * 3
     lines = log.read_text()
     assert f"new model version {broken} is not served: weights are corrupt" in lines
     assert f"{second} serves {name} now, in place of {first}" in lines
