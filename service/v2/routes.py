@@ -1,11 +1,12 @@
 """The Open Inference Protocol's REST routes, beside the JSON API and through the same service.
 
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}[/versions/{version}]``
-and its ``/ready`` and ``/config`` (Triton's model configuration), and ``POST .../infer``. A model's name is its stored name and its version the stored
-version (``name:version``); without a version, the name's served version answers. Every request passes
-the same door, guard (API keys, body caps) and metrics as ``/classify`` and ``/forecast``, and
-:func:`infer_arrays` hands an infer request's instances to the model's lane (``service.lanes``), whose
-batcher admits them and runs them with the JSON API's: one model, one queue, shared forward passes.
+and its ``/ready`` and ``/config`` (Triton's model configuration), and ``POST .../infer``. A model's name is
+its stored name and its version the stored version (``name:version``); without a version, the name's served
+version answers. Every request passes the same door, guard (API keys, body caps) and metrics as ``/classify``
+and ``/forecast``, and :func:`infer_arrays` hands an infer request's instances to the model's lane
+(``service.lanes``), whose batcher admits them and runs them with the JSON API's: one model, one queue, shared
+forward passes.
 
 One infer request: :func:`infer` -> ``protocol.read_infer_request`` (the tensors as (N, T, F) and (N,)
 arrays) -> :func:`infer_arrays` -> :meth:`ModelLane.infer` -> the model's batcher and forward pass;
@@ -14,7 +15,7 @@ then ``protocol.write_infer_response``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import bentoml
 import numpy as np
@@ -113,31 +114,28 @@ async def ready(request: Request) -> Response:
     return _json(200, {"ready": any(_lanes())})
 
 
-async def model_metadata(request: Request) -> Response:
-    """GET /v2/models/{name}[/versions/{version}]: the model's inputs and outputs."""
+def _about_model(request: Request, answer: Callable[[ModelLane, Lanes], dict[str, Any]]) -> Response:
+    """A GET about the model its path names: ``answer(lane, lanes)``, or the 404/410 of a model not served."""
     try:
         lane, lanes = _resolve(request)
     except UnknownModel as err:
         return _json(err.status, {"error": str(err)})
-    return _json(200, interface(lane, lanes).metadata())
+    return _json(200, answer(lane, lanes))
+
+
+async def model_metadata(request: Request) -> Response:
+    """GET /v2/models/{name}[/versions/{version}]: the model's inputs and outputs."""
+    return _about_model(request, lambda lane, lanes: interface(lane, lanes).metadata())
 
 
 async def model_config(request: Request) -> Response:
     """GET /v2/models/{name}[/versions/{version}]/config: the model in Triton's model configuration format."""
-    try:
-        lane, lanes = _resolve(request)
-    except UnknownModel as err:
-        return _json(err.status, {"error": str(err)})
-    return _json(200, interface(lane, lanes).config())
+    return _about_model(request, lambda lane, lanes: interface(lane, lanes).config())
 
 
 async def model_ready(request: Request) -> Response:
     """GET /v2/models/{name}[/versions/{version}]/ready."""
-    try:
-        lane, _ = _resolve(request)
-    except UnknownModel as err:
-        return _json(err.status, {"error": str(err)})
-    return _json(200, {"name": lane.name, "ready": True})
+    return _about_model(request, lambda lane, _: {"name": lane.name, "ready": True})
 
 
 async def infer(request: Request) -> Response:
