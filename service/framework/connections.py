@@ -204,7 +204,6 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self.lingering = True
-        self._lingered = 0
         self.transport.write_eof()
         self.flow.resume_reading()
         self._linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
