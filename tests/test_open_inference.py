@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from service.v2.protocol import ModelInterface, ProtocolError, read_infer_request, server_metadata, write_infer_response
+from service.v2.protocol import (ModelInterface, ProtocolError, config_type, read_infer_request, server_metadata,
+                                 write_infer_response)
+from service.v2.tensors import TYPES_KNOWN
 
 CLASSIFIER = ModelInterface(
     name="clf", version="v1", task="classify", versions=["v1"], features=["x", "y", "z"], max_instances=8, max_length=50,
@@ -177,6 +179,12 @@ def test_triton_model_configuration_gives_the_metadatas_whole_shapes():
         meta = model.metadata()
         for kind in ("input", "output"):
             assert [(t["name"], t["dims"]) for t in model.config()[kind]] == [(t["name"], t["shape"]) for t in meta[kind + "s"]]
+
+
+def test_every_protocol_datatype_has_its_triton_configuration_name():
+    names = {datatype: config_type(datatype) for datatype in TYPES_KNOWN}
+    assert names["BYTES"] == "TYPE_STRING" and names["FP32"] == "TYPE_FP32" and names["BOOL"] == "TYPE_BOOL"
+    assert len(set(names.values())) == len(TYPES_KNOWN)
 
 
 BINARY_GOOD = np.zeros((1, 2, 3), np.float32).tobytes()

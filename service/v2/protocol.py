@@ -26,10 +26,14 @@ from service.v2.tensors import TYPES_KNOWN, TensorError, from_bytes, from_json_d
 HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header (HTTP names are case-blind)
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 PLATFORM = "seqserve_pytorch"
-# Triton's model configuration names the protocol's datatypes with its own (BYTES is TYPE_STRING).
-CONFIG_TYPES = {"FP32": "TYPE_FP32", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}
 SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 LENGTHS = "lengths"
+
+
+def config_type(datatype: str) -> str:
+    """Triton's model-configuration name of a protocol datatype: ``TYPE_`` and the same name, except that
+    ``BYTES`` is ``TYPE_STRING``."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
 class ProtocolError(ValueError):
@@ -55,7 +59,7 @@ class TensorSpec:
 
     def config(self) -> dict[str, Any]:
         """This tensor in Triton's model configuration: its whole shape as ``dims``."""
-        config: dict[str, Any] = {"name": self.name, "data_type": CONFIG_TYPES[self.datatype], "dims": self.shape}
+        config: dict[str, Any] = {"name": self.name, "data_type": config_type(self.datatype), "dims": self.shape}
         return {**config, "optional": True} if self.parameters.get("optional") else config
 
 
