@@ -8,7 +8,10 @@ door refuses requests that would wait too long: :mod:`service.admission`.)
   so no redirect is ever built from the client's ``Host`` header.
 * **API keys** (``SEQSERVE_API_KEYS``): every path but the open ones (probes, metrics) needs
   ``Authorization: Bearer <key>``; keys are compared in constant time and never logged. 401 otherwise,
-  also for a WebSocket handshake (``/stream``), before it is accepted.
+  also for a WebSocket handshake (``/stream``), before it is accepted. A browser's ``WebSocket`` cannot
+  send headers, so a handshake may carry the key as a subprotocol instead (as Kubernetes' API server
+  takes its token): it offers ``seqserve`` and ``seqserve.bearer.<key>``, and the stream selects
+  ``seqserve``, so the key is never echoed back.
 * **JSON only**: a POST must say ``Content-Type: application/json`` (415 otherwise). Browsers can only
   send such a request cross-site after a CORS preflight, which the service refuses unless
   ``SEQSERVE_CORS_ORIGINS`` allows the origin. The Open Inference Protocol's ``/v2/`` routes also take
@@ -42,6 +45,8 @@ JSON_TYPES = ("application/json",)
 V2_PREFIX = "/v2/"
 V2_TYPES = ("application/json", "application/octet-stream", "")  # "": no Content-Type (tritonclient sends none)
 BINARY_HEADER = "inference-header-content-length"  # the Open Inference Protocol's binary tensors follow the JSON
+STREAM_PROTOCOL = "seqserve"  # the WebSocket subprotocol /stream selects when a client offers it
+KEY_PROTOCOL_PREFIX = "seqserve.bearer."  # a subprotocol offered only to carry the API key (browsers)
 
 
 def json_answer(status: int, answer: dict[str, Any], headers: dict[str, str] | None = None):
@@ -139,7 +144,10 @@ class RequestGuard:
     async def _websocket(self, scope, receive, send):
         """A WebSocket handshake (/stream) needs the API key like any request; refused with 401 before it is accepted."""
         if self.keys and scope["path"] not in self.open_paths:
-            problem = self._key_problem(_headers(scope).get("authorization", ""))
+            authorization = _headers(scope).get("authorization") or _key_protocol(scope.get("subprotocols", []))
+            problem = self._key_problem(authorization)
+            if problem and not authorization:
+                problem += f", or offer the subprotocols {STREAM_PROTOCOL} and {KEY_PROTOCOL_PREFIX}<API key>"
             if problem:
                 if "websocket.http.response" in scope.get("extensions", {}):  # uvicorn: a real 401 answer
                     body = json.dumps({"error": problem}).encode()
@@ -186,6 +194,12 @@ class RequestGuard:
 
 def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _key_protocol(subprotocols: list[str]) -> str:
+    """The ``Authorization`` value a handshake's ``seqserve.bearer.<key>`` subprotocol stands for, or ""."""
+    keys = [p[len(KEY_PROTOCOL_PREFIX):] for p in subprotocols if p.startswith(KEY_PROTOCOL_PREFIX)]
+    return f"Bearer {keys[0]}" if keys else ""
 
 
 def _replay(body: bytes, receive):

@@ -99,7 +99,9 @@ Recurrent sequence classifiers and forecasters (RNN, GRU, LSTM) trained by seqse
   then answers every message `{{"steps": [...], "every_step": false}}` as `/stream/<task>` does, without a
   token; bad input gets `{{"error": ...}}` and the stream goes on. At most {settings.stream_max_open} open
   streams per worker (close code 1013 past it), closed after {settings.stream_idle_s:g} s without a message
-  (4408); an unknown or non-streamable model closes with 4400. Not listed below: OpenAPI has no WebSockets.
+  (4408); an unknown or non-streamable model closes with 4400. With API keys, a browser (which cannot
+  send `Authorization`) offers the subprotocols `seqserve` and `seqserve.bearer.<key>`; the answer selects
+  `seqserve`. Not listed below: OpenAPI has no WebSockets.
 * The Open Inference Protocol (KServe v2, Triton's REST API) with binary tensors: `GET /v2`,
   `/v2/health/live`, `/v2/health/ready`, `GET /v2/models/<name>[/versions/<version>]` (inputs and outputs)
   and its `/ready` and `/config` (Triton's model configuration, for `perf_analyzer`), `POST .../infer`. Same models, batchers and limits; binary bodies up to

@@ -23,7 +23,9 @@ Limits and lifecycle:
 Each of these closes but shutdown's is counted in ``seqserve_stream_closes_total{reason}`` (``too_many_open``,
 ``idle``, ``too_big``, ``bad_request``), so an operator sees how often clients are turned away and why.
 
-API keys apply to the handshake (``service.guard``): ``Authorization: Bearer <key>``.
+API keys apply to the handshake (``service.guard``): ``Authorization: Bearer <key>``, or from a browser
+the subprotocols ``seqserve`` and ``seqserve.bearer.<key>``. A stream selects ``seqserve`` when it is
+offered (a browser fails a handshake whose answer selects none of the subprotocols it offered), else none.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from models.streaming import State
 from service.config import Settings
 from service.errors import RetryLater, readable_error
+from service.guard import STREAM_PROTOCOL
 from service.inference import OutOfRange
 from service.inputs import InstanceError
 from service.lanes import ModelLane, Lanes
@@ -67,17 +70,17 @@ class StreamSessions:
         websocket = WebSocket(scope, receive, send)  # for the handshake, the hello and the early closes
         if self.open >= self.max_open:
             _count_close(TRY_AGAIN_LATER)
-            await websocket.accept()
+            await websocket.accept(_protocol(scope))
             return await websocket.close(TRY_AGAIN_LATER, f"this worker has {self.open} open streams, its limit (SEQSERVE_STREAM_MAX_OPEN); retry later")
         try:
             lane = self._lane(websocket.query_params.get("model"), websocket.query_params.get("task"))
         except InstanceError as err:
             _count_close(BAD_REQUEST)
-            await websocket.accept()
+            await websocket.accept(_protocol(scope))
             return await websocket.close(BAD_REQUEST, f"{err.field}: {err.problem}"[:120])
         self._count(+1)
         try:
-            await websocket.accept()
+            await websocket.accept(_protocol(scope))
             await websocket.send_text(json.dumps({
                 "model": lane.tag, "task": lane.task, "features": lane.model.card.features,
                 "max_steps": lane.max_steps, "idle_timeout_s": self.idle_s,
@@ -162,6 +165,10 @@ class StreamSessions:
     def _count(self, delta: int) -> None:
         self.open += delta
         change_open_streams(delta)
+
+
+def _protocol(scope) -> str | None:
+    return STREAM_PROTOCOL if STREAM_PROTOCOL in scope.get("subprotocols", []) else None
 
 
 def _count_close(code: int) -> None:

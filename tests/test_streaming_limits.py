@@ -27,6 +27,32 @@ def test_idle_streams_are_closed_and_api_keys_guard_the_handshake(tag):
         assert closed.value.code == 4408
 
 
+def test_a_browser_sends_the_api_key_as_a_subprotocol_and_the_stream_selects_seqserve(tag):
+    """A browser's WebSocket cannot send Authorization: it offers seqserve and seqserve.bearer.<key>; the answer
+    selects seqserve (never the key), and a browser fails a handshake that selects none of its offers."""
+    env = {"SEQSERVE_MODELS": tag, "SEQSERVE_API_KEYS": "k-one,secret-key"}
+    with in_process(env) as client:
+        with client.websocket_connect(f"/stream?model={tag}", subprotocols=["seqserve", "seqserve.bearer.secret-key"]) as ws:
+            assert ws.accepted_subprotocol == "seqserve"
+            assert ws.receive_json()["model"] == tag
+            ws.send_json({"steps": [[0.5, 1.0, -1.0]] * 3})
+            assert set(ws.receive_json()["probabilities"]) == {"walk", "run", "sit", "jump"}
+        for offered, problem in [
+            (["seqserve"], "authorization: missing; send Authorization: Bearer <API key>, or offer the subprotocols "
+                           "seqserve and seqserve.bearer.<API key>"),
+            (["seqserve", "seqserve.bearer.wrong"], "authorization: the API key is not valid"),
+            (["seqserve", "seqserve.bearer."], "authorization: missing; send Authorization: Bearer <API key>"),
+        ]:
+            with pytest.raises(WebSocketDenialResponse) as denied:
+                with client.websocket_connect(f"/stream?model={tag}", subprotocols=offered):
+                    pass
+            assert denied.value.status_code == 401 and denied.value.json()["error"].startswith(problem), offered
+        # With the header, a client that offers no subprotocol is answered with none, as before.
+        with client.websocket_connect(f"/stream?model={tag}", headers={"authorization": "Bearer k-one"}) as ws:
+            assert ws.accepted_subprotocol is None
+            assert ws.receive_json()["model"] == tag
+
+
 def test_the_real_servers_stream_lane_checks_keys_and_closes_idle_streams_and_on_shutdown(tag):
     """Through `bentoml serve`, /stream skips BentoML's app (service.framework): the guard, the message
     size cap and the lifecycle still hold."""
@@ -43,6 +69,13 @@ def test_the_real_servers_stream_lane_checks_keys_and_closes_idle_streams_and_on
         with pytest.raises(WebSocketBadStatusException) as denied:
             create_connection(ws_url, timeout=10)
         assert denied.value.status_code == 401
+        # A browser's way: the key as a subprotocol, through uvicorn's own handshake.
+        browser = create_connection(ws_url, timeout=10, subprotocols=["seqserve", "seqserve.bearer.secret-key"])
+        try:
+            assert browser.getsubprotocol() == "seqserve"
+            assert json.loads(browser.recv())["model"] == tag
+        finally:
+            browser.close()
 
         # A message over the body cap (50 KiB here) closes the stream as it arrives, before it is buffered
         # whole; per-message deflate, which would let a small upload inflate to the cap, is not agreed to.
