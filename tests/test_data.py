@@ -295,6 +295,36 @@ def test_season_inferred_from_timestamps(tmp_path, freq, season):
     assert read_series(write_csv(tmp_path, df)).season == season
 
 
+def _season_of(tmp_path, stamps) -> int | None:
+    df = pd.DataFrame({"timestamp": pd.DatetimeIndex(stamps).astype(str), "value": np.arange(len(stamps), dtype=float)})
+    return read_series(write_csv(tmp_path, df)).season
+
+
+def test_a_season_of_steps_within_a_day_counts_the_steps_in_a_day(tmp_path):
+    """Data kept in business hours has the season of its days: 5-minute steps from 7:00 to 21:00 make 169 a day
+    (a full day of them 288); days' first and last may be partial, and a series of a few hours has the step's."""
+    steps = pd.date_range("2024-01-01 07:00", "2024-02-29 21:00", freq="5min")
+    business = steps[(steps.hour >= 7) & ((steps.hour < 21) | (steps.minute == 0) & (steps.hour == 21)) & (steps.dayofweek < 5)]
+    assert _season_of(tmp_path, business) == 169
+    assert _season_of(tmp_path, pd.date_range("2024-01-01 13:05", periods=288 * 9, freq="5min")) == 288
+    assert _season_of(tmp_path, pd.date_range("2024-01-01 09:00", periods=30, freq="h")) == 24  # no whole day: the step's
+    hours = pd.date_range("2024-01-01", periods=24 * 60, freq="h", tz="Europe/Berlin")  # across a change to summer time
+    assert _season_of(tmp_path, hours) == 24
+
+
+def test_a_season_of_daily_steps_counts_the_days_in_a_week(tmp_path):
+    days = pd.date_range("2024-01-03", periods=200, freq="D")
+    assert _season_of(tmp_path, days) == 7
+    assert _season_of(tmp_path, days[days.dayofweek < 5]) == 5  # business days
+    holidays = days[(days.dayofweek < 5) & ~days.isin(days[::20])]  # a few weeks of 4 among weeks of 5
+    assert _season_of(tmp_path, holidays) == 5
+
+
+def test_irregular_timestamps_have_no_season(tmp_path):
+    seconds = np.sort(np.random.default_rng(0).choice(30 * 86_400, size=2_000, replace=False))
+    assert _season_of(tmp_path, pd.Timestamp("2024-01-01") + pd.to_timedelta(seconds, unit="s")) is None
+
+
 def test_numeric_timestamps_have_no_season(tmp_path):
     df = pd.DataFrame({"timestamp": [3, 1, 2], "value": [30.0, 10.0, 20.0]})
     col = read_series(write_csv(tmp_path, df))

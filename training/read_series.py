@@ -21,8 +21,8 @@ def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
     within a series is an error. A file with a single numeric column and nothing else
     is one univariate series in file order.
 
-    ``season`` is inferred from regular timestamps: hourly 24, half-hourly 48, daily 7,
-    weekly 52, monthly 12, quarterly 4; otherwise None.
+    ``season`` is inferred from regular timestamps (``season_from_timestamps``): the steps in a day for
+    steps within a day, the steps in a week for daily steps, weekly 52, monthly 12, quarterly 4; otherwise None.
     """
     check_file(path, TABLE_SUFFIXES)
     df = read_table(path)
@@ -62,7 +62,7 @@ def _single_column_series(df: pd.DataFrame, path) -> SeriesCollection:
     return SeriesCollection([values], [Path(path).stem], [str(name)], [], None, f"file:{path}")
 
 
-_SEASONS = [  # (smallest, largest typical step, season)
+_SEASONS = [  # (smallest, largest typical step, season) where the steps do not count a day's or a week's
     (pd.Timedelta(minutes=30), pd.Timedelta(minutes=30), 48),
     (pd.Timedelta(hours=1), pd.Timedelta(hours=1), 24),
     (pd.Timedelta(days=1), pd.Timedelta(days=1), 7),
@@ -70,15 +70,46 @@ _SEASONS = [  # (smallest, largest typical step, season)
     (pd.Timedelta(days=28), pd.Timedelta(days=31), 12),
     (pd.Timedelta(days=89), pd.Timedelta(days=92), 4),
 ]
+DAY_NS = 86_400 * 10**9
+MONDAY = 4  # 1970-01-01, day 0, was a Thursday: weeks counted from Mondays start at day -3 (day + 3 = 0 mod 7)
 
 
 def season_from_timestamps(times_per_series: list[np.ndarray]) -> int | None:
-    """Season from the median step between timestamps (int64 nanoseconds), or None."""
+    """The season of regular timestamps (int64 nanoseconds), or None.
+
+    Steps within a day: the number of steps in a day, so that data kept only in business hours has the
+    season it has (5-minute steps from 7:00 to 21:00: 169, where 24 hours of them would be 288). Daily steps:
+    the number in a week (7, or 5 for business days). Either count is the median over the whole days or
+    weeks inside the series (their first and last may be partial), when at least half of them hold that
+    many; with too few whole days, or counts that vary, the typical step decides alone (hourly 24,
+    half-hourly 48, daily 7). Weekly 52, monthly 12, quarterly 4; any other step, None.
+    """
     steps = np.concatenate([np.diff(t) for t in times_per_series])
     if steps.size == 0:
         return None
     step = pd.Timedelta(int(np.median(steps)), unit="ns")
+    counted = None
+    if step < pd.Timedelta(days=1):
+        counted = _steps_per_period(times_per_series, lambda t: t // DAY_NS)
+    elif step == pd.Timedelta(days=1):
+        counted = _steps_per_period(times_per_series, lambda t: (t // DAY_NS + MONDAY - 1) // 7)
+    if counted:
+        return counted
     for low, high, season in _SEASONS:
         if low <= step <= high:
             return season
     return None
+
+
+def _steps_per_period(times_per_series: list[np.ndarray], period_of) -> int | None:
+    """The typical number of timestamps in one period (``period_of`` maps times to period numbers), over the
+    whole periods inside each series; None unless at least two are, at least half of them hold that many,
+    and it is at least 2."""
+    counts = []
+    for times in times_per_series:
+        _, per_period = np.unique(period_of(times), return_counts=True)
+        counts.extend(per_period[1:-1])  # the first and last periods may be partial
+    if len(counts) < 2:
+        return None
+    typical = int(np.median(counts))
+    return typical if typical >= 2 and np.mean(np.asarray(counts) == typical) >= 0.5 else None
