@@ -110,6 +110,18 @@ def test_without_validation_the_loop_runs_every_epoch_and_keeps_the_last():
     assert len(history.train_loss) == 4 and history.best_epoch == 4 and not history.val_loss
 
 
+def test_training_flushes_subnormal_floats_which_a_cpu_computes_slowly():
+    """Vanishing gradients through long sequences reach subnormal floats; the loop flushes them to zero (a GRU
+    forecaster's training step over 338 steps: 0.80 s with them, 0.19 s without)."""
+    torch.set_flush_denormal(False)
+    subnormal = torch.tensor([1e-40])
+    assert (subnormal * 1.0).item() != 0.0
+    model = torch.nn.Linear(1, 1)
+    fit(model, 1, 0, lambda idx, is_train: None, lambda m, b: m.weight.pow(2).sum(),
+        TrainConfig(epochs=1, batch_size=1, progress=False))
+    assert (subnormal * 1.0).item() == 0.0
+
+
 @pytest.mark.parametrize("total", [11, 20, 37, 1500])
 def test_one_cycle_gives_torchs_one_cycle_values_wherever_that_schedule_trains(total):
     weight = torch.nn.Parameter(torch.zeros(1))

@@ -136,6 +136,10 @@ def fit(
     Under torchrun each rank trains on its shard of every epoch and holds the same weights as the others
     after every step; rank 0's validation loss decides for all of them (see ``training.distributed``).
     """
+    # Gradients that vanish back through hundreds of recurrent steps become subnormal floats, which x86 CPUs
+    # compute tens of times slower than normal ones: one step of a GRU forecaster over 338 steps took 0.80 s
+    # with them and 0.19 s flushed to zero. They are below 1e-38, too small for any update to feel.
+    torch.set_flush_denormal(True)
     rng = np.random.default_rng(config.seed)
     device = next(model.parameters()).device
     trainee = distributed.wrap(_Loss(model, loss_fn), device)  # DDP sees the whole loss computation
