@@ -109,6 +109,10 @@ def resolve_season(given: int | None, collection: SeriesCollection, horizon: int
 # on one core.
 MAX_MEMBERS = 5
 MEMBER_BUDGET = 200_000
+# Optimiser steps times lookback, at most: 1,500 steps at lookback 104 (weekly CO2), 461 at 338 (5-minute
+# calls in business hours, two days of 169 steps), where 1,500 steps would take ~290 s a network on one
+# core, the validation network and the final one ten minutes in all; with the cap the run took 177 s.
+STEP_BUDGET = 156_000
 # Rolling origins that validate the networks; one when its validation part alone is this many windows.
 MAX_FOLDS = 3
 MANY_VAL_WINDOWS = 100
@@ -287,8 +291,10 @@ def train_forecaster(
     chosen = starts.choose_start(train_w, k, season, allow_log=positive)
     # About one optimiser step per training window (64 to 1,500), the schedule run to its end: on short
     # series longer training fits the windows and forecasts worse (airline, 56 windows: 0.48 MASE after
-    # 90 steps, 0.70-0.90 after 200-1,500).
-    config = sized_for(config, len(train_w.inputs), target_steps=int(np.clip(len(train_w.inputs), 64, 1500)), min_epochs=1)
+    # 90 steps, 0.70-0.90 after 200-1,500). A step costs about its lookback (one recurrent pass over every
+    # step of a batch), so long lookbacks get fewer (STEP_BUDGET).
+    steps = int(np.clip(len(train_w.inputs), 64, 1500))
+    config = sized_for(config, len(train_w.inputs), target_steps=max(64, min(steps, STEP_BUDGET // lookback)), min_epochs=1)
     members = members or ensemble_size(len(train_w.inputs), lookback)
     hparams = ForecasterConfig(
         n_features=len(kept.column_names), n_targets=k, horizon=horizon, quantiles=sorted(quantiles),
