@@ -286,6 +286,26 @@ def test_ets_gives_ordered_quantiles_beside_its_forecast():
     np.testing.assert_allclose(out[0][..., 0], out[0][..., 2], rtol=0.05)  # the mean near the median
 
 
+def test_ets_takes_a_multiplicative_season_where_the_swing_grows_with_the_level_as_autoets_would():
+    """A season whose swing grows fivefold with the level: the additive fit misses it, the multiplicative one
+    (chosen by AICc, as R's ets() and statsforecast's AutoETS choose) follows it. Series that are not positive
+    keep the additive season."""
+    t = np.arange(144)
+    rng = np.random.default_rng(0)
+    level = 100 * 1.012 ** t
+    series = (level * (1 + 0.3 * np.sin(2 * np.pi * t / 12)) * rng.lognormal(0, 0.02, len(t)))[:, None]
+    fit, history = series[:120], series[:132]
+    out, note = baselines.ets_forecasts([fit], [[history]], 12, 12, [0.1, 0.5, 0.9])
+    assert "multiplicative season (1)" in note
+    actual = series[132:, 0]
+    error = np.abs(out[0][0, :, 0, 0] - actual).mean()
+    assert error < 0.06 * actual.mean()  # 24 here, where an additive season misses by 38 and seasonal naive by 77
+    assert np.mean((out[0][0, :, 0, 1] <= actual) & (actual <= out[0][0, :, 0, 3])) >= 0.5
+    shifted = series - series.mean()  # negative values: no multiplicative season
+    _, note = baselines.ets_forecasts([shifted[:120]], [[shifted[:132]]], 12, 12)
+    assert "additive season (1)" in note
+
+
 # ----------------------------------------------------------------------------- rolling origins
 
 

@@ -1,8 +1,9 @@
 """The strong reference models every report shows beside the simple baselines in ``training.metrics``.
 
 Classification: 1-nearest-neighbour DTW (aeon), the field's standard reference on the UCR/UEA archive.
-Forecasting: ETS (statsmodels Holt-Winters: additive damped trend, additive season when the series holds
-two full seasons), fitted per series.
+Forecasting: ETS (statsmodels Holt-Winters: additive damped trend, a season when the series holds two
+full seasons), fitted per series; for a positive series the season is additive or multiplicative,
+whichever fits better by AICc, as R's ``ets()`` and statsforecast's ``AutoETS`` choose.
 
 Both are skipped past a documented size so that a report never waits minutes for a baseline; the
 report then names the baseline as skipped and says why. The libraries are imported only here and only
@@ -85,37 +86,54 @@ def ets_forecasts(fit_parts: list[np.ndarray], origins: list[list[np.ndarray]], 
         return None, f"skipped: {windows} test windows is past the cap of {ETS_MAX_WINDOWS}"
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
-    out, failed = [], 0
+    out, failed, seasons = [], 0, {"add": 0, "mul": 0}
     for part, histories in zip(fit_parts, origins):
         k = part.shape[1]
         forecasts = np.empty((len(histories), horizon, k, 1 + len(levels)), dtype=np.float32)
         for channel in range(k):
             try:
-                forecasts[:, :, channel] = _ets_channel(ExponentialSmoothing, part[:, channel],
-                                                        [h[:, channel] for h in histories], horizon, season, levels)
+                forecasts[:, :, channel], chosen = _ets_channel(
+                    ExponentialSmoothing, part[:, channel], [h[:, channel] for h in histories], horizon, season, levels)
+                if chosen:
+                    seasons[chosen] += 1
             except Exception as err:  # statsmodels raises many types on degenerate series
                 failed += 1
                 log.debug("ETS failed (%s); naive forecast instead", err)
                 forecasts[:, :, channel] = np.stack([np.repeat(h[-1, channel], horizon) for h in histories])[..., None]
         out.append(forecasts)
-    seasonal = "additive season" if season > 1 else "no season"
+    kinds = [f"{'additive' if kind == 'add' else 'multiplicative'} season ({n})" for kind, n in seasons.items() if n]
+    seasonal = " or ".join(kinds) if kinds else "no season"
     return out, f"damped additive trend, {seasonal}" + (f"; {failed} fits failed (naive instead)" if failed else "")
 
 
 def _ets_channel(ExponentialSmoothing, fit_part: np.ndarray, histories: list[np.ndarray], horizon: int,
-                 season: int, levels: list[float]) -> np.ndarray:
-    """(n, H, 1 + Q) forecasts of one channel: the point forecast, then the simulated quantiles."""
+                 season: int, levels: list[float]) -> tuple[np.ndarray, str | None]:
+    """(n, H, 1 + Q) forecasts of one channel (the point forecast, then the simulated quantiles) and the
+    season's kind ("add", "mul" or None)."""
     seasonal = season > 1 and len(fit_part) >= 2 * season + 2
     trend = "add" if len(fit_part) >= 10 else None
-    spec = {"trend": trend, "damped_trend": trend is not None,
-            "seasonal": "add" if seasonal else None, "seasonal_periods": season if seasonal else None}
+    # A multiplicative season needs positive values, in the fit part and in every history it filters.
+    kinds = ["add", "mul"] if seasonal and (fit_part > 0).all() and all((h > 0).all() for h in histories) else ["add"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and frequency notes
-        fitted = ExponentialSmoothing(fit_part.astype(np.float64), **spec).fit()
+        candidates = []
+        for kind in kinds if seasonal else [None]:
+            spec = {"trend": trend, "damped_trend": trend is not None,
+                    "seasonal": kind, "seasonal_periods": season if kind else None}
+            try:
+                fitted = ExponentialSmoothing(fit_part.astype(np.float64), **spec).fit()
+            except Exception:
+                if kind != "mul":
+                    raise
+                continue  # the multiplicative fit can fail where the additive one does not
+            candidates.append((fitted.aicc, kind, spec, fitted))
+        # An AICc that is not finite (too few values for its correction) loses; if both are, the additive stands.
+        _, kind, spec, fitted = min(candidates, key=lambda c: c[0] if np.isfinite(c[0]) else np.inf)
+        error = "mul" if kind == "mul" else "add"  # ETS(M,Ad,M): a multiplicative season's errors scale with it
         rows = []
         for history in histories:
             if len(history) == len(fit_part):
-                rows.append(_with_quantiles(fitted, horizon, levels))
+                rows.append(_with_quantiles(fitted, horizon, levels, error))
                 continue
             p = fitted.params
             refilter = ExponentialSmoothing(
@@ -126,14 +144,14 @@ def _ets_channel(ExponentialSmoothing, fit_part: np.ndarray, histories: list[np.
             ).fit(smoothing_level=p["smoothing_level"], smoothing_trend=p["smoothing_trend"] if trend else None,
                   smoothing_seasonal=p["smoothing_seasonal"] if seasonal else None,
                   damping_trend=p["damping_trend"] if trend else None, optimized=False)
-            rows.append(_with_quantiles(refilter, horizon, levels))
-    return np.stack(rows)
+            rows.append(_with_quantiles(refilter, horizon, levels, error))
+    return np.stack(rows), kind
 
 
-def _with_quantiles(fitted, horizon: int, levels: list[float]) -> np.ndarray:
+def _with_quantiles(fitted, horizon: int, levels: list[float], error: str) -> np.ndarray:
     """(H, 1 + Q): the fitted model's forecast and the ``levels`` quantiles of its simulated paths."""
     point = np.asarray(fitted.forecast(horizon))[:, None]
     if not levels:
         return point
-    paths = np.asarray(fitted.simulate(horizon, repetitions=ETS_PATHS, error="add", random_state=0))  # (H, paths)
+    paths = np.asarray(fitted.simulate(horizon, repetitions=ETS_PATHS, error=error, random_state=0))  # (H, paths)
     return np.concatenate([point, np.quantile(paths, levels, axis=1).T], axis=1)
