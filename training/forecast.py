@@ -346,10 +346,11 @@ def train_forecaster(
     recipe["validation_error"] = {name: [round(v, 4) for v in values] for name, values in errors.items()}
     recipe["networks"] = ("trained" if use_networks else
                           f"not used: they did not beat the start by {NETWORK_MARGIN:.0%} at the validation origins")
-    if folds:
-        log.info("networks %s (mean validation error: start %.4f, networks %.4f)", recipe["networks"], mean["start"], mean["networks"])
     if not use_networks:
         hparams.members = recipe["members"] = 1
+    if folds:
+        log.info("networks %s (mean validation error: start %.4f, networks %.4f); members: %d", recipe["networks"],
+                 mean["start"], mean["networks"], hparams.members)
     if quantiles and folds:
         held_out = np.concatenate(residuals["networks" if use_networks else "start"])
         offsets, recipe["interval_factors"] = starts.calibrate_offsets(offsets, held_out, levels)
@@ -377,7 +378,9 @@ def train_forecaster(
         test_metrics.update(quantile_metrics(test_w.targets, predicted, model.quantiles))
     if strong_baselines:
         ets, notes["ets"] = _ets(kept, parts, test_w, horizon, season, model.quantiles)
-        if ets is not None:
+        if ets is None:
+            log.info("ETS baseline %s", notes["ets"])  # the report's table has no ETS row then
+        else:
             baselines["ets"] = forecast_metrics(test_w.targets, ets[..., 0], scales)
             if model.quantiles:
                 baselines["ets"].update(quantile_metrics(test_w.targets, ets[..., 1:], model.quantiles))
