@@ -289,7 +289,7 @@ def test_ets_gives_ordered_quantiles_beside_its_forecast():
 def test_ets_takes_a_multiplicative_season_where_the_swing_grows_with_the_level_as_autoets_would():
     """A season whose swing grows fivefold with the level: the additive fit misses it, the multiplicative one
     (chosen by AICc, as R's ets() and statsforecast's AutoETS choose) follows it. Series that are not positive
-    keep the additive season."""
+    keep the additive season, and so does a season that is a cycle inferred from the data."""
     t = np.arange(144)
     rng = np.random.default_rng(0)
     level = 100 * 1.012 ** t
@@ -303,6 +303,8 @@ def test_ets_takes_a_multiplicative_season_where_the_swing_grows_with_the_level_
     assert np.mean((out[0][0, :, 0, 1] <= actual) & (actual <= out[0][0, :, 0, 3])) >= 0.5
     shifted = series - series.mean()  # negative values: no multiplicative season
     _, note = baselines.ets_forecasts([shifted[:120]], [[shifted[:132]]], 12, 12)
+    assert "additive season (1)" in note
+    _, note = baselines.ets_forecasts([fit], [[history]], 12, 12, multiplicative=False)  # a cycle, not a calendar season
     assert "additive season (1)" in note
 
 

@@ -377,7 +377,8 @@ def train_forecaster(
     if model.quantiles:
         test_metrics.update(quantile_metrics(test_w.targets, predicted, model.quantiles))
     if strong_baselines:
-        ets, notes["ets"] = _ets(kept, parts, test_w, horizon, season, model.quantiles)
+        calendar = season_source != "inferred from autocorrelation"  # a cycle is no season to multiply by
+        ets, notes["ets"] = _ets(kept, parts, test_w, horizon, season, model.quantiles, calendar)
         if ets is None:
             log.info("ETS baseline %s", notes["ets"])  # the report's table has no ETS row then
         else:
@@ -430,13 +431,13 @@ def train_forecaster(
 
 
 def _ets(kept: SeriesCollection, parts: list[np.ndarray], test_w: Windows, horizon: int, season: int,
-         levels: list[float]):
+         levels: list[float], multiplicative: bool = True):
     """ETS forecasts for every test window (N, H, K, 1 + Q: the point, then the quantiles at ``levels``),
     fitted on each series' in-sample part, or (None, why)."""
     k = kept.n_targets
     origins = [[kept.series[s][:t, :k] for s, t in zip(test_w.series_index, test_w.start) if s == i]
                for i in range(len(kept.series))]
-    per_series, note = strong.ets_forecasts(parts, origins, horizon, season, levels)
+    per_series, note = strong.ets_forecasts(parts, origins, horizon, season, levels, multiplicative)
     if per_series is None:
         return None, note
     out = np.empty((*test_w.targets.shape, 1 + len(levels)), dtype=np.float32)
