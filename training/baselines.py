@@ -80,7 +80,8 @@ def ets_forecasts(fit_parts: list[np.ndarray], origins: list[list[np.ndarray]], 
     ``fit_parts[s]`` (T_s, K) is the data the model of series ``s`` is fitted on; ``origins[s]`` lists
     histories ``(t, K)`` (each extending the fit part) from whose end to forecast. Returns one
     ``(n_origins_s, H, K, 1 + Q)`` array per series: the point forecast, then the quantiles at ``levels``
-    from ``ETS_PATHS`` simulated paths with the fitted model's additive errors (statsmodels' ``simulate``).
+    from ``ETS_PATHS`` simulated paths with the fitted model's errors (statsmodels' ``simulate``: additive, or
+    multiplicative beside a multiplicative season).
     Histories beyond the fit part are filtered with the fitted parameters, not refitted (rolling-origin
     evaluation without a refit per window). A fit that fails falls back to the naive forecast (every
     quantile too) for that series, and is counted in the note.
@@ -135,7 +136,7 @@ def _ets_channel(ExponentialSmoothing, fit_part: np.ndarray, histories: list[np.
             candidates.append((fitted.aicc, kind, spec, fitted))
         # An AICc that is not finite (too few values for its correction) loses; if both are, the additive stands.
         _, kind, spec, fitted = min(candidates, key=lambda c: c[0] if np.isfinite(c[0]) else np.inf)
-        error = "mul" if kind == "mul" else "add"  # ETS(M,Ad,M): a multiplicative season's errors scale with it
+        error = "mul" if kind == "mul" else "add"  # beside a multiplicative season, errors scale with the level too
         rows = []
         for history in histories:
             if len(history) == len(fit_part):
