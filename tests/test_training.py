@@ -220,6 +220,20 @@ def test_a_panel_of_short_series_trains_and_counts_what_it_skips(tmp_path, caplo
     assert f"skipped {skipped} of 46 series too short" in caplog.text and "T0, T1" in caplog.text
 
 
+def test_a_series_too_short_to_validate_the_networks_is_served_by_the_start_alone(tmp_path):
+    t = np.arange(84)  # seven years of months: no origin leaves 32 training windows before it
+    values = (100 + t + 20 * np.sin(2 * np.pi * t / 12)).astype(np.float32)[:, None]
+    series = SeriesCollection([values], ["s"], ["value"], [], 12, "test")
+    result = train_forecaster(
+        series, name="short", network=NetworkOptions(hidden_size=8, num_layers=1), device=torch.device("cpu"),
+        config=TrainConfig(progress=False), report_dir=tmp_path, horizon=12, quantiles=[0.1, 0.9], save=False,
+        strong_baselines=False,
+    )
+    recipe = result.training["recipe"]
+    assert recipe["validation"] == "none (too few windows): the start alone is the model"
+    assert recipe["members"] == 1 and recipe["networks"] == "not used: no validation origin could show that they help"
+
+
 # ----------------------------------------------------------------------------- never a silent failure
 
 
