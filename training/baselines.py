@@ -120,11 +120,11 @@ def _ets_channel(ExponentialSmoothing, fit_part: np.ndarray, histories: list[np.
     trend = "add" if len(fit_part) >= 10 else None
     # A multiplicative season needs positive values, in the fit part and in every history it filters.
     positive = (fit_part > 0).all() and all((h > 0).all() for h in histories)
-    kinds = ["add", "mul"] if seasonal and multiplicative and positive else ["add"]
+    kinds = (["add", "mul"] if multiplicative and positive else ["add"]) if seasonal else [None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence and frequency notes
         candidates = []
-        for kind in kinds if seasonal else [None]:
+        for kind in kinds:
             spec = {"trend": trend, "damped_trend": trend is not None,
                     "seasonal": kind, "seasonal_periods": season if kind else None}
             try:

@@ -71,7 +71,7 @@ _SEASONS = [  # (smallest, largest typical step, season) where the steps do not 
     (pd.Timedelta(days=89), pd.Timedelta(days=92), 4),
 ]
 DAY_NS = 86_400 * 10**9
-MONDAY = 4  # 1970-01-01, day 0, was a Thursday: weeks counted from Mondays start at day -3 (day + 3 = 0 mod 7)
+THURSDAY = 3  # day 0, 1970-01-01, was a Thursday, 3 days after a Monday: weeks from Mondays are (day + 3) // 7
 
 
 def season_from_timestamps(times_per_series: list[np.ndarray]) -> int | None:
@@ -92,7 +92,7 @@ def season_from_timestamps(times_per_series: list[np.ndarray]) -> int | None:
     if step < pd.Timedelta(days=1):
         counted = _steps_per_period(times_per_series, lambda t: t // DAY_NS)
     elif step == pd.Timedelta(days=1):
-        counted = _steps_per_period(times_per_series, lambda t: (t // DAY_NS + MONDAY - 1) // 7)
+        counted = _steps_per_period(times_per_series, lambda t: (t // DAY_NS + THURSDAY) // 7)
     if counted:
         return counted
     for low, high, season in _SEASONS:
