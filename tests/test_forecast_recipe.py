@@ -14,7 +14,7 @@ from models import starts as model_starts
 from models.starts import FITTED_KINDS, StartSpec, combination, min_lookback, start_weights
 from training import baselines, starts
 from training.data import SeriesCollection
-from training.forecast import mirrored, resolve_season
+from training.forecast import mirrored, networks_earn_their_place, resolve_season
 from training.metrics import quantile_metrics
 from training.windows import before_test, make_windows, rolling_origins, split_by_time
 
@@ -322,6 +322,16 @@ def test_rolling_origins_step_back_one_validation_part_at_a_time():
     every = make_windows(collection, 24, 12)
     assert before_test(collection, lookback=24, horizon=12, protocol="windows").start.max() + 12 <= 240 + 1
     assert len(every) > len(before_test(collection, lookback=24, horizon=12, protocol="windows"))
+
+
+def test_the_networks_must_beat_the_start_at_every_origin_and_by_the_margin_on_average():
+    start = [0.71, 0.99, 0.48]
+    assert networks_earn_their_place(start, [0.70, 0.93, 0.44])  # better at each origin, 5% on average
+    # 2.6% better on average, worse at the first origin (quarterly arrivals, which then lost the test part)
+    assert not networks_earn_their_place(start, [0.74, 0.94, 0.44])
+    assert not networks_earn_their_place(start, [0.705, 0.985, 0.475])  # better at each origin, by under 2%
+    assert networks_earn_their_place([0.317], [0.299])  # one origin: its own margin decides
+    assert not networks_earn_their_place([], [])  # no origin, no evidence: the start stays
 
 
 # ----------------------------------------------------------------------------- cards written before members

