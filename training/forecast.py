@@ -311,8 +311,8 @@ def train_forecaster(
     # series longer training fits the windows and forecasts worse (airline, 56 windows: 0.48 MASE after
     # 90 steps, 0.70-0.90 after 200-1,500). A step costs about its lookback (one recurrent pass over every
     # step of a batch), so long lookbacks get fewer (STEP_BUDGET).
-    steps = int(np.clip(len(train_w.inputs), 64, 1500))
-    config = sized_for(config, len(train_w.inputs), target_steps=max(64, min(steps, STEP_BUDGET // lookback)), min_epochs=1)
+    steps = int(np.clip(min(len(train_w.inputs), STEP_BUDGET // lookback), 64, 1500))
+    config = sized_for(config, len(train_w.inputs), target_steps=steps, min_epochs=1)
     members = members or ensemble_size(len(train_w.inputs), lookback)
     hparams = ForecasterConfig(
         n_features=len(kept.column_names), n_targets=k, horizon=horizon, quantiles=sorted(quantiles),
