@@ -256,6 +256,22 @@ def test_calibration_widens_a_band_to_the_held_out_errors_as_far_as_they_are_man
     assert 1.1 < few[0] < factors[0] and 1.1 < few[2] < factors[2]
 
 
+def test_without_an_origin_the_latest_windows_widen_a_band_that_got_louder():
+    # A slow wave the start follows, then noise of the same spread that it cannot: the offsets, in units of
+    # each window's spread, are narrow for the first three quarters of the windows and too narrow for the last.
+    rng = np.random.default_rng(2)
+    t = np.arange(300)
+    values = np.concatenate([10 * np.sin(2 * np.pi * t / 60) + rng.normal(0, 1, 300), rng.normal(0, 7, 100)])
+    windows = make_windows(_one_series(100 + values), lookback=24, horizon=6)
+    chosen = starts.choose_start(windows, 1, season=1, allow_log=False)
+    levels = [0.1, 0.5, 0.9]
+    offsets = starts.interval_offsets(windows, 1, chosen, levels)
+    latest = starts.start_errors(windows, 1, chosen)[starts.latest_share(windows)]
+    assert latest.shape == (int(starts.latest_share(windows).sum()), 6, 1)
+    _, factors = starts.calibrate_offsets(offsets, latest, levels)
+    assert factors[1] == 1.0 and factors[0] > 1.3 and factors[2] > 1.3
+
+
 def test_calibration_keeps_a_band_that_already_fits():
     rng = np.random.default_rng(1)
     levels = [0.1, 0.5, 0.9]

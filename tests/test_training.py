@@ -232,6 +232,9 @@ def test_a_series_too_short_to_validate_the_networks_is_served_by_the_start_alon
     recipe = result.training["recipe"]
     assert recipe["validation"] == "none (too few windows): the start alone is the model"
     assert recipe["members"] == 1 and recipe["networks"] == "not used: no validation origin could show that they help"
+    # Without an origin the band's width still comes from the windows nearest the test part.
+    assert recipe["interval_calibration"] == "the start's errors on the latest quarter of the training windows"
+    assert len(recipe["interval_factors"]) == 3 and recipe["interval_factors"][1] == 1.0
 
 
 # ----------------------------------------------------------------------------- never a silent failure

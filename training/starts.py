@@ -170,19 +170,26 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     hundreds of origins where the handful of validation windows at the end of a short series gave 0.1-0.9
     bands covering 49-69% of the test values. Offsets in log units give intervals that widen with the level.
     """
-    z_norm, y_norm, _, _ = _in_model_units(windows.inputs[..., :k], windows.targets, chosen["transform"])
-    errors = y_norm - _forecast(chosen["weights"], z_norm)  # (N, H, K)
+    errors = start_errors(windows, k, chosen)
     spread = np.quantile(errors, quantiles, axis=0) - np.quantile(errors, 0.5, axis=0)  # (Q, H, K)
     return spread.transpose(1, 2, 0).astype(np.float32)
+
+
+def start_errors(windows: Windows, k: int, chosen: dict) -> np.ndarray:
+    """The chosen start's errors on ``windows`` (N, H, K), in each window's standardised (log) units: the
+    units of the quantile offsets."""
+    z_norm, y_norm, _, _ = _in_model_units(windows.inputs[..., :k], windows.targets, chosen["transform"])
+    return y_norm - _forecast(chosen["weights"], z_norm)
 
 
 def calibrate_offsets(offsets: np.ndarray, residuals: np.ndarray, levels: list[float]) -> tuple[np.ndarray, list[float]]:
     """``offsets`` (H, K, Q) scaled, one factor per quantile, so each covers its level of ``residuals``.
 
     ``residuals`` (N, H, K) are held-out errors of the served median in the same standardised units: the
-    rolling-origin validation forecasts, made by a model trained on the data before each origin. The
-    training windows give the offsets their shape over the horizon; the held-out errors, nearer the test
-    part in time and out of sample, give their width (split conformal prediction, one scale per quantile).
+    rolling-origin validation forecasts, made by a model trained on the data before each origin (where the
+    series are too short for one, the start's errors on each series' latest quarter of its training windows).
+    The training windows give the offsets their shape over the horizon; the held-out errors, nearer the test
+    part in time, give their width (split conformal prediction, one scale per quantile).
     A quantile ``q`` below the median with offset ``o < 0`` holds ``r <= c o`` for the ``q`` share of the
     residuals when ``c`` is the ``1 - q`` quantile of ``r / o``; above the median, the ``q`` quantile. The
     factor applied is ``c`` weighed against 1 by the number of held-out windows (``PRIOR_WINDOWS``).
