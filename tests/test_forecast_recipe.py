@@ -159,6 +159,20 @@ def test_a_combination_is_the_average_of_its_parts_and_is_stored_with_the_weight
     np.testing.assert_allclose(out, x[..., 0] @ weights.T, rtol=1e-4)
 
 
+def test_the_classical_average_takes_one_start_of_each_trend_family_with_the_best_ones_season():
+    def entry(error, spec):
+        return (error, spec, None)
+    ranked = [entry(0.10, StartSpec("smoothing", 12, 0.2, 0.0, 1.0)), entry(0.11, StartSpec("smoothing", 12, 0.3, 0.0, 1.0)),
+              entry(0.12, StartSpec("smoothing", 1, 0.5, 0.0, 0.0)),  # no season taken out: passed over
+              entry(0.13, StartSpec("smoothing", 12, 0.5, 0.1, 1.0)), entry(0.20, StartSpec("seasonal_naive", 12)),
+              entry(0.30, StartSpec("smoothing", 12, 0.5, 0.1, 0.9)), entry(0.40, StartSpec("smoothing", 12, 0.5, 0.0, 0.0))]
+    assert [starts.trend_family(s) for _, s, _ in ranked] == ["linear", "linear", "none", "linear", "unsmoothed",
+                                                              "damped", "none"]
+    chosen = starts.best_of_each_family(ranked, 3)
+    assert [e for e, _, _ in chosen] == [0.10, 0.20, 0.30]  # linear, unsmoothed, damped: three assumptions
+    assert [e for e, _, _ in starts.best_of_each_family(ranked, 5)] == [0.10, 0.20, 0.30, 0.40]
+
+
 def test_a_season_growing_with_a_trend_is_modelled_in_logs():
     rng = np.random.default_rng(0)
     t = np.arange(240)
