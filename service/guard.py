@@ -40,11 +40,11 @@ from typing import Any
 
 from service.config import Settings
 from service.errors import UNKNOWN_WAIT_MS, RetryLater, refusal
+from service.v2.protocol import HEADER_LENGTH
 
 JSON_TYPES = ("application/json",)
 V2_PREFIX = "/v2/"
 V2_TYPES = ("application/json", "application/octet-stream", "")  # "": no Content-Type (tritonclient sends none)
-BINARY_HEADER = "inference-header-content-length"  # the Open Inference Protocol's binary tensors follow the JSON
 STREAM_PROTOCOL = "seqserve"  # the WebSocket subprotocol /stream selects when a client offers it
 KEY_PROTOCOL_PREFIX = "seqserve.bearer."  # a subprotocol offered only to carry the API key (browsers)
 
@@ -116,7 +116,7 @@ class RequestGuard:
             # A compressed body would have to be inflated past the size cap to be read (a zip bomb's way in).
             shown = ", ".join(sorted(codings))[:40]
             return await json_error(415, f"content-encoding: {shown} is not accepted; send the body uncompressed")(send)
-        binary = v2 and BINARY_HEADER in headers
+        binary = v2 and HEADER_LENGTH in headers  # binary tensors follow the JSON
         cap = self.max_binary_body if binary else self.max_body
         declared = headers.get("content-length", "")
         if declared and (not declared.isdigit() or int(declared) > cap):

@@ -50,8 +50,9 @@ from service.admission import CLIENT, Door, WorkerQueue
 from service.config import Settings
 from service.connection_limits import ConnectionLimits
 from service.errors import REFUSED
-from service.guard import BINARY_HEADER, V2_PREFIX
+from service.guard import V2_PREFIX
 from service.metrics import count_worker_request
+from service.v2.protocol import HEADER_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ LINGER_S = 1.0  # how long a connection answered before its body came reads on: 
 # second (5.9 GB dropped in 1.05 s on loopback); 64 MiB is ~10 ms of reading, and covers any body a client
 # meant to send to a server whose caps are a few MiB.
 LINGER_BYTES = 64 << 20
-BINARY_HEADER_BYTES = BINARY_HEADER.encode()
+BINARY_HEADER_BYTES = HEADER_LENGTH.encode()
 
 
 class Client:
