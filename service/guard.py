@@ -40,7 +40,7 @@ from typing import Any
 
 from service.config import Settings
 from service.errors import UNKNOWN_WAIT_MS, RetryLater, refusal
-from service.v2.protocol import HEADER_LENGTH
+from service.v2 import HEADER_LENGTH
 
 JSON_TYPES = ("application/json",)
 V2_PREFIX = "/v2/"

@@ -52,7 +52,7 @@ from service.connection_limits import ConnectionLimits
 from service.errors import REFUSED
 from service.guard import V2_PREFIX
 from service.metrics import count_worker_request
-from service.v2.protocol import HEADER_LENGTH
+from service.v2 import HEADER_LENGTH
 
 log = logging.getLogger(__name__)
 

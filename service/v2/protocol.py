@@ -21,9 +21,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from service.v2 import HEADER_LENGTH
 from service.v2.tensors import TYPES_KNOWN, TensorError, from_bytes, from_json_data, parse_shape, short, to_binary, to_json
 
-HEADER_LENGTH = "inference-header-content-length"  # the binary extension's header (HTTP names are case-blind)
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 PLATFORM = "seqserve_pytorch"
 SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")

@@ -30,7 +30,8 @@ from service.inference import OutOfRange
 from service.inputs import InstanceError
 from service.lanes import Lanes, ModelLane, answer_json, shown
 from service.openapi import seqserve_version
-from service.v2.protocol import HEADER_LENGTH, ModelInterface, ProtocolError, read_infer_request, server_metadata
+from service.v2 import HEADER_LENGTH
+from service.v2.protocol import ModelInterface, ProtocolError, read_infer_request, server_metadata
 from service.v2.protocol import write_infer_response
 
 
