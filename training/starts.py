@@ -23,16 +23,16 @@ from training.windows import Windows
 ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 TRENDS = ((0.0, 0.0), (0.0, 0.9), (0.0, 0.98), (0.0, 1.0), (0.1, 0.9), (0.1, 0.98))  # (beta, phi); phi 0: none
 RIDGES = (0.01, 0.1, 1.0)
-# The classical starts averaged into one: the best of each of the TOP_CLASSICAL best-scoring trend families
+# The classical starts averaged into one: the best of each of the FAMILIES_AVERAGED best-scoring trend families
 # (``trend_family``). M4's "Comb" averaged SES, Holt and damped trend, three assumptions about the trend;
 # the three best starts overall are often three near-copies of one (alpha 0.2, 0.3 and 0.5, one trend),
 # which hedges nothing. On 50 public series, start only, one per family instead of the three best: mean test
 # MASE / ETS 0.979 -> 0.943, more than 5% worse than ETS on 13 -> 9 (quarterly Australian residents 1.52
 # -> 0.51, euro retail 1.20 -> 0.95, souvenirs 1.31 -> 0.81; UK gas 1.10 -> 1.19, Australian tourists 1.09
-# -> 1.16).
-# A family was also kept out unless its best scored within 5-50% of the best overall: that kept fewer
-# of the gains (13 to 11 misses), which came from families the training windows scored far behind.
-TOP_CLASSICAL = 3
+# -> 1.16, M1's yearly panel 0.98 -> 1.05; the built-in bench: airline 0.54 -> 0.78, arrivals 1.04 -> 1.06).
+# The gains came from families the training windows scored far behind: keeping out a family whose best
+# scored 5-50% behind the best left 11 to 13 misses, against 9 without.
+FAMILIES_AVERAGED = 3
 # Interval widths from the held-out errors stay within these multiples of the training windows' spread
 # (a band may not collapse or cross the median), and are weighed against it as if the training windows
 # were PRIOR_WINDOWS held-out ones: on 18 public series, start only, the 0.1-0.9 band covered 80% +- 7
@@ -60,17 +60,20 @@ def candidates(season: int, lookback: int) -> list[StartSpec]:
 
 def trend_family(spec: StartSpec) -> str:
     """What a classical start assumes of the trend beyond the window: ``unsmoothed`` (the window mean,
-    seasonal naive), or a smoother's ``none`` (simple exponential smoothing), ``damped`` or ``linear``
-    (Holt's trend or the window's slope, undamped)."""
-    if spec.kind != "smoothing":
+    seasonal naive), or a smoother's ``no_trend`` (simple exponential smoothing), ``damped`` or ``linear``
+    (the slope of the window's fitted line, undamped: a drift)."""
+    if spec.kind in ("mean", "seasonal_naive"):
         return "unsmoothed"
-    return "none" if spec.phi == 0 else "linear" if spec.phi == 1 else "damped"
+    if spec.kind != "smoothing":
+        raise ValueError(f"a {spec.kind} start is not a classical one: it has no trend family")
+    return "no_trend" if spec.phi == 0 else "linear" if spec.phi == 1 else "damped"
 
 
 def best_of_each_family(ranked: list[tuple], n: int) -> list[tuple]:
     """The first entry of each trend family in ``ranked`` ((error, spec, weights), best first), for the ``n``
-    best families, among the starts with the season of the best (a family's best may take out no season
-    where the best takes one out: on quarterly J&J earnings that made the test MASE / ETS 1.14, not 1.01)."""
+    best families, among the starts with the season of the best: its length, or none (a family's best may
+    take out no season where the best takes one out: on quarterly J&J earnings that made the test MASE / ETS
+    1.14, not 1.01)."""
     best: dict[str, tuple] = {}
     for entry in ranked:
         if entry[1].season == ranked[0][1].season:
@@ -120,11 +123,13 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
     airline and doubled its test error), and the linear ones on each series' latest ``HELD_OUT`` share of
     the windows, fitted on the rest; the best single candidate names the transform. In that transform two
     finalists then meet on the latest share: the average of the best classical start of each of the
-    ``TOP_CLASSICAL`` best trend families (M4's "Comb"), and its average with the best linear one (never the linear one alone: choosing the
-    transform by the finalists instead made the 21-series mean worse, 0.816 -> 0.825 of ETS). The winner,
-    if it has a linear part, is refitted on every window. Returns ``{"transform", "start": StartSpec,
-    "weights" (H, L), "error", "errors"}``, ``errors`` holding the best error of each kind and transform
-    (for the report).
+    ``FAMILIES_AVERAGED`` best trend families (M4's "Comb"), and its average with the best linear one
+    (never the linear one alone: choosing the transform by the finalists instead made the 21-series mean
+    worse, 0.816 -> 0.825 of ETS). The winner, if it has a linear part, is refitted on every window.
+    Returns ``{"transform", "start": StartSpec, "weights" (H, L), "weights_before_latest" (H, L), "error",
+    "errors"}``: ``weights_before_latest`` are the weights with the linear part fitted without the latest
+    share (``weights`` itself where there is none), and ``errors`` holds the best error of each kind and
+    transform (for the report).
     """
     inputs, targets = windows.inputs[..., :k], windows.targets
     held = latest_share(windows)
@@ -166,10 +171,10 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
         if linear[best_linear][0] < error(classical[best_classical][0][2], best_classical, held):
             transform = best_linear
 
-    top = best_of_each_family(classical[transform], TOP_CLASSICAL)
+    top = best_of_each_family(classical[transform], FAMILIES_AVERAGED)
     top_spec = combination([(1 / len(top), spec) for _, spec, _ in top]) if len(top) > 1 else top[0][1]
     top_weights = np.mean([weights for *_, weights in top], axis=0)
-    chosen = {"transform": transform, "start": top_spec, "weights": top_weights,
+    chosen = {"transform": transform, "start": top_spec, "weights": top_weights, "weights_before_latest": top_weights,
               "error": error(top_weights, transform, every)}
     if transform in linear:
         _, linear_spec, linear_weights = linear[transform]
@@ -180,11 +185,14 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
         # lost the test part by 13% (quarterly cement); averaged with the classical starts it gives up less.
         finalists = [(top_spec, top_weights, top_weights),
                      (mixed_spec, (top_weights + linear_weights) / 2, (top_weights + refit) / 2)]
-        scored = [(error(held_out, transform, held), spec, final) for spec, held_out, final in finalists]
-        e, spec, weights = min(scored, key=lambda entry: entry[0])
-        chosen = {"transform": transform, "start": spec, "weights": weights, "error": e}
+        scored = [(error(before_latest, transform, held), spec, before_latest, final)
+                  for spec, before_latest, final in finalists]
+        e, spec, before_latest, weights = min(scored, key=lambda entry: entry[0])
+        chosen = {"transform": transform, "start": spec, "weights": weights, "weights_before_latest": before_latest,
+                  "error": e}
         errors[f"{transform}: combination"] = e
     chosen["weights"] = chosen["weights"].astype(np.float32)
+    chosen["weights_before_latest"] = chosen["weights_before_latest"].astype(np.float32)
     return {**chosen, "errors": {key: round(e, 4) for key, e in errors.items()}}
 
 
@@ -197,26 +205,27 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     hundreds of origins where the handful of validation windows at the end of a short series gave 0.1-0.9
     bands covering 49-69% of the test values. Offsets in log units give intervals that widen with the level.
     """
-    errors = start_errors(windows, k, chosen)
+    errors = start_errors(windows, k, chosen["transform"], chosen["weights"])
     spread = np.quantile(errors, quantiles, axis=0) - np.quantile(errors, 0.5, axis=0)  # (Q, H, K)
     return spread.transpose(1, 2, 0).astype(np.float32)
 
 
-def start_errors(windows: Windows, k: int, chosen: dict) -> np.ndarray:
-    """The chosen start's errors on ``windows`` (N, H, K), in each window's standardised (log) units: the
-    units of the quantile offsets."""
-    z_norm, y_norm, _, _ = _in_model_units(windows.inputs[..., :k], windows.targets, chosen["transform"])
-    return y_norm - _forecast(chosen["weights"], z_norm)
+def start_errors(windows: Windows, k: int, transform: str, weights: np.ndarray) -> np.ndarray:
+    """The errors (N, H, K) of the start with these ``weights`` (H, L) on ``windows``, in each window's
+    standardised (log) units: the units of the quantile offsets."""
+    z_norm, y_norm, _, _ = _in_model_units(windows.inputs[..., :k], windows.targets, transform)
+    return y_norm - _forecast(weights, z_norm)
 
 
 def calibrate_offsets(offsets: np.ndarray, residuals: np.ndarray, levels: list[float]) -> tuple[np.ndarray, list[float]]:
     """``offsets`` (H, K, Q) scaled, one factor per quantile, so each covers its level of ``residuals``.
 
-    ``residuals`` (N, H, K) are held-out errors of the served median in the same standardised units: the
-    rolling-origin validation forecasts, made by a model trained on the data before each origin (where the
-    series are too short for one, the start's errors on each series' latest quarter of its training windows).
-    The training windows give the offsets their shape over the horizon; the held-out errors, nearer the test
-    part in time, give their width (split conformal prediction, one scale per quantile).
+    ``residuals`` (N, H, K) are errors of the served median in the same standardised units, nearer the test
+    part in time than most training windows: the rolling-origin validation forecasts, made by a model trained
+    on the data before each origin, or, where the series are too short for one, the start's errors on each
+    series' latest quarter of its training windows (its autoregression, if any, fitted without them; its
+    few smoothing parameters were chosen with them). The training windows give the offsets their shape over
+    the horizon; these errors give their width (split conformal prediction, one scale per quantile).
     A quantile ``q`` below the median with offset ``o < 0`` holds ``r <= c o`` for the ``q`` share of the
     residuals when ``c`` is the ``1 - q`` quantile of ``r / o``; above the median, the ``q`` quantile. The
     factor applied is ``c`` weighed against 1 by the number of held-out windows (``PRIOR_WINDOWS``).
