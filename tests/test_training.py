@@ -188,6 +188,9 @@ def test_choose_lookback_fits_most_short_series():
     assert choose_lookback([600] * 3, horizon=12, season=24, protocol="windows") == 96  # four seasons
     assert choose_lookback([140] * 3, horizon=12, season=12, protocol="windows") == 48  # 34 training windows
     assert choose_lookback([100] * 3, horizon=12, season=12, protocol="windows") == 24  # the least it takes
+    assert choose_lookback([200] * 3, horizon=8, season=4, protocol="windows") == 16  # quarterly: four years
+    assert choose_lookback([200] * 3, horizon=12, season=4, protocol="windows") == 24  # twice the horizon
+    assert choose_lookback([200] * 3, horizon=8, season=1, protocol="windows") == 24  # no season: 24 steps
     lengths = list(range(15, 59))
     lookback = choose_lookback(lengths, horizon=6, season=1, protocol="last-horizon")
     assert lookback == int(np.percentile(np.array(lengths) - 12, 10))
