@@ -143,6 +143,12 @@ MANY_VAL_WINDOWS = 100
 NETWORK_MARGIN = 0.02
 
 
+def one_short_origin(origins: int, validation_windows: int) -> bool:
+    """Whether validation is one origin of fewer than ``MANY_VAL_WINDOWS`` windows: one period, too short
+    to show that the networks help (see ``networks_earn_their_place``)."""
+    return origins == 1 and validation_windows < MANY_VAL_WINDOWS
+
+
 def networks_earn_their_place(start_errors: list[float], network_errors: list[float], validation_windows: int) -> bool:
     """Whether validation shows that the networks help: they beat the start at every origin, and by
     ``NETWORK_MARGIN`` on average, at two origins or more or at one of ``MANY_VAL_WINDOWS`` windows
@@ -157,7 +163,7 @@ def networks_earn_their_place(start_errors: list[float], network_errors: list[fl
     """
     if not start_errors or len(start_errors) != len(network_errors):
         return False
-    if len(start_errors) < 2 and validation_windows < MANY_VAL_WINDOWS:
+    if one_short_origin(len(start_errors), validation_windows):
         return False
     every = all(n < s for s, n in zip(start_errors, network_errors))
     return every and float(np.mean(network_errors)) < (1 - NETWORK_MARGIN) * float(np.mean(start_errors))
@@ -394,7 +400,7 @@ def train_forecaster(
         recipe["networks"] = "trained"
     elif not folds:
         recipe["networks"] = "not used: no validation origin could show that they help"
-    elif len(folds) == 1 and validation_windows < MANY_VAL_WINDOWS:
+    elif one_short_origin(len(folds), validation_windows):
         recipe["networks"] = (f"not used: one validation origin of {validation_windows} windows is too short a period "
                               "to show that they help")
     else:
