@@ -196,6 +196,12 @@ def test_choose_lookback_fits_most_short_series():
     assert lookback == int(np.percentile(np.array(lengths) - 12, 10))
     kept, dropped = long_enough(short_panel(lengths), "last-horizon", lookback=lookback, horizon=6)
     assert len(dropped) <= 0.1 * len(lengths) + 1 and len(kept.series) + len(dropped) == len(lengths)
+    # One short series: twice the horizon would leave it one training window; it keeps 16 where it can
+    # (36 - 2 * 6 - 9 + 1), but its window never gets shorter than the horizon.
+    assert choose_lookback([36], horizon=6, season=1, protocol="last-horizon") == 9
+    assert choose_lookback([24], horizon=4, season=1, protocol="last-horizon") == 4
+    assert choose_lookback([40], horizon=8, season=4, protocol="last-horizon") == 9
+    assert choose_lookback([30] * 46, horizon=5, season=1, protocol="last-horizon") == 20  # a panel holds enough
 
 
 def test_last_horizon_split_holds_out_the_last_horizon_of_every_series():
