@@ -201,7 +201,8 @@ def test_choose_lookback_fits_most_short_series():
     assert choose_lookback([36], horizon=6, season=1, protocol="last-horizon") == 9
     assert choose_lookback([24], horizon=4, season=1, protocol="last-horizon") == 4
     assert choose_lookback([40], horizon=8, season=4, protocol="last-horizon") == 9
-    assert choose_lookback([30] * 46, horizon=5, season=1, protocol="last-horizon") == 20  # a panel holds enough
+    # A panel of 46 series of 30 years: 20 steps would leave every series one window, all at one origin in time.
+    assert choose_lookback([30] * 46, horizon=5, season=1, protocol="last-horizon") == 13  # 8 origins
 
 
 def test_last_horizon_split_holds_out_the_last_horizon_of_every_series():

@@ -193,6 +193,12 @@ MIN_TRAIN_WINDOWS = 32
 # test MASE / ETS went 1.038 -> 0.986 (geometric mean; with no floor at the horizon, lookbacks of 3 made it
 # 1.079); then once on 13 other short annual series (40 years, 3 origins each): 19% -> 57%, 1.092 -> 1.078.
 MIN_LAST_HORIZON_WINDOWS = 16
+# And the series of median length holds this many (forecast origins in time: a panel's series share theirs).
+# 46 states x 30 years of cigarette sales at horizon 5 had a lookback of 20, one origin, 46 windows: the
+# start was chosen on one five-year period, flat sales, and forecast the decline after it at MASE 6.01
+# (ETS 2.70, naive 3.15); with 8 origins (lookback 13) 3.24 and coverage 19% -> 81%. On 7 yearly panels
+# (17-30 years) the geometric mean of MASE / ETS went 0.917 -> 0.913 (4 origins: cigarettes 3.96).
+MIN_ORIGINS = 8
 
 
 def choose_lookback(lengths: list[int], *, horizon: int, season: int, protocol: str) -> int:
@@ -205,7 +211,8 @@ def choose_lookback(lengths: list[int], *, horizon: int, season: int, protocol: 
     ``windows``. Under ``last-horizon`` (panels of short series) it shrinks so that nine series in ten
     keep their validation and test windows, but never below one season and 3 steps; the rest are skipped.
     It shrinks further, down to the horizon, while the series hold fewer than ``MIN_LAST_HORIZON_WINDOWS``
-    training windows together: one short series, where the rule above leaves a single window.
+    training windows together (one short series, where the rule above leaves a single window) or the
+    median series fewer than ``MIN_ORIGINS`` (a panel whose windows would all start at one time).
     """
     base = max(2 * horizon, min(24, 4 * season) if season > 1 else 24)
     options = [max(base, n * season) for n in SEASONS_IN_LOOKBACK if season > 1 and (season <= 24 or n <= 2)] or [base]
@@ -218,7 +225,9 @@ def choose_lookback(lengths: list[int], *, horizon: int, season: int, protocol: 
     room = int(np.percentile(np.asarray(lengths) - 2 * horizon, 10))  # 10th percentile of what fits
     lookback = max(season, 3, min(wanted, room))
     shortest = max(season, 3, horizon)
-    while lookback > shortest and _training_windows(lengths, lookback, horizon) < MIN_LAST_HORIZON_WINDOWS:
+    typical = [int(np.median(lengths))]
+    while lookback > shortest and (_training_windows(lengths, lookback, horizon) < MIN_LAST_HORIZON_WINDOWS
+                                   or _training_windows(typical, lookback, horizon) < MIN_ORIGINS):
         lookback -= 1
     return int(lookback)
 
