@@ -21,7 +21,7 @@ from training.loop import TrainConfig, fit, one_cycle
 from training.metrics import (compare_with_baselines, forecast_metrics, macro_f1, mase_scale,
                               majority_class_baseline, seasonal_naive_forecast, accuracy)
 from training.types import NetworkOptions
-from training.windows import choose_lookback, last_horizon_split, long_enough, split_by_time
+from training.windows import before_test, choose_lookback, last_horizon_split, long_enough, split_by_time
 
 # ----------------------------------------------------------------------------- metrics, by hand
 
@@ -199,6 +199,7 @@ def test_choose_lookback_fits_most_short_series():
     # One short series: twice the horizon would leave it one training window; it keeps 16 where it can
     # (36 - 2 * 6 - 9 + 1), but its window never gets shorter than the horizon.
     assert choose_lookback([36], horizon=6, season=1, protocol="last-horizon") == 9
+    assert len(before_test(short_panel([36]), lookback=9, horizon=6, protocol="last-horizon")) == 16
     assert choose_lookback([24], horizon=4, season=1, protocol="last-horizon") == 4
     assert choose_lookback([40], horizon=8, season=4, protocol="last-horizon") == 9
     # A panel of 46 series of 30 years: 20 steps would leave every series one window, all at one origin in time.

@@ -234,7 +234,8 @@ def choose_lookback(lengths: list[int], *, horizon: int, season: int, protocol: 
 
 
 def _training_windows(lengths: list[int], lookback: int, horizon: int) -> int:
-    """How many windows of ``lookback`` forecast before the validation and test horizons under ``last-horizon``."""
+    """How many windows of ``lookback`` series of these ``lengths`` hold before their test horizon under
+    ``last-horizon`` (``before_test``'s: what the final model trains on)."""
     return int(sum(max(0, n - 2 * horizon - lookback + 1) for n in lengths))
 
 
