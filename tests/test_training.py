@@ -196,14 +196,19 @@ def test_choose_lookback_fits_most_short_series():
     assert lookback == int(np.percentile(np.array(lengths) - 12, 10))
     kept, dropped = long_enough(short_panel(lengths), "last-horizon", lookback=lookback, horizon=6)
     assert len(dropped) <= 0.1 * len(lengths) + 1 and len(kept.series) + len(dropped) == len(lengths)
-    # One short series: twice the horizon would leave it one training window; it keeps 16 where it can
-    # (36 - 2 * 6 - 9 + 1), but its window never gets shorter than the horizon.
+    # One short series: 24 steps, all the room its validation and test horizons leave, would leave it one
+    # training window; it keeps 16 where it can (36 - 2 * 6 - 9 + 1), but its window never gets shorter
+    # than the horizon, nor than two seasons (what a seasonal smoother needs).
     assert choose_lookback([36], horizon=6, season=1, protocol="last-horizon") == 9
     assert len(before_test(short_panel([36]), lookback=9, horizon=6, protocol="last-horizon")) == 16
     assert choose_lookback([24], horizon=4, season=1, protocol="last-horizon") == 4
     assert choose_lookback([40], horizon=8, season=4, protocol="last-horizon") == 9
+    assert choose_lookback([48], horizon=12, season=12, protocol="last-horizon") == 24  # not 12: two seasons
+    assert choose_lookback([20], horizon=8, season=1, protocol="last-horizon") == 4  # below the floor already
     # A panel of 46 series of 30 years: 20 steps would leave every series one window, all at one origin in time.
-    assert choose_lookback([30] * 46, horizon=5, season=1, protocol="last-horizon") == 13  # 8 origins
+    lookback = choose_lookback([30] * 46, horizon=5, season=1, protocol="last-horizon")
+    assert lookback == 13 and len(before_test(short_panel([30] * 46), lookback=13, horizon=5,
+                                              protocol="last-horizon")) == 46 * 8  # 8 origins each
 
 
 def test_last_horizon_split_holds_out_the_last_horizon_of_every_series():
