@@ -237,8 +237,9 @@ def choose_lookback(lengths: list[int], *, horizon: int, season: int, protocol: 
 
 def _training_windows(lengths: list[int], lookback: int, horizon: int) -> int:
     """How many windows of ``lookback`` series of these ``lengths`` hold before their test horizon under
-    ``last-horizon`` (``before_test``'s: what the final model trains on)."""
-    return int(sum(max(0, n - 2 * horizon - lookback + 1) for n in lengths))
+    ``last-horizon``: ``before_test``'s, whose forecasts start from ``lookback`` to the test start less a horizon."""
+    test_starts = [held_out_points(n, horizon=horizon, protocol="last-horizon")[1] for n in lengths]
+    return int(sum(max(0, test_start - horizon - lookback + 1) for test_start in test_starts))
 
 
 def train_series(collection: SeriesCollection, *, horizon: int, test_fraction: float = 0.2,
