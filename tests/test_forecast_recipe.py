@@ -308,8 +308,7 @@ def test_without_an_origin_the_latest_windows_widen_a_band_that_got_louder():
     chosen = starts.choose_start(windows, 1, season=1, allow_log=False)
     levels = [0.1, 0.5, 0.9]
     offsets = starts.interval_offsets(windows, 1, chosen, levels)
-    latest = starts.start_errors(windows, 1, chosen["transform"], chosen["weights_before_latest"])[starts.latest_share(windows)]
-    _, factors = starts.calibrate_offsets(offsets, latest, levels)
+    _, factors = starts.calibrate_offsets(offsets, starts.latest_errors(windows, 1, chosen), levels)
     assert factors[1] == 1.0 and factors[0] > 1.3 and factors[2] > 1.3
 
 

@@ -421,9 +421,7 @@ def train_forecaster(
             # parameters were chosen with them too. On 11 public series too short for an origin, start only,
             # the band moved nearer 80% on 5 and further on 4, its mean distance from 80% 17.3 -> 15.5 points
             # (Nile 0.72 -> 0.75, internet users 0.95 -> 0.83, discoveries 0.49 -> 0.70; souvenirs 0.86 -> 0.92).
-            latest = starts.latest_share(train_w)
-            calibration_errors = starts.start_errors(train_w, k, chosen["transform"],
-                                                     chosen["weights_before_latest"])[latest]
+            calibration_errors = starts.latest_errors(train_w, k, chosen)
             recipe["interval_calibration"] = "the start's errors on the latest quarter of the training windows"
         offsets, recipe["interval_factors"] = starts.calibrate_offsets(offsets, calibration_errors, levels)
         hparams.quantile_offsets = np.round(offsets, 5).tolist()

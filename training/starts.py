@@ -217,6 +217,14 @@ def start_errors(windows: Windows, k: int, transform: str, weights: np.ndarray) 
     return y_norm - _forecast(weights, z_norm)
 
 
+def latest_errors(windows: Windows, k: int, chosen: dict) -> np.ndarray:
+    """The ``chosen`` start's errors (n, H, K) on each series' latest ``HELD_OUT`` share of ``windows``, its
+    autoregression (if any) fitted without them (``weights_before_latest``): what calibrates the band of a
+    series too short for a validation origin, the windows nearest the test part."""
+    errors = start_errors(windows, k, chosen["transform"], chosen["weights_before_latest"])
+    return errors[latest_share(windows)]
+
+
 def calibrate_offsets(offsets: np.ndarray, residuals: np.ndarray, levels: list[float]) -> tuple[np.ndarray, list[float]]:
     """``offsets`` (H, K, Q) scaled, one factor per quantile, so each covers its level of ``residuals``.
 
