@@ -43,6 +43,13 @@ MIN_FACTOR, MAX_FACTOR = 0.25, 4.0
 PRIOR_WINDOWS = 30
 # Each series' latest share of its training windows scores the candidates (the fitted ones fit the rest).
 HELD_OUT = 0.25
+# The autoregression fits ``lookback`` weights per step ahead, so it is a candidate only where the windows it
+# is fitted on (each channel of each window one example) are at least as many: with fewer, many weights fit
+# them exactly, ridge picks one, and the few held-out windows cannot tell it from a forecast (40 years of
+# wheat prices, 12 windows of 13 years: test MASE 5.9 against ETS's 0.50; without it 3.6). On 94 runs on
+# 24 series of 20 to 55 steps (last-horizon, default flags), MASE over twice ETS's on 14 -> 10, the geometric mean
+# of MASE / ETS 1.017 -> 0.984, mean 0.1-0.9 coverage 0.58 -> 0.61.
+MIN_EXAMPLES_PER_WEIGHT = 1
 
 
 def candidates(season: int, lookback: int) -> list[StartSpec]:
@@ -135,7 +142,7 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
     held = latest_share(windows)
     _, _, loc, scale = _in_model_units(inputs, targets, "none")  # the loss's units
     horizon, lookback = targets.shape[1], inputs.shape[1]
-    can_hold_out = held.any() and not held.all()
+    can_fit_linear = held.any() and (~held).sum() * k >= MIN_EXAMPLES_PER_WEIGHT * lookback
     transforms = TRANSFORMS if allow_log else TRANSFORMS[:1]
     units = {t: _in_model_units(inputs, targets, t) for t in transforms}  # the same for every candidate
 
@@ -155,7 +162,7 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
                 e = error(weights, transform, every)
                 if np.isfinite(e):
                     classical[transform].append((e, spec, weights))
-            elif can_hold_out:
+            elif can_fit_linear:
                 weights = fit_linear(z_norm[~held], y_norm[~held], spec.ridge)
                 e = error(weights, transform, held)
                 if np.isfinite(e) and (transform not in linear or e < linear[transform][0]):
