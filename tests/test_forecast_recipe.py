@@ -229,20 +229,22 @@ def test_a_cycle_of_varying_length_starts_from_a_fitted_autoregression():
 
 
 def test_the_autoregression_needs_as_many_windows_as_weights():
-    # The same cycle, 60 steps: lookback 30 leaves 21 windows, 15 of them to fit 30 weights per step ahead.
     rng = np.random.default_rng(3)
     phase = np.concatenate([np.linspace(0, 2 * np.pi, n, endpoint=False) for n in rng.integers(9, 12, size=40)])
     values = 1000 + 800 * np.sin(phase) + rng.normal(0, 60, len(phase))
-    few = make_windows(_one_series(values[:60]), lookback=30, horizon=10)
-    fitted_on = (~starts.latest_share(few)).sum()
-    assert fitted_on < starts.MIN_EXAMPLES_PER_WEIGHT * 30
+    series = _one_series(values[:60])  # the same cycle, 60 steps
+
+    def autoregression_scored(lookback: int) -> bool:
+        windows = make_windows(series, lookback=lookback, horizon=10)
+        return "none: linear" in starts.choose_start(windows, 1, season=10, allow_log=False)["errors"]
+
+    # Lookback 30: 21 windows, 5 held out, 16 to fit 30 weights per step ahead. No autoregression in the start.
+    few = make_windows(series, lookback=30, horizon=10)
+    assert (~starts.latest_share(few)).sum() == 16
     chosen = starts.choose_start(few, 1, season=10, allow_log=False)
-    assert not any(key.endswith(": linear") for key in chosen["errors"])
-    assert "linear" not in [part.kind for part in _parts(chosen["start"])]
-    # At lookback 6 the same series holds more windows than weights: the autoregression is a candidate again.
-    enough = make_windows(_one_series(values[:60]), lookback=6, horizon=10)
-    assert (~starts.latest_share(enough)).sum() >= starts.MIN_EXAMPLES_PER_WEIGHT * 6
-    assert "none: linear" in starts.choose_start(enough, 1, season=1, allow_log=False)["errors"]
+    assert not autoregression_scored(30) and "linear" not in [part.kind for part in _parts(chosen["start"])]
+    # The boundary: lookback 22 leaves 22 windows to fit 22 weights, lookback 23 leaves 21 for 23.
+    assert autoregression_scored(22) and not autoregression_scored(23)
 
 
 def test_a_fresh_forecaster_forecasts_its_start_in_the_series_own_scale():
