@@ -243,6 +243,7 @@ def test_the_autoregression_needs_as_many_windows_as_weights():
     assert (~starts.latest_share(few)).sum() == 16
     chosen = starts.choose_start(few, 1, season=10, allow_log=False)
     assert not autoregression_scored(30) and "linear" not in [part.kind for part in _parts(chosen["start"])]
+    assert chosen["autoregression"] == "not a candidate: 16 windows to fit 30 weights per step ahead"
     # The boundary: lookback 22 leaves 22 windows to fit 22 weights, lookback 23 leaves 21 for 23.
     assert autoregression_scored(22) and not autoregression_scored(23)
 

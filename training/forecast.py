@@ -365,6 +365,7 @@ def train_forecaster(
         "start": chosen["start"].describe(),
         "start_error": round(chosen["error"], 4),
         "start_errors": chosen["errors"],
+        "autoregression": chosen["autoregression"],
         "members": members,
         "validation": (f"rolling origin: {len(folds)} origin(s) of {', '.join(str(len(v)) for _, v in folds)} windows"
                        if folds else "none (too few windows): the start alone is the model"),

@@ -137,15 +137,23 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
     (never the linear one alone: choosing the transform by the finalists instead made the 21-series mean
     worse, 0.816 -> 0.825 of ETS). The winner, if it has a linear part, is refitted on every window.
     Returns ``{"transform", "start": StartSpec, "weights" (H, L), "weights_before_latest" (H, L), "error",
-    "errors"}``: ``weights_before_latest`` are the weights with the linear part fitted without the latest
-    share (``weights`` itself where there is none), and ``errors`` holds the best error of each kind and
-    transform (for the report).
+    "errors", "autoregression"}``: ``weights_before_latest`` are the weights with the linear part fitted
+    without the latest share (``weights`` itself where there is none), ``errors`` holds the best error of
+    each kind and transform, and ``autoregression`` says whether it was a candidate and if not why (both
+    for the report).
     """
     inputs, targets = windows.inputs[..., :k], windows.targets
     held = latest_share(windows)
     _, _, loc, scale = _in_model_units(inputs, targets, "none")  # the loss's units
     horizon, lookback = targets.shape[1], inputs.shape[1]
-    enough_windows_for_linear = held.any() and (~held).sum() * k >= MIN_EXAMPLES_PER_WEIGHT * lookback
+    fitting = int((~held).sum())  # the windows the autoregression is fitted on, each target channel one example
+    if not held.any():
+        why_no_linear = "no held-out windows to score it on"
+    elif fitting * k < MIN_EXAMPLES_PER_WEIGHT * lookback:
+        channels = f" x {k} channels" if k > 1 else ""
+        why_no_linear = f"{fitting} windows{channels} to fit {lookback} weights per step ahead"
+    else:
+        why_no_linear = ""
     transforms = TRANSFORMS if allow_log else TRANSFORMS[:1]
     units = {t: _in_model_units(inputs, targets, t) for t in transforms}  # the same for every candidate
 
@@ -165,7 +173,7 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
                 e = error(weights, transform, every)
                 if np.isfinite(e):
                     classical[transform].append((e, spec, weights))
-            elif enough_windows_for_linear:
+            elif not why_no_linear:
                 weights = fit_linear(z_norm[~held], y_norm[~held], spec.ridge)
                 e = error(weights, transform, held)
                 if np.isfinite(e) and (transform not in linear or e < linear[transform][0]):
@@ -203,7 +211,8 @@ def choose_start(windows: Windows, k: int, season: int, allow_log: bool) -> dict
         errors[f"{transform}: combination"] = e
     chosen["weights"] = chosen["weights"].astype(np.float32)
     chosen["weights_before_latest"] = chosen["weights_before_latest"].astype(np.float32)
-    return {**chosen, "errors": {key: round(e, 4) for key, e in errors.items()}}
+    return {**chosen, "errors": {key: round(e, 4) for key, e in errors.items()},
+            "autoregression": f"not a candidate: {why_no_linear}" if why_no_linear else "a candidate"}
 
 
 def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[float]) -> np.ndarray:
