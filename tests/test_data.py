@@ -380,6 +380,80 @@ def test_series_unsupported_and_missing(tmp_path):
         read_series(tmp_path / "nope.csv")
 
 
+def _monthly_text(rows, header="timestamp,value"):
+    return header + "\n" + "".join(f"{row}\n" for row in rows)
+
+
+@pytest.mark.parametrize("text, says", [
+    # Every row one field longer than the header (a decimal comma): pandas would index by the first field and
+    # shift the values left, training on the decimals.
+    (_monthly_text(f"2020-{m:02d}-01,100,{m}5" for m in range(1, 13)), r"more fields than the header.*decimal comma"),
+    (_monthly_text((f"2020-{m:02d}-01;100.5" for m in range(1, 13)), "timestamp;value"), r"separate fields with ';'"),
+    (_monthly_text((f"2020-{m:02d}-01\t100.5" for m in range(1, 13)), "timestamp\tvalue"), "separate fields with a tab"),
+    ("100.25\n101.5\n99.0\n", r"the first row, \['100\.25'\], holds numbers where a header should name"),
+])
+def test_csv_layouts_pandas_would_misread_are_refused(tmp_path, text, says):
+    (tmp_path / "data.csv").write_text(text)
+    with pytest.raises(DataError, match=r"data\.csv: .*" + says):
+        read_series(tmp_path / "data.csv")
+
+
+def test_a_separator_ending_every_row_is_dropped(tmp_path):
+    (tmp_path / "data.csv").write_text(_monthly_text(f"2020-{m:02d}-01,{100 + m}.5," for m in range(1, 13)))
+    col = read_series(tmp_path / "data.csv")
+    np.testing.assert_array_equal(col.series[0][:, 0], np.arange(101, 113) + 0.5)
+    assert col.season == 12 and col.notes == []
+
+
+def test_a_named_id_column_must_exist_and_a_target_be_named_once(tmp_path):
+    path = write_csv(tmp_path, series_frame())
+    with pytest.raises(DataError, match=r"missing id column 'store' \(--id-col\); the file has columns"):
+        read_series(path, id_col="store")
+    with pytest.raises(DataError, match=r"target 'value' is named twice"):
+        read_series(path, targets=["value", "value"])
+    with pytest.raises(DataError, match=r"target 'timestamp' is the --time-col column"):
+        read_series(path, targets=["timestamp"])
+
+
+def test_gaps_and_irregular_steps_are_noted(tmp_path):
+    months = pd.date_range("2010-01-01", periods=60, freq="MS")
+    gappy = months.delete(range(20, 30))  # ten months missing
+    df = pd.DataFrame({"timestamp": gappy.strftime("%Y-%m-%d"), "value": np.arange(50.0)})
+    (note,) = read_series(write_csv(tmp_path, df)).notes
+    assert "series 'data' goes from 2011-08-01 to 2012-07-01, where its steps are 28 days to 31 days" in note
+    days = pd.Timestamp("2010-01-01") + pd.to_timedelta(np.cumsum(np.random.default_rng(0).integers(1, 60, 80)), unit="D")
+    df = pd.DataFrame({"timestamp": days.strftime("%Y-%m-%d"), "value": np.arange(80.0)})
+    (note,) = read_series(write_csv(tmp_path, df)).notes
+    assert "steps have no regular length" in note
+    numbers = pd.DataFrame({"timestamp": [1, 2, 3, 5, 6], "value": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    (note,) = read_series(write_csv(tmp_path, numbers)).notes
+    assert "goes from 3 to 5, where its steps are 1" in note
+    # Regular months, business days (weekends skipped by design) and fractions of a year pass.
+    for times in (months.strftime("%Y-%m-%d"), pd.bdate_range("2024-01-01", periods=60).strftime("%Y-%m-%d"),
+                  1990 + np.arange(60) / 12):
+        assert read_series(write_csv(tmp_path, pd.DataFrame({"timestamp": times, "value": np.arange(60.0)}))).notes == []
+
+
+def test_dates_that_read_either_way_are_noted(tmp_path):
+    df = pd.DataFrame({"timestamp": [f"01/{m:02d}/2010" for m in range(1, 13)], "value": np.arange(12.0)})
+    (note,) = read_series(write_csv(tmp_path, df)).notes
+    assert "every timestamp reads either way, such as '01/01/2010': they were read month first" in note
+    # Days of January, day first: the first reads month first too, so the 13th cannot be read.
+    df = pd.DataFrame({"timestamp": [f"{d:02d}/01/2010" for d in range(1, 21)], "value": np.arange(20.0)})
+    with pytest.raises(DataError, match=r"Write dates as year-month-day \(2024-01-31\)"):
+        read_series(write_csv(tmp_path, df))
+
+
+def test_values_float32_cannot_tell_apart_are_noted(tmp_path):
+    meter = 1e9 + np.cumsum(np.random.default_rng(0).integers(-30, 31, 120)).astype(np.float64)
+    df = pd.DataFrame({"timestamp": pd.date_range("2010-01-01", periods=120, freq="MS").strftime("%Y-%m-%d"), "value": meter})
+    (note,) = read_series(write_csv(tmp_path, df)).notes
+    assert note.startswith("column 'value' of series 'data': values near 1e+09 change by a typical")
+    assert "float32, which the model computes in, keeps them only to within 32" in note
+    df["value"] = meter - 1e9  # the same changes near zero: kept exactly
+    assert read_series(write_csv(tmp_path, df)).notes == []
+
+
 # ----------------------------------------------------------------------------- built-ins
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,8 @@ class SeriesCollection:
     covariate_names : past covariates (known up to the forecast origin only).
     season : seasonal period if known (12 for monthly data, ...), else None.
     source : where the data came from, e.g. ``"file:sales.csv"`` or ``"builtin:co2"``.
+    notes : what the reader found questionable but not wrong, as sentences for the run's warnings (gaps in
+        the timestamps, values float32 cannot tell apart).
     """
 
     series: list[np.ndarray]
@@ -83,6 +85,7 @@ class SeriesCollection:
     covariate_names: list[str]
     season: int | None
     source: str
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.series)
@@ -174,19 +177,62 @@ def check_file(path, supported: tuple[str, ...]) -> Path:
 
 
 def read_table(path) -> pd.DataFrame:
-    """Read a CSV or Parquet file; an empty file (or one without data rows) is an error."""
+    """Read a CSV or Parquet file; an empty file (or one without data rows) is an error, and so is a CSV
+    that is not comma-separated with a header row (``check_csv_layout``)."""
+    csv = Path(path).suffix.lower() == ".csv"
     try:
-        if Path(path).suffix.lower() == ".csv":
-            df = pd.read_csv(path)
-        else:
-            df = pd.read_parquet(path)
+        df = pd.read_csv(path) if csv else pd.read_parquet(path)
+        if csv and trailing_separators(df):
+            df = pd.read_csv(path, index_col=False)  # drops the empty last field of every row
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except Exception as e:
         raise DataError(f"{path}: could not read the file ({e})") from e
+    if csv:
+        check_csv_layout(df, path)
     if df.empty:
         raise DataError(f"{path}: file is empty (no data rows); columns: {list(df.columns)}")
     return df.reset_index(drop=True)
+
+
+OTHER_SEPARATORS = {";": "';'", "\t": "a tab", "|": "'|'"}
+
+
+def check_csv_layout(df: pd.DataFrame, path) -> None:
+    """Refuse the CSV layouts pandas reads without complaint into the wrong table.
+
+    Every data row one field longer than the header (decimal commas, ``2010-01-01,100,25``): pandas makes the
+    first field the row index and shifts every value one column left, so a model would train on the
+    decimals. A header of one column holding another separator (``timestamp;value``). A header of numbers:
+    the file has none, and its first row would become the column names and be lost as data.
+    """
+    if len(df.columns) == 1:
+        name = str(df.columns[0])
+        for separator, said in OTHER_SEPARATORS.items():
+            if separator in name:
+                raise DataError(f"{path}: the header {name!r} is one column; the file seems to separate fields "
+                                f"with {said}: write it with ',' (comma-separated values)")
+    if not isinstance(df.index, pd.RangeIndex):
+        raise DataError(f"{path}: the data rows have more fields than the header ({len(df.columns)} columns: "
+                        f"{list(df.columns)}); write decimals with '.' and separate fields with ',' "
+                        f"(a decimal comma, as in 100,25, adds a field)")
+    if all(_is_number(column) for column in df.columns):
+        raise DataError(f"{path}: the first row, {[str(c) for c in df.columns]}, holds numbers where a header "
+                        f"should name the columns; add a header row (for one series: a line 'value' first)")
+
+
+def trailing_separators(df: pd.DataFrame) -> bool:
+    """Whether every data row ends in a separator (``2010-01-01,100.25,``, as some spreadsheets write): pandas
+    then makes the first field the index, and the empty last field lands in the last column."""
+    return not isinstance(df.index, pd.RangeIndex) and len(df.columns) > 0 and bool(df.iloc[:, -1].isna().all())
+
+
+def _is_number(text) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def require_columns(df: pd.DataFrame, columns: list[str], path, hint: str = "") -> None:
@@ -203,8 +249,8 @@ def require_values(df: pd.DataFrame, columns: list[str], path) -> None:
             raise DataError(f"{path}: column {c!r} is empty in row {empty[0] + 1}")
 
 
-def numeric_values(df: pd.DataFrame, columns: list, path) -> np.ndarray:
-    """The given columns as a float32 (rows, len(columns)) array; a non-numeric cell is an error."""
+def numeric_values(df: pd.DataFrame, columns: list, path, dtype=np.float32) -> np.ndarray:
+    """The given columns as a (rows, len(columns)) array of ``dtype``; a non-numeric cell is an error."""
     arrays = []
     for c in columns:
         col = df[c] if pd.api.types.is_numeric_dtype(df[c]) else pd.to_numeric(df[c], errors="coerce")
@@ -214,7 +260,7 @@ def numeric_values(df: pd.DataFrame, columns: list, path) -> np.ndarray:
             raise DataError(f"{path}: column {c!r} is not numeric (row {row + 1} has {show(df[c].iloc[row])}); "
                             f"every column other than the id, time and label/target columns is used as a "
                             f"numeric feature - remove it or convert it to numbers")
-        arrays.append(col.to_numpy(dtype=np.float32, na_value=np.nan))
+        arrays.append(col.to_numpy(dtype=dtype, na_value=np.nan))
     return np.stack(arrays, axis=1)
 
 
@@ -241,8 +287,9 @@ def time_key(df: pd.DataFrame, time_col: str, path) -> np.ndarray:
             warnings.simplefilter("ignore", UserWarning)
             times = pd.to_datetime(col)
     except (ValueError, TypeError) as e:
-        raise DataError(f"{path}: column {time_col!r} must hold numbers or dates "
-                        f"(e.g. 2024-01-31); could not parse it ({e})") from e
+        raise DataError(f"{path}: column {time_col!r} must hold numbers or dates; could not parse it ({e}). "
+                        f"Write dates as year-month-day (2024-01-31): 01/02/2024 may be 1 February or 2 January, "
+                        f"and a file that means one is read as the other") from e
     if times.dt.tz is not None:
         times = times.dt.tz_convert(None)
     return times.to_numpy(dtype="datetime64[ns]").astype(np.int64)

@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data import (TABLE_SUFFIXES, SeriesCollection, check_file, check_finite, is_datetime_time,
+from training.data import (TABLE_SUFFIXES, DataError, SeriesCollection, check_file, check_finite, is_datetime_time,
                            numeric_values, read_table, require_columns, require_values, show, split_rows, time_key)
 
 
-def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
+DEFAULT_ID_COL = "series_id"
+
+
+def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestamp",
                 targets: list[str] | None = None) -> SeriesCollection:
     """Read one or more time series from CSV or Parquet (long format).
 
@@ -25,6 +28,12 @@ def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
     steps within a day, the steps in a week for daily steps, weekly 52, monthly 12, quarterly 4; otherwise None.
     """
     check_file(path, TABLE_SUFFIXES)
+    if targets is not None and len(set(targets)) < len(targets):
+        twice = next(t for t in targets if targets.count(t) > 1)
+        raise DataError(f"{path}: target {twice!r} is named twice (--target); name each value column once")
+    for key, flag in ((time_col, "--time-col"), (id_col, "--id-col")):
+        if targets is not None and key in targets:
+            raise DataError(f"{path}: target {key!r} is the {flag} column; --target names the value columns to forecast")
     df = read_table(path)
     if time_col not in df.columns and len(df.columns) == 1 and targets in (None, list(df.columns)):
         return _single_column_series(df, path)
@@ -33,10 +42,12 @@ def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
                      hint="; name the time column with --time-col and each value column with --target "
                           "(in Python: time_col=..., targets=[...])")
     has_ids = id_col in df.columns
+    if not has_ids and id_col != DEFAULT_ID_COL:  # without the default one the file is one series; a named one must be there
+        raise DataError(f"{path}: missing id column {id_col!r} (--id-col); the file has columns {list(df.columns)}")
     require_values(df, [id_col, time_col] if has_ids else [time_col], path)
     covariates = [c for c in df.columns if c not in (id_col, time_col, *targets)]
     columns = targets + covariates
-    values = numeric_values(df, columns, path)  # (rows, C)
+    values = numeric_values(df, columns, path, dtype=np.float64)  # (rows, C), float32 below, once checked
 
     if has_ids:
         codes, ids = pd.factorize(df[id_col], sort=False)
@@ -50,16 +61,122 @@ def read_series(path, *, id_col: str = "series_id", time_col: str = "timestamp",
         return f"{series}{time_col} {show(df[time_col].iloc[row])} (row {row + 1})"
 
     series, order, bounds = split_rows(codes, times, values, columns, time_col, where, path)
-    season = season_from_timestamps(np.split(times[order], bounds)) if is_datetime_time(df, time_col) else None
-    return SeriesCollection(series, ids, [str(c) for c in targets], [str(c) for c in covariates],
-                            season, f"file:{path}")
+    times_per_series = np.split(times[order], bounds)
+    dated = is_datetime_time(df, time_col)
+    season = season_from_timestamps(times_per_series) if dated else None
+    notes = [note for note in (uneven_steps(times_per_series, ids, time_col, dated, season),
+                               day_or_month_first(df[time_col], time_col) if dated else "",
+                               float32_rounding(series, ids, columns)) if note]
+    return SeriesCollection([s.astype(np.float32) for s in series], ids, [str(c) for c in targets],
+                            [str(c) for c in covariates], season, f"file:{path}", notes)
+
+
+# The steps of a calendar frequency, (shortest, longest): a month is 28 to 31 days, so are its steps.
+CALENDAR_STEPS = [(pd.Timedelta(days=d0), pd.Timedelta(days=d1)) for d0, d1 in ((7, 7), (28, 31), (89, 92), (365, 366))]
+IRREGULAR_SPREAD = 0.5  # steps whose standard deviation is half their mean have no frequency
+
+
+def uneven_steps(times_per_series: list[np.ndarray], ids: list[str], time_col: str, dated: bool,
+                 season: int | None) -> str:
+    """A sentence naming the first gap in regular timestamps, or saying they have no regular step, else "".
+
+    The model reads rows as consecutive steps, so twenty missing months make a season of 12 rows span more
+    than a year. Weekly, monthly, quarterly and yearly dates are checked against their calendar steps, numbers
+    against their typical step; finer dates are not, since business days and hours skip nights and weekends
+    by design. Dates with no frequency at all (``season_from_timestamps`` finds none and the steps spread
+    widely) are named as irregular.
+    """
+    steps = [np.diff(t) for t in times_per_series]
+    every = np.concatenate(steps)
+    if every.size == 0:
+        return ""
+    typical = float(np.median(every))
+    if dated:
+        step = pd.Timedelta(int(typical), unit="ns")
+        window = next(((lo.value, hi.value) for lo, hi in CALENDAR_STEPS if lo <= step <= hi), None)
+        if window is None:
+            if season is None and every.std() > IRREGULAR_SPREAD * every.mean():
+                return (f"the {time_col} steps have no regular length (from {_span(every.min(), dated)} to "
+                        f"{_span(every.max(), dated)}, typically {_span(typical, dated)}); the model reads the rows as "
+                        f"evenly spaced steps, so resample the series to one frequency before training")
+            return ""
+    else:
+        window = (typical, typical)
+    slack = 0 if dated else 1e-6 * typical  # numbers such as fractions of a year differ in their last bits
+
+    def uneven(d: np.ndarray) -> np.ndarray:
+        return (d < window[0] - slack) | (d > window[1] + slack)
+
+    outside = [(sid, t, d) for sid, t, d in zip(ids, times_per_series, steps) if uneven(d).any()]
+    if not outside:
+        return ""
+    sid, times, d = outside[0]
+    at = int(np.flatnonzero(uneven(d))[0])
+    count = sum(int(uneven(d).sum()) for _, _, d in outside)
+    return (f"the {time_col} steps are uneven in {len(outside)} series ({count} step{'s' if count > 1 else ''}): "
+            f"series {sid!r} goes from "
+            f"{_moment(times[at], dated)} to {_moment(times[at + 1], dated)}, where its steps are "
+            f"{_span(window[0], dated)}{'' if window[0] == window[1] else ' to ' + _span(window[1], dated)}; "
+            f"the model reads the rows as consecutive steps, so fill or mark the missing ones before training")
+
+
+AMBIGUOUS_DATE = r"^\s*(\d{1,2})[/.](\d{1,2})[/.]\d{2,4}"  # 01/02/2010: 2 January, or 1 February?
+
+
+def day_or_month_first(times: pd.Series, time_col: str) -> str:
+    """A sentence where every date reads either way, day or month first (pandas reads month first), else ""."""
+    parts = times.astype(str).str.extract(AMBIGUOUS_DATE)
+    if parts.isna().any().any():
+        return ""  # not all of that form, or some with a field past 12: pandas had nothing to choose
+    if (parts.astype(int) > 12).any().any():
+        return ""
+    return (f"every {time_col} reads either way, such as {times.iloc[0]!r}: they were read month first (US); if "
+            f"they are day first, write them as year-month-day (2010-02-01) and train again")
+
+
+def _moment(t, dated: bool) -> str:
+    return str(pd.Timestamp(int(t), unit="ns").date()) if dated else f"{t:g}"
+
+
+def _span(length, dated: bool) -> str:
+    return str(pd.Timedelta(int(length), unit="ns")).replace(" 00:00:00", "") if dated else f"{length:g}"
+
+
+# float32, which the model computes in, keeps about 7 significant digits: meter readings near 1e9 that move
+# by tens per step round to multiples of 64, and a model of them forecasts noise.
+ROUNDING_SHARE = 0.01
+
+
+def float32_rounding(series: list[np.ndarray], ids: list[str], columns: list) -> str:
+    """A sentence naming the column and series whose typical change per step float32 rounding blurs, else ""."""
+    worst = None  # (rounding / typical change, series id, column, level, change, rounding)
+    for sid, values in zip(ids, series):
+        if len(values) < 2:
+            continue
+        rounding = np.abs(values - values.astype(np.float32)).max(axis=0)
+        changes = np.abs(np.diff(values, axis=0))
+        for c, column in enumerate(columns):
+            moving = changes[:, c][changes[:, c] > 0]
+            if not moving.size:
+                continue
+            typical = float(np.median(moving))
+            share = rounding[c] / typical
+            if share > ROUNDING_SHARE and (worst is None or share > worst[0]):
+                worst = (share, sid, column, float(np.median(np.abs(values[:, c]))), typical, float(rounding[c]))
+    if worst is None:
+        return ""
+    _, sid, column, level, typical, rounding = worst
+    return (f"column {column!r} of series {sid!r}: values near {level:.3g} change by a typical {typical:.3g} per step, "
+            f"but float32, which the model computes in, keeps them only to within {rounding:.3g}; subtract a constant "
+            f"(such as the first value) or rescale the column before training")
 
 
 def _single_column_series(df: pd.DataFrame, path) -> SeriesCollection:
-    name = df.columns[0]
-    values = numeric_values(df, [name], path)
+    name, sid = df.columns[0], Path(path).stem
+    values = numeric_values(df, [name], path, dtype=np.float64)
     check_finite(values, [name], path, lambda row: f"row {row + 1}")
-    return SeriesCollection([values], [Path(path).stem], [str(name)], [], None, f"file:{path}")
+    notes = [note for note in [float32_rounding([values], [sid], [name])] if note]
+    return SeriesCollection([values.astype(np.float32)], [sid], [str(name)], [], None, f"file:{path}", notes)
 
 
 _SEASONS = [  # (smallest, largest typical step, season) where the steps do not count a day's or a week's
