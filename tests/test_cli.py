@@ -229,6 +229,12 @@ def test_series_too_short_for_the_lookback_is_a_clear_error(capsys, tmp_path):
                        "--name", "short", "--dry-run")
     assert code == 2
     assert "every series is too short for lookback 24 and horizon 12" in err and "has 30 steps" in err
+    assert "use a shorter --lookback or --horizon" in err
+    # A season longer than the series: the lookback was chosen from it, so the message names --season.
+    code, _, err = run(capsys, "forecast", "--data", str(tmp_path / "short.csv"), "--horizon", "12", "--season", "1000",
+                       "--name", "short", "--dry-run")
+    assert code == 2
+    assert "the lookback was chosen to span one season of 1000 steps: give a shorter --season" in err
 
 
 def test_a_short_single_series_trains_with_a_lookback_chosen_to_fit(capsys, tmp_path):

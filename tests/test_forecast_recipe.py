@@ -351,6 +351,9 @@ def test_quantile_metrics_by_hand():
     # q=0.5: errors 0 and 0.5 -> 0.25; 2 * 0.25 / 3
     assert m["q0.5_wql"] == pytest.approx(0.5 / 3)
     assert m["mean_wql"] == pytest.approx(np.mean([m["q0.1_wql"], m["q0.5_wql"], m["q0.9_wql"]]))
+    # The median alone has no band, so no band coverage (it read 0.0 as "coverage_0.5_0.5").
+    median_only = quantile_metrics(y, predicted[..., 1:2], [0.5])
+    assert not any(key.startswith("coverage_") for key in median_only) and median_only["q0.5_coverage"] == 0.5
 
 
 def test_ets_gives_ordered_quantiles_beside_its_forecast():

@@ -307,20 +307,24 @@ def train_forecaster(
     sizes = {"lookback": lookback, "horizon": horizon, **(split if evaluation == "windows" else {})}
     kept, skipped = long_enough(collection, evaluation, **sizes)
     if not kept.series:
+        # A chosen lookback spans at least one season (fewer would not see it), so a long season is its cause.
+        fix = (f"the lookback was chosen to span one season of {season} steps: give a shorter --season, or a "
+               f"--lookback, or a shorter --horizon" if lookback_source != "given" and season > 1 and lookback >= season
+               else "use a shorter --lookback or --horizon")
         raise DataError(f"{collection.source}: every series is too short for lookback {lookback} and horizon "
-                        f"{horizon} under the {evaluation} evaluation (the longest has {max(lengths)} steps); "
-                        f"use a shorter lookback/horizon")
+                        f"{horizon} under the {evaluation} evaluation (the longest has {max(lengths)} steps); {fix}")
     if skipped:
         log.warning("%s: skipped %d of %d series too short for lookback %d and horizon %d under the %s "
                     "evaluation: %s", collection.source, len(skipped), len(lengths),
                     lookback, horizon, evaluation, ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
-    data_warnings = []
+    data_warnings = list(collection.notes)  # what the reader found questionable: uneven timestamps, rounding
     if far := far_values(kept):
         # Not an error: the values may be real. But a forecast from a window that holds a glitch is far off (a
         # 1e9 among monthly values near 100 made the test MAE 200 times seasonal naive's).
         data_warnings.append("values far from their neighbours, as a data error would be; a forecast from a window "
                              "that holds one can be far off, so check them before serving: " + "; ".join(far))
-        log.warning("%s: %s", collection.source, data_warnings[0])
+    for warning in data_warnings:
+        log.warning("%s: %s", collection.source, warning)
 
     if evaluation == "windows":
         *_, test_w = split_by_time(kept, lookback=lookback, horizon=horizon, **split)

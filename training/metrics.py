@@ -67,7 +67,8 @@ def quantile_metrics(y_true: np.ndarray, predicted: np.ndarray, levels: list[flo
     Per level ``q``: ``q{q}_coverage``, the share of actual values at or below the forecast quantile (q
     when calibrated), and ``q{q}_wql``, the weighted quantile loss ``2 * sum(pinball_q) / sum(|y|)`` (the
     GluonTS / M5 definition: 0 is perfect, and at q=0.5 it is the weighted absolute percentage error).
-    Also ``coverage_{lo}_{hi}``, the share inside the outermost band, and ``mean_wql`` over the levels.
+    Also ``coverage_{lo}_{hi}``, the share inside the outermost band (where there is one: levels on both sides
+    of 0.5), and ``mean_wql`` over the levels.
     """
     q = np.asarray(levels, dtype=np.float64)
     error = y_true[..., None] - predicted  # (N, H, K, Q)
@@ -77,8 +78,9 @@ def quantile_metrics(y_true: np.ndarray, predicted: np.ndarray, levels: list[flo
     for i, level in enumerate(levels):
         out[f"q{level:g}_coverage"] = float((y_true <= predicted[..., i]).mean())
         out[f"q{level:g}_wql"] = float(wql[i])
-    inside = (y_true >= predicted[..., 0]) & (y_true <= predicted[..., -1])
-    out[f"coverage_{levels[0]:g}_{levels[-1]:g}"] = float(inside.mean())
+    if levels[0] < 0.5 < levels[-1]:  # a band; the median alone, or one side of it, has none
+        inside = (y_true >= predicted[..., 0]) & (y_true <= predicted[..., -1])
+        out[f"coverage_{levels[0]:g}_{levels[-1]:g}"] = float(inside.mean())
     out["mean_wql"] = float(wql.mean())
     return out
 

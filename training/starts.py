@@ -101,7 +101,10 @@ def to_model_space(values: np.ndarray, transform: str) -> np.ndarray:
 
 
 def from_model_space(values: np.ndarray, transform: str) -> np.ndarray:
-    return np.exp(values) if transform == "log" else values
+    if transform != "log":
+        return values
+    with np.errstate(over="ignore"):  # a candidate that forecasts past float range scores inf and loses
+        return np.exp(values)
 
 
 def _in_model_units(inputs: np.ndarray, targets: np.ndarray,

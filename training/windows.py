@@ -69,8 +69,9 @@ def split_points(length: int, *, horizon: int, test_fraction: float = 0.2,
     ``MIN_VAL_WINDOWS`` windows (validation may be turned off with ``val_fraction=0``).
     """
     if not (0 < test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise ValueError(f"need 0 < test_fraction, 0 <= val_fraction and test_fraction + val_fraction < 1; "
-                         f"got test_fraction={test_fraction}, val_fraction={val_fraction}")
+        raise ValueError(f"the test and validation shares (--test-fraction {test_fraction}, --val-fraction "
+                         f"{val_fraction}) must leave a training part: need 0 < test, 0 <= validation and "
+                         f"test + validation < 1")
     n_test = max(horizon, round(length * test_fraction))
     n_val = max(horizon + MIN_VAL_WINDOWS - 1, round(length * val_fraction)) if val_fraction > 0 else 0
     return length - n_test - n_val, length - n_test
