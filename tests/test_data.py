@@ -452,6 +452,9 @@ def test_values_float32_cannot_tell_apart_are_noted(tmp_path):
     assert "float32, which the model computes in, keeps them only to within 32" in note
     df["value"] = meter - 1e9  # the same changes near zero: kept exactly
     assert read_series(write_csv(tmp_path, df)).notes == []
+    df.loc[5, "value"] = 1e39  # finite in the file, infinite in float32
+    with pytest.raises(DataError, match=r"column 'value' is infinite at timestamp '2010-06-01' \(row 6\)"):
+        read_series(write_csv(tmp_path, df))
 
 
 # ----------------------------------------------------------------------------- built-ins

@@ -47,7 +47,7 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
     require_values(df, [id_col, time_col] if has_ids else [time_col], path)
     covariates = [c for c in df.columns if c not in (id_col, time_col, *targets)]
     columns = targets + covariates
-    values = numeric_values(df, columns, path, dtype=np.float64)  # (rows, C), float32 below, once checked
+    values = beyond_float32(numeric_values(df, columns, path, dtype=np.float64))  # (rows, C), float32 once checked
 
     if has_ids:
         codes, ids = pd.factorize(df[id_col], sort=False)
@@ -69,6 +69,12 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
                                float32_rounding(series, ids, columns)) if note]
     return SeriesCollection([s.astype(np.float32) for s in series], ids, [str(c) for c in targets],
                             [str(c) for c in covariates], season, f"file:{path}", notes)
+
+
+def beyond_float32(values: np.ndarray) -> np.ndarray:
+    """``values`` with those past float32's range made infinite, as the model's float32 would make them, so
+    that the finiteness check names them."""
+    return np.where(np.abs(values) > np.finfo(np.float32).max, np.copysign(np.inf, values), values)
 
 
 # The steps of a calendar frequency, (shortest, longest): a month is 28 to 31 days, so are its steps.
@@ -173,7 +179,7 @@ def float32_rounding(series: list[np.ndarray], ids: list[str], columns: list) ->
 
 def _single_column_series(df: pd.DataFrame, path) -> SeriesCollection:
     name, sid = df.columns[0], Path(path).stem
-    values = numeric_values(df, [name], path, dtype=np.float64)
+    values = beyond_float32(numeric_values(df, [name], path, dtype=np.float64))
     check_finite(values, [name], path, lambda row: f"row {row + 1}")
     notes = [note for note in [float32_rounding([values], [sid], [name])] if note]
     return SeriesCollection([values.astype(np.float32)], [sid], [str(name)], [], None, f"file:{path}", notes)
