@@ -388,6 +388,8 @@ def _monthly_text(rows, header="timestamp,value"):
     # Every row one field longer than the header (a decimal comma): pandas would index by the first field and
     # shift the values left, training on the decimals.
     (_monthly_text(f"2020-{m:02d}-01,100,{m}5" for m in range(1, 13)), r"more fields than the header.*decimal comma"),
+    (_monthly_text(f"2020-{m:02d}-01,100,{m}5," for m in range(1, 13)), r"more fields than the header"),  # and a trailing ','
+    (_monthly_text((f"{2000 + y},100,{y}5" for y in range(12)), "year,value"), r"more fields than the header"),
     (_monthly_text((f"2020-{m:02d}-01;100.5" for m in range(1, 13)), "timestamp;value"), r"separate fields with ';'"),
     (_monthly_text((f"2020-{m:02d}-01\t100.5" for m in range(1, 13)), "timestamp\tvalue"), "separate fields with a tab"),
     ("100.25\n101.5\n99.0\n", r"the first row, \['100\.25'\], holds numbers where a header should name"),
@@ -399,9 +401,17 @@ def test_csv_layouts_pandas_would_misread_are_refused(tmp_path, text, says):
 
 
 def test_a_separator_ending_every_row_is_dropped(tmp_path):
-    (tmp_path / "data.csv").write_text(_monthly_text(f"2020-{m:02d}-01,{100 + m}.5," for m in range(1, 13)))
-    col = read_series(tmp_path / "data.csv")
-    np.testing.assert_array_equal(col.series[0][:, 0], np.arange(101, 113) + 0.5)
+    for header in ("timestamp,value", "timestamp,value,"):
+        (tmp_path / "data.csv").write_text(_monthly_text((f"2020-{m:02d}-01,{100 + m}.5," for m in range(1, 13)), header))
+        col = read_series(tmp_path / "data.csv")
+        np.testing.assert_array_equal(col.series[0][:, 0], np.arange(101, 113) + 0.5)
+        assert col.season == 12 and col.notes == [] and col.covariate_names == []
+
+
+def test_offsets_that_change_with_summer_time_are_one_clock(tmp_path):
+    months = pd.date_range("2020-01-01", periods=24, freq="MS", tz="Europe/Berlin")
+    df = pd.DataFrame({"timestamp": months.strftime("%Y-%m-%d %H:%M:%S%z"), "value": np.arange(24.0)})
+    col = read_series(write_csv(tmp_path, df))
     assert col.season == 12 and col.notes == []
 
 
@@ -420,24 +430,27 @@ def test_gaps_and_irregular_steps_are_noted(tmp_path):
     gappy = months.delete(range(20, 30))  # ten months missing
     df = pd.DataFrame({"timestamp": gappy.strftime("%Y-%m-%d"), "value": np.arange(50.0)})
     (note,) = read_series(write_csv(tmp_path, df)).notes
-    assert "series 'data' goes from 2011-08-01 to 2012-07-01, where its steps are 28 days to 31 days" in note
+    assert note.startswith("the timestamp skips steps 1 time in 1 series: series 'data' goes from 2011-08-01 to 2012-07-01")
     days = pd.Timestamp("2010-01-01") + pd.to_timedelta(np.cumsum(np.random.default_rng(0).integers(1, 60, 80)), unit="D")
     df = pd.DataFrame({"timestamp": days.strftime("%Y-%m-%d"), "value": np.arange(80.0)})
     (note,) = read_series(write_csv(tmp_path, df)).notes
     assert "steps have no regular length" in note
-    numbers = pd.DataFrame({"timestamp": [1, 2, 3, 5, 6], "value": [1.0, 2.0, 3.0, 4.0, 5.0]})
-    (note,) = read_series(write_csv(tmp_path, numbers)).notes
-    assert "goes from 3 to 5, where its steps are 1" in note
-    # Regular months, business days (weekends skipped by design) and fractions of a year pass.
-    for times in (months.strftime("%Y-%m-%d"), pd.bdate_range("2024-01-01", periods=60).strftime("%Y-%m-%d"),
-                  1990 + np.arange(60) / 12):
+    # Regular months, business month-ends (27 to 33 days), business days (weekends skipped by design), weeks
+    # across summer time, and numbers (yyyymm jumps by 89 each January) pass.
+    weeks = pd.date_range("2020-01-06", periods=60, freq="7D", tz="Europe/Berlin").strftime("%Y-%m-%d %H:%M:%S%z")
+    yyyymm = [100 * y + m for y in range(2000, 2005) for m in range(1, 13)]
+    for times in (months.strftime("%Y-%m-%d"), pd.date_range("2010-01-01", periods=60, freq="BME").strftime("%Y-%m-%d"),
+                  pd.bdate_range("2024-01-01", periods=60).strftime("%Y-%m-%d"), weeks, yyyymm):
         assert read_series(write_csv(tmp_path, pd.DataFrame({"timestamp": times, "value": np.arange(60.0)}))).notes == []
 
 
 def test_dates_that_read_either_way_are_noted(tmp_path):
-    df = pd.DataFrame({"timestamp": [f"01/{m:02d}/2010" for m in range(1, 13)], "value": np.arange(12.0)})
+    # Monthly, day first: read month first they are the first 12 days of each January.
+    df = pd.DataFrame({"timestamp": [f"01/{m:02d}/{y}" for y in (2010, 2011, 2012) for m in range(1, 13)], "value": np.arange(36.0)})
     (note,) = read_series(write_csv(tmp_path, df)).notes
-    assert "every timestamp reads either way, such as '01/01/2010': they were read month first" in note
+    assert "every timestamp reads either way, such as '01/01/2010', and they were read month first (US)" in note
+    df["timestamp"] = [f"{m:02d}/01/{y}" for y in (2010, 2011, 2012) for m in range(1, 13)]  # US monthly: no note
+    assert read_series(write_csv(tmp_path, df)).notes == []
     # Days of January, day first: the first reads month first too, so the 13th cannot be read.
     df = pd.DataFrame({"timestamp": [f"{d:02d}/01/2010" for d in range(1, 21)], "value": np.arange(20.0)})
     with pytest.raises(DataError, match=r"Write dates as year-month-day \(2024-01-31\)"):
@@ -448,9 +461,11 @@ def test_values_float32_cannot_tell_apart_are_noted(tmp_path):
     meter = 1e9 + np.cumsum(np.random.default_rng(0).integers(-30, 31, 120)).astype(np.float64)
     df = pd.DataFrame({"timestamp": pd.date_range("2010-01-01", periods=120, freq="MS").strftime("%Y-%m-%d"), "value": meter})
     (note,) = read_series(write_csv(tmp_path, df)).notes
-    assert note.startswith("column 'value' of series 'data': values near 1e+09 change by a typical")
-    assert "float32, which the model computes in, keeps them only to within 32" in note
+    assert note.startswith("column 'value': values such as 1") and "(series 'data') change by a typical" in note
+    assert "float32, which the model computes in, keeps them only to within" in note
     df["value"] = meter - 1e9  # the same changes near zero: kept exactly
+    assert read_series(write_csv(tmp_path, df)).notes == []
+    df["value"] = np.where(np.arange(120) % 2, 0.3, 0.1 * 3)  # float64's own noise, not a step: no note
     assert read_series(write_csv(tmp_path, df)).notes == []
     df.loc[5, "value"] = 1e39  # finite in the file, infinite in float32
     with pytest.raises(DataError, match=r"column 'value' is infinite at timestamp '2010-06-01' \(row 6\)"):

@@ -15,6 +15,7 @@ Row numbers in messages count data rows from 1 (the CSV header is not a row).
 
 from __future__ import annotations
 
+import csv as csv_module
 import hashlib
 import json
 import warnings
@@ -181,50 +182,66 @@ def read_table(path) -> pd.DataFrame:
     that is not comma-separated with a header row (``check_csv_layout``)."""
     csv = Path(path).suffix.lower() == ".csv"
     try:
-        df = pd.read_csv(path) if csv else pd.read_parquet(path)
-        if csv and trailing_separators(df):
-            df = pd.read_csv(path, index_col=False)  # drops the empty last field of every row
+        trailing = csv and check_csv_layout(path)
+        # A separator ending every row: index_col=False drops the empty last field pandas would index by.
+        df = (pd.read_csv(path, index_col=False if trailing else None) if csv else pd.read_parquet(path))
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{path}: could not read the file ({e})") from e
     if csv:
-        check_csv_layout(df, path)
+        # A header ending in a separator adds an unnamed column; where the rows end in one too, it is empty.
+        df = df.drop(columns=[c for c in df.columns if str(c).startswith("Unnamed: ") and df[c].isna().all()])
+        check_header(df, path)
     if df.empty:
         raise DataError(f"{path}: file is empty (no data rows); columns: {list(df.columns)}")
     return df.reset_index(drop=True)
 
 
 OTHER_SEPARATORS = {";": "';'", "\t": "a tab", "|": "'|'"}
+LAYOUT_ROWS = 1000  # data rows whose fields are counted; pandas itself refuses a longer row further down
 
 
-def check_csv_layout(df: pd.DataFrame, path) -> None:
-    """Refuse the CSV layouts pandas reads without complaint into the wrong table.
+def check_csv_layout(path) -> bool:
+    """Refuse a CSV whose data rows are longer than its header, as pandas would read it into the wrong table
+    without complaint, or say that every row ends in a separator (an empty extra field, which is dropped).
 
-    Every data row one field longer than the header (decimal commas, ``2010-01-01,100,25``): pandas makes the
-    first field the row index and shifts every value one column left, so a model would train on the
-    decimals. A header of one column holding another separator (``timestamp;value``). A header of numbers:
-    the file has none, and its first row would become the column names and be lost as data.
+    One field more in every row (a decimal comma: ``2010-01-01,100,25``) makes pandas index the rows by their
+    first field and shift every value one column left, so a model would train on the decimals.
     """
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as file:
+        rows = csv_module.reader(file)
+        header = next(rows, [])
+        extra = [row[len(header):] for row, _ in zip(rows, range(LAYOUT_ROWS)) if len(row) > len(header)]
+    if not extra:
+        return False
+    if all(fields == [""] for fields in extra):
+        return True
+    if len(header) == 1:
+        refuse_other_separator(header[0], path)  # 'timestamp;value' over '2010-01-01;100,25': the ';' is the news
+    raise DataError(f"{path}: the data rows have more fields than the header ({len(header)} columns: {header}); "
+                    f"write decimals with '.' and separate fields with ',' (a decimal comma, as in 100,25, adds a field)")
+
+
+def check_header(df: pd.DataFrame, path) -> None:
+    """Refuse a CSV header that is no header: one column holding another separator (``timestamp;value``), or
+    numbers (the file has none, and its first row would be lost as data)."""
     if len(df.columns) == 1:
-        name = str(df.columns[0])
-        for separator, said in OTHER_SEPARATORS.items():
-            if separator in name:
-                raise DataError(f"{path}: the header {name!r} is one column; the file seems to separate fields "
-                                f"with {said}: write it with ',' (comma-separated values)")
-    if not isinstance(df.index, pd.RangeIndex):
-        raise DataError(f"{path}: the data rows have more fields than the header ({len(df.columns)} columns: "
-                        f"{list(df.columns)}); write decimals with '.' and separate fields with ',' "
-                        f"(a decimal comma, as in 100,25, adds a field)")
+        refuse_other_separator(str(df.columns[0]), path)
     if all(_is_number(column) for column in df.columns):
-        raise DataError(f"{path}: the first row, {[str(c) for c in df.columns]}, holds numbers where a header "
-                        f"should name the columns; add a header row (for one series: a line 'value' first)")
+        raise DataError(f"{path}: the first row, {[str(c) for c in df.columns]}, holds numbers where a header should "
+                        f"name the columns. If it is data, add a header row first (for one series: 'value'); if "
+                        f"those are the columns' names, rename them (a name that is a number reads as data)")
 
 
-def trailing_separators(df: pd.DataFrame) -> bool:
-    """Whether every data row ends in a separator (``2010-01-01,100.25,``, as some spreadsheets write): pandas
-    then makes the first field the index, and the empty last field lands in the last column."""
-    return not isinstance(df.index, pd.RangeIndex) and len(df.columns) > 0 and bool(df.iloc[:, -1].isna().all())
+def refuse_other_separator(header: str, path) -> None:
+    """A one-column header holding another separator is a file written with that separator."""
+    for separator, said in OTHER_SEPARATORS.items():
+        if separator in header:
+            raise DataError(f"{path}: the header {header!r} is one column; the file seems to separate fields "
+                            f"with {said}: write it with ',' (comma-separated values)")
 
 
 def _is_number(text) -> bool:
@@ -273,6 +290,9 @@ def check_finite(values: np.ndarray, columns: list, path, describe, noun: str = 
         raise DataError(f"{path}: {noun} {columns[col]!r} is {kind} at {describe(int(row))}{hint}")
 
 
+SLASHED_DATE = r"^\s*(\d{1,2})[/.](\d{1,2})[/.]\d{2,4}"  # 01/02/2010: day or month first?
+
+
 def is_datetime_time(df: pd.DataFrame, time_col: str) -> bool:
     return not pd.api.types.is_numeric_dtype(df[time_col])
 
@@ -285,13 +305,13 @@ def time_key(df: pd.DataFrame, time_col: str, path) -> np.ndarray:
     try:
         with warnings.catch_warnings():  # "could not infer format" is noise here: we parse or fail
             warnings.simplefilter("ignore", UserWarning)
-            times = pd.to_datetime(col)
+            times = pd.to_datetime(col, utc=True)  # offsets that change (summer time) are one clock: UTC
     except (ValueError, TypeError) as e:
-        raise DataError(f"{path}: column {time_col!r} must hold numbers or dates; could not parse it ({e}). "
-                        f"Write dates as year-month-day (2024-01-31): 01/02/2024 may be 1 February or 2 January, "
-                        f"and a file that means one is read as the other") from e
-    if times.dt.tz is not None:
-        times = times.dt.tz_convert(None)
+        slashed = col.astype(str).str.match(SLASHED_DATE).any()
+        hint = (". Write dates as year-month-day (2024-01-31): 01/02/2024 may be 1 February or 2 January, and "
+                "pandas reads the whole column the way it reads the first") if slashed else ""
+        raise DataError(f"{path}: column {time_col!r} must hold numbers or dates; could not parse it ({e}){hint}") from e
+    times = times.dt.tz_convert(None)
     return times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
 
 

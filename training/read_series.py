@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data import (TABLE_SUFFIXES, DataError, SeriesCollection, check_file, check_finite, is_datetime_time,
+from training.data import (SLASHED_DATE, TABLE_SUFFIXES, DataError, SeriesCollection, check_file, check_finite, is_datetime_time,
                            numeric_values, read_table, require_columns, require_values, show, split_rows, time_key)
 
 
@@ -64,11 +64,13 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
     times_per_series = np.split(times[order], bounds)
     dated = is_datetime_time(df, time_col)
     season = season_from_timestamps(times_per_series) if dated else None
-    notes = [note for note in (uneven_steps(times_per_series, ids, time_col, dated, season),
-                               day_or_month_first(df[time_col], time_col) if dated else "",
-                               float32_rounding(series, ids, columns)) if note]
+    notes = []
+    if dated:
+        notes += [gaps_in_steps(times[order], codes[order], ids, time_col, season),
+                  day_or_month_first(df[time_col], time_col)]
+    notes.append(float32_rounding(values[order], codes[order], ids, columns))
     return SeriesCollection([s.astype(np.float32) for s in series], ids, [str(c) for c in targets],
-                            [str(c) for c in covariates], season, f"file:{path}", notes)
+                            [str(c) for c in covariates], season, f"file:{path}", [note for note in notes if note])
 
 
 def beyond_float32(values: np.ndarray) -> np.ndarray:
@@ -77,112 +79,108 @@ def beyond_float32(values: np.ndarray) -> np.ndarray:
     return np.where(np.abs(values) > np.finfo(np.float32).max, np.copysign(np.inf, values), values)
 
 
-# The steps of a calendar frequency, (shortest, longest): a month is 28 to 31 days, so are its steps.
-CALENDAR_STEPS = [(pd.Timedelta(days=d0), pd.Timedelta(days=d1)) for d0, d1 in ((7, 7), (28, 31), (89, 92), (365, 366))]
-IRREGULAR_SPREAD = 0.5  # steps whose standard deviation is half their mean have no frequency
-
-
-def uneven_steps(times_per_series: list[np.ndarray], ids: list[str], time_col: str, dated: bool,
-                 season: int | None) -> str:
-    """A sentence naming the first gap in regular timestamps, or saying they have no regular step, else "".
-
-    The model reads rows as consecutive steps, so twenty missing months make a season of 12 rows span more
-    than a year. Weekly, monthly, quarterly and yearly dates are checked against their calendar steps, numbers
-    against their typical step; finer dates are not, since business days and hours skip nights and weekends
-    by design. Dates with no frequency at all (``season_from_timestamps`` finds none and the steps spread
-    widely) are named as irregular.
-    """
-    steps = [np.diff(t) for t in times_per_series]
-    every = np.concatenate(steps)
-    if every.size == 0:
-        return ""
-    typical = float(np.median(every))
-    if dated:
-        step = pd.Timedelta(int(typical), unit="ns")
-        window = next(((lo.value, hi.value) for lo, hi in CALENDAR_STEPS if lo <= step <= hi), None)
-        if window is None:
-            if season is None and every.std() > IRREGULAR_SPREAD * every.mean():
-                return (f"the {time_col} steps have no regular length (from {_span(every.min(), dated)} to "
-                        f"{_span(every.max(), dated)}, typically {_span(typical, dated)}); the model reads the rows as "
-                        f"evenly spaced steps, so resample the series to one frequency before training")
-            return ""
-    else:
-        window = (typical, typical)
-    slack = 0 if dated else 1e-6 * typical  # numbers such as fractions of a year differ in their last bits
-
-    def uneven(d: np.ndarray) -> np.ndarray:
-        return (d < window[0] - slack) | (d > window[1] + slack)
-
-    outside = [(sid, t, d) for sid, t, d in zip(ids, times_per_series, steps) if uneven(d).any()]
-    if not outside:
-        return ""
-    sid, times, d = outside[0]
-    at = int(np.flatnonzero(uneven(d))[0])
-    count = sum(int(uneven(d).sum()) for _, _, d in outside)
-    return (f"the {time_col} steps are uneven in {len(outside)} series ({count} step{'s' if count > 1 else ''}): "
-            f"series {sid!r} goes from "
-            f"{_moment(times[at], dated)} to {_moment(times[at + 1], dated)}, where its steps are "
-            f"{_span(window[0], dated)}{'' if window[0] == window[1] else ' to ' + _span(window[1], dated)}; "
-            f"the model reads the rows as consecutive steps, so fill or mark the missing ones before training")
-
-
-AMBIGUOUS_DATE = r"^\s*(\d{1,2})[/.](\d{1,2})[/.]\d{2,4}"  # 01/02/2010: 2 January, or 1 February?
-
-
-def day_or_month_first(times: pd.Series, time_col: str) -> str:
-    """A sentence where every date reads either way, day or month first (pandas reads month first), else ""."""
-    parts = times.astype(str).str.extract(AMBIGUOUS_DATE)
-    if parts.isna().any().any():
-        return ""  # not all of that form, or some with a field past 12: pandas had nothing to choose
-    if (parts.astype(int) > 12).any().any():
-        return ""
-    return (f"every {time_col} reads either way, such as {times.iloc[0]!r}: they were read month first (US); if "
-            f"they are day first, write them as year-month-day (2010-02-01) and train again")
-
-
-def _moment(t, dated: bool) -> str:
-    return str(pd.Timestamp(int(t), unit="ns").date()) if dated else f"{t:g}"
-
-
-def _span(length, dated: bool) -> str:
-    return str(pd.Timedelta(int(length), unit="ns")).replace(" 00:00:00", "") if dated else f"{length:g}"
-
-
-# float32, which the model computes in, keeps about 7 significant digits: meter readings near 1e9 that move
-# by tens per step round to multiples of 64, and a model of them forecasts noise.
-ROUNDING_SHARE = 0.01
-
-
-def float32_rounding(series: list[np.ndarray], ids: list[str], columns: list) -> str:
-    """A sentence naming the column and series whose typical change per step float32 rounding blurs, else ""."""
-    worst = None  # (rounding / typical change, series id, column, level, change, rounding)
-    for sid, values in zip(ids, series):
-        if len(values) < 2:
-            continue
-        rounding = np.abs(values - values.astype(np.float32)).max(axis=0)
-        changes = np.abs(np.diff(values, axis=0))
-        for c, column in enumerate(columns):
-            moving = changes[:, c][changes[:, c] > 0]
-            if not moving.size:
-                continue
-            typical = float(np.median(moving))
-            share = rounding[c] / typical
-            if share > ROUNDING_SHARE and (worst is None or share > worst[0]):
-                worst = (share, sid, column, float(np.median(np.abs(values[:, c]))), typical, float(rounding[c]))
-    if worst is None:
-        return ""
-    _, sid, column, level, typical, rounding = worst
-    return (f"column {column!r} of series {sid!r}: values near {level:.3g} change by a typical {typical:.3g} per step, "
-            f"but float32, which the model computes in, keeps them only to within {rounding:.3g}; subtract a constant "
-            f"(such as the first value) or rescale the column before training")
-
-
 def _single_column_series(df: pd.DataFrame, path) -> SeriesCollection:
     name, sid = df.columns[0], Path(path).stem
     values = beyond_float32(numeric_values(df, [name], path, dtype=np.float64))
     check_finite(values, [name], path, lambda row: f"row {row + 1}")
-    notes = [note for note in [float32_rounding([values], [sid], [name])] if note]
+    notes = [note for note in [float32_rounding(values, np.zeros(len(values), dtype=np.int64), [sid], [name])] if note]
     return SeriesCollection([values.astype(np.float32)], [sid], [str(name)], [], None, f"file:{path}", notes)
+
+
+GAP = 1.5  # a step this many times the longest of its frequency (a month: 31 days) skips at least one
+IRREGULAR_SPREAD = 0.5  # steps whose standard deviation is half their mean have no frequency
+WEEK = pd.Timedelta(days=7).value
+
+
+def gaps_in_steps(times: np.ndarray, codes: np.ndarray, ids: list[str], time_col: str, season: int | None) -> str:
+    """A sentence naming the first gap in dates of a weekly or longer frequency, or saying that dates have no
+    regular step at all, else "". ``times`` (int64 ns) and ``codes`` (series numbers) are sorted by series, then time.
+
+    The model reads rows as consecutive steps, so twenty missing months make a season of 12 rows span more
+    than a year. Only steps past ``GAP`` times the frequency's longest count (a business month-end, 33 days, or
+    summer time's hour is not a gap); steps within a week are not checked, since business days and hours
+    skip nights and weekends by design, nor are numbered steps (``yyyymm`` numbers jump by 89 each January).
+    """
+    same = codes[1:] == codes[:-1]
+    steps = np.diff(times)[same]
+    if steps.size == 0:
+        return ""
+    typical = float(np.median(steps))
+    longest = next((hi.value for lo, hi, _ in _SEASONS if lo.value >= WEEK and lo.value <= typical <= hi.value),
+                   pd.Timedelta(days=366).value if typical >= pd.Timedelta(days=365).value else None)
+    if longest is None:
+        if season is None and steps.std() > IRREGULAR_SPREAD * steps.mean():
+            return (f"the {time_col} steps have no regular length (from {_days(steps.min())} to {_days(steps.max())}, "
+                    f"typically {_days(typical)}); the model reads the rows as evenly spaced steps, so resample the "
+                    f"series to one frequency before training")
+        return ""
+    after = np.flatnonzero(same)[steps > GAP * longest]  # positions in ``times`` just before a gap
+    if after.size == 0:
+        return ""
+    first = after[0]
+    n_series = len(np.unique(codes[after]))
+    return (f"the {time_col} skips steps {after.size} time{'s' if after.size > 1 else ''} in {n_series} series: "
+            f"series {ids[codes[first]]!r} goes from {_date(times[first])} to {_date(times[first + 1])}, where its "
+            f"steps are {_days(typical)}; the model reads the rows as consecutive steps, so fill or mark the missing "
+            f"ones before training")
+
+
+def _date(t) -> str:
+    return str(pd.Timestamp(int(t), unit="ns").date())
+
+
+def _days(length) -> str:
+    return str(pd.Timedelta(int(length), unit="ns")).replace(" 00:00:00", "")
+
+
+def day_or_month_first(times: pd.Series, time_col: str) -> str:
+    """A sentence where every date reads either way, day or month first, and day first reads as the more
+    regular series (pandas reads month first), else ""."""
+    if pd.api.types.is_datetime64_any_dtype(times):
+        return ""  # dates already: nothing was read from text
+    text = pd.Series(pd.unique(times.astype(str)))
+    parts = text.str.extract(SLASHED_DATE)
+    if parts.isna().any().any() or (parts.astype(int) > 12).any().any():
+        return ""  # not all of that form, or some with a field past 12: pandas had nothing to choose
+
+    def spread(dayfirst: bool) -> float:  # of the steps between the distinct dates, as a share of their mean
+        steps = np.diff(np.sort(pd.to_datetime(text, dayfirst=dayfirst, format="mixed").to_numpy(dtype="datetime64[ns]").astype(np.int64)))
+        return float(steps.std() / steps.mean()) if steps.size > 1 else 0.0
+
+    if spread(True) >= spread(False) / 2:
+        return ""
+    return (f"every {time_col} reads either way, such as {times.iloc[0]!r}, and they were read month first (US), "
+            f"though day first they are more evenly spaced; if they are day first, write them as year-month-day "
+            f"(2010-02-01) and train again")
+
+
+# float32, which the model computes in, keeps about 7 significant digits: meter readings near 1e9 that move
+# by tens per step round to multiples of 64, and a model of them forecasts noise. Rounding of a tenth of a
+# typical change or less is harmless (counts near 3e7 moving by 30 round by 1).
+ROUNDING_SHARE = 0.1
+NOISE = 1e-9  # changes below this share of the value are float64's own noise (0.1 * 3 against 0.3), not steps
+
+
+def float32_rounding(values: np.ndarray, codes: np.ndarray, ids: list[str], columns: list) -> str:
+    """A sentence naming the column float32 rounding blurs, against its typical change per step, else "".
+
+    ``values`` (rows, C) in float64 and ``codes`` (rows,) are sorted by series, then time.
+    """
+    rounding = np.abs(values - values.astype(np.float32))  # (rows, C)
+    changes = np.abs(np.diff(values, axis=0))[codes[1:] == codes[:-1]]  # (steps, C), within a series
+    floor = NOISE * np.abs(values[1:])[codes[1:] == codes[:-1]]
+    for c, column in enumerate(columns):
+        moving = changes[:, c][changes[:, c] > floor[:, c]]
+        if not moving.size:
+            continue
+        typical = float(np.median(moving))
+        row = int(np.argmax(rounding[:, c]))
+        if rounding[row, c] > ROUNDING_SHARE * typical:
+            return (f"column {column!r}: values such as {values[row, c]:.10g} (series {ids[codes[row]]!r}) change by a "
+                    f"typical {typical:.3g} per step, but float32, which the model computes in, keeps them only to "
+                    f"within {rounding[row, c]:.3g}; subtract a constant (such as the first value) or rescale the "
+                    f"column before training")
+    return ""
 
 
 _SEASONS = [  # (smallest, largest typical step, season) where the steps do not count a day's or a week's
