@@ -231,6 +231,30 @@ def test_check_compatible(tmp_path):
     renamed = read_classification(write_csv(tmp_path, long_frame().rename(columns={"y": "z"}), "t2.csv"))
     with pytest.raises(DataError, match=r"different names.*\['x', 'y'\].*\['x', 'z'\]"):
         check_compatible(train, renamed)
+    # The same columns in another order are lined up by name.
+    swapped = read_classification(write_csv(tmp_path, long_frame()[["sample_id", "step", "label", "y", "x"]], "t3.csv"))
+    aligned = check_compatible(train, swapped)
+    assert aligned.feature_names == ["x", "y"]
+    for a, b in zip(aligned.sequences, train.sequences):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_labels_are_read_as_written(tmp_path):
+    df = long_frame().assign(label=["010", "001", "010", "001", "010"])
+    assert read_classification(write_csv(tmp_path, df)).label_names == ["001", "010"]
+    df = long_frame().assign(label=["NA", "None", "NA", "None", "NA"])  # names, not missing values
+    assert read_classification(write_csv(tmp_path, df)).label_names == ["NA", "None"]
+    df = long_frame().assign(label=[10, 2, 10, 2, 10])  # numbers still sort as numbers
+    assert read_classification(write_csv(tmp_path, df)).label_names == ["2", "10"]
+    (tmp_path / "empty_label.csv").write_text("sample_id,step,label,x\na,0,run,1.0\nb,0,,2.0\n")
+    with pytest.raises(DataError, match=r"column 'label' is empty in row 2"):
+        read_classification(tmp_path / "empty_label.csv")
+
+
+def test_a_file_not_in_utf8_says_so(tmp_path):
+    (tmp_path / "data.csv").write_bytes("sample_id,step,label,x\na,0,caf\xe9,1.0\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"could not read the file .*; save it as UTF-8"):
+        read_classification(tmp_path / "data.csv")
 
 
 # ----------------------------------------------------------------------------- series files
@@ -453,7 +477,7 @@ def test_dates_that_read_either_way_are_noted(tmp_path):
     assert read_series(write_csv(tmp_path, df)).notes == []
     # Days of January, day first: the first reads month first too, so the 13th cannot be read.
     df = pd.DataFrame({"timestamp": [f"{d:02d}/01/2010" for d in range(1, 21)], "value": np.arange(20.0)})
-    with pytest.raises(DataError, match=r"Write dates as year-month-day \(2024-01-31\)"):
+    with pytest.raises(DataError, match=r"doesn't match format \"%m/%d/%Y\"\)\. Write every date as year-month-day \(2024-01-31\): 01/02/2024"):
         read_series(write_csv(tmp_path, df))
 
 

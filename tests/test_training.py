@@ -31,6 +31,8 @@ def test_accuracy_and_macro_f1_by_hand():
     assert accuracy(y_true, y_pred) == 0.6
     # class 0: tp 1, fp 1, fn 1 -> 0.5; class 1: tp 2, fp 1, fn 0 -> 0.8; class 2: 0 -> mean 1.3 / 3
     assert macro_f1(y_true, y_pred, 3) == pytest.approx(1.3 / 3)
+    # A class neither tested nor predicted does not count: a perfect model scores 1, not 0.75.
+    assert macro_f1(np.array([0, 1, 2]), np.array([0, 1, 2]), 4) == 1.0
     assert majority_class_baseline(np.array([1, 1, 0]), y_true, 3)["accuracy"] == 0.4
 
 
@@ -391,3 +393,17 @@ def test_defaults_stream_each_models_progress_prefixed_by_its_name(capsys, monke
     assert any(line.startswith("[demo-clf] training.loop: epoch 1/1") for line in lines)
     assert any(line.startswith("[demo-clf] model ") for line in lines)
     assert lines[-1].startswith("== demo-clf (classify on synthetic): done in ")
+
+
+def test_classification_data_warnings_say_what_the_test_scores_cannot():
+    from training.classify import data_warnings
+    from training.data import SequenceDataset
+    seqs = [np.zeros((3, 1), np.float32) + i for i in range(5)]
+    train = SequenceDataset(seqs, np.array([0, 0, 1, 1, 2]), ["a", "b", "c"], ["x"], "file:train.csv")
+    test = SequenceDataset(seqs[:2], np.array([0, 1]), ["a", "b", "c"], ["x"], "file:test.csv")
+    single, untested = data_warnings(train, test)
+    assert single.startswith("1 of 3 classes have a single training sequence ('c')")
+    assert untested.startswith("1 of 3 classes have no test sequence ('c')")
+    assert data_warnings(train, train)[-1].startswith("the test set is the training set")
+    balanced = SequenceDataset(seqs[:4], np.array([0, 0, 1, 1]), ["a", "b"], ["x"], "file:t.csv")
+    assert data_warnings(balanced, SequenceDataset(seqs[:2], np.array([0, 1]), ["a", "b"], ["x"], "file:u.csv")) == []

@@ -209,6 +209,28 @@ def fold_ensemble(
     return ensemble, right / len(train), history, dataclasses.replace(trained, seed=config.seed)
 
 
+def data_warnings(train: SequenceDataset, test: SequenceDataset) -> list[str]:
+    """Sentences on what the data leaves the test scores unable to say: classes with one training sequence
+    (cross-validation and 1-NN DTW's leave-one-out score them 0 whatever the model), classes no test sequence
+    holds, and a test set that is the training set."""
+    out = []
+    counts = np.bincount(train.labels, minlength=train.n_classes)
+    if (single := [train.label_names[c] for c in np.flatnonzero(counts == 1)]):
+        out.append(f"{len(single)} of {train.n_classes} classes have a single training sequence ({_some(single)}): "
+                   f"the cross-validated scores that choose a small set's model cannot score them")
+    if (untested := [train.label_names[c] for c in np.setdiff1d(np.arange(train.n_classes), test.labels)]):
+        out.append(f"{len(untested)} of {train.n_classes} classes have no test sequence ({_some(untested)}): "
+                   f"the test scores say nothing about them")
+    if fingerprint(train) == fingerprint(test):
+        out.append("the test set is the training set: its scores measure what the model memorised, not how it "
+                   "does on sequences it has not seen")
+    return out
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def train_classifier(
     train: SequenceDataset,
     test: SequenceDataset,
@@ -232,7 +254,7 @@ def train_classifier(
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; valid: {', '.join(FAMILIES)}")
-    check_compatible(train, test)
+    test = check_compatible(train, test)  # features in the training order
     seed_everything(config.seed)
     if family == "auto":
         family = "network" if len(train) >= SMALL_SET_SEQUENCES else "auto"
@@ -309,6 +331,7 @@ def train_classifier(
     else:
         notes["dtw_1nn"] = "skipped: dry run"
     beats, warnings = compare_with_baselines("classify", test_metrics, baselines)
+    warnings = data_warnings(train, test) + warnings
     for sentence in warnings:
         log.warning("%s: %s", name, sentence)
     metrics = {"test": test_metrics, "baselines": baselines, "baseline_notes": notes,

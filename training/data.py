@@ -177,24 +177,34 @@ def check_file(path, supported: tuple[str, ...]) -> Path:
     return p
 
 
-def read_table(path) -> pd.DataFrame:
+def read_table(path, text_columns: list[str] = ()) -> pd.DataFrame:
     """Read a CSV or Parquet file; an empty file (or one without data rows) is an error, and so is a CSV
-    that is not comma-separated with a header row (``check_csv_layout``)."""
+    that is not comma-separated with a header row (``check_csv_layout``).
+
+    A CSV's ``text_columns`` (class labels) are read as written: ``001`` stays ``001``, and ``NA`` or ``None``
+    is a name, not a missing value; only an empty cell is missing.
+    """
     csv = Path(path).suffix.lower() == ".csv"
     try:
-        trailing = csv and check_csv_layout(path)
+        header, trailing = check_csv_layout(path) if csv else ([], False)
         # A separator ending every row: index_col=False drops the empty last field pandas would index by.
         df = (pd.read_csv(path, index_col=False if trailing else None) if csv else pd.read_parquet(path))
+        if csv and (text := [c for c in text_columns if c in df.columns]):
+            as_written = pd.read_csv(path, index_col=False if trailing else None, usecols=text, dtype=str,
+                                     keep_default_na=False)
+            df[text] = as_written[text].replace("", np.nan)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except DataError:
         raise
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: could not read the file ({e}); save it as UTF-8 (in a spreadsheet: CSV UTF-8)") from e
     except Exception as e:
         raise DataError(f"{path}: could not read the file ({e})") from e
     if csv:
         # A header ending in a separator adds an unnamed column; where the rows end in one too, it is empty.
         df = df.drop(columns=[c for c in df.columns if str(c).startswith("Unnamed: ") and df[c].isna().all()])
-        check_header(df, path)
+        check_header(df, header, path)
     if df.empty:
         raise DataError(f"{path}: file is empty (no data rows); columns: {list(df.columns)}")
     return df.reset_index(drop=True)
@@ -204,9 +214,10 @@ OTHER_SEPARATORS = {";": "';'", "\t": "a tab", "|": "'|'"}
 LAYOUT_ROWS = 1000  # data rows whose fields are counted; pandas itself refuses a longer row further down
 
 
-def check_csv_layout(path) -> bool:
-    """Refuse a CSV whose data rows are longer than its header, as pandas would read it into the wrong table
-    without complaint, or say that every row ends in a separator (an empty extra field, which is dropped).
+def check_csv_layout(path) -> tuple[list[str], bool]:
+    """The CSV's header fields as written, and whether every row ends in a separator (an empty extra field,
+    which is dropped); DataError where the data rows are longer than the header otherwise, as pandas would
+    read them into the wrong table without complaint.
 
     One field more in every row (a decimal comma: ``2010-01-01,100,25``) makes pandas index the rows by their
     first field and shift every value one column left, so a model would train on the decimals.
@@ -216,23 +227,24 @@ def check_csv_layout(path) -> bool:
         header = next(rows, [])
         extra = [row[len(header):] for row, _ in zip(rows, range(LAYOUT_ROWS)) if len(row) > len(header)]
     if not extra:
-        return False
+        return header, False
     if all(fields == [""] for fields in extra):
-        return True
+        return header, True
     if len(header) == 1:
         refuse_other_separator(header[0], path)  # 'timestamp;value' over '2010-01-01;100,25': the ';' is the news
     raise DataError(f"{path}: the data rows have more fields than the header ({len(header)} columns: {header}); "
                     f"write decimals with '.' and separate fields with ',' (a decimal comma, as in 100,25, adds a field)")
 
 
-def check_header(df: pd.DataFrame, path) -> None:
+def check_header(df: pd.DataFrame, header: list[str], path) -> None:
     """Refuse a CSV header that is no header: one column holding another separator (``timestamp;value``), or
-    numbers (the file has none, and its first row would be lost as data)."""
+    numbers (the file has none, and its first row would be lost as data). ``header``: its fields as written
+    (pandas renames a repeated ``0`` to ``0.1``)."""
     if len(df.columns) == 1:
         refuse_other_separator(str(df.columns[0]), path)
     if all(_is_number(column) for column in df.columns):
-        raise DataError(f"{path}: the first row, {[str(c) for c in df.columns]}, holds numbers where a header should "
-                        f"name the columns. If it is data, add a header row first (for one series: 'value'); if "
+        raise DataError(f"{path}: the first row, {header[:10]}, holds numbers where a header should "
+                        f"name the columns. If it is data, add a header row that names them first; if "
                         f"those are the columns' names, rename them (a name that is a number reads as data)")
 
 
@@ -308,9 +320,10 @@ def time_key(df: pd.DataFrame, time_col: str, path) -> np.ndarray:
             times = pd.to_datetime(col, utc=True)  # offsets that change (summer time) are one clock: UTC
     except (ValueError, TypeError) as e:
         slashed = col.astype(str).str.match(SLASHED_DATE).any()
-        hint = (". Write dates as year-month-day (2024-01-31): 01/02/2024 may be 1 February or 2 January, and "
-                "pandas reads the whole column the way it reads the first") if slashed else ""
-        raise DataError(f"{path}: column {time_col!r} must hold numbers or dates; could not parse it ({e}){hint}") from e
+        why = (": 01/02/2024 may be 1 February or 2 January, and pandas reads the whole column the way it reads "
+               "the first" if slashed else "")
+        raise DataError(f"{path}: column {time_col!r} must hold numbers or dates, all written one way; could not "
+                        f"parse it ({str(e).splitlines()[0].split('. You might want')[0]}). Write every date as year-month-day (2024-01-31){why}") from e
     times = times.dt.tz_convert(None)
     return times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
@@ -29,7 +31,7 @@ def read_classification(path, *, id_col: str = "sample_id", time_col: str = "ste
     p = check_file(path, CLASSIFICATION_SUFFIXES)
     if p.suffix.lower() == ".npz":
         return _classification_from_npz(path, label_names)
-    df = read_table(path)
+    df = read_table(path, text_columns=[label_col])
     require_columns(df, [id_col, time_col, label_col], path,
                     hint="; name the sample, time and label columns with --id-col, --time-col and --label-col "
                          "(in Python: id_col=..., time_col=..., label_col=...)")
@@ -51,10 +53,14 @@ def read_classification(path, *, id_col: str = "sample_id", time_col: str = "ste
     return SequenceDataset(sequences, labels, names, [str(c) for c in features], f"file:{path}")
 
 
-def check_compatible(train: SequenceDataset, test: SequenceDataset) -> None:
-    """Raise DataError unless ``test`` has the same features (count and names) as ``train``."""
+def check_compatible(train: SequenceDataset, test: SequenceDataset) -> SequenceDataset:
+    """``test`` with its features in ``train``'s order; DataError unless it has the same features (names)."""
     if train.feature_names == test.feature_names:
-        return
+        return test
+    if sorted(train.feature_names) == sorted(test.feature_names):  # the same columns in another order
+        order = [test.feature_names.index(name) for name in train.feature_names]
+        return dataclasses.replace(test, sequences=[seq[:, order] for seq in test.sequences],
+                                   feature_names=list(train.feature_names))
     if train.n_features != test.n_features:
         problem = f"train has {train.n_features} features, test has {test.n_features}"
     else:
