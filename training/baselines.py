@@ -33,8 +33,8 @@ DTW_MIN_WINDOW = 0.05
 ETS_MAX_WINDOWS = 2000
 
 
-def dtw_1nn(train_seqs: list[np.ndarray], y_train: np.ndarray, test_seqs: list[np.ndarray], y_test: np.ndarray,
-            n_classes: int) -> tuple[dict[str, float] | None, str]:
+def dtw_1nn(train_seqs: list[np.ndarray], y_train: np.ndarray, test_seqs: list[np.ndarray],
+            y_test: np.ndarray) -> tuple[dict[str, float] | None, str]:
     """Metrics of 1-NN DTW and how it ran (full window, or a band past the size cap), or None and why not."""
     mean_train = np.mean([len(s) for s in train_seqs])
     mean_test = np.mean([len(s) for s in test_seqs])
@@ -61,7 +61,7 @@ def dtw_1nn(train_seqs: list[np.ndarray], y_train: np.ndarray, test_seqs: list[n
                                                n_neighbors=1, n_jobs=1).fit(train_x, y_train)
         predicted = model.predict(test_x)
     torch.set_num_threads(threads)  # aeon resets torch's thread count to every core; later runs keep ours
-    return classification_metrics(y_test, np.asarray(predicted, dtype=np.int64), n_classes), how
+    return classification_metrics(y_test, np.asarray(predicted, dtype=np.int64)), how
 
 
 # Simulated future paths per forecast origin for ETS's quantiles (statsmodels' Holt-Winters has no

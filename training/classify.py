@@ -320,12 +320,11 @@ def train_classifier(
     if not distributed.is_main():
         return None  # another torchrun rank: it helped train; rank 0 evaluates, stores and reports
 
-    n_classes = train.n_classes
-    test_metrics = classification_metrics(test.labels, predict_labels(model, test.sequences, device), n_classes)
-    baselines = {"majority_class": majority_class_baseline(train.labels, test.labels, n_classes)}
+    test_metrics = classification_metrics(test.labels, predict_labels(model, test.sequences, device))
+    baselines = {"majority_class": majority_class_baseline(train.labels, test.labels)}
     notes = {"majority_class": "always the most frequent training class"}
     if strong_baselines:
-        dtw, notes["dtw_1nn"] = strong.dtw_1nn(train.sequences, train.labels, test.sequences, test.labels, n_classes)
+        dtw, notes["dtw_1nn"] = strong.dtw_1nn(train.sequences, train.labels, test.sequences, test.labels)
         if dtw is not None:
             baselines["dtw_1nn"] = dtw
     else:

@@ -16,7 +16,7 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(y_true == y_pred))
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Unweighted mean of per-class F1 over the classes the test set holds or the model predicts (as
     scikit-learn's ``f1_score(average="macro")``): a class neither tested nor predicted says nothing of the
     model, and scoring it 0 made a perfect model's macro-F1 0.75 where one class of four had no test sample."""
@@ -29,14 +29,14 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores))
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
-    return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, n_classes)}
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred)}
 
 
-def majority_class_baseline(y_train: np.ndarray, y_test: np.ndarray, n_classes: int) -> dict[str, float]:
+def majority_class_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
     """Metrics of always answering the most frequent training class."""
-    majority = np.bincount(y_train, minlength=n_classes).argmax()
-    return classification_metrics(y_test, np.full_like(y_test, majority), n_classes)
+    majority = np.bincount(y_train).argmax()
+    return classification_metrics(y_test, np.full_like(y_test, majority))
 
 
 def mase_scale(train_part: np.ndarray, season: int) -> np.ndarray:

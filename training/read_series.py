@@ -61,14 +61,13 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
         return f"{series}{time_col} {show(df[time_col].iloc[row])} (row {row + 1})"
 
     series, order, bounds = split_rows(codes, times, values, columns, time_col, where, path)
-    times_per_series = np.split(times[order], bounds)
+    times, codes = times[order], codes[order]  # by series, then time, as ``series`` are
     dated = is_datetime_time(df, time_col)
-    season = season_from_timestamps(times_per_series) if dated else None
+    season = season_from_timestamps(np.split(times, bounds)) if dated else None
     notes = []
     if dated:
-        notes += [gaps_in_steps(times[order], codes[order], ids, time_col, season),
-                  day_or_month_first(df[time_col], time_col)]
-    notes.append(float32_rounding(values[order], codes[order], ids, columns))
+        notes += [gaps_in_steps(times, codes, ids, time_col, season), day_or_month_first(df[time_col], time_col)]
+    notes.append(float32_rounding(values[order], codes, ids, columns))
     return SeriesCollection([s.astype(np.float32) for s in series], ids, [str(c) for c in targets],
                             [str(c) for c in covariates], season, f"file:{path}", [note for note in notes if note])
 
@@ -89,7 +88,6 @@ def _single_column_series(df: pd.DataFrame, path) -> SeriesCollection:
 
 GAP = 1.5  # a step this many times the longest of its frequency (a month: 31 days) skips at least one
 IRREGULAR_SPREAD = 0.5  # steps whose standard deviation is half their mean have no frequency
-WEEK = pd.Timedelta(days=7).value
 
 
 def gaps_in_steps(times: np.ndarray, codes: np.ndarray, ids: list[str], time_col: str, season: int | None) -> str:
@@ -106,7 +104,7 @@ def gaps_in_steps(times: np.ndarray, codes: np.ndarray, ids: list[str], time_col
     if steps.size == 0:
         return ""
     typical = float(np.median(steps))
-    longest = next((hi.value for lo, hi, _ in _SEASONS if lo.value >= WEEK and lo.value <= typical <= hi.value),
+    longest = next((hi.value for lo, hi, _ in _SEASONS if lo.value >= 7 * DAY_NS and lo.value <= typical <= hi.value),
                    pd.Timedelta(days=366).value if typical >= pd.Timedelta(days=365).value else None)
     if longest is None:
         if season is None and steps.std() > IRREGULAR_SPREAD * steps.mean():
