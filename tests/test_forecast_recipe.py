@@ -201,6 +201,23 @@ def test_the_classical_average_takes_one_start_of_each_trend_family_with_the_bes
     assert [e for e, _, _ in starts.best_of_each_family(ranked, 5)] == [0.10, 0.20, 0.30, 0.40]
 
 
+def test_seasonal_windows_are_scored_in_their_seasonal_change_and_others_in_their_spread():
+    t = np.arange(48, dtype=np.float64)
+    trend_and_season = (5 + 0.5 * t + np.sin(2 * np.pi * t / 12))[None, :, None]  # (1, 48, 1)
+    # Over one season the change is the trend's 12 steps of 0.5, whatever the season's shape.
+    np.testing.assert_allclose(starts.scoring_scale(trend_and_season, season=12), 6.0)
+    # Without a season, or a window no longer than it, the unit is the window's spread, trend included.
+    spread = trend_and_season.std(axis=1, keepdims=True)
+    np.testing.assert_allclose(starts.scoring_scale(trend_and_season, season=1), spread)
+    np.testing.assert_allclose(starts.scoring_scale(trend_and_season[:, :12], season=12),
+                               trend_and_season[:, :12].std(axis=1, keepdims=True))
+    # A season that repeats exactly has no change over one: its spread is the unit, never zero.
+    pure = np.tile(np.sin(2 * np.pi * np.arange(12) / 12), 4)[None, :, None]
+    np.testing.assert_allclose(starts.scoring_scale(pure, season=12), pure.std(axis=1, keepdims=True))
+    flat = np.full((1, 48, 1), 7.0)
+    assert (starts.scoring_scale(flat, season=12) > 0).all()
+
+
 def test_a_season_growing_with_a_trend_is_modelled_in_logs():
     rng = np.random.default_rng(0)
     t = np.arange(240)
