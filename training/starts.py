@@ -254,6 +254,13 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     few hundred fitted to many windows), so the spread is close to an out-of-sample one, measured at
     hundreds of origins where the handful of validation windows at the end of a short series gave 0.1-0.9
     bands covering 49-69% of the test values. Offsets in log units give intervals that widen with the level.
+
+    The unit is the window's standard deviation, not its typical change (the unit ``scoring_scale`` scores a
+    seasonal series in), though it gives a smooth trending series of a panel a band too wide for its noise:
+    units of change traded calibration for quantile loss. On 159 start-only runs on public series, units of one
+    step's change made the mean wQL 2.0% lower and the 0.1-0.9 band within 80% +- 7 points on 31 runs
+    instead of 37 (their square root, or their average with the standard deviation: 1.5% and 1.1% lower, 34);
+    on 65, one season's change: 0.7% lower, 24 instead of 22, and souvenirs' wQL doubled.
     """
     errors = start_errors(windows, k, chosen["transform"], chosen["weights"])
     spread = np.quantile(errors, quantiles, axis=0) - np.quantile(errors, 0.5, axis=0)  # (Q, H, K)
