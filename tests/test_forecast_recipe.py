@@ -203,19 +203,38 @@ def test_the_classical_average_takes_one_start_of_each_trend_family_with_the_bes
 
 def test_seasonal_windows_are_scored_in_their_seasonal_change_and_others_in_their_spread():
     t = np.arange(48, dtype=np.float64)
-    trend_and_season = (5 + 0.5 * t + np.sin(2 * np.pi * t / 12))[None, :, None]  # (1, 48, 1)
-    # Over one season the change is the trend's 12 steps of 0.5, whatever the season's shape.
-    np.testing.assert_allclose(starts.scoring_scale(trend_and_season, season=12), 6.0)
-    # Without a season, or a window no longer than it, the unit is the window's spread, trend included.
-    spread = trend_and_season.std(axis=1, keepdims=True)
-    np.testing.assert_allclose(starts.scoring_scale(trend_and_season, season=1), spread)
-    np.testing.assert_allclose(starts.scoring_scale(trend_and_season[:, :12], season=12),
-                               trend_and_season[:, :12].std(axis=1, keepdims=True))
-    # A season that repeats exactly has no change over one: its spread is the unit, never zero.
+    trend_and_season = 5 + 0.5 * t + np.sin(2 * np.pi * t / 12)
+    noise = np.random.default_rng(0).normal(0, 1, 48)
+    windows = np.stack([np.stack([trend_and_season, noise], axis=-1), np.stack([noise, trend_and_season], axis=-1)])
+    unit = starts.scoring_scale(windows, season=12)  # (2 windows, 48 steps, 2 channels) -> (2, 1, 2)
+    assert unit.shape == (2, 1, 2)
+    # Over one season the trend's change is 12 steps of 0.5, whatever the season's shape; noise's is its own.
+    np.testing.assert_allclose(unit[0, 0, 0], 6.0)
+    np.testing.assert_allclose(unit[0, 0, 1], np.abs(noise[12:] - noise[:-12]).mean())
+    np.testing.assert_allclose(unit[1, 0, ::-1], unit[0, 0])
+    # Without a season, or in a window no longer than one, the unit is the window's spread, trend included.
+    np.testing.assert_allclose(starts.scoring_scale(windows, season=1), windows.std(axis=1, keepdims=True))
+    np.testing.assert_allclose(starts.scoring_scale(windows[:, :12], season=12),
+                               windows[:, :12].std(axis=1, keepdims=True))
+    # A season that repeats (almost) exactly barely changes: its unit stays a share of its spread, so that it
+    # cannot outweigh every other window; a flat window's is a millionth of its level.
     pure = np.tile(np.sin(2 * np.pi * np.arange(12) / 12), 4)[None, :, None]
-    np.testing.assert_allclose(starts.scoring_scale(pure, season=12), pure.std(axis=1, keepdims=True))
-    flat = np.full((1, 48, 1), 7.0)
-    assert (starts.scoring_scale(flat, season=12) > 0).all()
+    np.testing.assert_allclose(starts.scoring_scale(pure, season=12),
+                               starts.MIN_CHANGE_SHARE * pure.std(axis=1, keepdims=True))
+    np.testing.assert_allclose(starts.scoring_scale(np.full((1, 48, 1), 7.0), season=12), 1e-6 * (7.0 + 1e-6))
+
+
+def test_the_start_is_chosen_by_its_error_in_the_scoring_unit():
+    t = np.arange(120, dtype=np.float64)
+    series = 50 + 0.3 * t + 5 * np.sin(2 * np.pi * t / 12) + np.random.default_rng(1).normal(0, 1, 120)
+    windows = make_windows(_one_series(series, 12), lookback=48, horizon=12)
+    chosen = starts.choose_start(windows, 1, season=12, allow_log=False)
+    assert chosen["autoregression"].startswith("not a candidate")  # so the error is the classical average's
+    errors = starts.start_errors(windows, 1, "none", chosen["weights"])  # in each window's standard deviations
+    spread = windows.inputs.astype(np.float64).std(axis=1, keepdims=True)
+    in_unit = np.abs(errors * spread / starts.scoring_scale(windows.inputs, 12)).mean()
+    assert chosen["error"] == pytest.approx(in_unit, rel=1e-4)
+    assert chosen["error"] != pytest.approx(np.abs(errors).mean(), rel=1e-2)
 
 
 def test_a_season_growing_with_a_trend_is_modelled_in_logs():

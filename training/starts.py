@@ -1,9 +1,10 @@
 """Choose the classical forecast a new forecaster starts from, and whether it models the log of the series.
 
-Every candidate in ``candidates`` (see ``models.starts``) is scored by its mean absolute error in each
-window's own units (``scoring_scale``: MASE's for a seasonal series, the training loss's otherwise, so every
-series weighs the same), with and without the log transform where every training value is positive
-(``choose_start`` says on which windows).
+Every candidate in ``candidates`` (see ``models.starts``) is scored by its mean absolute error in units of
+each window's own scale (``scoring_scale``: its change over one season for a seasonal series, its standard
+deviation otherwise), so a series' level does not set its weight, with and without the log transform where
+every training value is positive (``choose_start`` says on which windows). The quantile offsets are in the
+windows' standard deviations, the model's own units (``interval_offsets`` says why).
 Scoring needs no training: each candidate is one matrix product over the windows (the linear ones one
 least-squares fit first).
 
@@ -90,10 +91,11 @@ def best_of_each_family(ranked: list[tuple], n: int) -> list[tuple]:
     take out no season where the best takes one out: on quarterly J&J earnings that made the test MASE / ETS
     1.14, not 1.01).
 
-    Two families' best may be one forecast (simple smoothing with alpha 1 is naive); it then counts twice.
-    Taking instead the family's best start that repeats no other, or leaving the family out for the next,
-    made 157 start-only runs on public series 1.2% and 1.0% worse (runs more than 5% behind ETS 55 -> 59):
-    where a random walk is the best of two families, weighing it twice pays."""
+    Two families' best may be one forecast: simple smoothing with alpha 1 (``no_trend``) is naive, which
+    ``unsmoothed`` holds as seasonal naive of season 1; it then counts twice. Taking instead the family's
+    best start that repeats no other, or leaving the family out for the next, each made 157 start-only runs
+    on public series worse (1.2% and 1.0%; runs more than 5% behind ETS 55 -> 59 with either): where a
+    random walk is the best of two families, weighing it twice pays."""
     best: dict[str, tuple] = {}
     for entry in ranked:
         if entry[1].season == ranked[0][1].season:
@@ -123,21 +125,29 @@ def _in_model_units(inputs: np.ndarray, targets: np.ndarray,
     return (z - loc) / scale, (to_model_space(targets.astype(np.float64), transform) - loc) / scale, loc, scale
 
 
-def scoring_scale(inputs: np.ndarray, season: int) -> np.ndarray:
-    """The unit (N, 1, K) each window's errors are scored in: the mean absolute change over one season within
-    the window (MASE's scale, which the forecasts are judged in) where ``season > 1``, else, or where that
-    change is zero, the window's standard deviation (the training loss's unit).
+# A window whose season repeats almost exactly changes little over one season; its unit stays at least this share
+# of its standard deviation, so that it cannot weigh thousands of times more than the other windows. Of 181
+# start-only runs on public series it moved one (state government education jobs, a school-year season: test
+# MASE 0.514 -> 0.515).
+MIN_CHANGE_SHARE = 0.1
 
-    A standard deviation counts a trend's spread as noise, so a smooth trending window, whose forecast MASE
-    magnifies, weighed least in the choice. On 50 runs on seasonal public series, start only, MASE's unit made
-    the test MASE 0.995 of the standard deviation's (geometric mean) and the runs more than 5% behind ETS 10 ->
-    7; 10 of the 13 that moved gained (quarterly arrivals 1.370 -> 1.313, US macro levels 1.268 -> 1.219,
-    souvenirs 1.811 -> 1.733; Australian visitor nights 1.223 -> 1.259). On 22 seasonal series used for
-    nothing before (19 US employment series, Dutch sales, UK non-durables, a quarterly occupancy panel) it
-    was 1.004 of the standard deviation's, runs more than 5% behind ETS 3 -> 4: a wash there, kept because it
-    scores in the unit the forecast is judged in. Without a season the change is over
-    one step, tiny where a series is smooth, and a few such windows then chose for all: annual air passengers
-    0.96 -> 1.44, ten yearly panels 0.8% worse, so there the standard deviation stays.
+
+def scoring_scale(inputs: np.ndarray, season: int) -> np.ndarray:
+    """The unit (N, 1, K) each window's errors are scored in. Where ``season > 1`` and the window is longer
+    than one season: its mean absolute change over one season (MASE's kind of scale, taken on the window;
+    MASE is what the forecasts are judged in), but at least ``MIN_CHANGE_SHARE`` of its standard deviation.
+    Otherwise: its standard deviation (the training loss's unit). Either way at least 1e-6 of its level.
+
+    A standard deviation counts a trend's spread as noise, so the errors of a smooth trending window, which
+    MASE magnifies, counted least in the choice. On 50 runs on seasonal public series, start only, MASE's
+    unit made the test MASE 0.995 times the standard deviation's (geometric mean) and the runs more than 5%
+    behind ETS 10 -> 7; 10 of the 13 that moved gained (quarterly arrivals 1.370 -> 1.313, US macro levels
+    1.268 -> 1.219, souvenirs 1.811 -> 1.733; Australian visitor nights 1.223 -> 1.259). On 22 seasonal
+    series used for nothing before (19 US employment series, Dutch sales, UK non-durables, a quarterly
+    occupancy panel) it was 1.004 times the standard deviation's, runs more than 5% behind ETS 3 -> 4: a wash
+    there, kept because it scores in the unit the forecast is judged in. Without a season the change would be
+    over one step, tiny where a series is smooth, and a few such windows then chose for all (annual air
+    passengers 0.96 -> 1.44, ten yearly panels 0.8% worse), so there the standard deviation stays.
     """
     x = inputs.astype(np.float64)
     spread = x.std(axis=1, keepdims=True)
@@ -145,7 +155,7 @@ def scoring_scale(inputs: np.ndarray, season: int) -> np.ndarray:
     if season <= 1 or x.shape[1] <= season:
         return np.maximum(spread, floor)
     change = np.abs(x[:, season:] - x[:, :-season]).mean(axis=1, keepdims=True)
-    return np.where(change > floor, change, np.maximum(spread, floor))
+    return np.maximum(change, np.maximum(MIN_CHANGE_SHARE * spread, floor))
 
 
 def _forecast(weights: np.ndarray, inputs_norm: np.ndarray) -> np.ndarray:
@@ -264,11 +274,12 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     bands covering 49-69% of the test values. Offsets in log units give intervals that widen with the level.
 
     The unit is the window's standard deviation, not its typical change (the unit ``scoring_scale`` scores a
-    seasonal series in), though it gives a smooth trending series of a panel a band too wide for its noise:
-    units of change traded calibration for quantile loss. On 159 start-only runs on public series, units of one
-    step's change made the mean wQL 2.0% lower and the 0.1-0.9 band within 80% +- 7 points on 31 runs
-    instead of 37 (their square root, or their average with the standard deviation: 1.5% and 1.1% lower, 34);
-    on 65, one season's change: 0.7% lower, 24 instead of 22, and souvenirs' wQL doubled.
+    seasonal series in). The standard deviation gives a smooth trending series of a panel a band too wide for
+    its noise, but units of change bought a lower quantile loss with worse calibration. On 159 start-only runs
+    on public series, one step's change as the unit made the mean wQL 2.0% lower and left the 0.1-0.9 band
+    within 80% +- 7 points on 31 runs instead of 37 (the square root of that unit, or its average with the
+    standard deviation: 1.5% and 1.1% lower, 34). One season's change, on 65 runs, made the wQL 0.7% lower
+    and the band within 80% +- 7 on 24 instead of 22, but doubled souvenirs' wQL, which rules it out.
     """
     errors = start_errors(windows, k, chosen["transform"], chosen["weights"])
     spread = np.quantile(errors, quantiles, axis=0) - np.quantile(errors, 0.5, axis=0)  # (Q, H, K)
