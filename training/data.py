@@ -322,8 +322,9 @@ def time_key(df: pd.DataFrame, time_col: str, path) -> np.ndarray:
         slashed = col.astype(str).str.match(SLASHED_DATE).any()
         why = (": 01/02/2024 may be 1 February or 2 January, and pandas reads the whole column the way it reads "
                "the first" if slashed else "")
+        reason = str(e).splitlines()[0].split(". You might want")[0]  # pandas' advice names flags we do not have
         raise DataError(f"{path}: column {time_col!r} must hold numbers or dates, all written one way; could not "
-                        f"parse it ({str(e).splitlines()[0].split('. You might want')[0]}). Write every date as year-month-day (2024-01-31){why}") from e
+                        f"parse it ({reason}). Write every date as year-month-day (2024-01-31){why}") from e
     times = times.dt.tz_convert(None)
     return times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
 

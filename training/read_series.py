@@ -47,7 +47,7 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
     require_values(df, [id_col, time_col] if has_ids else [time_col], path)
     covariates = [c for c in df.columns if c not in (id_col, time_col, *targets)]
     columns = targets + covariates
-    values = beyond_float32(numeric_values(df, columns, path, dtype=np.float64))  # (rows, C), float32 once checked
+    values = values_beyond_float32(df, columns, path)  # (rows, C) in float64, float32 once checked
 
     if has_ids:
         codes, ids = pd.factorize(df[id_col], sort=False)
@@ -72,18 +72,20 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
                             [str(c) for c in covariates], season, f"file:{path}", [note for note in notes if note])
 
 
-def beyond_float32(values: np.ndarray) -> np.ndarray:
-    """``values`` with those past float32's range made infinite, as the model's float32 would make them, so
-    that the finiteness check names them."""
+def values_beyond_float32(df: pd.DataFrame, columns: list, path) -> np.ndarray:
+    """The ``columns`` in float64, where the notes can measure float32's rounding, with values past float32's
+    range made infinite, as the model's float32 would make them, so that the finiteness check names them."""
+    values = numeric_values(df, columns, path, dtype=np.float64)
     return np.where(np.abs(values) > np.finfo(np.float32).max, np.copysign(np.inf, values), values)
 
 
 def _single_column_series(df: pd.DataFrame, path) -> SeriesCollection:
     name, sid = df.columns[0], Path(path).stem
-    values = beyond_float32(numeric_values(df, [name], path, dtype=np.float64))
+    values = values_beyond_float32(df, [name], path)
     check_finite(values, [name], path, lambda row: f"row {row + 1}")
-    notes = [note for note in [float32_rounding(values, np.zeros(len(values), dtype=np.int64), [sid], [name])] if note]
-    return SeriesCollection([values.astype(np.float32)], [sid], [str(name)], [], None, f"file:{path}", notes)
+    note = float32_rounding(values, np.zeros(len(values), dtype=np.int64), [sid], [name])
+    return SeriesCollection([values.astype(np.float32)], [sid], [str(name)], [], None, f"file:{path}",
+                            [note] if note else [])
 
 
 GAP = 1.5  # a step this many times the longest of its frequency (a month: 31 days) skips at least one
@@ -165,8 +167,9 @@ def float32_rounding(values: np.ndarray, codes: np.ndarray, ids: list[str], colu
     ``values`` (rows, C) in float64 and ``codes`` (rows,) are sorted by series, then time.
     """
     rounding = np.abs(values - values.astype(np.float32))  # (rows, C)
-    changes = np.abs(np.diff(values, axis=0))[codes[1:] == codes[:-1]]  # (steps, C), within a series
-    floor = NOISE * np.abs(values[1:])[codes[1:] == codes[:-1]]
+    same = codes[1:] == codes[:-1]  # steps within a series
+    changes = np.abs(np.diff(values, axis=0))[same]  # (steps, C)
+    floor = NOISE * np.abs(values[1:])[same]
     for c, column in enumerate(columns):
         moving = changes[:, c][changes[:, c] > floor[:, c]]
         if not moving.size:
