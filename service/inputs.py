@@ -16,10 +16,11 @@ from models.artifact import LoadedModel
 
 
 class InstanceError(ValueError):
-    """One instance is unusable; the message names the instance, the field and the problem."""
+    """One instance is unusable; the message names the instance, the field and the problem (``index`` None: a
+    field of the request itself, such as its ``model``)."""
 
-    def __init__(self, index: int, field: str, problem: str):
-        super().__init__(f"instances[{index}].{field}: {problem}")
+    def __init__(self, index: int | None, field: str, problem: str):
+        super().__init__(f"{field}: {problem}" if index is None else f"instances[{index}].{field}: {problem}")
         self.index, self.field, self.problem = index, field, problem
 
 

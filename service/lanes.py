@@ -122,7 +122,7 @@ class ModelLane(ABC):
 
     # ------------------------------------------------------------------------------------------ streams
 
-    def check_streamable(self, index: int) -> None:
+    def check_streamable(self, index: int | None) -> None:
         """InstanceError, saying why, when this lane's model cannot stream."""
         if self.stream is None:
             raise InstanceError(index, "model", f"{self.tag} cannot stream: {self.not_streamable}")
@@ -339,8 +339,9 @@ class Lanes:
         """The lane of ``name:version``, or of a name's default version; None when nothing serves it."""
         return self.by_name.get(name)
 
-    def lane_for(self, index: int, name: str | None, task: str) -> ModelLane:
-        """The lane an instance asked for (or the task's default); InstanceError when there is none."""
+    def lane_for(self, index: int | None, name: str | None, task: str) -> ModelLane:
+        """The lane instance ``index`` (None: the request) asked for, or the task's default; InstanceError when
+        there is none."""
         if name is None:
             if task not in self.defaults:
                 raise InstanceError(index, "model", f"no {task} model is served; served models: {', '.join(self.by_tag)}")
@@ -375,28 +376,31 @@ class Lanes:
 
     # ------------------------------------------------------------------------------------------ requests
 
-    async def classify(self, instances: list[Any], client: Client | None = None) -> str:
-        """One /classify request's answers, in order, as JSON. Raises InstanceError or RequestError (400) and RetryLater (503)."""
-        self._check_count(instances)
-        checked = [self._checked(index, instance.model, "classify", instance.sequence) for index, instance in enumerate(instances)]
+    async def classify(self, instances: list[Any], client: Client | None = None, model: str | None = None) -> str:
+        """One /classify request's answers, in order, as JSON; ``model`` answers the instances that name none.
+        Raises InstanceError or RequestError (400) and RetryLater (503)."""
+        names = self._asked_for(instances, model, "classify")
+        checked = [self._checked(index, name, "classify", instance.sequence)
+                   for index, (name, instance) in enumerate(zip(names, instances))]
         return await self._answers(checked, "sequence", client)
 
-    async def forecast(self, instances: list[Any], client: Client | None = None) -> str:
-        """One /forecast request's answers, in order, as JSON. Raises as :meth:`classify`."""
-        self._check_count(instances)
-        checked = [self._checked(index, instance.model, "forecast", instance.history) for index, instance in enumerate(instances)]
+    async def forecast(self, instances: list[Any], client: Client | None = None, model: str | None = None) -> str:
+        """One /forecast request's answers, in order, as JSON. Takes and raises as :meth:`classify`."""
+        names = self._asked_for(instances, model, "forecast")
+        checked = [self._checked(index, name, "forecast", instance.history)
+                   for index, (name, instance) in enumerate(zip(names, instances))]
         return await self._answers(checked, "history", client)
 
-    async def step_streams(self, task: str, instances: list[Any], client: Client | None = None) -> str:
+    async def step_streams(self, task: str, instances: list[Any], client: Client | None = None, model: str | None = None) -> str:
         """One /stream/<task> request as JSON: advance every instance's stream (its state token, or a new stream).
 
         Each answer is the last step's answer plus ``state``, the token to send with the next steps, and
-        with ``every_step`` the answers after each new step (``per_step``). Raises as :meth:`classify`.
+        with ``every_step`` the answers after each new step (``per_step``). Takes and raises as :meth:`classify`.
         """
-        self._check_count(instances)
+        names = self._asked_for(instances, model, task, stream=True)
         checked = []
-        for index, instance in enumerate(instances):
-            lane = self.stream_lane(index, instance.model, task, instance.state)
+        for index, (name, instance) in enumerate(zip(names, instances)):
+            lane = self.stream_lane(index, name, task, instance.state)
             steps = lane.new_steps(index, instance.steps)
             checked.append((lane, StreamStep(lane.stream_state(index, instance.state), steps, instance.every_step)))
         groups = _grouped(checked)
@@ -412,6 +416,16 @@ class Lanes:
                 answer["per_step"] = per_step
             answers.append(answer)
         return answer_json(answers)
+
+    def _asked_for(self, instances: list[Any], model: str | None, task: str, stream: bool = False) -> list[str | None]:
+        """The model each instance asked for: its own ``model``, else the request's (checked here once, so that an
+        unknown one, or one that cannot ``stream``, is named as the request's field, not as every instance's)."""
+        self._check_count(instances)
+        if model is not None:
+            lane = self.lane_for(None, model, task)
+            if stream:
+                lane.check_streamable(None)
+        return [instance.model if instance.model is not None else model for instance in instances]
 
     def _check_count(self, instances: list[Any]) -> None:
         if not instances:

@@ -109,7 +109,8 @@ Recurrent sequence classifiers and forecasters (RNN, GRU, LSTM) trained by seqse
   own specification.
 
 A request is `{{"instances": [...]}}`, answered in order. An instance may name its model (`name`, the newest
-served version, or `name:version`); without one, the endpoint's default model answers. Concurrent
+served version, or `name:version`); a request's own `"model"` answers the instances that name none; without
+either, the endpoint's default model answers. Concurrent
 requests are merged into shared forward passes.
 
 Limits of this server: {settings.max_instances} instances per request, {settings.max_length} steps per

@@ -63,6 +63,12 @@ class ForecastInstance(BaseModel):
     )
 
 
+REQUEST_MODEL = Field(
+    default=None,
+    max_length=256,
+    description="Model for every instance that names none: a name (its newest served version) or name:version. "
+    "Default: the default model for the endpoint.",
+)
 CLASSIFY_INSTANCES = Field(
     fail_fast=True,
     description="The sequences to classify, answered in order. Instances may name different models and have different lengths.",

@@ -101,6 +101,9 @@ def test_a_long_model_name_is_not_echoed_whole(client):
     response = post(client, "/classify", {"instances": [{"sequence": [[1.0, 2.0, 3.0]], "model": "m" * 50_000}]})
     assert response.status_code == 400
     assert len(response.content) < 2000 and "instances[0].model" in response.json()["error"]
+    response = post(client, "/classify", {"model": "m" * 50_000, "instances": [{"sequence": [[1.0, 2.0, 3.0]]}]})
+    assert response.status_code == 400
+    assert len(response.content) < 2000 and response.json()["error"].startswith("model: "), response.text
 
 
 def test_nan_in_a_flat_history_names_the_step_not_pydantic_internals(client):

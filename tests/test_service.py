@@ -12,12 +12,13 @@ from tests.service_client import in_process, served_answers
 
 @pytest.fixture(scope="module")
 def tags():
-    return {"clf": tiny_models.store_classifier("svc-clf"), "fc": tiny_models.store_forecaster("svc-fc")}
+    return {"clf": tiny_models.store_classifier("svc-clf"), "fc": tiny_models.store_forecaster("svc-fc"),
+            "other-clf": tiny_models.store_classifier("svc-other-clf", seed=1)}
 
 
 @pytest.fixture(scope="module")
 def client(tags):
-    env = {"SEQSERVE_MODELS": f"{tags['clf']},{tags['fc']}", "SEQSERVE_MAX_INSTANCES": "8", "SEQSERVE_MAX_LENGTH": "100"}
+    env = {"SEQSERVE_MODELS": ",".join(tags.values()), "SEQSERVE_MAX_INSTANCES": "8", "SEQSERVE_MAX_LENGTH": "100"}
     with in_process(env) as client:
         yield client
 
@@ -40,7 +41,7 @@ def error_of(response) -> str:
 
 def test_models_lists_every_served_model(client, tags):
     models = {m["tag"]: m for m in client.get("/models").json()}
-    assert set(models) == {tags["clf"], tags["fc"]}
+    assert set(models) == set(tags.values())
     clf, fc = models[tags["clf"]], models[tags["fc"]]
     assert clf["task"] == "classify" and clf["default"] and clf["labels"] == ["walk", "run", "sit", "jump"]
     assert clf["features"] == ["x", "y", "z"] and clf["architecture"]["cell"] == "gru"
@@ -67,6 +68,32 @@ def test_model_can_be_named_by_name_or_tag(client, tags):
     by_name = post(client, "/classify", {"sequence": sequence(4), "model": "svc-clf"}).json()[0]
     by_tag = post(client, "/classify", {"sequence": sequence(4), "model": tags["clf"]}).json()[0]
     assert by_name == by_tag
+
+
+def test_a_request_level_model_answers_the_instances_that_name_none(client, tags):
+    body = {"model": "svc-other-clf", "instances": [{"sequence": sequence(4)}, {"sequence": sequence(4), "model": "svc-clf"}]}
+    assert [a["model"] for a in client.post("/classify", json=body).json()] == [tags["other-clf"], tags["clf"]]
+    assert [a["model"] for a in post(client, "/classify", {"sequence": sequence(4)}).json()] == [tags["clf"]]  # the default
+    fc = client.post("/forecast", json={"model": "svc-fc", "instances": [{"history": list(range(20))}]}).json()[0]
+    streamed = client.post("/stream/forecast", json={"model": tags["fc"], "instances": [{"steps": list(range(20))}]}).json()[0]
+    assert fc["model"] == streamed["model"] == tags["fc"] and streamed["forecast"] == fc["forecast"]
+
+
+@pytest.mark.parametrize(
+    "path, model, words",
+    [
+        ("/classify", "nope", ["model: unknown model 'nope'", "svc-clf"]),
+        ("/classify", "svc-fc", ["model: ", "is a forecast model", "/forecast"]),
+        ("/forecast", "svc-clf", ["model: ", "is a classify model", "/classify"]),
+        ("/stream/classify", "nope", ["model: unknown model 'nope'"]),
+        ("/stream/classify", "svc-other-clf", ["model: svc-other-clf:", "cannot stream"]),
+        ("/classify", 5, ["model: Input should be a valid string"]),
+    ],
+)
+def test_a_bad_request_level_model_gets_a_400_naming_the_request_field(client, path, model, words):
+    instance = {"history": list(range(20))} if path == "/forecast" else {"steps" if "stream" in path else "sequence": sequence(3)}
+    message = error_of(client.post(path, json={"model": model, "instances": [instance]}))
+    assert all(w in message for w in words) and "instances[" not in message, message
 
 
 def test_forecast_answers_in_the_history_scale_with_ordered_quantiles(client, tags):
