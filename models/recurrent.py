@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.bands import noise_units, residual_matrix
 from models.normalization import instance_norm_name, instance_standardize, running_standardize
 from models.starts import FITTED_KINDS, StartSpec, min_lookback, start_weights
 
@@ -208,6 +209,11 @@ class ForecasterConfig:
     # (H, K, Q) nested lists: each quantile as the median plus these, in normalised units; empty: the
     # members learn every quantile themselves (older cards)
     quantile_offsets: list = field(default_factory=list)
+    # The offsets' unit (models.bands): 0, each window's standard deviation; p > 0, that times
+    # (noise / standard deviation) ** p, the noise measured after the window's line and seasonal offsets
+    # (of season ``band_season``).
+    band_noise_power: float = 0.0
+    band_season: int = 1
 
 
 class ForecastMember(nn.Module):
@@ -259,7 +265,8 @@ class Forecaster(nn.Module):
     4. ``members`` networks (:class:`ForecastMember`) each add a correction; their outputs are averaged.
     5. With ``quantile_offsets`` the members forecast the median alone and every quantile is the median
        plus its offset (per step and channel, in normalised units: calibrated on errors the model did not
-       train on); without them each member learns every quantile itself, never crossing.
+       train on; with ``band_noise_power`` each window's unit grows with its noise, ``models.bands``);
+       without them each member learns every quantile itself, never crossing.
 
     The median (0.5) is always among the quantiles and is the point forecast.
 
@@ -298,6 +305,8 @@ class Forecaster(nn.Module):
         start: dict | None = None,
         members: int = 1,
         quantile_offsets: list | tuple = (),
+        band_noise_power: float = 0.0,
+        band_season: int = 1,
     ):
         super().__init__()
         if not 1 <= n_targets <= n_features:
@@ -317,6 +326,8 @@ class Forecaster(nn.Module):
         if offsets is not None and tuple(offsets.shape) != (horizon, n_targets, len(self.quantiles)):
             raise ValueError(f"quantile_offsets must have shape (horizon, n_targets, quantiles) = "
                              f"{(horizon, n_targets, len(self.quantiles))}, got {tuple(offsets.shape)}")
+        if band_noise_power and (offsets is None or lookback < 2):
+            raise ValueError("band_noise_power needs quantile_offsets and a lookback of at least 2 steps")
         n_outputs = 1 if offsets is not None else max(len(self.quantiles), 1)
         self.members = nn.ModuleList(
             ForecastMember(n_features, n_targets, horizon, n_outputs, cell, hidden_size, num_layers, dropout,
@@ -331,6 +342,9 @@ class Forecaster(nn.Module):
         weights = torch.from_numpy(start_weights(self.start, reach, horizon)) if self.start.kind != "mean" else None
         self.register_buffer("start_weights", weights, persistent=self.start.kind in FITTED_KINDS)  # (H, reach)
         self.register_buffer("quantile_offsets", offsets, persistent=False)  # (H, K, Q), from the config
+        self.band_noise_power = band_noise_power
+        residual = torch.from_numpy(residual_matrix(lookback, band_season)) if band_noise_power else None
+        self.register_buffer("band_residual", residual, persistent=False)  # (L, L), from the config
         self.register_load_state_dict_pre_hook(_one_member_layout)
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -366,8 +380,17 @@ class Forecaster(nn.Module):
             recent = x_norm[:, -self.start_weights.shape[1] :, : self.n_targets]  # (B, reach, K)
             out = out + torch.einsum("hl,blk->bhk", self.start_weights, recent).unsqueeze(-1)  # (B, H, K, 1)
         if self.quantile_offsets is not None:
-            out = out + self.quantile_offsets  # (B, H, K, 1) + (H, K, Q) -> (B, H, K, Q)
+            # (B, H, K, 1) + (H, K, Q) x (B, 1, K, 1) -> (B, H, K, Q)
+            out = out + self.quantile_offsets * self.band_unit(x_norm).unsqueeze(-1)
         return out
+
+    def band_unit(self, x_norm: torch.Tensor) -> torch.Tensor:
+        # x_norm: (B, T, F) -> (B, 1, K): each window's unit of the quantile offsets, in its standard deviations
+        # (models.bands; 1 without band_noise_power)
+        window = x_norm[:, :, : self.n_targets]
+        if self.band_residual is None:
+            return torch.ones_like(window[:, :1])
+        return noise_units(window[:, -self.band_residual.shape[0] :], self.band_residual, self.band_noise_power)
 
 
 def _one_member_layout(module, state_dict, prefix, *_):

@@ -139,9 +139,9 @@ def _forecast(spec: StartSpec, windows: np.ndarray, horizon: int) -> np.ndarray:
     phases = np.arange(lookback) % spec.season
     if spec.season_fit == "moving_average" and spec.season > 1:
         season = _moving_average_season(windows, spec.season)  # (N, m); phase of step t: t % m
-        start, slope, _ = _line_and_season(windows - season[:, phases], 1)  # the adjusted values' line
+        start, slope, _ = line_and_season(windows - season[:, phases], 1)  # the adjusted values' line
     else:
-        start, slope, season = _line_and_season(windows, spec.season)
+        start, slope, season = line_and_season(windows, spec.season)
     adjusted = windows - season[:, phases]
     level, trend = start, slope  # the fitted line at step 0 starts the filter
     for t in range(1, lookback):
@@ -152,7 +152,7 @@ def _forecast(spec: StartSpec, windows: np.ndarray, horizon: int) -> np.ndarray:
     return level[:, None] + damped[None, :] * trend[:, None] + season[:, (lookback + steps) % spec.season]
 
 
-def _line_and_season(windows: np.ndarray, season: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def line_and_season(windows: np.ndarray, season: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares fit of ``a + b t + s[t % m]`` (offsets summing to zero) to each window (N, L):
     the line's value at step 0 (N,), its slope (N,) and the offsets (N, m)."""
     lookback = windows.shape[1]

@@ -11,6 +11,7 @@ import torch
 from models import ForecasterConfig, create_model
 from models.artifact import ModelCard, load_artifact, save_artifact
 from models import starts as model_starts
+from models.bands import NOISE_FLOOR, noise_units, residual_matrix
 from models.starts import FITTED_KINDS, StartSpec, combination, min_lookback, start_weights
 from training import baselines, starts
 from training.data import SeriesCollection
@@ -59,7 +60,7 @@ def test_the_moving_average_season_is_not_bent_by_a_turn_in_the_level():
     t = np.arange(48)
     offsets = np.array([3.0, 1.0, -1.0, -3.0, 0.5, -0.5, 2.0, -2.0, 1.5, -1.5, 0.0, 0.0])  # summing to zero
     x = (100 + 10 * np.sin(2 * np.pi * t / 40) + offsets[t % 12])[None, :]
-    by_line = model_starts._line_and_season(x, 12)[2][0]
+    by_line = model_starts.line_and_season(x, 12)[2][0]
     by_average = model_starts._moving_average_season(x, 12)[0]
     assert np.abs(by_average - offsets).max() < 0.5 < np.abs(by_line - offsets).max()
 
@@ -336,6 +337,52 @@ def test_intervals_from_the_starts_errors_cover_their_share_of_new_data():
     assert abs(metrics["q0.1_coverage"] - 0.1) < 0.05 and abs(metrics["q0.9_coverage"] - 0.9) < 0.05
 
 
+def test_a_panels_band_is_wide_for_its_noisy_series_and_narrow_for_its_smooth_ones():
+    # Two series of one panel: a trend with little noise and one with much. In standard deviations their windows
+    # look alike, so one band in those units covers the smooth series' values far too widely and the noisy one's
+    # too narrowly; in units that grow with each window's noise (models.bands) each gets its own width.
+    rng = np.random.default_rng(0)
+    t = np.arange(600)
+    smooth = 100 + 0.5 * t + rng.normal(0, 0.5, len(t))
+    noisy = 100 + 0.5 * t + rng.normal(0, 8, len(t))
+    panel = SeriesCollection([smooth[:, None], noisy[:, None]], ["smooth", "noisy"], ["value"], [], None, "test")
+    train, _, test = split_by_time(panel, lookback=24, horizon=6)
+    chosen = starts.choose_start(train, 1, season=1, allow_log=False)
+    coverage = {}
+    for power in (0.0, 0.5):
+        band = starts.Band(power, 1)
+        offsets = starts.interval_offsets(train, 1, chosen, [0.1, 0.5, 0.9], band)
+        model = create_model("gru_forecaster", n_features=1, n_targets=1, horizon=6, quantiles=[0.1, 0.9], lookback=24,
+                             start=chosen["start"].to_dict(), quantile_offsets=offsets.tolist(),
+                             band_noise_power=power, band_season=1).eval()
+        if chosen["start"].kind in FITTED_KINDS:
+            model.start_weights.copy_(torch.from_numpy(chosen["weights"]))
+        with torch.inference_mode():
+            predicted = model(torch.from_numpy(test.inputs)).numpy()  # (N, H, 1, 3)
+        coverage[power] = [quantile_metrics(test.targets[test.series_index == s], predicted[test.series_index == s],
+                                            model.quantiles)["coverage_0.1_0.9"] for s in (0, 1)]
+    smooth_cover, noisy_cover = coverage[0.0]
+    assert smooth_cover > 0.95 and noisy_cover < 0.7  # one band in standard deviations: wrong for both
+    assert all(abs(c - 0.8) < abs(c0 - 0.8) for c, c0 in zip(coverage[0.5], coverage[0.0]))
+
+
+def test_the_band_unit_is_the_windows_noise_about_its_line_and_season():
+    t = np.arange(48)
+    shape = 3 + 0.5 * t + 4 * np.sin(2 * np.pi * t / 12)
+    residual = residual_matrix(48, 12)
+    np.testing.assert_allclose(residual @ shape, 0, atol=1e-4)  # a line plus a season is no noise at all
+    noise = np.random.default_rng(0).normal(0, 1, 48)
+    np.testing.assert_allclose(residual @ (shape + noise), residual @ noise, atol=1e-4)
+    window = torch.from_numpy(np.stack([shape + 0.1 * noise, shape + 10 * noise], axis=-1)[None].astype(np.float32))  # (1, 48, 2)
+    z = (window - window.mean(dim=1, keepdim=True)) / window.std(dim=1, unbiased=False, keepdim=True)
+    units = noise_units(z, torch.from_numpy(residual), 1.0)[0, 0]  # in each channel's standard deviations
+    expected = [np.sqrt(np.mean((residual @ w) ** 2)) / w.std() for w in window[0].numpy().T]
+    np.testing.assert_allclose(units.numpy(), np.maximum(expected, NOISE_FLOOR), rtol=1e-4)
+    assert units[0] == NOISE_FLOOR and units[1] > 0.3  # almost no noise: the floor, not a band of nothing
+    np.testing.assert_allclose(noise_units(z, torch.from_numpy(residual), 0.5)[0, 0], units.sqrt(), rtol=1e-5)
+    assert np.allclose(residual_matrix(20, 12) @ (1 + 2 * np.arange(20.0)), 0, atol=1e-4)  # under two seasons: the line
+
+
 def test_calibration_widens_a_band_to_the_held_out_errors_as_far_as_they_are_many():
     rng = np.random.default_rng(0)
     levels = [0.1, 0.5, 0.9]
@@ -502,7 +549,7 @@ def test_a_forecasters_lookback_is_read_from_the_top_of_its_card(layout):
 def test_config_round_trips_with_every_new_field():
     config = ForecasterConfig(n_features=1, n_targets=1, horizon=3, quantiles=[0.1, 0.9], lookback=24,
                               transform="log", start=StartSpec("smoothing", 4, 0.3).to_dict(), members=3,
-                              quantile_offsets=np.zeros((3, 1, 3)).tolist())
+                              quantile_offsets=np.zeros((3, 1, 3)).tolist(), band_noise_power=0.5, band_season=4)
     assert ForecasterConfig(**dataclasses.asdict(config)) == config
     model = create_model("lstm_forecaster", **dataclasses.asdict(config))
     assert len(model.members) == 3 and model.start == StartSpec("smoothing", 4, 0.3)
@@ -513,7 +560,7 @@ def test_config_round_trips_with_every_new_field():
 def test_a_forecaster_of_the_current_recipe_round_trips_through_the_store():
     hparams = {"n_features": 1, "n_targets": 1, "horizon": 6, "quantiles": [0.1, 0.9], "hidden_size": 8, "lookback": 24,
                "transform": "log", "start": StartSpec("linear", ridge=0.1).to_dict(), "members": 2,
-               "quantile_offsets": np.tile([-0.4, 0.0, 0.5], (6, 1, 1)).tolist()}
+               "quantile_offsets": np.tile([-0.4, 0.0, 0.5], (6, 1, 1)).tolist(), "band_noise_power": 0.5, "band_season": 4}
     torch.manual_seed(0)
     model = create_model("gru_forecaster", **hparams)
     with torch.no_grad():

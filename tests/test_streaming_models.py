@@ -25,7 +25,7 @@ def classifier(cell: str, **recipe) -> torch.nn.Module:
 
 # The recipes a card can hold: the older one (a seasonal naive start, one member, learnt quantiles) and the
 # current one's kinds (log of the targets, smoothing, fitted linear and combined starts, averaged members,
-# offsets).
+# offsets, offsets in units that grow with each window's noise).
 FORECASTER_RECIPES = {
     "older card": {"skip_season": 4, "linear_lookback": LOOKBACK},
     "log, smoothing, members": {"lookback": LOOKBACK, "transform": "log", "members": 3,
@@ -37,6 +37,8 @@ FORECASTER_RECIPES = {
                           "start": combination([(0.5, StartSpec("seasonal_naive", 4)),
                                                 (0.5, StartSpec("linear", ridge=0.1))]).to_dict(),
                           "quantile_offsets": [[[-0.3, 0.0, 0.4]]] * HORIZON},
+    "a panel's band": {"lookback": LOOKBACK, "members": 2, "start": {"kind": "smoothing", "season": 4, "alpha": 0.3},
+                       "quantile_offsets": [[[-0.3, 0.0, 0.4]]] * HORIZON, "band_noise_power": 0.5, "band_season": 4},
 }
 
 

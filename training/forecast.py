@@ -18,7 +18,8 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
   hundreds of forecast origins, where a network's own quantiles, fitted on those windows, covered too
   little of what came next) and their width from the served model's errors at the rolling validation
   origins (``training.starts.calibrate_offsets``, split conformal), as far as those windows are many, or,
-  where the series are too short for an origin, from the start's errors on their latest training windows;
+  where the series are too short for an origin, from the start's errors on their latest training windows.
+  A panel's offsets are in units that grow with each window's noise (``models.bands``, ``PANEL_NOISE_POWER``);
 * the networks: ``members`` (default 5, fewer for large data) recurrent networks, seeds ``seed`` to
   ``seed + members - 1``, each learning a correction to the start's median on every window before the
   test part for about one optimiser step per window (``sized_for``); their corrections are averaged (M4's
@@ -141,6 +142,10 @@ MANY_VAL_WINDOWS = 100
 # measured on a few origins is noise, and the start is the simpler model (US electricity: 0.2982 against
 # 0.2986 at three origins, then 1.54 against 1.14 MASE on test).
 NETWORK_MARGIN = 0.02
+# A panel's band (several series, or several target channels) is measured in each window's standard deviation
+# times (noise / standard deviation) ** PANEL_NOISE_POWER (models.bands): the series of a panel differ in how
+# much of their spread is noise. One series keeps standard deviations (the power 0).
+PANEL_NOISE_POWER = 0.5
 
 
 def one_short_origin(origins: int, validation_windows: int) -> bool:
@@ -241,8 +246,8 @@ def _held_out_error(model, windows: Windows, device: torch.device) -> float:
 
 @torch.no_grad()
 def normalized_residuals(model, windows: Windows, device: torch.device, batch_size: int = 512) -> np.ndarray:
-    """The median's errors on ``windows`` (N, H, K) in each window's standardised (log) units: the units
-    of the quantile offsets, so that they can be calibrated on them."""
+    """The median's errors on ``windows`` (N, H, K) in each window's standardised (log) units divided by its
+    band unit (``Forecaster.band_unit``): the units of the quantile offsets, so that they can be calibrated on them."""
     model.eval()
     k, out = model.n_targets, []
     for i in range(0, len(windows), batch_size):
@@ -253,7 +258,8 @@ def normalized_residuals(model, windows: Windows, device: torch.device, batch_si
             targets = targets.clamp_min(tiny).log()
         x_norm, loc, scale = model.normalize(inputs)
         median = model.forward_normalized(x_norm)[..., model.point_index]  # (B, H, K)
-        out.append(((targets - loc[..., :k]) / scale[..., :k] - median).cpu().numpy())
+        errors = (targets - loc[..., :k]) / scale[..., :k] - median  # (B, H, K)
+        out.append((errors / model.band_unit(x_norm)).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -340,6 +346,7 @@ def train_forecaster(
 
     positive = bool((train_w.inputs[..., :k] > 0).all() and (train_w.targets > 0).all())
     chosen = starts.choose_start(train_w, k, season, allow_log=positive)
+    band = starts.Band(PANEL_NOISE_POWER if quantiles and len(kept.series) * k > 1 else 0.0, season)
     # About one optimiser step per training window (64 to 1,500), the schedule run to its end: on short
     # series longer training fits the windows and forecasts worse (airline, 56 windows: 0.48 MASE after
     # 90 steps, 0.70-0.90 after 200-1,500). A step costs about its lookback (one recurrent pass over every
@@ -352,10 +359,11 @@ def train_forecaster(
         hidden_size=network.hidden_size, num_layers=network.num_layers, dropout=network.dropout,
         bidirectional=network.bidirectional, lookback=lookback,
         transform=chosen["transform"], start=chosen["start"].to_dict(), members=members,
+        band_noise_power=band.noise_power, band_season=band.season,
     )
     if quantiles:
         levels = sorted(set(quantiles) | {0.5})
-        offsets = starts.interval_offsets(train_w, k, chosen, levels)
+        offsets = starts.interval_offsets(train_w, k, chosen, levels, band)
         hparams.quantile_offsets = np.round(offsets, 5).tolist()
     model_name = f"{network.arch}_forecaster"
     recipe = {
@@ -366,6 +374,8 @@ def train_forecaster(
         "lookback_source": lookback_source,
         "series_skipped": len(skipped),
         "transform": chosen["transform"],
+        "band_unit": ("the window's standard deviation" if not band.noise_power else
+                      f"the window's standard deviation x (noise / standard deviation) ^ {band.noise_power:g}"),
         "start": chosen["start"].describe(),
         "start_error": round(chosen["error"], 4),
         "start_errors": chosen["errors"],
@@ -426,7 +436,7 @@ def train_forecaster(
             # parameters were chosen with them too. On 11 public series too short for an origin, start only,
             # the band moved nearer 80% on 5 and further on 4, its mean distance from 80% 17.3 -> 15.5 points
             # (Nile 0.72 -> 0.75, internet users 0.95 -> 0.83, discoveries 0.49 -> 0.70; souvenirs 0.86 -> 0.92).
-            calibration_errors = starts.latest_errors(train_w, k, chosen)
+            calibration_errors = starts.latest_errors(train_w, k, chosen, band)
             recipe["interval_calibration"] = "the start's errors on the latest quarter of the training windows"
         offsets, recipe["interval_factors"] = starts.calibrate_offsets(offsets, calibration_errors, levels)
         hparams.quantile_offsets = np.round(offsets, 5).tolist()
