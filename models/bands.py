@@ -8,7 +8,7 @@ is then too wide for the one and too narrow for the other. There the unit is the
 ``(noise / standard deviation) ** power``, the noise being the root mean square of the window less its
 least-squares line and seasonal offsets (``models.starts.line_and_season``): ``power`` 0.5 is the geometric
 mean of the window's spread and its noise. It is a fixed function of the window, like the start, so the
-stored model stays one function of the window and streams and batches as before.
+stored model stays one function of the window: a stream's forecast equals the whole window's.
 """
 
 from __future__ import annotations

@@ -326,8 +326,8 @@ class Forecaster(nn.Module):
         if offsets is not None and tuple(offsets.shape) != (horizon, n_targets, len(self.quantiles)):
             raise ValueError(f"quantile_offsets must have shape (horizon, n_targets, quantiles) = "
                              f"{(horizon, n_targets, len(self.quantiles))}, got {tuple(offsets.shape)}")
-        if band_noise_power and (offsets is None or lookback < 2):
-            raise ValueError("band_noise_power needs quantile_offsets and a lookback of at least 2 steps")
+        if band_noise_power and (offsets is None or lookback < 3):
+            raise ValueError("band_noise_power needs quantile_offsets and a lookback of at least 3 steps")
         n_outputs = 1 if offsets is not None else max(len(self.quantiles), 1)
         self.members = nn.ModuleList(
             ForecastMember(n_features, n_targets, horizon, n_outputs, cell, hidden_size, num_layers, dropout,

@@ -12,7 +12,7 @@ arrays, one stream, no batch dimension) and steps many streams at once:
   those ``t`` steps (to float32 rounding).
 * :class:`ForecasterStream` — a :class:`~models.recurrent.Forecaster` normalises every window by its
   own statistics, so no summary of the past can stand in for it: the state is the last ``lookback``
-  steps, and a forecast runs the window (O(lookback), never more). Before ``lookback`` steps have
+  steps, and a forecast runs the window (its cost set by the lookback, never growing with the stream). Before ``lookback`` steps have
   arrived there is no forecast, exactly as ``/forecast`` refuses a shorter history.
 
 * :class:`NeighbourStream` — a :class:`~models.neighbours.DTWNearestNeighbour` reads a query one DTW row

@@ -32,7 +32,8 @@ from service.reload import StoreWatcher, watched
 from service.schemas import (
     CLASSIFY_INSTANCES,
     FORECAST_INSTANCES,
-    REQUEST_MODEL,
+    CLASSIFY_REQUEST_MODEL,
+    FORECAST_REQUEST_MODEL,
     STREAM_CLASSIFY_INSTANCES,
     STREAM_FORECAST_INSTANCES,
     ClassifyAnswers,
@@ -138,26 +139,26 @@ class SeqServe:
     # The handlers return the finished JSON (see _json); output_spec says what it holds, for the API page.
     @bentoml.api(route="/classify", output_spec=ClassifyAnswers)
     async def classify(self, ctx: bentoml.Context, instances: list[ClassifyInstance] = CLASSIFY_INSTANCES,
-                       model: str | None = REQUEST_MODEL) -> Response:
+                       model: str | None = CLASSIFY_REQUEST_MODEL) -> Response:
         """Classify sequences: one answer per instance, in order."""
         return await _answered(ctx, self.lanes.classify(instances, ctx.request.scope.get(CLIENT), model))
 
     @bentoml.api(route="/forecast", output_spec=ForecastAnswers)
     async def forecast(self, ctx: bentoml.Context, instances: list[ForecastInstance] = FORECAST_INSTANCES,
-                       model: str | None = REQUEST_MODEL) -> Response:
+                       model: str | None = FORECAST_REQUEST_MODEL) -> Response:
         """Forecast the next steps of each history, in that history's own scale."""
         return await _answered(ctx, self.lanes.forecast(instances, ctx.request.scope.get(CLIENT), model))
 
     @bentoml.api(route="/stream/classify", output_spec=StreamClassifyAnswers)
     async def stream_classify(self, ctx: bentoml.Context, instances: list[StreamClassifyInstance] = STREAM_CLASSIFY_INSTANCES,
-                              model: str | None = REQUEST_MODEL) -> Response:
+                              model: str | None = CLASSIFY_REQUEST_MODEL) -> Response:
         """Advance classification streams by their new steps: each answer equals /classify on the stream so far
         and carries the state token for the next steps."""
         return await _answered(ctx, self.lanes.step_streams("classify", instances, ctx.request.scope.get(CLIENT), model))
 
     @bentoml.api(route="/stream/forecast", output_spec=StreamForecastAnswers)
     async def stream_forecast(self, ctx: bentoml.Context, instances: list[StreamForecastInstance] = STREAM_FORECAST_INSTANCES,
-                              model: str | None = REQUEST_MODEL) -> Response:
+                              model: str | None = FORECAST_REQUEST_MODEL) -> Response:
         """Advance forecasting streams by their new values: each forecast equals /forecast on the history so far
         and carries the state token for the next values."""
         return await _answered(ctx, self.lanes.step_streams("forecast", instances, ctx.request.scope.get(CLIENT), model))

@@ -339,9 +339,9 @@ class Lanes:
         """The lane of ``name:version``, or of a name's default version; None when nothing serves it."""
         return self.by_name.get(name)
 
-    def lane_for(self, index: int | None, name: str | None, task: str) -> ModelLane:
+    def lane_for(self, index: int | None, name: str | None, task: str, stream: bool = False) -> ModelLane:
         """The lane instance ``index`` (None: the request) asked for, or the task's default; InstanceError when
-        there is none."""
+        there is none (``stream``: the request came to a /stream route, which a wrong task's hint names)."""
         if name is None:
             if task not in self.defaults:
                 raise InstanceError(index, "model", f"no {task} model is served; served models: {', '.join(self.by_tag)}")
@@ -352,7 +352,7 @@ class Lanes:
         if lane is None:
             raise InstanceError(index, "model", f"unknown model {shown(name)}; served models: {', '.join(self.by_tag)}")
         if lane.task != task:
-            other = "/forecast" if task == "classify" else "/classify"
+            other = ("/stream" if stream else "") + ("/forecast" if task == "classify" else "/classify")
             raise InstanceError(index, "model", f"{lane.tag} is a {lane.task} model; send it to {other}")
         return lane
 
@@ -360,7 +360,7 @@ class Lanes:
         """The lane that continues a stream: :meth:`lane_for`'s, unless the instance names no version and its
         ``token`` was made by another version of that same model: then that version's lane, so that a stream keeps
         its version while the version is served. VersionGone when that version is no longer served."""
-        lane = self.lane_for(index, name, task)
+        lane = self.lane_for(index, name, task, stream=True)
         made_by = self.signer.made_by(token) if token is not None else None
         if made_by is None or made_by == lane.tag or name == lane.tag or made_by.split(":")[0] != lane.name:
             return lane  # a new stream, this lane's own token, a version asked for by tag, or another model's token
@@ -418,11 +418,12 @@ class Lanes:
         return answer_json(answers)
 
     def _asked_for(self, instances: list[Any], model: str | None, task: str, stream: bool = False) -> list[str | None]:
-        """The model each instance asked for: its own ``model``, else the request's (checked here once, so that an
-        unknown one, or one that cannot ``stream``, is named as the request's field, not as every instance's)."""
+        """The model each instance asked for: its own ``model``, else the request's. The request's is checked here,
+        once, even where every instance names its own: an unknown one, one of another task or one that cannot
+        ``stream`` is named as the request's field, not as every instance's."""
         self._check_count(instances)
         if model is not None:
-            lane = self.lane_for(None, model, task)
+            lane = self.lane_for(None, model, task, stream)
             if stream:
                 lane.check_streamable(None)
         return [instance.model if instance.model is not None else model for instance in instances]

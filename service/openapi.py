@@ -117,7 +117,7 @@ Limits of this server: {settings.max_instances} instances per request, {settings
 sequence or history, {settings.stream_max_steps} new steps per stream instance or message, {settings.max_body_bytes / 2**20:g} MiB per body, an answer within
 {settings.request_timeout_s:g} s. {keys}
 
-Every error is `{{"error": "..."}}`: 400 names the instance, the field and the problem; 413 a body over the
+Every error is `{{"error": "..."}}`: 400 names the instance, the field and the problem (or the request's own field, such as its `model`); 413 a body over the
 limit; 410 a model version (named, or the maker of a state token) unloaded since a newer one of its name was
 loaded; 415 a content type other than `application/json`; 408 a body that arrived too slowly; 503 (with
 `Retry-After` in whole seconds, and `retry_after_s` and `retry_after_ms` in the body) an overloaded server or
@@ -140,7 +140,8 @@ def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
 UNAUTHORIZED = _error("No valid API key: only when the server has keys (`SEQSERVE_API_KEYS`).")
 NOT_SERVED = _error("No such model or version is served.")
 API_ERRORS = {
-    "400": _error("The request cannot be answered as sent: the error names the instance, the field and the problem."),
+    "400": _error("The request cannot be answered as sent: the error names the instance, the field and the problem "
+                  "(or the request's own field, such as its model)."),
     "401": UNAUTHORIZED,
     "408": _error("The body did not arrive within the server's body timeout."),
     "410": _error("A model version this server served and has unloaded since newer versions of its name were loaded: "

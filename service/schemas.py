@@ -63,12 +63,10 @@ class ForecastInstance(BaseModel):
     )
 
 
-REQUEST_MODEL = Field(
-    default=None,
-    max_length=256,
-    description="Model for every instance that names none: a name (its newest served version) or name:version. "
-    "Default: the default model for the endpoint.",
-)
+REQUEST_MODEL_DESCRIPTION = ("Model for every instance that names none (checked even where all do): a name (its newest "
+                             "served version) or name:version. Default: the default model for the endpoint.")
+CLASSIFY_REQUEST_MODEL = Field(default=None, max_length=256, description=REQUEST_MODEL_DESCRIPTION, examples=["italypower-gru"])
+FORECAST_REQUEST_MODEL = Field(default=None, max_length=256, description=REQUEST_MODEL_DESCRIPTION, examples=["co2-gru"])
 CLASSIFY_INSTANCES = Field(
     fail_fast=True,
     description="The sequences to classify, answered in order. Instances may name different models and have different lengths.",

@@ -86,6 +86,7 @@ def test_a_request_level_model_answers_the_instances_that_name_none(client, tags
         ("/classify", "svc-fc", ["model: ", "is a forecast model", "/forecast"]),
         ("/forecast", "svc-clf", ["model: ", "is a classify model", "/classify"]),
         ("/stream/classify", "nope", ["model: unknown model 'nope'"]),
+        ("/stream/forecast", "svc-clf", ["model: ", "is a classify model", "/stream/classify"]),
         ("/stream/classify", "svc-other-clf", ["model: svc-other-clf:", "cannot stream"]),
         ("/classify", 5, ["model: Input should be a valid string"]),
     ],
