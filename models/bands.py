@@ -21,6 +21,8 @@ from models.starts import line_and_season
 # The noise counts as at least this share of the window's standard deviation: a window that is almost exactly a
 # line and a season would otherwise get a band of almost nothing.
 NOISE_FLOOR = 0.1
+# A shorter window leaves no noise about its line: the unit would be the floor whatever the window.
+MIN_LOOKBACK = 3
 
 
 def residual_matrix(lookback: int, season: int) -> np.ndarray:

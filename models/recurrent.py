@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.bands import noise_units, residual_matrix
+from models.bands import MIN_LOOKBACK, noise_units, residual_matrix
 from models.normalization import instance_norm_name, instance_standardize, running_standardize
 from models.starts import FITTED_KINDS, StartSpec, min_lookback, start_weights
 
@@ -326,8 +326,8 @@ class Forecaster(nn.Module):
         if offsets is not None and tuple(offsets.shape) != (horizon, n_targets, len(self.quantiles)):
             raise ValueError(f"quantile_offsets must have shape (horizon, n_targets, quantiles) = "
                              f"{(horizon, n_targets, len(self.quantiles))}, got {tuple(offsets.shape)}")
-        if band_noise_power and (offsets is None or lookback < 3):
-            raise ValueError("band_noise_power needs quantile_offsets and a lookback of at least 3 steps")
+        if band_noise_power and (offsets is None or lookback < MIN_LOOKBACK):
+            raise ValueError(f"band_noise_power needs quantile_offsets and a lookback of at least {MIN_LOOKBACK} steps")
         n_outputs = 1 if offsets is not None else max(len(self.quantiles), 1)
         self.members = nn.ModuleList(
             ForecastMember(n_features, n_targets, horizon, n_outputs, cell, hidden_size, num_layers, dropout,
@@ -380,8 +380,10 @@ class Forecaster(nn.Module):
             recent = x_norm[:, -self.start_weights.shape[1] :, : self.n_targets]  # (B, reach, K)
             out = out + torch.einsum("hl,blk->bhk", self.start_weights, recent).unsqueeze(-1)  # (B, H, K, 1)
         if self.quantile_offsets is not None:
-            # (B, H, K, 1) + (H, K, Q) x (B, 1, K, 1) -> (B, H, K, Q)
-            out = out + self.quantile_offsets * self.band_unit(x_norm).unsqueeze(-1)
+            offsets = self.quantile_offsets  # (H, K, Q)
+            if self.band_residual is not None:  # x (B, 1, K, 1) -> (B, H, K, Q)
+                offsets = offsets * self.band_unit(x_norm).unsqueeze(-1)
+            out = out + offsets  # (B, H, K, 1) + offsets -> (B, H, K, Q)
         return out
 
     def band_unit(self, x_norm: torch.Tensor) -> torch.Tensor:

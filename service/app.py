@@ -31,8 +31,8 @@ from service.openapi import SeqServeService
 from service.reload import StoreWatcher, watched
 from service.schemas import (
     CLASSIFY_INSTANCES,
-    FORECAST_INSTANCES,
     CLASSIFY_REQUEST_MODEL,
+    FORECAST_INSTANCES,
     FORECAST_REQUEST_MODEL,
     STREAM_CLASSIFY_INSTANCES,
     STREAM_FORECAST_INSTANCES,

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import ForecasterConfig, create_model
+from models import ForecasterConfig, bands, create_model
 from models.artifact import ModelCard, save_artifact
 from models.starts import FITTED_KINDS
 from training import baselines as strong, distributed, report, starts
@@ -346,9 +346,8 @@ def train_forecaster(
 
     positive = bool((train_w.inputs[..., :k] > 0).all() and (train_w.targets > 0).all())
     chosen = starts.choose_start(train_w, k, season, allow_log=positive)
-    # (A window of fewer than 3 steps leaves no noise about its line.)
-    band = (starts.Band(PANEL_NOISE_POWER, season) if quantiles and len(kept.series) * k > 1 and lookback >= 3
-            else starts.Band())
+    band = (starts.Band(PANEL_NOISE_POWER, season)
+            if quantiles and len(kept.series) * k > 1 and lookback >= bands.MIN_LOOKBACK else starts.Band())
     # About one optimiser step per training window (64 to 1,500), the schedule run to its end: on short
     # series longer training fits the windows and forecasts worse (airline, 56 windows: 0.48 MASE after
     # 90 steps, 0.70-0.90 after 200-1,500). A step costs about its lookback (one recurrent pass over every

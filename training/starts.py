@@ -305,10 +305,12 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     the window's share of noise (``Band``, chosen in ``training.forecast``): the standard deviation gives a
     smooth trending series of a panel a band too wide for its noise and a noisy one a band too narrow. On 16
     public panels, full CLI, the noise share made the wQL 5.4% lower (geometric mean) with the band within
-    80% +- 7 on 4 of 16 with either unit; on 163 single series, start only, 1.1% lower, but the mean coverage fell
-    0.69 -> 0.66. Units of change instead of the standard deviation bought a lower quantile loss with worse
-    calibration too, on panels as on single series. On 159 start-only runs
-    on public series, one step's change as the unit made the mean wQL 2.0% lower and left the 0.1-0.9 band
+    80% +- 7 on 4 of 16 with either unit; on 163 single series, start only, 1.1% lower, but the mean
+    coverage fell 0.69 -> 0.66.
+
+    Units of change instead of the standard deviation bought a lower quantile loss with worse calibration,
+    on panels as on single series. On 159 start-only runs on public series, one step's change as the unit
+    made the mean wQL 2.0% lower and left the 0.1-0.9 band
     within 80% +- 7 points on 31 runs instead of 37 (the square root of that unit, or its average with the
     standard deviation: 1.5% and 1.1% lower, 34). One season's change, on 65 runs, made the wQL 0.7% lower
     and the band within 80% +- 7 on 24 instead of 22, but doubled souvenirs' wQL, which rules it out.
