@@ -387,6 +387,16 @@ def test_a_short_series_band_leans_on_a_normal_law_of_its_errors_robust_spread()
         offsets = starts.interval_offsets(windows, 1, chosen, levels)  # (H, K, Q)
         np.testing.assert_allclose(offsets, expected.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)
         assert (weight < 0.5) == (length == 30) and np.all(offsets[..., 1] == 0)
+    # Most errors equal their median (a count series that rarely moves): the robust spread is 0 and says nothing of
+    # the tails, so the errors' own quantiles stand, not a band shrunk towards nothing.
+    counts = np.zeros(80)
+    counts[[20, 60]] = [3.0, -2.0]
+    windows = make_windows(_one_series(10 + counts), lookback=8, horizon=3)
+    chosen = {"transform": "none", "weights": start_weights(StartSpec("mean"), 8, 3)}
+    errors = starts.start_errors(windows, 1, "none", chosen["weights"])
+    own = np.quantile(errors, levels, axis=0) - np.quantile(errors, 0.5, axis=0)
+    assert np.all(starts.robust_spread(errors - np.quantile(errors, 0.5, axis=0)) == 0)
+    np.testing.assert_allclose(starts.interval_offsets(windows, 1, chosen, levels), own.transpose(1, 2, 0), atol=1e-6)
 
 
 def test_the_band_unit_is_the_windows_noise_about_its_line_and_season():
