@@ -370,10 +370,10 @@ def test_a_short_series_band_leans_on_a_normal_law_of_its_errors_robust_spread()
     rng = np.random.default_rng(0)
     levels = [0.1, 0.5, 0.9]
     calm = rng.normal(0, 1, size=(200_000, 2, 1))
-    np.testing.assert_allclose(starts.normal_offsets(calm, levels), np.quantile(calm, levels, axis=0), atol=0.02)
+    np.testing.assert_allclose(starts.normal_offsets(starts.robust_spread(calm), levels), np.quantile(calm, levels, axis=0), atol=0.02)
     shocked = calm.copy()
     shocked[rng.random(len(calm)) < 0.15] *= 20  # one error in seven from a shock
-    own, normal = np.quantile(shocked, 0.9, axis=0), starts.normal_offsets(shocked, levels)[2]
+    own, normal = np.quantile(shocked, 0.9, axis=0), starts.normal_offsets(starts.robust_spread(shocked), levels)[2]
     assert np.all(own > 1.7) and np.all(normal < 1.6)  # the shocks set the errors' own tail, not their robust spread
     # The band weighs the errors' own quantiles against the normal law's as TAIL_PRIOR_WINDOWS windows: a short
     # series' few windows lean on the law, a long one's many on their own quantiles.
@@ -383,7 +383,7 @@ def test_a_short_series_band_leans_on_a_normal_law_of_its_errors_robust_spread()
         errors = starts.start_errors(windows, 1, "none", chosen["weights"])
         deviations = errors - np.quantile(errors, 0.5, axis=0)
         weight = len(windows) / (len(windows) + starts.TAIL_PRIOR_WINDOWS)
-        expected = weight * np.quantile(deviations, levels, axis=0) + (1 - weight) * starts.normal_offsets(deviations, levels)
+        expected = weight * np.quantile(deviations, levels, axis=0) + (1 - weight) * starts.normal_offsets(starts.robust_spread(deviations), levels)
         offsets = starts.interval_offsets(windows, 1, chosen, levels)  # (H, K, Q)
         np.testing.assert_allclose(offsets, expected.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)
         assert (weight < 0.5) == (length == 30) and np.all(offsets[..., 1] == 0)

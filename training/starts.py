@@ -342,11 +342,11 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     errors = start_errors(windows, k, chosen["transform"], chosen["weights"], band)
     median = np.quantile(errors, 0.5, axis=0)
     empirical = np.quantile(errors, quantiles, axis=0) - median  # (Q, H, K), exactly 0 at the median
-    deviations = errors - median
+    spread = robust_spread(errors - median)  # (H, K)
     # Where most errors equal their median (counts, flat stretches) the robust spread is 0 and says nothing of
     # the tails: the errors' own quantiles stand alone there.
-    weight = np.where(robust_spread(deviations) > 0, len(errors) / (len(errors) + TAIL_PRIOR_WINDOWS), 1.0)  # (H, K)
-    offsets = weight * empirical + (1 - weight) * normal_offsets(deviations, quantiles)
+    weight = np.where(spread > 0, len(errors) / (len(errors) + TAIL_PRIOR_WINDOWS), 1.0)  # (H, K)
+    offsets = weight * empirical + (1 - weight) * normal_offsets(spread, quantiles)
     return offsets.transpose(1, 2, 0).astype(np.float32)
 
 
@@ -356,9 +356,9 @@ def robust_spread(deviations: np.ndarray) -> np.ndarray:
     return 1.4826 * np.quantile(np.abs(deviations), 0.5, axis=0)
 
 
-def normal_offsets(deviations: np.ndarray, quantiles: list[float]) -> np.ndarray:
-    """Each quantile's offset (Q, H, K) under a normal law of the ``robust_spread`` of ``deviations`` (N, H, K)."""
-    return np.array([NormalDist().inv_cdf(q) for q in quantiles])[:, None, None] * robust_spread(deviations)[None]
+def normal_offsets(spread: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """Each quantile's offset (Q, H, K) under a normal law of standard deviation ``spread`` (H, K)."""
+    return np.array([NormalDist().inv_cdf(q) for q in quantiles])[:, None, None] * spread[None]
 
 
 def start_errors(windows: Windows, k: int, transform: str, weights: np.ndarray, band: Band = Band()) -> np.ndarray:
