@@ -375,8 +375,7 @@ def train_forecaster(
         "lookback_source": lookback_source,
         "series_skipped": len(skipped),
         "transform": chosen["transform"],
-        "band_unit": ("the window's standard deviation" if not band.noise_power else
-                      f"the window's standard deviation x (noise / standard deviation) ^ {band.noise_power:g}"),
+        "band_unit": band.describe(),
         "start": chosen["start"].describe(),
         "start_error": round(chosen["error"], 4),
         "start_errors": chosen["errors"],

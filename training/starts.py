@@ -288,6 +288,11 @@ class Band:
     noise_power: float = 0.0
     season: int = 1
 
+    def describe(self) -> str:
+        if not self.noise_power:
+            return "the window's standard deviation"
+        return f"the window's standard deviation x (noise / standard deviation) ^ {self.noise_power:g}"
+
     def units(self, z_norm: np.ndarray) -> np.ndarray:
         """The unit (N, 1, K) of each standardised window (N, L, K), in its standard deviations."""
         if not self.noise_power:
