@@ -14,8 +14,8 @@ from models import starts as model_starts
 from models.bands import NOISE_FLOOR, noise_units, residual_matrix
 from models.starts import FITTED_KINDS, StartSpec, combination, min_lookback, start_weights
 from training import baselines, starts
-from training.data import SeriesCollection
-from training.forecast import mirrored, networks_earn_their_place, resolve_season
+from training.data import DataError, SeriesCollection
+from training.forecast import MAX_FOLDS, mirrored, networks_earn_their_place, plan_run, resolve_season
 from training.metrics import quantile_metrics
 from training.windows import before_test, make_windows, rolling_origins, split_by_time
 
@@ -517,6 +517,22 @@ def test_rolling_origins_step_back_one_validation_part_at_a_time():
     every = make_windows(collection, 24, 12)
     assert before_test(collection, lookback=24, horizon=12, protocol="windows").start.max() + 12 <= 240 + 1
     assert len(every) > len(before_test(collection, lookback=24, horizon=12, protocol="windows"))
+
+
+def test_a_plan_tests_a_long_series_on_rolling_windows_and_a_short_one_on_its_last_horizon():
+    t = np.arange(400.0)
+    monthly = _one_series(100 + t + 10 * np.sin(2 * np.pi * t / 12))
+    plan = plan_run(monthly, horizon=12, lookback=None, season=12, evaluation="auto", test_fraction=0.2, val_fraction=0.1)
+    assert (plan.evaluation, plan.season, plan.season_source, plan.lookback_source) == ("windows", 12, "given",
+                                                                                        "chosen from the data")
+    assert len(plan.folds) == MAX_FOLDS and plan.test_w.start.min() >= 320 and len(plan.parts[0]) <= 320
+    assert plan.train_w.start.max() + 12 <= plan.test_w.start.min()  # no training window reaches the test part
+    yearly = _one_series(100 + np.arange(30.0))
+    plan = plan_run(yearly, horizon=5, lookback=None, season=None, evaluation="auto", test_fraction=0.2, val_fraction=0.1)
+    assert plan.evaluation == "last-horizon" and list(plan.test_w.start) == [25] and len(plan.parts[0]) == 25
+    with pytest.raises(DataError, match="every series is too short for lookback 20 and horizon 5 .* longest has 10 steps"):
+        plan_run(_one_series(np.arange(10.0)), horizon=5, lookback=20, season=None, evaluation="auto",
+                 test_fraction=0.2, val_fraction=0.1)
 
 
 def test_the_networks_must_beat_the_start_at_every_origin_and_by_the_margin_on_average():

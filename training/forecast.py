@@ -274,32 +274,33 @@ def predict_windows(model, inputs: np.ndarray, device: torch.device, batch_size:
     return np.concatenate(out)
 
 
-def train_forecaster(
-    collection: SeriesCollection,
-    *,
-    name: str,
-    network: NetworkOptions,
-    config: TrainConfig,
-    device: torch.device,
-    report_dir: Path,
-    horizon: int,
-    quantiles: list[float],
-    lookback: int | None = None,
-    season: int | None = None,
-    evaluation: str = "auto",
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
-    save: bool = True,
-    strong_baselines: bool = True,
-    members: int | None = None,
-) -> RunResult | None:
-    """The whole forecasting run: choose season, protocol and lookback, window, train, evaluate, store, report.
+@dataclasses.dataclass
+class Plan:
+    """What a forecasting run works on, decided from the data before anything trains: the season, the
+    evaluation protocol and lookback (each with where it came from), the series long enough for them, and
+    the windows cut from those series."""
 
-    Returns None on torchrun ranks other than 0, which only train.
-    """
+    season: int
+    season_source: str
+    evaluation: str
+    lookback: int
+    lookback_source: str
+    kept: SeriesCollection  # the series long enough for the protocol
+    skipped: list[str]  # the names of those that are not
+    split: dict  # test_fraction and val_fraction, as the windows protocol uses them
+    warnings: list[str]  # what the data itself gives reason to doubt
+    train_w: Windows  # every window before the test part: the start, the band and the final members
+    test_w: Windows
+    parts: list[np.ndarray]  # each series' in-sample part (L_s, K): MASE's scale and ETS's fit
+    folds: list[tuple[Windows, Windows]]  # the rolling validation origins: (train, validation) windows
+
+
+def plan_run(collection: SeriesCollection, *, horizon: int, lookback: int | None, season: int | None,
+             evaluation: str, test_fraction: float, val_fraction: float) -> Plan:
+    """Choose season, protocol and lookback for ``collection`` and cut its windows; ``DataError`` when no
+    series is long enough."""
     if evaluation not in PROTOCOLS:
         raise ValueError(f"unknown evaluation {evaluation!r}; valid: {', '.join(PROTOCOLS)}")
-    seed_everything(config.seed)
     k = collection.n_targets
     season, season_source = resolve_season(season, collection, horizon)
     lengths = [len(s) for s in collection.series]
@@ -323,64 +324,176 @@ def train_forecaster(
         log.warning("%s: skipped %d of %d series too short for lookback %d and horizon %d under the %s "
                     "evaluation: %s", collection.source, len(skipped), len(lengths),
                     lookback, horizon, evaluation, ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
-    data_warnings = list(collection.notes)  # what the reader found questionable: uneven timestamps, rounding
+    warnings = list(collection.notes)  # what the reader found questionable: uneven timestamps, rounding
     if far := far_values(kept):
         # Not an error: the values may be real. But a forecast from a window that holds a glitch is far off (a
         # 1e9 among monthly values near 100 made the test MAE 200 times seasonal naive's).
-        data_warnings.append("values far from their neighbours, as a data error would be; a forecast from a window "
-                             "that holds one can be far off, so check them before serving: " + "; ".join(far))
-    for warning in data_warnings:
+        warnings.append("values far from their neighbours, as a data error would be; a forecast from a window "
+                        "that holds one can be far off, so check them before serving: " + "; ".join(far))
+    for warning in warnings:
         log.warning("%s: %s", collection.source, warning)
 
     if evaluation == "windows":
         *_, test_w = split_by_time(kept, lookback=lookback, horizon=horizon, **split)
-        parts = [p[:, :k] for p in train_series(kept, horizon=horizon, **split)]  # MASE's in-sample parts
+        parts = [p[:, :k] for p in train_series(kept, horizon=horizon, **split)]
     else:
         *_, test_w = last_horizon_split(kept, lookback=lookback, horizon=horizon)
         parts = [s[: len(s) - horizon, :k] for s in kept.series]
     protocol = {"lookback": lookback, "horizon": horizon, "protocol": evaluation, **split}
-    train_w = before_test(kept, **protocol)  # the final members train on every window before the test part
     folds = rolling_origins(kept, folds=MAX_FOLDS, **protocol)
     if folds and len(folds[0][1]) >= MANY_VAL_WINDOWS:
         folds = folds[:1]
+    return Plan(season, season_source, evaluation, lookback, lookback_source, kept, skipped, split, warnings,
+                before_test(kept, **protocol), test_w, parts, folds)
+
+
+@dataclasses.dataclass
+class Validation:
+    """What the rolling validation origins showed: the point errors of the start alone and of a network
+    trained on what came before each origin (one number per origin), the median's errors in band units
+    (N, H, K) per origin, whether the networks earn their place, and why (for the recipe)."""
+
+    errors: dict[str, list[float]]
+    residuals: dict[str, list[np.ndarray]]
+    use_networks: bool
+    verdict: str
+
+    def calibration_errors(self) -> np.ndarray:
+        """The served model's errors at every origin (N, H, K): what calibrates its band."""
+        return np.concatenate(self.residuals["networks" if self.use_networks else "start"])
+
+
+def validate_networks(folds: list[tuple[Windows, Windows]], model_name: str, hparams: ForecasterConfig,
+                      start_weights: np.ndarray, config: TrainConfig, device: torch.device) -> Validation:
+    """At every origin one member trains on what came before and forecasts what follows; unless it beats the
+    start alone at every origin and by ``NETWORK_MARGIN`` on average (``networks_earn_their_place``), the
+    start is the model. On short series a network that fits its windows can forecast worse than the start it
+    began from (US electricity: start 1.14, with networks 1.51 MASE).
+
+    Without an origin there is no evidence for them, and the start stays too (annual Nile flow and 84 months
+    of souvenir sales, where networks trained unvalidated: MASE 0.747 and 2.966, the start alone 0.741 and
+    2.931; the band, from the start's errors on the training windows, is then the served model's own).
+    """
+    errors: dict[str, list[float]] = {"start": [], "networks": []}
+    residuals: dict[str, list[np.ndarray]] = {"start": [], "networks": []}
+    for f, (fold_train, fold_val) in enumerate(folds):
+        fold_model = new_model(model_name, hparams, start_weights, device, members=1)
+        errors["start"].append(held_out_error(fold_model, fold_val, device))
+        residuals["start"].append(normalized_residuals(fold_model, fold_val, device))
+        fit_member(fold_model, 0, fold_train, dataclasses.replace(config, seed=config.seed + MAX_MEMBERS + f), device,
+                   f"validation origin {f + 1}/{len(folds)}")
+        errors["networks"].append(held_out_error(fold_model, fold_val, device))
+        residuals["networks"].append(normalized_residuals(fold_model, fold_val, device))
+    validation_windows = sum(len(v) for _, v in folds)
+    use_networks = networks_earn_their_place(errors["start"], errors["networks"], validation_windows)
+    if use_networks:
+        verdict = "trained"
+    elif not folds:
+        verdict = "not used: no validation origin could show that they help"
+    elif one_short_origin(len(folds), validation_windows):
+        verdict = (f"not used: one validation origin of {validation_windows} windows is too short a period to show "
+                   "that they help")
+    else:
+        verdict = f"not used: they did not beat the start at every validation origin and by {NETWORK_MARGIN:.0%} on average"
+    if folds:
+        log.info("networks %s (mean validation error: start %.4f, networks %.4f)", verdict,
+                 np.mean(errors["start"]), np.mean(errors["networks"]))
+    return Validation(errors, residuals, use_networks, verdict)
+
+
+def evaluate_on_test(predicted: np.ndarray, model, plan: Plan, horizon: int,
+                     strong_baselines: bool) -> tuple[dict, dict, dict]:
+    """The test metrics of the model's forecasts ``predicted`` (N, H, K, Q) for ``plan.test_w`` (point and,
+    with quantiles, calibration and quantile loss), the baselines' on the same windows in the same units, and
+    a note on how each baseline forecasts: ``(test_metrics, baselines, notes)``."""
+    k, test_w, season, kept = model.n_targets, plan.test_w, plan.season, plan.kept
+    scales = np.stack([mase_scale(part, season) for part in plan.parts])[test_w.series_index]  # (N, K)
+    test_metrics = forecast_metrics(test_w.targets, predicted[..., model.point_index], scales)
+    if model.quantiles:
+        test_metrics.update(quantile_metrics(test_w.targets, predicted, model.quantiles))
+    args = (kept.series, test_w.series_index, test_w.start, horizon, k)
+    baselines = {"naive": forecast_metrics(test_w.targets, naive_forecast(*args), scales)}
+    notes = {"naive": "the last observed value"}
+    if season > 1 and test_w.start.min() >= season:
+        baselines["seasonal_naive"] = forecast_metrics(test_w.targets, seasonal_naive_forecast(*args, season), scales)
+        notes["seasonal_naive"] = f"the last observed season (lag {season})"
+    if not strong_baselines:
+        notes["ets"] = "skipped: dry run"
+        return test_metrics, baselines, notes
+    calendar = plan.season_source != "inferred from autocorrelation"  # a cycle is no season to multiply by
+    ets, notes["ets"] = _ets(kept, plan.parts, test_w, horizon, season, model.quantiles, calendar)
+    if ets is None:
+        log.info("ETS baseline %s", notes["ets"])  # the report's table has no ETS row then
+    else:
+        baselines["ets"] = forecast_metrics(test_w.targets, ets[..., 0], scales)
+        if model.quantiles:
+            baselines["ets"].update(quantile_metrics(test_w.targets, ets[..., 1:], model.quantiles))
+            notes["ets"] += f"; quantiles from {strong.ETS_PATHS} simulated paths"
+    return test_metrics, baselines, notes
+
+
+def train_forecaster(
+    collection: SeriesCollection,
+    *,
+    name: str,
+    network: NetworkOptions,
+    config: TrainConfig,
+    device: torch.device,
+    report_dir: Path,
+    horizon: int,
+    quantiles: list[float],
+    lookback: int | None = None,
+    season: int | None = None,
+    evaluation: str = "auto",
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    save: bool = True,
+    strong_baselines: bool = True,
+    members: int | None = None,
+) -> RunResult | None:
+    """The whole forecasting run: plan, choose the start and band, validate, train, evaluate, store, report.
+
+    Returns None on torchrun ranks other than 0, which only train.
+    """
+    seed_everything(config.seed)
+    plan = plan_run(collection, horizon=horizon, lookback=lookback, season=season, evaluation=evaluation,
+                    test_fraction=test_fraction, val_fraction=val_fraction)
+    k, train_w = collection.n_targets, plan.train_w
 
     positive = bool((train_w.inputs[..., :k] > 0).all() and (train_w.targets > 0).all())
-    chosen = starts.choose_start(train_w, k, season, allow_log=positive)
-    band = (starts.Band(PANEL_NOISE_POWER, season)
-            if quantiles and len(kept.series) * k > 1 and lookback >= bands.MIN_LOOKBACK else starts.Band())
+    chosen = starts.choose_start(train_w, k, plan.season, allow_log=positive)
+    band = (starts.Band(PANEL_NOISE_POWER, plan.season)
+            if quantiles and len(plan.kept.series) * k > 1 and plan.lookback >= bands.MIN_LOOKBACK else starts.Band())
     # About one optimiser step per training window (64 to 1,500), the schedule run to its end: on short
     # series longer training fits the windows and forecasts worse (airline, 56 windows: 0.48 MASE after
     # 90 steps, 0.70-0.90 after 200-1,500). A step costs about its lookback (one recurrent pass over every
     # step of a batch), so long lookbacks get fewer (STEP_BUDGET).
-    steps = int(np.clip(min(len(train_w.inputs), STEP_BUDGET // lookback), 64, 1500))
+    steps = int(np.clip(min(len(train_w.inputs), STEP_BUDGET // plan.lookback), 64, 1500))
     config = sized_for(config, len(train_w.inputs), target_steps=steps, min_epochs=1)
-    members = members or ensemble_size(len(train_w.inputs), lookback)
     hparams = ForecasterConfig(
-        n_features=len(kept.column_names), n_targets=k, horizon=horizon, quantiles=sorted(quantiles),
+        n_features=len(plan.kept.column_names), n_targets=k, horizon=horizon, quantiles=sorted(quantiles),
         hidden_size=network.hidden_size, num_layers=network.num_layers, dropout=network.dropout,
-        bidirectional=network.bidirectional, lookback=lookback,
-        transform=chosen["transform"], start=chosen["start"].to_dict(), members=members,
+        bidirectional=network.bidirectional, lookback=plan.lookback,
+        transform=chosen["transform"], start=chosen["start"].to_dict(),
+        members=members or ensemble_size(len(train_w.inputs), plan.lookback),
         band_noise_power=band.noise_power, band_season=band.season,
     )
-    if quantiles:
-        levels = sorted(set(quantiles) | {0.5})
-        offsets = starts.interval_offsets(train_w, k, chosen, levels, band)
-        hparams.quantile_offsets = np.round(offsets, 5).tolist()
     model_name = f"{network.arch}_forecaster"
+    folds = plan.folds
     recipe = {
-        "evaluation": evaluation,
-        "season": season,
-        "season_source": season_source,
-        "lookback": lookback,
-        "lookback_source": lookback_source,
-        "series_skipped": len(skipped),
+        "evaluation": plan.evaluation,
+        "season": plan.season,
+        "season_source": plan.season_source,
+        "lookback": plan.lookback,
+        "lookback_source": plan.lookback_source,
+        "series_skipped": len(plan.skipped),
         "transform": chosen["transform"],
         "band_unit": band.describe(),
         "start": chosen["start"].describe(),
         "start_error": round(chosen["error"], 4),
         "start_errors": chosen["errors"],
         "autoregression": chosen["autoregression"],
-        "members": members,
+        "members": hparams.members,
         "validation": (f"rolling origin: {len(folds)} origin(s) of {', '.join(str(len(v)) for _, v in folds)} windows"
                        if folds else "none (too few windows): the start alone is the model"),
         "batch_size": config.batch_size,
@@ -389,46 +502,19 @@ def train_forecaster(
     }
     log.info("recipe:\n%s", "\n".join(f"  {key}: {value}" for key, value in recipe.items()))
 
-    # Rolling-origin validation decides whether the networks earn their place: at every origin one member
-    # trains on what came before and forecasts what follows, and unless it beats the start alone at every
-    # origin and by NETWORK_MARGIN on average (networks_earn_their_place), the start is the model. On short
-    # series a network that fits its windows can forecast worse than the start it began from (US
-    # electricity: start 1.14, with networks 1.51 MASE).
-    # Without an origin there is no evidence for them, and the start stays too (annual Nile flow and 84 months
-    # of souvenir sales, where networks trained unvalidated: MASE 0.747 and 2.966, the start alone 0.741 and
-    # 2.931; the band, from the start's errors on the training windows, is then the served model's own).
-    errors: dict[str, list[float]] = {"start": [], "networks": []}
-    residuals: dict[str, list[np.ndarray]] = {"start": [], "networks": []}  # (N, H, K) per origin
-    for f, (fold_train, fold_val) in enumerate(folds):
-        fold_model = new_model(model_name, hparams, chosen["weights"], device, members=1)
-        errors["start"].append(held_out_error(fold_model, fold_val, device))
-        residuals["start"].append(normalized_residuals(fold_model, fold_val, device))
-        fit_member(fold_model, 0, fold_train, dataclasses.replace(config, seed=config.seed + MAX_MEMBERS + f), device,
-                   f"validation origin {f + 1}/{len(folds)}")
-        errors["networks"].append(held_out_error(fold_model, fold_val, device))
-        residuals["networks"].append(normalized_residuals(fold_model, fold_val, device))
-    mean = {name: float(np.mean(values)) for name, values in errors.items() if values}
-    validation_windows = sum(len(v) for _, v in folds)
-    use_networks = networks_earn_their_place(errors["start"], errors["networks"], validation_windows)
-    recipe["validation_error"] = {name: [round(v, 4) for v in values] for name, values in errors.items()}
-    if use_networks:
-        recipe["networks"] = "trained"
-    elif not folds:
-        recipe["networks"] = "not used: no validation origin could show that they help"
-    elif one_short_origin(len(folds), validation_windows):
-        recipe["networks"] = (f"not used: one validation origin of {validation_windows} windows is too short a period "
-                              "to show that they help")
-    else:
-        recipe["networks"] = ("not used: they did not beat the start at every validation origin and by "
-                              f"{NETWORK_MARGIN:.0%} on average")
-    if not use_networks:
+    if quantiles:  # before validation: with offsets the networks learn the median alone (fit_member)
+        levels = sorted(set(quantiles) | {0.5})
+        offsets = starts.interval_offsets(train_w, k, chosen, levels, band)
+        hparams.quantile_offsets = np.round(offsets, 5).tolist()
+
+    validation = validate_networks(folds, model_name, hparams, chosen["weights"], config, device)
+    recipe["validation_error"] = {name: [round(v, 4) for v in values] for name, values in validation.errors.items()}
+    recipe["networks"] = validation.verdict
+    if not validation.use_networks:
         hparams.members = recipe["members"] = 1
-    if folds:
-        log.info("networks %s (mean validation error: start %.4f, networks %.4f); members: %d", recipe["networks"],
-                 mean["start"], mean["networks"], hparams.members)
     if quantiles:
         if folds:
-            calibration_errors = np.concatenate(residuals["networks" if use_networks else "start"])
+            calibration_errors = validation.calibration_errors()
             recipe["interval_calibration"] = "the served model's errors at the rolling validation origins"
         else:
             # No origin, so the start alone serves: its errors on the latest quarter of the windows (the nearest
@@ -442,51 +528,29 @@ def train_forecaster(
         hparams.quantile_offsets = np.round(offsets, 5).tolist()
     model = new_model(model_name, hparams, chosen["weights"], device)
     history = History()
-    if use_networks:
+    if validation.use_networks:
         histories = [fit_member(model, i, train_w, config, device, f"member {i + 1}/{hparams.members}")
                      for i in range(hparams.members)]
         history = histories[-1]
         history.seconds = sum(h.seconds for h in histories)
     if not distributed.is_main():
         return None  # another torchrun rank: it helped train; rank 0 evaluates, runs ETS, stores and reports
-    predicted = predict_windows(model, test_w.inputs, device)  # (N, H, K, Q)
-    point = predicted[..., model.point_index]
-    scales = np.stack([mase_scale(parts[s], season) for s in range(len(parts))])[test_w.series_index]  # (N, K)
-    test_metrics = forecast_metrics(test_w.targets, point, scales)
-    args = (kept.series, test_w.series_index, test_w.start, horizon, k)
-    baselines = {"naive": forecast_metrics(test_w.targets, naive_forecast(*args), scales)}
-    notes = {"naive": "the last observed value"}
-    if season > 1 and test_w.start.min() >= season:
-        baselines["seasonal_naive"] = forecast_metrics(test_w.targets, seasonal_naive_forecast(*args, season), scales)
-        notes["seasonal_naive"] = f"the last observed season (lag {season})"
-    if model.quantiles:
-        test_metrics.update(quantile_metrics(test_w.targets, predicted, model.quantiles))
-    if strong_baselines:
-        calendar = season_source != "inferred from autocorrelation"  # a cycle is no season to multiply by
-        ets, notes["ets"] = _ets(kept, parts, test_w, horizon, season, model.quantiles, calendar)
-        if ets is None:
-            log.info("ETS baseline %s", notes["ets"])  # the report's table has no ETS row then
-        else:
-            baselines["ets"] = forecast_metrics(test_w.targets, ets[..., 0], scales)
-            if model.quantiles:
-                baselines["ets"].update(quantile_metrics(test_w.targets, ets[..., 1:], model.quantiles))
-                notes["ets"] += f"; quantiles from {strong.ETS_PATHS} simulated paths"
-    else:
-        notes["ets"] = "skipped: dry run"
+
+    predicted = predict_windows(model, plan.test_w.inputs, device)  # (N, H, K, Q)
+    test_metrics, baselines, notes = evaluate_on_test(predicted, model, plan, horizon, strong_baselines)
     beats, comparisons = compare_with_baselines("forecast", test_metrics, baselines)
     for sentence in comparisons:
         log.warning("%s: %s", name, sentence)
-    warnings = data_warnings + comparisons
+    warnings = plan.warnings + comparisons
     metrics = {"test": test_metrics, "baselines": baselines, "baseline_notes": notes,
                "beats_baseline": beats, "warnings": warnings}
-
     card = ModelCard(
         task="forecast",
         model_name=model_name,
         hparams={k: v for k, v in dataclasses.asdict(hparams).items() if k != "lookback"},  # the card's lookback, below
-        features=kept.column_names,
-        targets=kept.target_names,
-        lookback=lookback,
+        features=plan.kept.column_names,
+        targets=plan.kept.target_names,
+        lookback=plan.lookback,
         horizon=horizon,
         quantiles=model.quantiles,
         normalization={"kind": "per_window_standardization", "floor": "1e-6 * (|mean| + 1e-6)"},
@@ -494,14 +558,14 @@ def train_forecaster(
         data={
             "source": collection.source,
             "fingerprint": fingerprint(collection),
-            "series": len(kept.series),
-            "series_skipped": len(skipped),
+            "series": len(plan.kept.series),
+            "series_skipped": len(plan.skipped),
             "n_train_windows": len(train_w.inputs),
             "n_val_windows": [len(v) for _, v in folds],
-            "n_test_windows": len(test_w.inputs),
-            "evaluation": evaluation,
-            "test_fraction": test_fraction if evaluation == "windows" else None,
-            "season": season,
+            "n_test_windows": len(plan.test_w.inputs),
+            "evaluation": plan.evaluation,
+            "test_fraction": test_fraction if plan.evaluation == "windows" else None,
+            "season": plan.season,
         },
         # The recipe without its lookback, which the card holds once (card.lookback); the report keeps it.
         training={**dataclasses.asdict(config), **history.summary(), "device": str(device),
@@ -511,7 +575,8 @@ def train_forecaster(
     report_dir.mkdir(parents=True, exist_ok=True)
     report.write_metrics(report_dir, "forecast", tag or f"{name}:unsaved", metrics, recipe)
     report.plot_history(report_dir, history)
-    report.plot_forecasts(report_dir, test_w.inputs, test_w.targets, predicted, model.quantiles, kept.target_names[0])
+    report.plot_forecasts(report_dir, plan.test_w.inputs, plan.test_w.targets, predicted, model.quantiles,
+                          plan.kept.target_names[0])
     return RunResult(tag, test_metrics, baselines, report_dir, warnings, {**card.training, "recipe": recipe})
 
 
