@@ -228,13 +228,19 @@ def test_series_too_short_for_the_lookback_is_a_clear_error(capsys, tmp_path):
     code, _, err = run(capsys, "forecast", "--data", str(tmp_path / "short.csv"), "--horizon", "12", "--lookback", "24",
                        "--name", "short", "--dry-run")
     assert code == 2
-    assert "every series is too short for lookback 24 and horizon 12" in err and "has 30 steps" in err
-    assert "use a shorter --lookback or --horizon" in err
+    assert ("every series is too short for lookback 24 and horizon 12 under the last-horizon evaluation, which takes "
+            "48 steps (a training window and the held-out part), and the longest has 30 steps; give a --horizon of at "
+            "most 3, or a --lookback of at most 6") in err
     # A season longer than the series: the lookback was chosen from it, so the message names --season.
     code, _, err = run(capsys, "forecast", "--data", str(tmp_path / "short.csv"), "--horizon", "12", "--season", "1000",
                        "--name", "short", "--dry-run")
     assert code == 2
-    assert "the lookback was chosen to span one season of 1000 steps: give a shorter --season" in err
+    assert ("give a shorter --season or a --lookback of at most 6 (the lookback was chosen to span one season of 1000 "
+            "steps)") in err
+    (tmp_path / "one.csv").write_text("value\n1.5\n")  # no horizon or lookback fits one step
+    code, _, err = run(capsys, "forecast", "--data", str(tmp_path / "one.csv"), "--horizon", "2", "--name", "one",
+                       "--dry-run")
+    assert code == 2 and "and the longest has 1 step; the series need more steps" in err
 
 
 def test_a_short_single_series_trains_with_a_lookback_chosen_to_fit(capsys, tmp_path):

@@ -399,6 +399,16 @@ def test_a_short_series_band_leans_on_a_normal_law_of_its_errors_robust_spread()
     np.testing.assert_allclose(starts.interval_offsets(windows, 1, chosen, levels), own.transpose(1, 2, 0), atol=1e-6)
 
 
+def test_a_lone_training_window_gets_a_band_that_widens_as_a_random_walks():
+    collection = _one_series(100 + np.arange(36.0) + np.tile([3.0, -1.0, 2.0, -4.0], 9))
+    windows = make_windows(collection, 24, 12)
+    assert len(windows) == 1
+    chosen = {"transform": "none", "weights": model_starts.start_weights(StartSpec("seasonal_naive", 1), 24, 12)}
+    offsets = starts.interval_offsets(windows, 1, chosen, [0.1, 0.5, 0.9])[:, 0, :]  # (H, Q)
+    assert (offsets[:, 1] == 0).all() and (offsets[:, 0] < 0).all() and (offsets[:, 2] > 0).all()
+    np.testing.assert_allclose(offsets[:, 2] / offsets[0, 2], np.sqrt(np.arange(1, 13)), rtol=1e-5)
+    np.testing.assert_allclose(offsets[:, 0], -offsets[:, 2], rtol=1e-6)
+
 def test_the_band_unit_is_the_windows_noise_about_its_line_and_season():
     t = np.arange(48)
     shape = 3 + 0.5 * t + 4 * np.sin(2 * np.pi * t / 12)
@@ -527,6 +537,10 @@ def test_a_plan_tests_a_long_series_on_rolling_windows_and_a_short_one_on_its_la
                                                                                         "chosen from the data")
     assert len(plan.folds) == MAX_FOLDS and plan.test_w.start.min() >= 320 and len(plan.parts[0]) <= 320
     assert plan.train_w.start.max() + 12 <= plan.test_w.start.min()  # no training window reaches the test part
+    # A series too short for any protocol is skipped, and has no say in which: the long one keeps its windows.
+    panel = SeriesCollection([monthly.series[0], monthly.series[0][:10]], ["long", "tiny"], ["value"], [], 12, "test")
+    plan = plan_run(panel, horizon=12, lookback=None, season=12, evaluation="auto", test_fraction=0.2, val_fraction=0.1)
+    assert (plan.evaluation, plan.skipped, len(plan.folds)) == ("windows", ["tiny"], MAX_FOLDS)
     yearly = _one_series(100 + np.arange(30.0))
     plan = plan_run(yearly, horizon=5, lookback=None, season=None, evaluation="auto", test_fraction=0.2, val_fraction=0.1)
     assert plan.evaluation == "last-horizon" and list(plan.test_w.start) == [25] and len(plan.parts[0]) == 25

@@ -3,6 +3,7 @@ warning when a model does not beat its baseline, short series in a panel, the ch
 config round trip through the card, and the benchmark command."""
 
 import dataclasses
+import json
 import logging
 
 import numpy as np
@@ -254,6 +255,23 @@ def test_a_series_too_short_to_validate_the_networks_is_served_by_the_start_alon
     assert recipe["interval_calibration"] == "the start's errors on the latest quarter of the training windows"
     low, median, high = recipe["interval_factors"]
     assert median == 1.0 and (low, high) != (1.0, 1.0)  # the latest windows' errors moved the band
+
+
+def test_four_years_of_months_get_a_band_that_widens_with_the_horizon_and_a_warning_that_it_rests_on_one_window(
+        tmp_path):
+    t = np.arange(48)  # one training window before the last horizon: its errors have no spread about their median
+    values = ((100 + t) * (1 + 0.2 * np.sin(2 * np.pi * t / 12)) + np.random.default_rng(0).normal(0, 2, 48))
+    series = SeriesCollection([values.astype(np.float32)[:, None]], ["s"], ["value"], [], 12, "test")
+    result = train_forecaster(
+        series, name="four-years", network=NetworkOptions(hidden_size=8, num_layers=1), device=torch.device("cpu"),
+        config=TrainConfig(progress=False), report_dir=tmp_path, horizon=12, quantiles=[0.1, 0.5, 0.9], save=False,
+        strong_baselines=False,
+    )
+    warning = ("the quantile band rests on 1 training window(s), too few to measure how far the forecasts stray: its "
+               "width is a guess")
+    assert any(warning in w for w in result.warnings)
+    assert any(warning in w for w in json.loads((tmp_path / "metrics.json").read_text())["warnings"])
+    assert result.test["q0.1_coverage"] < result.test["q0.5_coverage"] < result.test["q0.9_coverage"]  # not one line
 
 
 # ----------------------------------------------------------------------------- never a silent failure

@@ -345,6 +345,8 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     absolute deviations (not robust) 2.2% lower.
     """
     errors = start_errors(windows, k, chosen["transform"], chosen["weights"], band)
+    if len(errors) < 2:
+        return lone_window_offsets(errors, quantiles).transpose(1, 2, 0).astype(np.float32)
     median = np.quantile(errors, 0.5, axis=0)
     empirical = np.quantile(errors, quantiles, axis=0) - median  # (Q, H, K), exactly 0 at the median
     spread = robust_spread(errors - median)  # (H, K)
@@ -353,6 +355,15 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     weight = np.where(spread > 0, len(errors) / (len(errors) + TAIL_PRIOR_WINDOWS), 1.0)  # (H, K)
     offsets = weight * empirical + (1 - weight) * normal_offsets(spread, quantiles)
     return offsets.transpose(1, 2, 0).astype(np.float32)
+
+
+def lone_window_offsets(errors: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """Offsets (Q, H, K) from the errors (1, H, K) of a lone training window (a series barely longer than its
+    lookback and two horizons), which has no spread about its median: a normal law whose spread grows with
+    the steps ahead as a random walk's, ``sqrt(h)`` times the one the window's errors give per step."""
+    steps = np.arange(1, errors.shape[1] + 1, dtype=np.float64)[:, None]  # (H, 1)
+    per_step = np.sqrt(np.mean(errors[0] ** 2 / steps, axis=0))  # (K,)
+    return normal_offsets(np.sqrt(steps) * per_step, quantiles)
 
 
 def robust_spread(deviations: np.ndarray) -> np.ndarray:
