@@ -110,7 +110,8 @@ def test_missing_column_lists_existing(tmp_path):
 
 def test_non_numeric_feature(tmp_path):
     df = long_frame().assign(x=["1", "2", "oops", "4", "5"])
-    with pytest.raises(DataError, match=r"data\.csv: column 'x' is not numeric \(row 3 has 'oops'\)"):
+    with pytest.raises(DataError, match=r"data\.csv: column 'x' is not numeric \(row 3 has 'oops', 1 such cell in all\); "
+                                        r"every column other than the id, time, label and target columns is used as a"):
         read_classification(write_csv(tmp_path, df))
 
 
@@ -494,6 +495,29 @@ def test_values_float32_cannot_tell_apart_are_noted(tmp_path):
     df.loc[5, "value"] = 1e39  # finite in the file, infinite in float32
     with pytest.raises(DataError, match=r"column 'value' is infinite at timestamp '2010-06-01' \(row 6\)"):
         read_series(write_csv(tmp_path, df))
+
+
+def test_gaps_in_a_series_are_counted_with_how_to_fill_them_and_empty_rows_below_the_table_are_dropped(tmp_path):
+    dates = pd.date_range("2010-01-01", periods=36, freq="MS").strftime("%Y-%m-%d")
+    text = "date,sales\n" + "".join(f"{d},{100 + i}\n" for i, d in enumerate(dates)) + ",\n,\n"  # a spreadsheet's empty rows
+    (tmp_path / "sales.csv").write_text(text)
+    collection = read_series(tmp_path / "sales.csv", time_col="date", targets=["sales"])
+    assert len(collection.series[0]) == 36 and collection.notes == []
+    df = pd.DataFrame({"date": dates, "sales": np.arange(36.0)})
+    df.loc[[4, 9, 20], "sales"] = np.nan
+    with pytest.raises(DataError, match=r"column 'sales' is missing \(NaN\) at date '2010-05-01' \(row 5\) \(3 cells are "
+                                        r"missing or infinite in all\); the model reads a value at every step: fill the "
+                                        r"gaps \(interpolate them, or carry the last value forward\) or drop those rows"):
+        read_series(write_csv(tmp_path, df), time_col="date", targets=["sales"])
+
+
+def test_a_target_written_with_thousands_separators_is_named_as_the_values_to_forecast(tmp_path):
+    df = pd.DataFrame({"date": pd.date_range("2010-01-01", periods=30, freq="MS").strftime("%Y-%m-%d"),
+                       "sales": [f"{10 + i},{104 + i}" for i in range(30)]})
+    with pytest.raises(DataError, match=r"column 'sales' is not numeric \(row 1 has '10,104', 30 such cells in all\); "
+                                        r"it holds the values to forecast, so convert it to numbers \(written without a "
+                                        r"thousands separator: 10104, not 10,104\)"):
+        read_series(write_csv(tmp_path, df), time_col="date", targets=["sales"])
 
 
 # ----------------------------------------------------------------------------- built-ins

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv as csv_module
 import hashlib
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,7 @@ def read_table(path, text_columns: list[str] = ()) -> pd.DataFrame:
     if csv:
         # A header ending in a separator adds an unnamed column; where the rows end in one too, it is empty.
         df = df.drop(columns=[c for c in df.columns if str(c).startswith("Unnamed: ") and df[c].isna().all()])
+        df = df.dropna(how="all")  # rows of empty cells (",,"), as spreadsheets write below a table, hold nothing
         check_header(df, header, path)
     if df.empty:
         raise DataError(f"{path}: file is empty (no data rows); columns: {list(df.columns)}")
@@ -278,28 +280,44 @@ def require_values(df: pd.DataFrame, columns: list[str], path) -> None:
             raise DataError(f"{path}: column {c!r} is empty in row {empty[0] + 1}")
 
 
-def numeric_values(df: pd.DataFrame, columns: list, path, dtype=np.float32) -> np.ndarray:
-    """The given columns as a (rows, len(columns)) array of ``dtype``; a non-numeric cell is an error."""
+THOUSANDS = re.compile(r"^\s*-?\d{1,3}([,'\u00a0 ]\d{3})+(\.\d+)?\s*$")  # 10,104 or 1'234.5: a spreadsheet's display
+
+
+def numeric_values(df: pd.DataFrame, columns: list, path, dtype=np.float32, targets: list = ()) -> np.ndarray:
+    """The given columns as a (rows, len(columns)) array of ``dtype``; a non-numeric cell is an error that says
+    what the column is for: one of the ``targets`` (the values to forecast) or a feature."""
     arrays = []
     for c in columns:
         col = df[c] if pd.api.types.is_numeric_dtype(df[c]) else pd.to_numeric(df[c], errors="coerce")
         bad = np.flatnonzero((col.isna() & df[c].notna()).to_numpy())
         if bad.size:
             row = int(bad[0])
-            raise DataError(f"{path}: column {c!r} is not numeric (row {row + 1} has {show(df[c].iloc[row])}); "
-                            f"every column other than the id, time and label/target columns is used as a "
-                            f"numeric feature - remove it or convert it to numbers")
+            value = df[c].iloc[row]
+            fix = ("it holds the values to forecast, so convert it to numbers" if c in targets else
+                   "every column other than the id, time, label and target columns is used as a numeric feature: "
+                   "remove it or convert it to numbers")
+            if THOUSANDS.match(str(value)):
+                fix += " (written without a thousands separator: 10104, not 10,104)"
+            raise DataError(f"{path}: column {c!r} is not numeric (row {row + 1} has {show(value)}, "
+                            f"{bad.size} such cell{'s' if bad.size > 1 else ''} in all); {fix}")
         arrays.append(col.to_numpy(dtype=dtype, na_value=np.nan))
     return np.stack(arrays, axis=1)
 
 
+MISSING_HINT = ("; the model reads a value at every step: fill the gaps (interpolate them, or carry the last value "
+                "forward) or drop those rows before training")
+
+
 def check_finite(values: np.ndarray, columns: list, path, describe, noun: str = "column", hint: str = "") -> None:
-    """Error on the first NaN/inf in ``values`` (rows, C). ``describe(row)`` says where the row is."""
+    """Error on the first NaN/inf in ``values`` (rows, C), with how many there are. ``describe(row)`` says
+    where the row is; ``hint`` follows the message (how to fix it)."""
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         kind = "missing (NaN)" if np.isnan(values[row, col]) else "infinite"
-        raise DataError(f"{path}: {noun} {columns[col]!r} is {kind} at {describe(int(row))}{hint}")
+        count = int(bad.sum())
+        more = f" ({count} cells are missing or infinite in all)" if count > 1 else ""
+        raise DataError(f"{path}: {noun} {columns[col]!r} is {kind} at {describe(int(row))}{more}{hint}")
 
 
 SLASHED_DATE = r"^\s*(\d{1,2})[/.](\d{1,2})[/.]\d{2,4}"  # 01/02/2010: day or month first?
@@ -360,7 +378,7 @@ def split_rows(codes: np.ndarray, steps: np.ndarray, values: np.ndarray, columns
     """
     order = np.lexsort((steps, codes))  # by sequence, then by step; stable
     check_unique_steps(codes[order], steps[order], order, time_col, where, path)
-    check_finite(values, columns, path, where)
+    check_finite(values, columns, path, where, hint=MISSING_HINT)
     bounds = np.flatnonzero(np.diff(codes[order])) + 1
     return np.split(values[order], bounds), order, bounds
 

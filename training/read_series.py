@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data import (SLASHED_DATE, TABLE_SUFFIXES, DataError, SeriesCollection, check_file, check_finite, is_datetime_time,
-                           numeric_values, read_table, require_columns, require_values, show, split_rows, time_key)
+from training.data import (MISSING_HINT, SLASHED_DATE, TABLE_SUFFIXES, DataError, SeriesCollection, check_file,
+                           check_finite, is_datetime_time, numeric_values, read_table, require_columns, require_values, show, split_rows, time_key)
 
 
 DEFAULT_ID_COL = "series_id"
@@ -47,7 +47,7 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
     require_values(df, [id_col, time_col] if has_ids else [time_col], path)
     covariates = [c for c in df.columns if c not in (id_col, time_col, *targets)]
     columns = targets + covariates
-    values = values_beyond_float32(df, columns, path)  # (rows, C) in float64, float32 once checked
+    values = values_beyond_float32(df, columns, path, targets)  # (rows, C) in float64, float32 once checked
 
     if has_ids:
         codes, ids = pd.factorize(df[id_col], sort=False)
@@ -72,17 +72,17 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
                             [str(c) for c in covariates], season, f"file:{path}", [note for note in notes if note])
 
 
-def values_beyond_float32(df: pd.DataFrame, columns: list, path) -> np.ndarray:
+def values_beyond_float32(df: pd.DataFrame, columns: list, path, targets: list = ()) -> np.ndarray:
     """The ``columns`` in float64, where the notes can measure float32's rounding, with values past float32's
     range made infinite, as the model's float32 would make them, so that the finiteness check names them."""
-    values = numeric_values(df, columns, path, dtype=np.float64)
+    values = numeric_values(df, columns, path, dtype=np.float64, targets=targets)
     return np.where(np.abs(values) > np.finfo(np.float32).max, np.copysign(np.inf, values), values)
 
 
 def _single_column_series(df: pd.DataFrame, path) -> SeriesCollection:
     name, sid = df.columns[0], Path(path).stem
-    values = values_beyond_float32(df, [name], path)
-    check_finite(values, [name], path, lambda row: f"row {row + 1}")
+    values = values_beyond_float32(df, [name], path, [name])
+    check_finite(values, [name], path, lambda row: f"row {row + 1}", hint=MISSING_HINT)
     note = float32_rounding(values, np.zeros(len(values), dtype=np.int64), [sid], [name])
     return SeriesCollection([values.astype(np.float32)], [sid], [str(name)], [], None, f"file:{path}",
                             [note] if note else [])
