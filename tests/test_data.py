@@ -499,24 +499,37 @@ def test_values_float32_cannot_tell_apart_are_noted(tmp_path):
 
 def test_gaps_in_a_series_are_counted_with_how_to_fill_them_and_empty_rows_below_the_table_are_dropped(tmp_path):
     dates = pd.date_range("2010-01-01", periods=36, freq="MS").strftime("%Y-%m-%d")
-    text = "date,sales\n" + "".join(f"{d},{100 + i}\n" for i, d in enumerate(dates)) + ",\n,\n"  # a spreadsheet's empty rows
-    (tmp_path / "sales.csv").write_text(text)
+    rows = [f"{d},{100 + i}\n" for i, d in enumerate(dates)]
+    (tmp_path / "sales.csv").write_text("date,sales\n" + "".join(rows) + ",\n,\n")  # a spreadsheet's empty rows
     collection = read_series(tmp_path / "sales.csv", time_col="date", targets=["sales"])
     assert len(collection.series[0]) == 36 and collection.notes == []
+    # An empty row inside the table is a missing step, not padding: refused, and named by its row in the file.
+    (tmp_path / "sales.csv").write_text("date,sales\n" + "".join(rows[:5]) + ",\n" + "".join(rows[5:]))
+    with pytest.raises(DataError, match=r"column 'date' is empty in row 6"):
+        read_series(tmp_path / "sales.csv", time_col="date", targets=["sales"])
+    (tmp_path / "values.csv").write_text("value\n1.5\nNA\n2.0\n3.0\n")  # one column: a missing value stays one
+    with pytest.raises(DataError, match=r"column 'value' is missing \(NaN\) at row 2; the model reads"):
+        read_series(tmp_path / "values.csv")
     df = pd.DataFrame({"date": dates, "sales": np.arange(36.0)})
     df.loc[[4, 9, 20], "sales"] = np.nan
     with pytest.raises(DataError, match=r"column 'sales' is missing \(NaN\) at date '2010-05-01' \(row 5\) \(3 cells are "
                                         r"missing or infinite in all\); the model reads a value at every step: fill the "
-                                        r"gaps \(interpolate them, or carry the last value forward\) or drop those rows"):
+                                        r"gaps before training \(interpolate them, or carry the last value forward\), or "
+                                        r"drop such rows only at a series' start or end"):
         read_series(write_csv(tmp_path, df), time_col="date", targets=["sales"])
 
 
-def test_a_target_written_with_thousands_separators_is_named_as_the_values_to_forecast(tmp_path):
+def test_a_column_written_with_thousands_separators_is_named_by_what_it_is_for(tmp_path):
     df = pd.DataFrame({"date": pd.date_range("2010-01-01", periods=30, freq="MS").strftime("%Y-%m-%d"),
-                       "sales": [f"{10 + i},{104 + i}" for i in range(30)]})
+                       "sales": [f"{10 + i},{104 + i}" for i in range(30)], "price": np.arange(30.0)})
     with pytest.raises(DataError, match=r"column 'sales' is not numeric \(row 1 has '10,104', 30 such cells in all\); "
-                                        r"it holds the values to forecast, so convert it to numbers \(written without a "
-                                        r"thousands separator: 10104, not 10,104\)"):
+                                        r"it holds the values to forecast, so convert it to numbers \(if '10,104' is "
+                                        r"10104 with a thousands separator, write 10104\)"):
+        read_series(write_csv(tmp_path, df), time_col="date", targets=["sales"])
+    df = df.assign(sales=np.arange(30.0), price=["0,500"] * 29 + ["1,250"])  # a decimal comma, not thousands
+    with pytest.raises(DataError, match=r"column 'price' is not numeric \(row 1 has '0,500', 30 such cells in all\); "
+                                        r"every column other than the id, time, label and target columns is used as a "
+                                        r"numeric feature: remove it or convert it to numbers$"):
         read_series(write_csv(tmp_path, df), time_col="date", targets=["sales"])
 
 

@@ -3,6 +3,7 @@ choice, calibrated intervals, quantile metrics, ETS's quantiles, and cards writt
 before the lookback was stored once."""
 
 import dataclasses
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from training import baselines, starts
 from training.data import DataError, SeriesCollection
 from training.forecast import MAX_FOLDS, mirrored, networks_earn_their_place, plan_run, resolve_season
 from training.metrics import quantile_metrics
-from training.windows import before_test, make_windows, rolling_origins, split_by_time
+from training.windows import before_test, fits, make_windows, rolling_origins, split_by_time, steps_needed
 
 # ----------------------------------------------------------------------------- starts as linear maps
 
@@ -405,9 +406,14 @@ def test_a_lone_training_window_gets_a_band_that_widens_as_a_random_walks():
     assert len(windows) == 1
     chosen = {"transform": "none", "weights": model_starts.start_weights(StartSpec("seasonal_naive", 1), 24, 12)}
     offsets = starts.interval_offsets(windows, 1, chosen, [0.1, 0.5, 0.9])[:, 0, :]  # (H, Q)
-    assert (offsets[:, 1] == 0).all() and (offsets[:, 0] < 0).all() and (offsets[:, 2] > 0).all()
-    np.testing.assert_allclose(offsets[:, 2] / offsets[0, 2], np.sqrt(np.arange(1, 13)), rtol=1e-5)
+    errors = starts.start_errors(windows, 1, "none", chosen["weights"])[0, :, 0]  # (H,), in window units
+    steps = np.arange(1, 13)
+    per_step = np.sqrt(np.mean(errors ** 2 / steps))
+    assert per_step > 0.1  # the series moves off the last value, so the naive start errs
+    np.testing.assert_allclose(offsets[:, 2], NormalDist().inv_cdf(0.9) * np.sqrt(steps) * per_step, rtol=1e-5)
     np.testing.assert_allclose(offsets[:, 0], -offsets[:, 2], rtol=1e-6)
+    assert (offsets[:, 1] == 0).all()
+
 
 def test_the_band_unit_is_the_windows_noise_about_its_line_and_season():
     t = np.arange(48)
@@ -547,6 +553,34 @@ def test_a_plan_tests_a_long_series_on_rolling_windows_and_a_short_one_on_its_la
     with pytest.raises(DataError, match="every series is too short for lookback 20 and horizon 5 .* longest has 10 steps"):
         plan_run(_one_series(np.arange(10.0)), horizon=5, lookback=20, season=None, evaluation="auto",
                  test_fraction=0.2, val_fraction=0.1)
+
+
+def test_a_series_too_short_is_told_what_it_takes_and_what_would_fit():
+    split = {"test_fraction": 0.2, "val_fraction": 0.1}
+    with pytest.raises(DataError, match=r"lookback 24 and horizon 12 under the windows evaluation, which takes 69 "
+                                        r"steps .* longest has 60 steps; give a --horizon of at most 8, or a --lookback "
+                                        r"of at most 17$"):
+        plan_run(_one_series(np.arange(60.0)), horizon=12, lookback=24, season=None, evaluation="windows", **split)
+    assert not fits("windows", lookback=24, horizon=12, length=68, **split)
+    assert fits("windows", lookback=24, horizon=12, length=69, **split)
+    fit_60 = [(lookback, horizon) for lookback, horizon in ((24, 8), (24, 9), (17, 12), (18, 12))
+              if fits("windows", lookback=lookback, horizon=horizon, length=60, **split)]
+    assert fit_60 == [(24, 8), (17, 12)]
+    # A lookback at its floor of 3 steps, not made longer by the season of 2: no advice to shorten the season.
+    with pytest.raises(DataError, match=r"give a --horizon of at most 3, or a --lookback of at most 2$"):
+        plan_run(_one_series(np.arange(10.0)), horizon=4, lookback=None, season=2, evaluation="auto", **split)
+
+
+@pytest.mark.parametrize("fractions", [(0.2, 0.1), (0.2, 0.0), (0.5, 0.49), (0.33, 0.17)])
+def test_the_steps_a_protocol_needs_are_the_fewest_that_fit(fractions):
+    split = {"test_fraction": fractions[0], "val_fraction": fractions[1]}
+    for lookback in range(1, 30, 3):
+        for horizon in range(1, 25, 2):
+            fewest = next(n for n in range(1, 10_000)
+                          if fits("windows", lookback=lookback, horizon=horizon, length=n, **split))
+            assert steps_needed("windows", lookback=lookback, horizon=horizon, **split) == fewest
+    assert steps_needed("last-horizon", lookback=12, horizon=95) == 202
+    assert steps_needed("windows", lookback=10 ** 6, horizon=10 ** 8, **split) > 10 ** 8  # no count up from 1
 
 
 def test_the_networks_must_beat_the_start_at_every_origin_and_by_the_margin_on_average():

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval", choices=PROTOCOLS, default="auto",
         help="windows: rolling test windows over the last --test-fraction of every series; last-horizon: the last "
         "--horizon steps of every series (the M4/Monash protocol); auto (default): windows when every series is "
-        "long enough for them, else last-horizon",
+        "long enough for them, else last-horizon (a series too short for either is skipped and has no say)",
     )
     fc.add_argument("--id-col", default="series_id", help="column naming the series a row belongs to (default: series_id)")
     fc.add_argument("--time-col", default="timestamp", help="column ordering rows in time (default: timestamp)")

@@ -205,7 +205,10 @@ def read_table(path, text_columns: list[str] = ()) -> pd.DataFrame:
     if csv:
         # A header ending in a separator adds an unnamed column; where the rows end in one too, it is empty.
         df = df.drop(columns=[c for c in df.columns if str(c).startswith("Unnamed: ") and df[c].isna().all()])
-        df = df.dropna(how="all")  # rows of empty cells (",,"), as spreadsheets write below a table, hold nothing
+        # Rows of empty cells (",,") below the table, as spreadsheets write them, hold nothing; one inside the
+        # table stays, and is refused as the missing value it is.
+        filled = np.flatnonzero(df.notna().any(axis=1).to_numpy())
+        df = df.iloc[: filled[-1] + 1 if filled.size else 0]
         check_header(df, header, path)
     if df.empty:
         raise DataError(f"{path}: file is empty (no data rows); columns: {list(df.columns)}")
@@ -280,7 +283,7 @@ def require_values(df: pd.DataFrame, columns: list[str], path) -> None:
             raise DataError(f"{path}: column {c!r} is empty in row {empty[0] + 1}")
 
 
-THOUSANDS = re.compile(r"^\s*-?\d{1,3}([,'\u00a0 ]\d{3})+(\.\d+)?\s*$")  # 10,104 or 1'234.5: a spreadsheet's display
+THOUSANDS = re.compile(r"^\s*-?[1-9]\d{0,2}([,'\u00a0 ]\d{3})+(\.\d+)?\s*$")  # 10,104 or 1'234.5 (not 0,500)
 
 
 def numeric_values(df: pd.DataFrame, columns: list, path, dtype=np.float32, targets: list = ()) -> np.ndarray:
@@ -297,15 +300,16 @@ def numeric_values(df: pd.DataFrame, columns: list, path, dtype=np.float32, targ
                    "every column other than the id, time, label and target columns is used as a numeric feature: "
                    "remove it or convert it to numbers")
             if THOUSANDS.match(str(value)):
-                fix += " (written without a thousands separator: 10104, not 10,104)"
+                plain = re.sub(r"[,'\u00a0 ]", "", str(value).strip())
+                fix += f" (if {show(value)} is {plain} with a thousands separator, write {plain})"
             raise DataError(f"{path}: column {c!r} is not numeric (row {row + 1} has {show(value)}, "
                             f"{bad.size} such cell{'s' if bad.size > 1 else ''} in all); {fix}")
         arrays.append(col.to_numpy(dtype=dtype, na_value=np.nan))
     return np.stack(arrays, axis=1)
 
 
-MISSING_HINT = ("; the model reads a value at every step: fill the gaps (interpolate them, or carry the last value "
-                "forward) or drop those rows before training")
+MISSING_HINT = ("; the model reads a value at every step: fill the gaps before training (interpolate them, or carry "
+                "the last value forward), or drop such rows only at a series' start or end")
 
 
 def check_finite(values: np.ndarray, columns: list, path, describe, noun: str = "column", hint: str = "") -> None:
@@ -369,16 +373,17 @@ def check_unique_steps(codes, steps, order, time_col, where, path) -> None:
 
 
 def split_rows(codes: np.ndarray, steps: np.ndarray, values: np.ndarray, columns: list, time_col: str,
-               where, path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+               where, path, hint: str = "") -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Rows of a long table cut into one array per sequence, each in step order: (pieces, order, bounds).
 
     ``codes`` numbers the sequence of every row, ``steps`` orders rows within one; a repeated step and a
-    non-finite value are errors naming the row (``where(row)``). ``order`` sorts rows by (code, step) and
-    ``bounds`` are the sorted positions where a new sequence starts, for splitting other columns alike.
+    non-finite value are errors naming the row (``where(row)``), the latter followed by ``hint``. ``order``
+    sorts rows by (code, step) and ``bounds`` are the sorted positions where a new sequence starts, for
+    splitting other columns alike.
     """
     order = np.lexsort((steps, codes))  # by sequence, then by step; stable
     check_unique_steps(codes[order], steps[order], order, time_col, where, path)
-    check_finite(values, columns, path, where, hint=MISSING_HINT)
+    check_finite(values, columns, path, where, hint=hint)
     bounds = np.flatnonzero(np.diff(codes[order])) + 1
     return np.split(values[order], bounds), order, bounds
 

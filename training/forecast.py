@@ -5,7 +5,8 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
 * the season: the one given, else the data's (from timestamps), else inferred (``resolve_season``: the
   first autocorrelation peak near the strongest, so a cycle of ~10 years is 10, not a multiple of it);
 * the protocol (``evaluation="auto"``): rolling ``windows`` over the last 20% of every series when every
-  series is long enough for them (many test windows: a steadier estimate), else ``last-horizon``;
+  series is long enough for them (many test windows: a steadier estimate), else ``last-horizon``; a series
+  too short for either is skipped and has no say;
 * the lookback from the data (``training.windows.choose_lookback``: four seasons where the series
   allow); series too short for one training window and the held-out part are skipped with a WARNING;
 * the start (``training.starts``): the classical forecast, written as a linear map of the window, that
@@ -38,7 +39,6 @@ The default recipe (every choice is recorded in the card's ``training["recipe"]`
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 from pathlib import Path
 
@@ -54,8 +54,8 @@ from training.loop import History, TrainConfig, fit, seed_everything, sized_for
 from training.metrics import (compare_with_baselines, forecast_metrics, mase_scale, naive_forecast, quantile_metrics,
                               seasonal_naive_forecast)
 from training.types import NetworkOptions, RunResult
-from training.windows import (Windows, before_test, choose_lookback, fits, last_horizon_split, long_enough,
-                              rolling_origins, split_by_time, train_series)
+from training.windows import (Windows, before_test, choose_lookback, fits, largest_fitting, last_horizon_split,
+                              long_enough, rolling_origins, split_by_time, steps_needed, train_series)
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +329,10 @@ def plan_run(collection: SeriesCollection, *, horizon: int, lookback: int | None
     sizes = {"lookback": lookback, "horizon": horizon, **(split if evaluation == "windows" else {})}
     kept, skipped = long_enough(collection, evaluation, **sizes)
     if not kept.series:
+        season_set_lookback = (lookback_source != "given" and season > 1 and
+                               choose_lookback(usable, horizon=horizon, season=1, protocol=evaluation) < lookback)
         raise too_short_error(collection.source, evaluation, lookback, horizon, max(lengths), split,
-                              season if lookback_source != "given" else 1)
+                              season if season_set_lookback else 1)
     if skipped:
         log.warning("%s: skipped %d of %d series too short for lookback %d and horizon %d under the %s "
                     "evaluation: %s", collection.source, len(skipped), len(lengths),
@@ -359,22 +361,22 @@ def plan_run(collection: SeriesCollection, *, horizon: int, lookback: int | None
 
 
 def too_short_error(source: str, evaluation: str, lookback: int, horizon: int, longest: int, split: dict,
-                    season_spanned: int) -> DataError:
+                    season_set_lookback: int) -> DataError:
     """The error for data none of whose series holds a training window and the held-out part of ``evaluation``:
     how many steps that takes, and the horizon or lookback that would fit the longest series.
-    ``season_spanned`` is the season a chosen lookback was made to span (1 when the lookback was given)."""
-    def holds(lb: int, h: int, n: int) -> bool:
-        return fits(evaluation, lookback=lb, horizon=h, length=n, **split)
+    ``season_set_lookback`` is the season that made a chosen lookback longer, else 1."""
+    def holds(lb: int, h: int) -> bool:
+        return fits(evaluation, lookback=lb, horizon=h, length=longest, **split)
 
-    needed = next(n for n in itertools.count(longest + 1) if holds(lookback, horizon, n))
-    horizons = [h for h in range(horizon - 1, 0, -1) if holds(lookback, h, longest)]
-    lookbacks = [lb for lb in range(lookback - 1, 0, -1) if holds(lb, horizon, longest)]
-    fixes = [f"a --horizon of at most {horizons[0]}"] if horizons else []
-    if lookbacks and season_spanned > 1 and lookback >= season_spanned:  # the chooser spans one season at least
-        fixes.append(f"a shorter --season or a --lookback of at most {lookbacks[0]} (the lookback was chosen to span "
-                     f"one season of {season_spanned} steps)")
-    elif lookbacks:
-        fixes.append(f"a --lookback of at most {lookbacks[0]}")
+    needed = steps_needed(evaluation, lookback=lookback, horizon=horizon, **split)
+    shorter_horizon = largest_fitting(lambda h: holds(lookback, h), horizon - 1)
+    shorter_lookback = largest_fitting(lambda lb: holds(lb, horizon), lookback - 1)
+    fixes = [f"a --horizon of at most {shorter_horizon}"] if shorter_horizon else []
+    if shorter_lookback and season_set_lookback > 1:
+        fixes.append(f"a shorter --season or a --lookback of at most {shorter_lookback} (the lookback was chosen to "
+                     f"span one season of {season_set_lookback} steps)")
+    elif shorter_lookback:
+        fixes.append(f"a --lookback of at most {shorter_lookback}")
     fix = "give " + ", or ".join(fixes) if fixes else "the series need more steps"
     return DataError(f"{source}: every series is too short for lookback {lookback} and horizon {horizon} under the "
                      f"{evaluation} evaluation, which takes {needed} steps (a training window and the held-out part), "
@@ -429,9 +431,6 @@ def validate_networks(folds: list[tuple[Windows, Windows]], model_name: str, hpa
                    "that they help")
     else:
         verdict = f"not used: they did not beat the start at every validation origin and by {NETWORK_MARGIN:.0%} on average"
-    if folds:
-        log.info("networks %s (mean validation error: start %.4f, networks %.4f)", verdict,
-                 np.mean(errors["start"]), np.mean(errors["networks"]))
     return Validation(errors, residuals, use_networks, verdict)
 
 
@@ -553,6 +552,9 @@ def train_forecaster(
     recipe["networks"] = validation.verdict
     if not validation.use_networks:
         hparams.members = recipe["members"] = 1
+    if folds:
+        log.info("networks %s (mean validation error: start %.4f, networks %.4f); members: %d", validation.verdict,
+                 np.mean(validation.errors["start"]), np.mean(validation.errors["networks"]), hparams.members)
     if quantiles:
         if folds:
             calibration_errors = validation.calibration_errors()

@@ -60,7 +60,7 @@ def read_series(path, *, id_col: str = DEFAULT_ID_COL, time_col: str = "timestam
         series = f"series {show(df[id_col].iloc[row])} " if has_ids else ""
         return f"{series}{time_col} {show(df[time_col].iloc[row])} (row {row + 1})"
 
-    series, order, bounds = split_rows(codes, times, values, columns, time_col, where, path)
+    series, order, bounds = split_rows(codes, times, values, columns, time_col, where, path, hint=MISSING_HINT)
     times, codes = times[order], codes[order]  # by series, then time, as ``series`` are
     dated = is_datetime_time(df, time_col)
     season = season_from_timestamps(np.split(times, bounds)) if dated else None

@@ -343,6 +343,8 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     skew of longer series (annual Nile flow's band 0.75 -> 0.69). On the short runs, scaling each side's
     quartile out to its tail (to keep the skew) made the wQL 0.3% higher, and symmetric quantiles of the
     absolute deviations (not robust) 2.2% lower.
+
+    A lone training window has no spread about its median at all: ``lone_window_offsets`` gives it a band.
     """
     errors = start_errors(windows, k, chosen["transform"], chosen["weights"], band)
     if len(errors) < 2:
@@ -360,7 +362,8 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
 def lone_window_offsets(errors: np.ndarray, quantiles: list[float]) -> np.ndarray:
     """Offsets (Q, H, K) from the errors (1, H, K) of a lone training window (a series barely longer than its
     lookback and two horizons), which has no spread about its median: a normal law whose spread grows with
-    the steps ahead as a random walk's, ``sqrt(h)`` times the one the window's errors give per step."""
+    the steps ahead as a random walk's, ``sqrt(h)`` times the one the window's errors give per step. A channel
+    the start forecast exactly (a constant) keeps a band of zero width."""
     steps = np.arange(1, errors.shape[1] + 1, dtype=np.float64)[:, None]  # (H, 1)
     per_step = np.sqrt(np.mean(errors[0] ** 2 / steps, axis=0))  # (K,)
     return normal_offsets(np.sqrt(steps) * per_step, quantiles)

@@ -20,6 +20,7 @@ of every series are the test (one window per series), the ``horizon`` before the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +172,36 @@ def fits(protocol: str, *, lookback: int, horizon: int, length: int, test_fracti
         return length >= lookback + 2 * horizon
     val_start, _ = split_points(length, horizon=horizon, test_fraction=test_fraction, val_fraction=val_fraction)
     return val_start - horizon >= lookback
+
+
+def steps_needed(protocol: str, *, lookback: int, horizon: int, test_fraction: float = 0.2,
+                 val_fraction: float = 0.1) -> int:
+    """The fewest steps a series needs to hold one training window and the held-out parts of ``protocol``."""
+    if protocol == "last-horizon":
+        return lookback + 2 * horizon
+    # ``fits`` asks val_start >= lookback + horizon, where val_start is the length less the test and validation
+    # parts, each the larger of a floor and a rounded share (``split_points``). A length below any of the four
+    # bounds (each part taken as its floor or its share) cannot fit; from their largest, rounding leaves a step
+    # or two, counted one by one (the rounding makes ``fits`` step back now and then, so a search could skip).
+    need = lookback + horizon
+    val_floor = horizon + MIN_VAL_WINDOWS - 1 if val_fraction > 0 else 0
+    bounds = (need + horizon + val_floor, (need + val_floor - 0.5) / (1 - test_fraction),
+              (need + horizon - 0.5) / (1 - val_fraction), (need - 1) / (1 - test_fraction - val_fraction))
+    length = max(1, math.floor(max(bounds)))
+    while not fits(protocol, lookback=lookback, horizon=horizon, length=length, test_fraction=test_fraction,
+                   val_fraction=val_fraction):
+        length += 1
+    return length
+
+
+def largest_fitting(holds, most: int) -> int:
+    """The largest ``x`` in 1..``most`` with ``holds(x)``, for a ``holds`` true up to some ``x`` and false after
+    (``fits`` in the lookback or the horizon), or 0 where none holds: a binary search."""
+    low, high = 0, most  # holds(low) is taken as true, the answer is in low..high
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if holds(middle) else (low, middle - 1)
+    return low
 
 
 def long_enough(collection: SeriesCollection, protocol: str, **sizes) -> tuple[SeriesCollection, list[str]]:
