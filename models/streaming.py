@@ -89,15 +89,19 @@ def not_streamable_reason(module: nn.Module) -> str | None:
                 "train it with --family network to stream")
     if not isinstance(module, SequenceClassifier):
         return f"{type(module).__name__} has no streaming step"
+    blockers = []  # (why, the training flag that lifts it): every one, so that one retraining is enough
     if module.encoder.directions == 2:
-        return ("it is bidirectional: its backward pass reads the whole sequence again with every new step; "
-                "train it with --no-bidirectional to stream")
+        blockers.append(("it is bidirectional: its backward pass reads the whole sequence again with every new step",
+                         "--no-bidirectional"))
     if getattr(module.encoder.rnn, "proj_size", 0):
-        return "its LSTM projects its hidden state (proj_size), which the streaming step does not do"
+        blockers.append(("its LSTM projects its hidden state (proj_size), which the streaming step does not do", ""))
     if module.instance_norm == "sequence":
-        return ("it standardises each sequence by the statistics of all its steps, which every new step changes; "
-                "train it with --instance-norm running to stream")
-    return None
+        blockers.append(("it standardises each sequence by the statistics of all its steps, which every new step "
+                         "changes", "--instance-norm running"))
+    if not blockers:
+        return None
+    flags = " ".join(flag for _, flag in blockers if flag)
+    return "; and ".join(why for why, _ in blockers) + (f"; train it with {flags} to stream" if flags else "")
 
 
 def stream_for(module: nn.Module, lookback: int | None = None) -> "ClassifierStream | ForecasterStream | NeighbourStream":

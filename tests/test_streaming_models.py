@@ -132,6 +132,10 @@ def test_dtw_1nn_streams_batched_together_keep_their_own_answers():
     ({"instance_norm": "sequence"}, "it standardises each sequence by the statistics of all its steps, which every new "
                                     "step changes; train it with --instance-norm running to stream"),
     ({"instance_norm": True}, "it standardises each sequence by the statistics of all its steps"),  # an older card
+    ({"bidirectional": True, "instance_norm": "sequence"},  # both named at once: one retraining is enough
+     "it is bidirectional: its backward pass reads the whole sequence again with every new step; and it standardises "
+     "each sequence by the statistics of all its steps, which every new step changes; train it with "
+     "--no-bidirectional --instance-norm running to stream"),
 ])
 def test_classifiers_that_cannot_stream_say_why(recipe, reason):
     with pytest.raises(NotStreamable, match=reason.replace("(", r"\(")):
