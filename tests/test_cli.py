@@ -48,6 +48,7 @@ def test_classify_on_synthetic_stores_a_loadable_model_and_reports_dtw(capsys, t
     assert set(metrics["baselines"]["dtw_1nn"]) == {"accuracy", "macro_f1"}
     assert isinstance(metrics["beats_baseline"], bool) and isinstance(metrics["warnings"], list)
     assert metrics["recipe"]["instance_norm"] == "sequence" and metrics["recipe"]["conv_stride"] == 1
+    assert "\nserved: network (" in out  # what the stored model is, whatever --arch or --family asked for
     assert (tmp_path / "loss.png").stat().st_size > 0
     loaded = load_artifact(tag)
     assert loaded.card.task == "classify" and loaded.card.labels == ["sawtooth", "sine", "square"]
@@ -74,6 +75,8 @@ def test_forecast_on_synthetic_with_quantiles_reports_ets(capsys, tmp_path):
     assert StartSpec(**card.hparams["start"]).kind in KINDS  # a start the model rebuilds (any kind, a combination too)
     assert {"q0.1_coverage", "q0.9_wql", "coverage_0.1_0.9", "mean_wql"} <= set(metrics["test"])
     assert {"q0.1_coverage", "coverage_0.1_0.9"} <= set(metrics["baselines"]["ets"])
+    served = next(line for line in out.splitlines() if line.startswith("served: "))
+    assert served.startswith("served: the start") and metrics["recipe"]["start"] in served
 
 
 @pytest.mark.parametrize("value", [5.0, 0.0])

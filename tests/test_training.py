@@ -14,7 +14,7 @@ from models import ClassifierConfig, ForecasterConfig, create_model
 from models.artifact import load_artifact
 from training import datasets
 from training.baselines import dtw_1nn
-from training.classify import SMALL_SET_SEQUENCES, stratified_folds, train_classifier
+from training.classify import SHARPNESS_GRID, SMALL_SET_SEQUENCES, fit_sharpness, stratified_folds, train_classifier
 from training.cli import build_parser, main, train_one
 from training.data import SeriesCollection
 from training.forecast import train_forecaster
@@ -337,14 +337,29 @@ def test_a_small_set_model_trains_saves_loads_and_answers_as_trained(tmp_path, f
     assert np.mean(np.array(predicted) == test.labels) == result.test["accuracy"]
     if family == "dtw_1nn":
         assert loaded.card.hparams == {"n_features": 2, "n_classes": 3, "n_references": 13,
-                                        "reference_length": max(len(s) for s in train.sequences)}
+                                        "reference_length": max(len(s) for s in train.sequences),
+                                        "sharpness": max(SHARPNESS_GRID)}  # no leave-one-out miss: the sharpest
         assert result.test["accuracy"] == 1.0  # the synthetic waves are far apart
+        assert np.mean([p.max() for p in outputs]) > 0.95  # and its probabilities say so (0.43-0.8 at sharpness 1)
+        assert "fitted to the leave-one-out answers" in recorded["probabilities"]
         stream_for(loaded.module)
     else:
         assert loaded.card.hparams["members"] == 4
         with pytest.raises(NotStreamable, match="ensemble of 4 networks"):
             stream_for(loaded.module)
 
+
+def test_1nn_dtws_sharpness_is_the_one_its_leave_one_out_answers_score_best():
+    # Two classes whose nearest distances differ by 10%: right 3 times in 4, a sharpness near log(3) / log(1.1)
+    near, far = 1.0, 1.1
+    distances = torch.tensor([[near, far], [far, near], [near, far], [near, far]] * 25, dtype=torch.float64)
+    labels = np.array([0, 1, 0, 1] * 25)  # the last of every four is nearer the wrong class
+    sharpness = fit_sharpness(distances, labels)
+    assert 8 <= sharpness <= 16 and abs(np.log(3) / np.log(1.1) - sharpness) < 2.5
+    assert fit_sharpness(torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64), np.array([0, 1])) == max(SHARPNESS_GRID)
+    # A sequence alone in its class has no leave-one-out distance to it: it is left out, not an infinite loss.
+    alone = torch.tensor([[1.0, torch.inf], [2.0, torch.inf]], dtype=torch.float64)
+    assert fit_sharpness(alone, np.array([0, 1])) == max(SHARPNESS_GRID)
 
 def test_below_the_small_set_size_auto_serves_what_cross_validates_better_and_says_why(tmp_path):
     train, test = small_set()

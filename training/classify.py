@@ -163,23 +163,44 @@ def train_network(
     return model, history, config
 
 
-def dtw_classifier(train: SequenceDataset, rows: np.ndarray) -> DTWNearestNeighbour:
+def dtw_classifier(train: SequenceDataset, rows: np.ndarray, sharpness: float = 1.0) -> DTWNearestNeighbour:
     """1-NN DTW over ``train``'s ``rows``, as a module."""
     references, lengths = pad_sequences([train.sequences[i] for i in rows])
-    hparams = NeighbourConfig(train.n_features, train.n_classes, len(rows), references.shape[1])
+    hparams = NeighbourConfig(train.n_features, train.n_classes, len(rows), references.shape[1], sharpness)
     return DTWNearestNeighbour(**dataclasses.asdict(hparams)).remember(
         references, lengths, torch.as_tensor(train.labels[rows]))
 
 
+# The sharpness values fit_sharpness tries: up to 32, where a class 10% nearer than the next gets 0.95. A set the
+# leave-one-out answers get all right says only that sharper is better, without end.
+SHARPNESS_GRID = tuple(2.0 ** np.arange(-2, 5.01, 0.25))
+
+
 @torch.no_grad()
-def dtw_leave_one_out(train: SequenceDataset) -> float:
-    """Accuracy of 1-NN DTW on the training set, each sequence classified by its nearest other one."""
+def dtw_leave_one_out(train: SequenceDataset) -> tuple[float, float]:
+    """Accuracy of 1-NN DTW on the training set, each sequence classified by its nearest other one, and the
+    sharpness of its probabilities fitted to those answers (``fit_sharpness``)."""
     model = dtw_classifier(train, np.arange(len(train)))
     x, lengths = pad_sequences(train.sequences)
     distances = model.distances(x, lengths)  # (N, N)
     distances.fill_diagonal_(torch.inf)
     nearest = distances.argmin(dim=1).numpy()
-    return float(np.mean(train.labels[nearest] == train.labels))
+    return float(np.mean(train.labels[nearest] == train.labels)), fit_sharpness(model.class_distances(distances),
+                                                                                 train.labels)
+
+
+def fit_sharpness(class_distances: torch.Tensor, labels: np.ndarray) -> float:
+    """The ``DTWNearestNeighbour.sharpness`` in ``SHARPNESS_GRID`` with the lowest log loss on held-out answers:
+    ``class_distances`` (N, C), each sequence's nearest distance to each class leaving it out, ``labels`` (N,).
+    A sequence alone in its class has no distance to it and is left out of the fit (1.0 if none is left)."""
+    log_d = torch.log(class_distances.clamp_min(torch.finfo(torch.float64).tiny))  # (N, C)
+    truth = torch.as_tensor(labels)
+    usable = torch.isfinite(log_d.gather(1, truth[:, None])[:, 0])
+    if not usable.any():
+        return 1.0
+    log_d, truth = log_d[usable], truth[usable]
+    losses = [-torch.log_softmax(-s * log_d, dim=1).gather(1, truth[:, None]).mean().item() for s in SHARPNESS_GRID]
+    return float(max(s for s, loss in zip(SHARPNESS_GRID, losses) if loss <= min(losses) + 1e-12))  # ties: sharpest
 
 
 def fold_ensemble(
@@ -290,10 +311,10 @@ def train_classifier(
             model, scores["networks"], history, config = fold_ensemble(train, network, hparams, (mean, std), config, device)
             model_name = f"{network.arch}_ensemble"
         if family in ("auto", "dtw_1nn"):
-            scores["dtw_1nn"] = dtw_leave_one_out(train)
+            scores["dtw_1nn"], sharpness = dtw_leave_one_out(train)
         # A tie goes to 1-NN DTW: the reference the networks are held to, and the same answer every run.
         if family == "dtw_1nn" or (family == "auto" and scores["dtw_1nn"] >= scores["networks"]):
-            model, model_name = dtw_classifier(train, fit_rows).to(device), "dtw_1nn"
+            model, model_name = dtw_classifier(train, fit_rows, sharpness).to(device), "dtw_1nn"
             history = history if family == "auto" else History()
         if family == "auto":
             better = "dtw_1nn" if model_name == "dtw_1nn" else "networks"
@@ -304,10 +325,13 @@ def train_classifier(
             why = f"asked for (--family {family})"
         recipe["family"] = {"served": "dtw_1nn" if model_name == "dtw_1nn" else f"ensemble of {FOLDS} networks",
                             "why": why, "training_set_accuracy": scores}
+        if model_name == "dtw_1nn":
+            recipe["family"]["probabilities"] = (f"each class's share of its nearest DTW distance ^ -{model.sharpness:.3g}, "
+                                                 "the power fitted to the leave-one-out answers")
     seconds = time.perf_counter() - started
     if model_name == "dtw_1nn":
         hparams_out = dataclasses.asdict(NeighbourConfig(train.n_features, train.n_classes, len(fit_rows),
-                                                         int(model.references.shape[1])))
+                                                         int(model.references.shape[1]), model.sharpness))
         normalization = {"kind": "none", "why": "1-NN DTW compares the values as given, as the baseline does"}
         recipe = {"family": recipe["family"]}
     else:

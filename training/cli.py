@@ -283,11 +283,27 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:  # a torchrun rank other than 0: it trained its shard; rank 0 reports
         return 0
     print(report.format_table(result.test, result.baselines))
+    if served := served_line(result.training.get("recipe", {})):
+        print(served)
     for sentence in result.warnings:
         print(f"warning: {sentence}")
     print(f"report: {result.report_dir}")
     print(f"stored: {result.tag}" if result.tag else f"not stored ({'--dry-run' if args.dry_run else '--no-save'})")
     return 0
+
+
+def served_line(recipe: dict) -> str:
+    """What the stored model is and why, in one line: a small classification set may be served by 1-NN DTW or
+    an ensemble whatever --arch says, and a forecaster by its start alone ("" where the recipe says neither)."""
+    if "family" in recipe:
+        family = recipe["family"]
+        name = "1-NN DTW" if family["served"] == "dtw_1nn" else family["served"]
+        return f"served: {name} ({family['why']})"
+    if "networks" in recipe:
+        if recipe["networks"] == "trained":
+            return f"served: the start ({recipe['start']}) and {recipe['members']} network(s) correcting it"
+        return f"served: the start alone ({recipe['start']}); networks {recipe['networks']}"
+    return ""
 
 
 def train_one(args: argparse.Namespace) -> RunResult | None:
