@@ -207,8 +207,11 @@ def test_list_shows_stored_models(capsys, tmp_path):
     run(capsys, "classify", "--dataset", "synthetic", "--name", "listed", *QUICK, "--report", str(tmp_path))
     code, out, _ = run(capsys, "list")
     assert code == 0
-    assert out.splitlines()[0].split() == ["model", "task", "arch", "test", "metrics", "created"]
-    assert any(line.startswith("listed:") and "classify" in line and "accuracy=" in line for line in out.splitlines())
+    assert out.splitlines()[0].split() == ["model", "task", "arch", "test", "metrics", "beats", "baselines", "created"]
+    listed = next(line for line in out.splitlines() if line.startswith("listed:"))
+    assert "classify" in listed and "accuracy=" in listed
+    beats = load_artifact(listed.split()[0]).card.metrics["beats_baseline"]
+    assert (" yes " if beats else " NO (see its warnings) ") in listed
 
 
 def test_bad_data_is_a_clear_error_not_a_traceback(capsys, tmp_path):

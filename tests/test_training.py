@@ -440,3 +440,8 @@ def test_classification_data_warnings_say_what_the_test_scores_cannot():
     assert data_warnings(train, train)[-1].startswith("the test set is the training set")
     balanced = SequenceDataset(seqs[:4], np.array([0, 0, 1, 1]), ["a", "b"], ["x"], "file:t.csv")
     assert data_warnings(balanced, SequenceDataset(seqs[:2], np.array([0, 1]), ["a", "b"], ["x"], "file:u.csv")) == []
+    names = ["walking", "walking ", "Sitting", "sitting"]  # a spreadsheet's stray space, a capital
+    twins = SequenceDataset(seqs[:4], np.array([0, 1, 2, 3]), names, ["x"], "file:t.csv")
+    assert data_warnings(twins, twins)[0] == (
+        "2 group(s) of labels differ only in case or surrounding spaces, so each is its own class: 'walking', "
+        "'walking '; 'Sitting', 'sitting'; write each class one way if they are one")

@@ -238,8 +238,15 @@ def fold_ensemble(
 def data_warnings(train: SequenceDataset, test: SequenceDataset) -> list[str]:
     """Sentences on what the data leaves the test scores unable to say: classes with one training sequence
     (cross-validation and 1-NN DTW's leave-one-out score them 0 whatever the model), classes no test sequence
-    holds, and a test set that is the training set."""
+    holds, a test set that is the training set, and labels that differ only in case or surrounding spaces
+    (a spreadsheet's ``walking`` and ``walking `` are two classes, kept as written)."""
     out = []
+    alike: dict[str, list[str]] = {}
+    for name in train.label_names:
+        alike.setdefault(name.strip().casefold(), []).append(name)
+    if (twins := [names for names in alike.values() if len(names) > 1]):
+        out.append(f"{len(twins)} group(s) of labels differ only in case or surrounding spaces, so each is its own "
+                   f"class: {'; '.join(_some(names) for names in twins[:3])}; write each class one way if they are one")
     counts = np.bincount(train.labels, minlength=train.n_classes)
     if (single := [train.label_names[c] for c in np.flatnonzero(counts == 1)]):
         out.append(f"{len(single)} of {train.n_classes} classes have a single training sequence ({_some(single)}): "

@@ -243,15 +243,16 @@ def run_forecast(args: argparse.Namespace) -> RunResult | None:
 
 
 def run_list() -> None:
-    rows = [("model", "task", "arch", "test metrics", "created")]
+    rows = [("model", "task", "arch", "test metrics", "beats baselines", "created")]
     for info in list_artifacts():
         if info.card is None:  # shown, not hidden: the server refuses to start with it (see service.startup)
-            rows.append((info.tag, "UNREADABLE", "-", info.problem, info.created))
+            rows.append((info.tag, "UNREADABLE", "-", info.problem, "-", info.created))
             continue
         test = info.card.metrics.get("test", {})
         keys = ("accuracy", "macro_f1") if info.card.task == "classify" else ("mase", "mae")
         metrics = " ".join(f"{k}={test[k]:.3f}" for k in keys if k in test)
-        rows.append((info.tag, info.card.task, info.card.arch, metrics, info.card.created))
+        beats = {True: "yes", False: "NO (see its warnings)"}.get(info.card.metrics.get("beats_baseline"), "-")
+        rows.append((info.tag, info.card.task, info.card.arch, metrics, beats, info.card.created))
     if len(rows) == 1:
         print("no seqserve models in the store; train one with `seqserve-train classify --dataset synthetic --name demo`")
         return
