@@ -11,7 +11,11 @@ unit for the fixed cost of a request, plus one per ``BYTES_PER_UNIT`` of body (p
 the body). While the worker is busy it learns the seconds it spends per unit answered, refusals and
 forward passes included, so the estimate follows the machine, the model and the mix of requests.
 A request whose estimated wait, the units ahead of it times that rate, is over ``max_wait_s`` is
-refused at once (503 with ``Retry-After``), before anything is parsed.
+refused at once (503 with ``Retry-After``), before anything is parsed. A request let in counts as work
+only once its whole body has arrived: until then it costs the worker nothing but its connection (the
+body timeout bounds that), and counting the seconds a slow client takes to send it would make the
+worker look busy while it is idle (one client sending a body at 100 kB/s had most other requests
+refused; one that sent a byte and stopped, nearly all of them until its 408).
 
 :class:`Door` does the refusing, as the outermost ASGI app of the worker (``service.framework``
 puts it there), because under overload refusals are most of the traffic (clients that ignore
@@ -81,7 +85,13 @@ class WorkerQueue:
         return self.units * self.seconds_per_unit
 
     def enter(self, units: float, client: Client | None = None) -> Ticket:
-        """Take a request of ``units`` in, or raise :class:`~service.errors.RetryLater` when the wait ahead of it is too long.
+        """Take a request of ``units`` in, or raise :class:`~service.errors.RetryLater` when the wait ahead of it is
+        too long: :meth:`admit`, then :meth:`count`."""
+        self.admit()
+        return self.count(units, client)
+
+    def admit(self) -> None:
+        """Raise :class:`~service.errors.RetryLater` when a request arriving now would wait too long.
 
         Before refusing, requests whose clients hung up stop counting: their work is dropped before
         it runs (service.batching), so nobody waits behind it.
@@ -97,7 +107,10 @@ class WorkerQueue:
                 f"(limit {self.max_wait_s * 1000:.0f} ms, SEQSERVE_MAX_QUEUE_MS); retry shortly",
                 retry_after_ms=round(wait * 1000),
             )
-        ticket = Ticket(units, now, client)
+
+    def count(self, units: float, client: Client | None = None) -> Ticket:
+        """Count an admitted request of ``units`` as work in flight from now on, until :meth:`leave`."""
+        ticket = Ticket(units, self._tick(), client)
         self._in_flight[ticket] = None
         self.units += units
         return ticket
@@ -155,7 +168,8 @@ class WorkerQueue:
 
 
 class Door:
-    """The worker's outermost ASGI app: every POST enters :class:`WorkerQueue` or gets a 503 at once.
+    """The worker's outermost ASGI app: every POST is admitted by :class:`WorkerQueue` or gets a 503 at once, and
+    counts as work from when the app has read its whole body until it is answered.
 
     A POST is weighed by its ``Content-Length`` (at most ``max_body_bytes``: past that the guard answers
     413 unread). Everything else (probes, metrics, WebSockets) goes straight through. Each refusal is
@@ -174,14 +188,24 @@ class Door:
         if self.queue.overloaded():
             await asyncio.sleep(0)  # let the event loop handle hang-ups it has read: they stop counting
         try:
-            ticket = self.queue.enter(units, scope.get(CLIENT))
+            self.queue.admit()
         except RetryLater as busy:
             count_refused()
             return await refused(busy, scope)(send)
+        ticket = None
+
+        async def receive_then_count():
+            nonlocal ticket
+            message = await receive()
+            if ticket is None and message["type"] == "http.request" and not message.get("more_body", False):
+                ticket = self.queue.count(units, scope.get(CLIENT))  # the body is in: its work starts now
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_then_count, send)
         finally:
-            self.queue.leave(ticket)
+            if ticket is not None:
+                self.queue.leave(ticket)
 
 
 def _content_length(scope) -> int:

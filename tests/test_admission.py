@@ -161,3 +161,42 @@ def test_the_door_answers_503_with_the_wait_in_whole_seconds_and_in_milliseconds
         "retry_after_s": 1,
         "retry_after_ms": 102,
     }
+
+
+def test_a_request_counts_as_work_only_once_its_body_is_in_so_a_slow_upload_refuses_nobody():
+    # One client sending its body a byte at a time (or not at all, until the body timeout's 408) made the worker
+    # look busy while it was idle: its wait counted as work, and as a request waiting past the limit.
+    queue, clock = busy_queue(0.002, max_wait_s=0.1)
+    door = Door(None, queue, max_body_bytes=1 << 20)
+    body_in = asyncio.Event()
+    answers = []
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body", False):
+            assert queue.units == 0  # a body still arriving is no work yet
+        assert queue.units == 1.0 + 100 / BYTES_PER_UNIT  # now it is, weighed by its Content-Length
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def receive():
+        if not body_in.is_set():
+            await body_in.wait()
+            return {"type": "http.request", "body": b"x" * 50, "more_body": True}
+        return {"type": "http.request", "body": b"x" * 50, "more_body": False}
+
+    async def send(message):
+        answers.append(message)
+
+    async def scenario():
+        door.app = app
+        scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"100")]}
+        slow = asyncio.create_task(door(scope, receive, send))
+        await asyncio.sleep(0)
+        clock.now += 9.0  # nine seconds of a stalled upload: nothing in flight, so nothing learnt, nobody refused
+        for _ in range(200):
+            queue.leave(queue.enter(1.0))
+        body_in.set()
+        await slow
+
+    asyncio.run(scenario())
+    assert answers[0]["status"] == 200 and queue.units == 0
+    assert queue.seconds_per_unit == pytest.approx(0.002)
