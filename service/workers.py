@@ -87,6 +87,7 @@ def register_worker(run: Path, index: int) -> None:
             log.info("worker %d (pid %d) was replaced by pid %d", index, previous, pid)
         else:
             log.warning("worker %d (pid %d) died and was replaced by pid %d", index, previous, pid)
+        drop_live_gauges(run, previous)
     record.write_text(str(pid))
 
     def forget() -> None:
@@ -135,17 +136,41 @@ def watch_workers(run: Path, every: float = 2.0) -> None:
     def watch() -> None:
         while True:
             time.sleep(every)
-            for record in (run / "workers").glob("[0-9]*"):
-                if record.suffix:
-                    continue
-                try:
-                    pid = int(record.read_text())
-                except (OSError, ValueError):
-                    continue
-                reported = record.with_name(f"{record.name}.died")
-                if _alive(pid) or (reported.exists() and reported.read_text() == str(pid)):
-                    continue
-                log.warning("worker %s (pid %d) died; %s", record.name, pid, replaced)
-                reported.write_text(str(pid))
+            report_dead_workers(run, replaced)
 
     threading.Thread(target=watch, name="seqserve-worker-watch", daemon=True).start()
+
+
+def report_dead_workers(run: Path, replaced: str) -> list[int]:
+    """One look at the run's worker records: warn once about each worker whose process is gone (killed or crashed),
+    saying what follows (``replaced``), and take its live gauges off ``/metrics``. Returns the pids reported now."""
+    reported_now = []
+    for record in (run / "workers").glob("[0-9]*"):
+        if record.suffix:
+            continue
+        try:
+            pid = int(record.read_text())
+        except (OSError, ValueError):
+            continue
+        reported = record.with_name(f"{record.name}.died")
+        if _alive(pid) or (reported.exists() and reported.read_text() == str(pid)):
+            continue
+        log.warning("worker %s (pid %d) died; %s", record.name, pid, replaced)
+        reported.write_text(str(pid))
+        drop_live_gauges(run, pid)
+        reported_now.append(pid)
+    return reported_now
+
+
+def drop_live_gauges(run: Path, pid: int) -> None:
+    """Take a dead worker's live gauges off ``/metrics``: the streams and requests it had open, the model versions it
+    served (prometheus_client's multiprocess bookkeeping, whose ``live*`` gauges stay until told). Its counters stay:
+    what it answered still counts."""
+    from prometheus_client import multiprocess
+
+    for _ in range(2):  # the replacement worker and the main process may both remove them: a file gone is done
+        try:
+            multiprocess.mark_process_dead(pid, str(run / "prometheus"))
+            return
+        except OSError:
+            continue

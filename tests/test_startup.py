@@ -26,7 +26,7 @@ from loadtests.server import ROOT, free_port, running_server
 from models.artifact import CARD_FILE, WEIGHTS_FILE, list_artifacts
 from service.config import Settings
 from service.startup import check_servable
-from service.workers import register_worker
+from service.workers import register_worker, report_dead_workers
 from tests import tiny_models
 from training.cli import main as train_cli
 
@@ -242,3 +242,25 @@ def test_a_worker_replacing_a_dead_one_warns(tmp_path, caplog):
         register_worker(tmp_path, 3)
     assert f"worker 3 (pid {gone.pid}) died and was replaced by pid {os.getpid()}" in caplog.text
     assert (tmp_path / "workers" / "3").read_text() == str(os.getpid())
+
+
+def test_a_dead_workers_live_gauges_leave_metrics_and_its_counters_stay(tmp_path, caplog):
+    # A killed worker's open streams, requests in progress and served versions (multiprocess "live" gauges) kept
+    # showing on /metrics: a version switch never looked complete, and open streams never fell back.
+    (tmp_path / "workers").mkdir()
+    prometheus = tmp_path / "prometheus"
+    prometheus.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "workers" / "1").write_text(str(gone.pid))
+    (tmp_path / "workers" / "2").write_text(str(os.getpid()))
+    for pid in (gone.pid, os.getpid()):
+        for kind in ("gauge_livesum", "gauge_liveall", "counter", "histogram"):
+            (prometheus / f"{kind}_{pid}.db").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="service.workers"):
+        assert report_dead_workers(tmp_path, "circus will start another") == [gone.pid]
+        assert report_dead_workers(tmp_path, "circus will start another") == []  # once
+    assert caplog.text.count(f"worker 1 (pid {gone.pid}) died; circus will start another") == 1
+    assert sorted(p.name for p in prometheus.iterdir()) == sorted(
+        [f"counter_{gone.pid}.db", f"histogram_{gone.pid}.db"]
+        + [f"{kind}_{os.getpid()}.db" for kind in ("gauge_livesum", "gauge_liveall", "counter", "histogram")])
