@@ -130,6 +130,7 @@ class SeqServe:
     def watch_store(self) -> None:
         """Serve new versions of the served names as they are stored, without a restart (service.reload)."""
         self.watcher = StoreWatcher(self.lanes, SETTINGS, *watched(SETTINGS.models, self.lanes))
+        self.watcher.retire_older_versions()
         self.watcher.start()
 
     @bentoml.on_shutdown

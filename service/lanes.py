@@ -315,6 +315,12 @@ class Lanes:
         show_model_version(lane.name, tag.partition(":")[2], default=None)
         return lane
 
+    def retire(self, tag: str, weights_sha256: str) -> None:
+        """Count ``tag``, a stored version of a served name older than every loaded one, as unloaded: a worker that
+        started after a reload (a replaced one) never loaded what the others unloaded, and answers it alike (410)."""
+        self.retired.add(tag)
+        self.signer.add_retired(tag, weights_sha256)
+
     def why_unloaded(self, tag: str) -> str | None:
         """Why ``tag`` answers no more when it is a version unloaded since newer ones of its name came (a 410), and
         which version serves its name now; None for any other tag."""

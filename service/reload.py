@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from models.artifact import load_artifact, newest_versions
+from models.artifact import list_artifacts, load_artifact, newest_versions
 from models.device import resolve_device
 from service.config import Settings
 from service.lanes import Lanes, ModelLane, build_lane
@@ -108,6 +108,18 @@ class StoreWatcher:
         self._task: asyncio.Task | None = None
         self._closing: set[asyncio.Task] = set()  # unloaded lanes finishing their queued work
         self._failing: str | None = None  # the last look's error, while looks fail
+
+    def retire_older_versions(self) -> list[str]:
+        """Count every stored version of a watched name older than its loaded ones as unloaded (``Lanes.retire``):
+        a worker replaced after a reload loads only the newest version, and would otherwise answer the versions the
+        other workers unloaded as unknown models (400, 404 on /v2) where they answer 410. Returns those tags."""
+        infos = list_artifacts(self.names)  # newest first, as the newest versions are chosen
+        oldest_loaded = {info.name: i for i, info in enumerate(infos) if info.tag in self.lanes.by_tag}  # name -> place
+        retired = [info for i, info in enumerate(infos)
+                   if info.readable and info.name in oldest_loaded and i > oldest_loaded[info.name]]
+        for info in retired:
+            self.lanes.retire(info.tag, info.card.weights_sha256)
+        return [info.tag for info in retired]
 
     def start(self) -> None:
         """Start looking, on the running event loop (unless the interval is 0 or no name is watched)."""

@@ -57,7 +57,12 @@ def _encode(raw: bytes) -> str:
 
 def fingerprint(model: LoadedModel) -> bytes:
     """8 bytes that identify the exact model version (tag and weights)."""
-    return hashlib.sha256(f"seqserve-state\0{model.tag}\0{model.card.weights_sha256}".encode()).digest()[:FINGERPRINT_BYTES]
+    return version_fingerprint(model.tag, model.card.weights_sha256)
+
+
+def version_fingerprint(tag: str, weights_sha256: str) -> bytes:
+    """:func:`fingerprint` of the version ``tag`` whose weights have this sha256, loaded or not."""
+    return hashlib.sha256(f"seqserve-state\0{tag}\0{weights_sha256}".encode()).digest()[:FINGERPRINT_BYTES]
 
 
 class StateSigner:
@@ -73,6 +78,11 @@ class StateSigner:
     def add(self, model: LoadedModel) -> None:
         """Know ``model`` as a maker of tokens: a token of it sent to another model is refused naming it."""
         self.makers[fingerprint(model)] = model.tag
+
+    def add_retired(self, tag: str, weights_sha256: str) -> None:
+        """Know a version this worker never loaded, older than those it serves, as a maker of tokens: its tokens
+        are then answered as those of a version no longer served, as by the workers that unloaded it."""
+        self.makers[version_fingerprint(tag, weights_sha256)] = tag
 
     def made_by(self, token: str) -> str | None:
         """The tag of the known model named at the head of ``token``, before any check (None when no known model

@@ -157,6 +157,27 @@ def test_a_new_version_becomes_the_default_beside_the_old_and_a_corrupt_one_neve
         answered_by(lanes, first)
 
 
+def test_a_worker_started_after_a_reload_answers_the_versions_others_unloaded_as_they_do():
+    # A replaced worker loads only the newest version: the older ones, which the other workers unloaded (410),
+    # would be unknown models to it (400; 404 on /v2) and their tokens another model's.
+    name = "late-clf"
+    first = tiny_models.store_streaming_classifier(name, seed=0)
+    settings = dataclasses.replace(Settings.from_env(), model_versions=2)
+    old_worker = load_lanes(settings, [first])
+    token = json.loads(asyncio.run(old_worker.step_streams("classify", [StreamClassifyInstance(steps=[[0.1, 0.2, 0.3]], model=name)])))[0]["state"]
+    second = tiny_models.store_streaming_classifier(name, seed=1)
+    other = tiny_models.store_forecaster("late-other")
+    new_worker = load_lanes(settings, [second, other])
+    watcher = StoreWatcher(new_worker, settings, *watched((), new_worker))
+    assert watcher.retire_older_versions() == [first]
+    with pytest.raises(VersionGone, match=f"instances\\[0\\].model: {first} is no longer served here; {second} serves {name} now"):
+        answered_by(new_worker, first)
+    with pytest.raises(VersionGone, match=f"instances\\[0\\].state: was made by {first}, which is no longer served here"):
+        asyncio.run(new_worker.step_streams("classify", [StreamClassifyInstance(steps=[[0.4, 0.5, 0.6]], state=token, model=name)]))
+    with pytest.raises(InstanceError, match=f"unknown model '{name}:nosuchversion'"):  # a version never stored stays unknown
+        answered_by(new_worker, f"{name}:nosuchversion")
+    assert answered_by(new_worker, name) == second
+
 def test_a_new_version_of_another_task_is_refused():
     name = "live-task"
     first = tiny_models.store_forecaster(name)
