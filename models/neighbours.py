@@ -29,6 +29,22 @@ from torch import nn
 
 # Rows of (query, reference, step, feature) differences one pass holds at most (float64, ~64 MB).
 CHUNK_ELEMENTS = 8_000_000
+# A class's nearest distance below this share of the query's mean class distance counts as this share: an exact
+# duplicate (distance 0) then wins by a factor of a million, not by log(0) = -inf.
+DISTANCE_FLOOR_SHARE = 1e-6
+
+
+def distance_floor(nearest: torch.Tensor) -> torch.Tensor:
+    """``DISTANCE_FLOOR_SHARE`` of each row's mean finite class distance (B, 1), from each class's nearest (B, C)."""
+    finite = torch.isfinite(nearest)
+    mean = torch.where(finite, nearest, 0.0).sum(1, keepdim=True) / finite.sum(1, keepdim=True).clamp_min(1)
+    return (DISTANCE_FLOOR_SHARE * mean).clamp_min(torch.finfo(torch.float64).tiny)
+
+
+def log_class_distances(nearest: torch.Tensor) -> torch.Tensor:
+    """The log of each class's nearest distance (B, C), at least its row's :func:`distance_floor` (a class with no
+    reference stays at +inf)."""
+    return torch.log(torch.maximum(nearest, distance_floor(nearest)))
 
 
 @dataclass
@@ -121,8 +137,7 @@ class DTWNearestNeighbour(nn.Module):
 
     def logits(self, distances: torch.Tensor) -> torch.Tensor:
         # distances: (B, N) float64 -> logits (B, C) float32: -sharpness x log of each class's nearest distance
-        nearest = self.class_distances(distances).clamp_min(torch.finfo(torch.float64).tiny)
-        return (-self.sharpness * torch.log(nearest)).float()
+        return (-self.sharpness * log_class_distances(self.class_distances(distances))).float()
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, T, F) zero-padded after each length, lengths: (B,) int64 or None -> logits: (B, C)

@@ -115,6 +115,14 @@ class WorkerQueue:
         self.units += units
         return ticket
 
+    def answered_unread(self) -> None:
+        """An admitted request was answered before its body was read (401, 415, 413, a 408 or a hang-up): it
+        never counted, but took the worker's time through the middleware; count its fixed cost as work done,
+        as a refusal's is, while the worker is busy (when it is idle, no time is counted either)."""
+        self._tick()
+        if self._in_flight:
+            self._units_done += 1.0
+
     def leave(self, ticket: Ticket) -> None:
         """A request taken in by :meth:`enter` was answered (or failed)."""
         self._tick()
@@ -206,6 +214,8 @@ class Door:
         finally:
             if ticket is not None:
                 self.queue.leave(ticket)
+            else:
+                self.queue.answered_unread()
 
 
 def _content_length(scope) -> int:

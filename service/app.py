@@ -49,6 +49,8 @@ from service.streams import StreamSessions
 from service.startup import start_up, stop_server_on_failure
 from service.v2 import routes as open_inference
 
+log = logging.getLogger(__name__)
+
 # Read once, at import: the decorator, the middlewares and the workers use these. In `bentoml serve`'s
 # main process this also loads every model that would be served, and exits with one line saying why
 # if one cannot be (service.startup).
@@ -130,7 +132,10 @@ class SeqServe:
     def watch_store(self) -> None:
         """Serve new versions of the served names as they are stored, without a restart (service.reload)."""
         self.watcher = StoreWatcher(self.lanes, SETTINGS, *watched(SETTINGS.models, self.lanes))
-        self.watcher.retire_older_versions()
+        try:
+            self.watcher.retire_older_versions()
+        except Exception:  # a store being written to (a half-copied version): the 410s are a courtesy, not a need
+            log.exception("could not read the store's older versions; they are answered as unknown models")
         self.watcher.start()
 
     @bentoml.on_shutdown

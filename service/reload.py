@@ -110,13 +110,22 @@ class StoreWatcher:
         self._failing: str | None = None  # the last look's error, while looks fail
 
     def retire_older_versions(self) -> list[str]:
-        """Count every stored version of a watched name older than its loaded ones as unloaded (``Lanes.retire``):
-        a worker replaced after a reload loads only the newest version, and would otherwise answer the versions the
-        other workers unloaded as unknown models (400, 404 on /v2) where they answer 410. Returns those tags."""
-        infos = list_artifacts(self.names)  # newest first, as the newest versions are chosen
-        oldest_loaded = {info.name: i for i, info in enumerate(infos) if info.tag in self.lanes.by_tag}  # name -> place
-        retired = [info for i, info in enumerate(infos)
-                   if info.readable and info.name in oldest_loaded and i > oldest_loaded[info.name]]
+        """Count the stored versions of each watched name that no worker keeps loaded as unloaded (``Lanes.retire``):
+        those older than this worker's loaded ones and past the ``SEQSERVE_MODEL_VERSIONS`` newest. A worker
+        replaced after a reload loads only the newest version, and would otherwise answer the versions the other
+        workers unloaded as unknown models (400; 404 on /v2) where they answer 410; the versions they still keep
+        (the newest few) it cannot answer, and says so as before. Returns the tags retired."""
+        if not self.names:
+            return []
+        newest_first: dict[str, list] = {}
+        for info in list_artifacts(self.names):  # newest first, as the newest versions are chosen
+            if info.readable and info.tag not in self.pinned:
+                newest_first.setdefault(info.name, []).append(info)
+        retired = []
+        for versions in newest_first.values():
+            loaded = [place for place, info in enumerate(versions) if info.tag in self.lanes.by_tag]
+            if loaded:
+                retired += versions[max(loaded[-1] + 1, self.policy.keep):]
         for info in retired:
             self.lanes.retire(info.tag, info.card.weights_sha256)
         return [info.tag for info in retired]

@@ -200,3 +200,27 @@ def test_a_request_counts_as_work_only_once_its_body_is_in_so_a_slow_upload_refu
     asyncio.run(scenario())
     assert answers[0]["status"] == 200 and queue.units == 0
     assert queue.seconds_per_unit == pytest.approx(0.002)
+
+
+def test_a_request_answered_unread_counts_its_fixed_cost_while_the_worker_is_busy():
+    # A 401 or 415 goes through the middleware without reading its body: it never counts as work in flight, but
+    # its time does count as busy time (others are in flight), so its cost goes into what the worker has done.
+    queue, clock = busy_queue(0.002)
+    door = Door(None, queue, max_body_bytes=1 << 20)
+
+    async def unread(scope, receive, send):
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+
+    async def send(message):
+        pass
+
+    door.app = unread
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"10")]}
+    busy = queue.enter(1.0)
+    done = queue._units_done
+    asyncio.run(door(scope, None, send))
+    assert queue._units_done == done + 1.0 and queue.units == 1.0
+    queue.leave(busy)
+    idle_done = queue._units_done
+    asyncio.run(door(scope, None, send))  # idle: no busy time counted, so no work either
+    assert queue._units_done == idle_done and queue.units == 0
