@@ -31,6 +31,7 @@ shared and noisy: the ratios (seqserve ÷ plain BentoML, seqserve ÷ ceiling) ar
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -172,7 +173,7 @@ def run_batches(tag: str, concurrency: list[int], seconds: int) -> dict[str, lis
             wrk(url + path, script, 4, 2)  # warm-up
             rows[way] = [wrk(url + path, script, c, seconds) for c in concurrency]
             for row in rows[way]:  # answers other than 2xx (503 when overloaded) carry no sequences
-                row["sequences_per_s"] = BATCH * (row["requests"] - row["errors"]) / row["seconds"]
+                row["sequences_per_s"] = BATCH * answered_per_s(row)
     return rows
 
 
@@ -212,27 +213,33 @@ def model_markdown(results: dict) -> list[str]:
     return lines + [f"| {r['batch']} | {r['sequences_per_s']:,.0f} | {r['ms_per_pass']:.2f} |" for r in results["model_only"]]
 
 
+def answered_per_s(row: dict) -> float:
+    """Requests answered with a 2xx per second: a refusal (503 under overload) or an error is no throughput."""
+    return (row["requests"] - row["errors"]) / row["seconds"]
+
+
 def markdown(results: dict, seconds: int) -> str:
     lines = model_markdown(results)
     lines += ["", f"### Servers (1 worker, 1 torch thread; wrk 1 thread, {seconds}s per cell)", ""]
-    lines += ["| server | conns | req/s | p50 ms | p99 ms | errors | wrk CPU % |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| server | conns | answered/s | p50 ms | p99 ms | errors | wrk CPU % |", "|---|---:|---:|---:|---:|---:|---:|"]
     for label, rows in results["servers"].items():
         for r in rows:
             lines.append(
-                f"| {label} | {r['connections']} | {r['requests_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                f"| {label} | {r['connections']} | {answered_per_s(r):,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                 f"| {r['errors']} | {r['generator_cpu_pct']:.0f} |"
             )
     servers = results["servers"]
     ours = {r["connections"]: r for r in servers.get("seqserve", [])}
-    lines += ["", "### Ratios", "", "| conns | seqserve ÷ plain BentoML | seqserve ÷ ceiling | p50 seqserve − no batching (ms) |", "|---:|---:|---:|---:|"]
+    lines += ["", "### Ratios (answered per second)", "",
+              "| conns | seqserve ÷ plain BentoML | seqserve ÷ ceiling | p50 seqserve − no batching (ms) |", "|---:|---:|---:|---:|"]
     for c, r in ours.items():
-        def other(label, key="requests_per_s"):
-            return next(x[key] for x in servers[label] if x["connections"] == c)
+        def other(label: str) -> dict:
+            return next(x for x in servers[label] if x["connections"] == c)
 
         lines.append(
-            f"| {c} | {r['requests_per_s'] / other('plain BentoML batchable'):.2f}× "
-            f"| {r['requests_per_s'] / other(CEILING):.2f}× "
-            f"| {r['p50_ms'] - other('no batching (plain ASGI)', 'p50_ms'):+.2f} |"
+            f"| {c} | {answered_per_s(r) / answered_per_s(other('plain BentoML batchable')):.2f}× "
+            f"| {answered_per_s(r) / answered_per_s(other(CEILING)):.2f}× "
+            f"| {r['p50_ms'] - other('no batching (plain ASGI)')['p50_ms']:+.2f} |"
         )
     return "\n".join(lines + batch_markdown(results, seconds))
 
@@ -292,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only_streaming and not shutil.which("wrk"):
         print("error: the benchmark needs wrk (a C load generator): apt-get install wrk", file=sys.stderr)
         return 2
-    # A private model store: the benchmark never touches the user's models.
-    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="seqserve-bench-")
+    # A private model store: the benchmark never touches the user's models, and leaves nothing behind.
+    os.environ["BENTOML_HOME"] = store = tempfile.mkdtemp(prefix="seqserve-bench-")
+    atexit.register(shutil.rmtree, store, True)
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.only_batches:

@@ -98,7 +98,7 @@ class SeqServeUser(FastHttpUser):
         if not self.entries:
             among = f" among {wanted}" if wanted else ""
             log.warning("no %s model served%s; %s stops", self.task_name, among, type(self).__name__)
-        self.most = max(2, options.max_instances)
+        self.most = max(1, options.max_instances)
         self.rng = np.random.default_rng()
 
     def entries_of(self, wanted: list[str]) -> list[dict]:
@@ -132,6 +132,8 @@ class SeqServeUser(FastHttpUser):
 
     @task(3)
     def several_instances(self):
+        if self.most < 2:  # --max-instances 1: every request holds one instance
+            return self.post(1, f"{self.route} [1]")
         self.post(int(self.rng.integers(2, self.most + 1)), f"{self.route} [2-{self.most}]")
 
     @task(1)
@@ -224,19 +226,30 @@ class StreamTokenUser(FastHttpUser):
         with self.client.post("/stream/classify", json=self.stream.body(steps), name="/stream/classify [token]", catch_response=True) as resp:
             if resp.status_code != 200:
                 return resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
-            [answer] = resp.json()
+            try:
+                [answer] = json.loads(resp.text or "")
+            except (ValueError, TypeError) as err:  # not JSON, or not a list of one answer: a wrong answer
+                resp.failure(f"expected a list of 1 answer ({type(err).__name__}): {(resp.text or '')[:200]}")
+                return self.restart()
             problem = self.stream.answered(steps, answer)
             self.sent += 1
             if problem is None and self.sent % 10 == 0:
-                whole = self.client.post("/classify", json={"instances": [{"sequence": self.stream.sequence, "model": name_of(self.entry)}]},
-                                         name="/classify [stream check]").json()[0]
-                problem = same_probabilities(answer, whole)
+                problem = self.compare_with_whole(answer)
             if problem:
                 resp.failure(problem)
                 return self.restart()
             resp.success()
         if len(self.stream.sequence) >= STREAM_RESTART_STEPS:
             self.restart()
+
+    def compare_with_whole(self, answer: dict) -> str | None:
+        """Why the stream's ``answer`` differs from /classify on the whole sequence so far (a request of its own,
+        checked as every /classify answer is), or None."""
+        sent = {"instances": [{"sequence": self.stream.sequence, "model": name_of(self.entry)}]}
+        with self.client.post("/classify", json=sent, name="/classify [stream check]", catch_response=True) as whole:
+            problem = check_answers("classify", [self.entry], whole.status_code, whole.text or "")
+            whole.failure(problem) if problem else whole.success()
+        return problem or same_probabilities(answer, json.loads(whole.text)[0])
 
 
 class StreamSocketUser(User):

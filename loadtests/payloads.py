@@ -6,7 +6,9 @@ answers as well as slow ones. Kept apart from the locustfile so tests can import
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 
 import numpy as np
 
@@ -68,6 +70,28 @@ def bad_body(task: str, entry: dict) -> dict:
     return {"instances": [{field: [[0.5] * width] * steps, "model": name_of(entry)}]}
 
 
+def never_raises(check):
+    """``check``, returning the exception as the problem instead of raising it: an answer of the wrong shape or
+    types (a string where a number belongs) must fail its request. An exception inside locust's catch_response
+    marks the request neither failed nor passed, and a run of such answers passed its thresholds."""
+
+    @functools.wraps(check)
+    def checked(*args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except Exception as err:  # whatever the answer held: a malformed answer is a wrong one
+            return f"answer cannot be checked ({type(err).__name__}: {err})"[:300]
+
+    return checked
+
+
+def _numbers(values, low: float = -math.inf, high: float = math.inf) -> bool:
+    """Whether every one of ``values`` is a finite number (not a bool) within ``low`` .. ``high``."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+               for v in values)
+
+
+@never_raises
 def check_answers(task: str, asked: list[dict], status: int, text: str) -> str | None:
     """Why the answer to a request is wrong, or None when it is right; ``asked`` is the entry per sent instance."""
     if status != 200:
@@ -95,6 +119,8 @@ def check_classification(answer: dict, entry: dict) -> str | None:
     probabilities = answer.get("probabilities") or {}
     if sorted(probabilities) != sorted(entry["labels"]):
         return f"probabilities are for {sorted(probabilities)}, the model's labels are {sorted(entry['labels'])}"
+    if not _numbers(probabilities.values(), 0.0, 1.0):
+        return f"probabilities are not all numbers from 0 to 1: {list(probabilities.values())!r:.200}"
     total = sum(probabilities.values())
     if abs(total - 1.0) > PROBABILITY_TOLERANCE:
         return f"probabilities sum to {total:.6f}, not 1"
@@ -118,6 +144,9 @@ def check_forecast(answer: dict, entry: dict) -> str | None:
     quantiles = answer.get("quantiles") or {}
     if entry["quantiles"] and sorted(map(float, quantiles)) != sorted(entry["quantiles"]):
         return f"quantile levels {sorted(quantiles)}, the model has {entry['quantiles']}"
+    for what, values in [("forecast", forecast)] + [(f"quantile {level}", quantiles[level]) for level in quantiles]:
+        if len(values) != horizon or not _numbers(_flat(values)):
+            return f"{what} is not {horizon} steps of finite numbers: {values!r:.200}"
     levels = sorted(quantiles, key=float)
     for low, high in zip(levels, levels[1:]):
         if any(a > b for a, b in zip(_flat(quantiles[low]), _flat(quantiles[high]))):
@@ -142,6 +171,7 @@ def new_steps(rng: np.random.Generator, entry: dict, most: int = 4) -> list[list
     return rng.normal(size=(int(rng.integers(1, most + 1)), len(entry["features"]))).round(4).tolist()
 
 
+@never_raises
 def check_stream_answer(answer: dict, entry: dict, seen: int, token: bool) -> str | None:
     """Why one stream answer is wrong (model, steps seen, the classification, a token when asked), or None."""
     if not isinstance(answer, dict):
@@ -176,6 +206,7 @@ class TokenStream:
         return problem
 
 
+@never_raises
 def bad_request_problem(status: int, text: str, expected: str, retry_after: str | None) -> str | None:
     """Why the answer to a request malformed on purpose is wrong, or None for a 400 whose message holds ``expected``.
     Under overload it may be shed before it is read: a 503 with Retry-After reads ``HTTP 503: …``, the prefix the
@@ -187,6 +218,7 @@ def bad_request_problem(status: int, text: str, expected: str, retry_after: str 
     return f"expected a 400 naming {expected!r}, got HTTP {status}: {text[:200]}"
 
 
+@never_raises
 def same_probabilities(streamed: dict, whole: dict, tolerance: float = PROBABILITY_TOLERANCE) -> str | None:
     """Why a stream's answer differs from /classify on its whole sequence, or None."""
     worst = max(abs(streamed["probabilities"][k] - p) for k, p in whole["probabilities"].items())
@@ -286,6 +318,7 @@ def v2_as_answers(entry: dict, outputs: dict[str, np.ndarray]) -> list[dict]:
     return answers
 
 
+@never_raises
 def check_v2_answer(entry: dict, n_instances: int, status: int, body: bytes, header_length: str | None) -> str | None:
     """Why an infer answer for ``n_instances`` instances of ``entry``'s model is wrong, or None when it is right."""
     if status != 200:

@@ -59,17 +59,38 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def share(text: str) -> float:
+    """A share from 0 to 1, as failure-rate thresholds are given: 0.01 is 1%."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1 (0.01 is 1%), got {text!r}")
+    return value
+
+
 def add_load_options(parser: argparse.ArgumentParser, *, duration: str, users: int, max_p99_ms: float) -> None:
     """The options ``run`` and ``soak`` share: the load, the target, where the results go, the thresholds."""
     add = parser.add_argument
-    add("--users", type=int, default=users, help="concurrent simulated clients (default %(default)s)")
-    add("--spawn-rate", type=float, default=16, help="clients started per second (default %(default)s)")
+    add("--users", type=positive_int, default=users, help="concurrent simulated clients (default %(default)s)")
+    add("--spawn-rate", type=positive_float, default=16, help="clients started per second (default %(default)s)")
     add("--duration", type=parse_duration, default=duration, help=f"run time: 90, 60s, 2m, 1h30m (default {duration})")
     add("--host", help="URL of a running seqserve (default: start one on 127.0.0.1 and stop it afterwards)")
     add("--out", type=Path, help="folder for the CSV stats, report.html and locust.log (default runs/<command>-<time>)")
-    add("--max-failure-rate", type=float, default=0.01, help="fail above this share of failures (default %(default)s)")
+    add("--max-failure-rate", type=share, default=0.01, help="fail above this share of failures, 0 to 1 (default %(default)s: 1%%)")
     add("--max-p99-ms", type=float, default=max_p99_ms, help="fail above this p99 (default %(default)s)")
-    add("--max-instances", type=int, default=8, help="most instances in one request (default %(default)s)")
+    add("--max-instances", type=positive_int, default=8, help="most instances in one request (default %(default)s)")
     add("--models", default="", help="comma-separated names or tags to load; without --host, the ones served")
     add("--scenarios", default=",".join(DEFAULT_SCENARIOS),
         help="comma-separated locust users: ClassifyUser, ForecastUser, StreamTokenUser (/stream/classify with "
@@ -172,6 +193,10 @@ class RunError(Exception):
     """The load test could not run; the message says why."""
 
 
+class ServerStopped(Exception):
+    """seqserve stopped answering during the run: the run happened, and the service failed it."""
+
+
 def store_problem(wanted: list[str]) -> str | None:
     """Why the local store cannot serve ``wanted`` (or any model when empty), or None."""
     from models.artifact import list_artifacts  # torch and bentoml: imported only when serving locally
@@ -184,6 +209,19 @@ def store_problem(wanted: list[str]) -> str | None:
     if missing:
         return f"not in the BentoML store ({home}): {', '.join(missing)}; stored: {', '.join(sorted(tags))}"
     return None
+
+
+def served_problem(host: str, wanted: list[str]) -> str | None:
+    """Why the server at ``host`` does not serve every one of ``wanted`` (names or tags), or None; a server that
+    does not answer is left to the run, which says so."""
+    if not wanted:
+        return None
+    try:
+        tags = [entry["tag"] for entry in httpx.get(f"{host}/models", timeout=10).raise_for_status().json()]
+    except (httpx.HTTPError, ValueError, TypeError, KeyError):
+        return None
+    missing = [w for w in wanted if not any(t == w or t.split(":")[0] == w for t in tags)]
+    return f"not served at {host}: {', '.join(missing)}; served: {', '.join(sorted(tags))}" if missing else None
 
 
 def locust_command(args: argparse.Namespace, host: str, out: Path, extra: Sequence[str] = ()) -> list[str]:
@@ -203,7 +241,10 @@ def target(args: argparse.Namespace, out: Path, env: dict[str, str] | None = Non
     """The server to load: ``--host`` as given (PID unknown), or one started here from the store with ``env`` added
     to its environment, and its PID."""
     if args.host:
-        yield args.host.rstrip("/"), None
+        host = args.host.rstrip("/")
+        if problem := served_problem(host, [m.strip() for m in args.models.split(",") if m.strip()]):
+            raise RunError(problem)
+        yield host, None
         return
     wanted = [m.strip() for m in (args.models or os.environ.get("SEQSERVE_MODELS", "")).split(",") if m.strip()]
     problem = store_problem(wanted)
@@ -260,7 +301,7 @@ def run_locust(
     try:
         after = batch_sizes(httpx.get(f"{host}/metrics", timeout=10).text)
     except httpx.HTTPError as err:
-        raise RunError(f"seqserve stopped answering at {host} during the run: {err}") from None
+        raise ServerStopped(f"seqserve stopped answering at {host} during the run: {err}") from None
     return subtract(after, before)
 
 
@@ -325,13 +366,18 @@ def out_folder(args: argparse.Namespace, name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = out_folder(args, "loadtest")
+    stopped = None
     try:
         with target(args, out) as (host, _):
-            batches = run_locust(args, host, out)
+            try:
+                batches = run_locust(args, host, out)
+            except ServerStopped as err:  # the run happened: its summary, and a FAIL saying why
+                batches, stopped = {}, str(err)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     lines, crossed = summary(args, host, out, batches)
+    crossed += [stopped] if stopped else []
     print("\n".join(lines))
     for reason in crossed:
         print(f"FAIL: {reason}")

@@ -51,7 +51,7 @@ import psutil
 from loadtests import gc_pauses, generator
 from loadtests.chaos import EVEN, WorkerShares, kill_worker, sample_at, serving_workers, store_new_version
 from loadtests.runner import (
-    RunError, add_load_options, batch_size_line, failure_lines, failure_reasons, is_local, out_folder, parse_duration, read_csv,
+    RunError, ServerStopped, add_load_options, batch_size_line, failure_lines, failure_reasons, is_local, out_folder, parse_duration, read_csv,
     run_locust, stats_table, target, totals,
 )
 from loadtests.gc_pauses.sitecustomize import STALL_S
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_load_options(parser, duration="5m", users=16, max_p99_ms=1000)
     add = parser.add_argument
-    add("--max-memory-growth-mb", type=float, default=64, help="fail when a worker grows more than this after the warm-up (default %(default)s)")
+    add("--max-memory-growth-mb", type=float, default=None,
+        help=f"fail when a worker grows more than this after the warm-up (default {MEMORY_GROWTH_MB:g} where the workers "
+        "can be measured: a server the soak starts, or --server-pid)")
     add("--warmup", type=parse_duration, default="60s", help="time before the memory baseline, at most a quarter of the run (default 60s)")
     add("--sample-every", type=parse_duration, default="5s", help="how often worker memory is sampled (default 5s)")
     add("--server-pid", type=int, help="with --host: PID of its `bentoml serve` on this machine, to measure its workers' memory")
@@ -81,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MEMORY_GROWTH_MB = 64  # --max-memory-growth-mb where the workers are measured and none is given
+
+
+def growth_limit(args: argparse.Namespace) -> float:
+    return MEMORY_GROWTH_MB if args.max_memory_growth_mb is None else args.max_memory_growth_mb
+
+
 def option_problem(args: argparse.Namespace) -> str | None:
     """Why the chaos options cannot be honoured as given, or None."""
     for name in ("kill_worker_at", "store_version_at"):
@@ -89,6 +98,8 @@ def option_problem(args: argparse.Namespace) -> str | None:
             return f"--{name.replace('_', '-')} {at:g}s is not within the run (--duration {args.duration:g}s)"
     if args.kill_worker_at is not None and args.host and not args.server_pid:
         return "--kill-worker-at with --host needs --server-pid (its `bentoml serve` on this machine)"
+    if args.max_memory_growth_mb is not None and args.host and not args.server_pid:
+        return "--max-memory-growth-mb with --host needs --server-pid (its `bentoml serve` on this machine) to measure its workers"
     if args.gc_pauses and args.host:
         return "--gc-pauses times a server the soak starts itself; leave out --host"
     return None
@@ -396,8 +407,8 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
         lines += [
             f"  worker {pid}: {mib} MiB -> {grown['final_mib'][pid]} MiB" for pid, mib in grown["baseline_mib"].items()
         ]
-        if grown["growth_mib"] is not None and grown["growth_mib"] > args.max_memory_growth_mb:
-            crossed.append(f"a worker grew {grown['growth_mib']} MiB, above --max-memory-growth-mb {args.max_memory_growth_mb:g}")
+        if grown["growth_mib"] is not None and grown["growth_mib"] > growth_limit(args):
+            crossed.append(f"a worker grew {grown['growth_mib']} MiB, above --max-memory-growth-mb {growth_limit(args):g}")
         killed = {event["pid"] for event in events if event["event"] == "kill"}
         died = [pid for pid in grown["replaced"] if pid not in killed]
         if died:
@@ -412,7 +423,8 @@ def report(args: argparse.Namespace, host: str, out: Path, started: float, memor
     lines.append(f"report: {out / 'soak.json'}   locust: {out / 'report.html'}{memory_csv}")
     lines += [f"FAIL: {reason}" for reason in crossed] or [
         f"PASS: failure rate <= {100 * args.max_failure_rate:g}%, p99 <= {args.max_p99_ms:g} ms every minute, "
-        f"no minute's p99 above {args.max_p99_over_median:g} x the median's, worker growth <= {args.max_memory_growth_mb:g} MiB"
+        f"no minute's p99 above {args.max_p99_over_median:g} x the median's, "
+        + (f"worker growth <= {growth_limit(args):g} MiB" if memory else "worker memory not measured")
     ]
     return {**result, "crossed": crossed, "passed": not crossed, "lines": lines}
 
@@ -425,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = out_folder(args, "soak")
     gc_folder = out / "gc" if args.gc_pauses else None
+    stopped = None
     try:
         with target(args, out, gc_pauses.watched_env(gc_folder) if gc_folder else None) as (host, server_pid):
             server_pid = server_pid or args.server_pid
@@ -438,8 +451,11 @@ def main(argv: list[str] | None = None) -> int:
             once = [(at, call) for at, call in ((args.kill_worker_at, chaos.kill), (args.store_version_at, chaos.store_version))
                     if at is not None]
             ticker = Ticker(started, periodic, once)
-            batches = run_locust(args, host, out, extra=["--csv-full-history"], every=(1.0, ticker.tick),
-                                 env=gc_pauses.watched_env(gc_folder / "generator") if gc_folder else None)
+            try:
+                batches = run_locust(args, host, out, extra=["--csv-full-history"], every=(1.0, ticker.tick),
+                                     env=gc_pauses.watched_env(gc_folder / "generator") if gc_folder else None)
+            except ServerStopped as err:  # the soak happened: its summary, and a FAIL saying why
+                batches, stopped = {}, str(err)
             shares.sample()
             if memory:
                 memory.sample()
@@ -456,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         paused.update({f"load generator {pid}": found for pid, found in gc_pauses.read_stalls(gc_folder / "generator", started).items()})
     result = report(args, host, out, started, memory, batches, shares if shares.samples else None, chaos, gc_passes, paused)
     lines = result.pop("lines")
+    if stopped:
+        result.update(crossed=result["crossed"] + [stopped], passed=False)
+        lines = [line for line in lines if not line.startswith("PASS: ")] + [f"FAIL: {stopped}"]
     (out / "soak.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     (out / "soak.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -98,11 +98,28 @@ def test_checks_accept_right_answers():
         ("forecast", forecast(quantiles={"0.1": [1, 3, 3], "0.5": [1.5, 2.5, 3.5], "0.9": [2, 3, 4]}), "0.1 is above"),
         ("forecast", forecast(forecast=[1.5, 2.5, 9.0]), "forecast differs from quantile 0.5"),
         ("forecast", forecast(quantiles={"0.5": [1.5, 2.5, 3.5]}), "quantile levels ['0.5']"),
+        # Right shape, wrong values: strings, shares outside 0..1 that still sum to 1, NaN (which equals itself
+        # once parsed, and never compares above anything)
+        ("classify", classification(probabilities={"walk": "0.2", "run": "0.7", "sit": "0.1"}), "not all numbers from 0 to 1"),
+        ("classify", classification(probabilities={"walk": -0.7, "run": 1.7, "sit": 0.0}), "not all numbers from 0 to 1"),
+        ("forecast", forecast(forecast=[float("nan")] * 3), "forecast is not 3 steps of finite numbers"),
+        ("forecast", forecast(quantiles={"0.1": [None] * 3, "0.5": [1.5, 2.5, 3.5], "0.9": [2.0, 3.0, 4.0]}),
+         "quantile 0.1 is not 3 steps of finite numbers"),
     ],
 )
 def test_checks_reject_wrong_answers_with_the_reason(task, answer, reason):
     problem = check(task, [answer], [CLF if task == "classify" else FC])
     assert problem.startswith("answer 0: ") and reason in problem
+
+
+def test_an_answer_the_checks_cannot_read_is_a_failure_not_an_exception():
+    # Inside locust's catch_response an exception marks the request neither failed nor passed: a run of such
+    # answers passed its thresholds with 0 failures.
+    assert check("forecast", [forecast(quantiles={"mid": [1.0, 2.0, 3.0]})], [FC]).startswith(
+        "answer cannot be checked (ValueError: could not convert string to float: 'mid')")
+    assert payloads.same_probabilities({"probabilities": None}, classification()).startswith("answer cannot be checked")
+    assert payloads.check_stream_answer({"model": "clf:v1", "seen": 1, "probabilities": 5}, CLF, 1, False).startswith(
+        "answer cannot be checked")
 
 
 def test_checks_reject_wrong_status_count_and_body():
@@ -240,6 +257,29 @@ def test_parse_duration():
         parse_duration("soon")
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--max-failure-rate", "5"], "expected a share from 0 to 1 (0.01 is 1%), got '5'"),  # 5 (%) could never fail
+    (["--spawn-rate", "0"], "expected a number above 0, got '0'"),
+    (["--users", "0"], "expected a whole number >= 1, got '0'"),
+    (["--max-instances", "0"], "expected a whole number >= 1, got '0'"),
+])
+def test_load_options_that_cannot_mean_anything_are_refused(capsys, flags, said):
+    from loadtests.runner import build_parser
+
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(flags)
+    assert refused.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_soak_refuses_a_memory_threshold_it_cannot_measure():
+    from loadtests.soak import build_parser, option_problem
+
+    given = build_parser().parse_args(["--host", "http://127.0.0.1:3000", "--max-memory-growth-mb", "0"])
+    assert option_problem(given) == ("--max-memory-growth-mb with --host needs --server-pid (its `bentoml serve` on "
+                                     "this machine) to measure its workers")
+    assert option_problem(build_parser().parse_args(["--host", "http://127.0.0.1:3000"])) is None  # not asked for
+
+
 def test_headless_run_against_a_server_it_starts_itself(tmp_path):
     tags = f"{tiny_models.store_classifier('lt-clf')},{tiny_models.store_forecaster('lt-fc')}"
     out = tmp_path / "run"
@@ -371,3 +411,17 @@ def test_bench_batch_table_shows_the_most_v2_binary_over_json_can_be():
     ratios = batch_markdown(results, 8)[-1]
     # v2 binary ÷ model alone, v2 binary ÷ JSON, model alone ÷ JSON (the bound), v2 JSON ÷ JSON
     assert ratios == "| 1 | 0.88× | 1.75× | 2.00× | 1.10× |"
+
+
+def test_bench_counts_answered_requests_not_refusals_as_throughput():
+    from loadtests import bench
+
+    def row(requests: int, errors: int) -> dict:
+        return {"connections": 16, "requests": requests, "errors": errors, "seconds": 10.0, "requests_per_s": requests / 10,
+                "p50_ms": 2.0, "p99_ms": 9.0, "generator_cpu_pct": 50}
+
+    servers = {"seqserve": [row(20000, 1000)], "plain BentoML batchable": [row(10000, 0)], bench.CEILING: [row(40000, 0)],
+               "no batching (plain ASGI)": [row(15000, 0)]}
+    table = bench.markdown({"model_only": [], "servers": servers}, 10)
+    assert "| seqserve | 16 | 1,900 |" in table  # 2,000 requests a second, 100 of them refused
+    assert "| 16 | 1.90× | 0.47× | +0.00 |" in table
