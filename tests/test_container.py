@@ -97,6 +97,7 @@ def base_image() -> str:
 def image():
     tags = {"clf": tiny_models.store_classifier("image-clf"), "fc": tiny_models.store_forecaster("image-fc")}
     name = f"localhost/seqserve-test:{uuid.uuid4().hex[:8]}"
+    dangling_before = dangling_images()
     start = time.monotonic()
     build = subprocess.run(
         [sys.executable, str(ROOT / "container" / "build.py"), "--base-image", base_image(), "--tag", name,
@@ -109,6 +110,14 @@ def image():
         yield name, tags
     finally:
         podman("rmi", "--force", name, bento_image_name(name, "cpu"), check=False)
+        # The build's stages stay behind untagged, about 2 GB a run: every `make test` on one machine added one.
+        if left := dangling_images() - dangling_before:
+            podman("rmi", "--force", *sorted(left), check=False)
+
+
+def dangling_images() -> set[str]:
+    """The ids of the untagged images there are now (a build's intermediate stages among them)."""
+    return set(podman("images", "--quiet", "--filter", "dangling=true", check=False).stdout.split())
 
 
 @pytest.fixture()
