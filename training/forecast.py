@@ -292,7 +292,6 @@ class Plan:
     lookback_source: str
     kept: SeriesCollection  # the series long enough for the protocol
     skipped: list[str]  # the names of those that are not
-    split: dict  # test_fraction and val_fraction, as the windows protocol uses them
     warnings: list[str]  # what the data itself gives reason to doubt
     train_w: Windows  # every window before the test part: the start, the band and the final members
     test_w: Windows
@@ -322,8 +321,7 @@ def plan_run(collection: SeriesCollection, *, horizon: int, lookback: int | None
         evaluation = "last-horizon" if too_short else "windows"
         if too_short and len(too_short) < len(usable):
             log.info("%s: evaluation last-horizon, as %d of %d series are too short for rolling test windows: %s",
-                     collection.source, len(too_short), len(usable),
-                     ", ".join(too_short[:5]) + (", ..." if len(too_short) > 5 else ""))
+                     collection.source, len(too_short), len(usable), first_few(too_short))
     lookback_source = "given" if lookback else "chosen from the data"
     lookback = lookback or choose_lookback(usable, horizon=horizon, season=season, protocol=evaluation)
     sizes = {"lookback": lookback, "horizon": horizon, **(split if evaluation == "windows" else {})}
@@ -336,7 +334,7 @@ def plan_run(collection: SeriesCollection, *, horizon: int, lookback: int | None
     if skipped:
         log.warning("%s: skipped %d of %d series too short for lookback %d and horizon %d under the %s "
                     "evaluation: %s", collection.source, len(skipped), len(lengths),
-                    lookback, horizon, evaluation, ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""))
+                    lookback, horizon, evaluation, first_few(skipped))
     warnings = list(collection.notes)  # what the reader found questionable: uneven timestamps, rounding
     if far := far_values(kept):
         # Not an error: the values may be real. But a forecast from a window that holds a glitch is far off (a
@@ -356,8 +354,13 @@ def plan_run(collection: SeriesCollection, *, horizon: int, lookback: int | None
     folds = rolling_origins(kept, folds=MAX_FOLDS, **protocol)
     if folds and len(folds[0][1]) >= MANY_VAL_WINDOWS:
         folds = folds[:1]
-    return Plan(season, season_source, evaluation, lookback, lookback_source, kept, skipped, split, warnings,
+    return Plan(season, season_source, evaluation, lookback, lookback_source, kept, skipped, warnings,
                 before_test(kept, **protocol), test_w, parts, folds)
+
+
+def first_few(ids: list[str], most: int = 5) -> str:
+    """The first ``most`` of ``ids``, comma-separated, and ``...`` where there are more: for a log line."""
+    return ", ".join(ids[:most]) + (", ..." if len(ids) > most else "")
 
 
 def too_short_error(source: str, evaluation: str, lookback: int, horizon: int, longest: int, split: dict,

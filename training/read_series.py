@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from training.data import (MISSING_HINT, SLASHED_DATE, TABLE_SUFFIXES, DataError, SeriesCollection, check_file,
-                           check_finite, is_datetime_time, numeric_values, read_table, require_columns, require_values, show, split_rows, time_key)
+                           check_finite, is_datetime_time, numeric_values, read_table, require_columns, require_values,
+                           show, split_rows, time_key)
 
 
 DEFAULT_ID_COL = "series_id"

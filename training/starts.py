@@ -348,15 +348,16 @@ def interval_offsets(windows: Windows, k: int, chosen: dict, quantiles: list[flo
     """
     errors = start_errors(windows, k, chosen["transform"], chosen["weights"], band)
     if len(errors) < 2:
-        return lone_window_offsets(errors, quantiles).transpose(1, 2, 0).astype(np.float32)
-    median = np.quantile(errors, 0.5, axis=0)
-    empirical = np.quantile(errors, quantiles, axis=0) - median  # (Q, H, K), exactly 0 at the median
-    spread = robust_spread(errors - median)  # (H, K)
-    # Where most errors equal their median (counts, flat stretches) the robust spread is 0 and says nothing of
-    # the tails: the errors' own quantiles stand alone there.
-    weight = np.where(spread > 0, len(errors) / (len(errors) + TAIL_PRIOR_WINDOWS), 1.0)  # (H, K)
-    offsets = weight * empirical + (1 - weight) * normal_offsets(spread, quantiles)
-    return offsets.transpose(1, 2, 0).astype(np.float32)
+        offsets = lone_window_offsets(errors, quantiles)
+    else:
+        median = np.quantile(errors, 0.5, axis=0)
+        empirical = np.quantile(errors, quantiles, axis=0) - median  # (Q, H, K), exactly 0 at the median
+        spread = robust_spread(errors - median)  # (H, K)
+        # Where most errors equal their median (counts, flat stretches) the robust spread is 0 and says nothing
+        # of the tails: the errors' own quantiles stand alone there.
+        weight = np.where(spread > 0, len(errors) / (len(errors) + TAIL_PRIOR_WINDOWS), 1.0)  # (H, K)
+        offsets = weight * empirical + (1 - weight) * normal_offsets(spread, quantiles)
+    return offsets.transpose(1, 2, 0).astype(np.float32)  # (Q, H, K) -> (H, K, Q)
 
 
 def lone_window_offsets(errors: np.ndarray, quantiles: list[float]) -> np.ndarray:

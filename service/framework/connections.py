@@ -156,10 +156,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().on_body(body)
         # uvicorn stops reading a request past 64 KiB of body until the app asks for more, and a socket
         # it does not read cannot tell it that the client hung up: once the body is in, the door would
-        # count, and the guard parse, work nobody waits for. Bodies up to the cap (the guard refuses bigger ones) are read on,
-        # for at most READ_ON_CONNECTIONS connections of the worker at a time, so that unread bodies hold
-        # at most that many times the cap (32 MiB at the default 1 MiB; 128 MiB if all were binary bodies
-        # of the Open Inference Protocol at their default 4 MiB cap, service.guard).
+        # count, and the guard parse, work nobody waits for. Bodies up to the cap (the guard refuses bigger
+        # ones) are read on, for at most READ_ON_CONNECTIONS connections of the worker at a time, so that
+        # unread bodies hold at most that many times the cap (32 MiB at the default 1 MiB; 128 MiB if all
+        # were binary bodies of the Open Inference Protocol at their default 4 MiB cap, service.guard).
         if not (self.flow.read_paused and self.cycle is not None and len(self.cycle.body) <= self._body_cap):
             return
         if not self._reading_on:
