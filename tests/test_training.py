@@ -415,6 +415,34 @@ def test_bench_on_synthetic_writes_a_table_and_stores_nothing(tmp_path, capsys, 
     assert {info.tag for info in list_artifacts()} == before
 
 
+def test_the_chance_an_exact_band_covers_its_level_falls_with_fewer_and_more_alike_test_windows():
+    """A test part's coverage strays by chance: the exact band of an AR(1) almost always covers 80% +- 7 of
+    many independent values, but one window of one step is either inside or not, and overlapping windows of
+    a wandering series land inside less often than independent ones or longer test parts."""
+    from training.bench import exact_band_chance
+
+    assert exact_band_chance(2000, 1, 12, persistence=0.0) > 0.99
+    assert exact_band_chance(1, 1, 1) == 0.0
+    short_wandering = exact_band_chance(18, 1, 12)  # airline's test part: 18 windows of 12 months
+    assert 0.2 < short_wandering < 0.6
+    assert short_wandering < exact_band_chance(18, 1, 12, persistence=0.0)
+    assert short_wandering < exact_band_chance(74, 1, 12) < exact_band_chance(74, 8, 12)  # longer; a panel
+    assert exact_band_chance(18, 1, 12) == exact_band_chance(18, 1, 12)  # seeded: the table is reproducible
+
+
+def test_the_forecast_summary_counts_bands_within_target_against_what_exact_bands_would():
+    from training.bench import _forecast_summary
+
+    def row(mase, ets, coverage, chance):
+        return ["s", "0", "recipe", f"**{mase}**", "2.0", "1.5", ets, "yes", "yes", coverage, "0.800", "0.020",
+                "0.030", chance, "0"]
+
+    text = _forecast_summary([row(0.7, "0.9", "0.812", "0.90"), row(0.9, "1.0", "0.699", "0.40")])
+    assert "Mean MASE over the 2 rows with ETS: **0.800** against ETS's 0.950" in text
+    assert "80% ± 7 points on 1 of 2 rows" in text and "would on 1.3 on average" in text
+    assert "on all 2 with probability 0.36" in text
+
+
 def test_bench_knows_every_built_in():
     from training.bench import _selected
 

@@ -403,4 +403,4 @@ def train_classifier(
     report_dir.mkdir(parents=True, exist_ok=True)
     report.write_metrics(report_dir, "classify", tag or f"{name}:unsaved", metrics, recipe)
     report.plot_history(report_dir, history)
-    return RunResult(tag, test_metrics, baselines, report_dir, warnings, card.training)
+    return RunResult(tag, test_metrics, baselines, report_dir, warnings, card.training, card.data)

@@ -623,7 +623,7 @@ def train_forecaster(
     report.plot_history(report_dir, history)
     report.plot_forecasts(report_dir, plan.test_w.inputs, plan.test_w.targets, predicted, model.quantiles,
                           plan.kept.target_names[0])
-    return RunResult(tag, test_metrics, baselines, report_dir, warnings, {**card.training, "recipe": recipe})
+    return RunResult(tag, test_metrics, baselines, report_dir, warnings, {**card.training, "recipe": recipe}, card.data)
 
 
 def _ets(kept: SeriesCollection, parts: list[np.ndarray], test_w: Windows, horizon: int, season: int,

@@ -28,3 +28,4 @@ class RunResult:
     report_dir: Path
     warnings: list[str] = field(default_factory=list)  # human sentences; empty when the model beats its baseline
     training: dict[str, Any] = field(default_factory=dict)  # the training record (recipe, epochs, seconds)
+    data: dict[str, Any] = field(default_factory=dict)  # the card's data record (source, series, windows)
