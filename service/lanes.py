@@ -365,9 +365,14 @@ class Lanes:
     def stream_lane(self, index: int, name: str | None, task: str, token: str | None) -> ModelLane:
         """The lane that continues a stream: :meth:`lane_for`'s, unless the instance names no version and its
         ``token`` was made by another version of that same model: then that version's lane, so that a stream keeps
-        its version while the version is served. VersionGone when that version is no longer served."""
-        lane = self.lane_for(index, name, task, stream=True)
+        its version while the version is served. An instance that names no model goes on with the model that
+        made its token, where that model still serves this task (else the task's default, whose check of the
+        token then says which model made it). VersionGone when that version is no longer served."""
         made_by = self.signer.made_by(token) if token is not None else None
+        if name is None and made_by is not None:
+            maker = self.by_name.get(made_by.split(":")[0])
+            name = maker.name if maker is not None and maker.task == task else None
+        lane = self.lane_for(index, name, task, stream=True)
         if made_by is None or made_by == lane.tag or name == lane.tag or made_by.split(":")[0] != lane.name:
             return lane  # a new stream, this lane's own token, a version asked for by tag, or another model's token
         if made_by in self.by_tag:

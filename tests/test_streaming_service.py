@@ -157,6 +157,17 @@ def test_altered_truncated_foreign_and_garbage_tokens_are_refused_by_name(client
     assert refused(tampered(token, 0)) == "instances[0].state: token version 0 is not one this server reads (1)"
 
 
+def test_a_token_sent_without_a_model_goes_on_with_the_model_that_made_it(client, tags):
+    served = client.get("/models").json()
+    default = next(m["tag"] for m in served if m["task"] == "classify" and m["default"])
+    other = next(tag for tag in (tags["gru-1"], tags["gru-3"]) if tag != default)
+    sequence = steps(5, seed=7)
+    token = stream(client, "classify", steps=sequence[:3], model=other)["state"]
+    answer = stream(client, "classify", steps=sequence[3:], state=token)  # no model: the token names it
+    assert answer["model"] == other and answer["seen"] == 5
+    assert_same_answer(answer, classify(client, other, sequence))
+
+
 def test_a_token_signed_under_another_deployment_key_is_refused(tags):
     model = load_artifact(tags["gru-1"])
     mine, theirs = StateSigner("k" * 32, [model]), StateSigner("x" * 32, [model])
