@@ -96,6 +96,8 @@ def test_bodies_as_perf_analyzer_and_kserves_client_send_them_are_read():
 def test_lengths_default_to_every_step_and_nested_json_data_is_read():
     request = decode(*raw({"inputs": [{**GOOD, "data": [[[1, 2, 3], [4, 5, 6]]]}]}))
     assert request.lengths.tolist() == [2] and request.values.tolist() == [[[1, 2, 3], [4, 5, 6]]]
+    for outer_levels_only in ([[1, 2, 3, 4, 5, 6]], [[[1, 2, 3], [4, 5, 6]]]):  # [1, 6]: the last levels flattened
+        assert decode(*raw({"inputs": [{**GOOD, "data": outer_levels_only}]})).values.tolist() == [[[1, 2, 3], [4, 5, 6]]]
     assert request.outputs == {"probabilities": False, "label_index": False, "label": False} and request.id is None
 
 
@@ -209,6 +211,12 @@ BINARY_GOOD = np.zeros((1, 2, 3), np.float32).tobytes()
         ({"inputs": [{**GOOD, "shape": [0, 2, 3], "data": []}]}, None, "sequence: has no instances"),
         ({"inputs": [{**GOOD, "data": [1, 2, 3, 4, 5, "6"]}]}, None, "sequence: data must hold only numbers for FP32, got strings"),
         ({"inputs": [{**GOOD, "data": [True] * 6}]}, None, "got true/false"),
+        ({"inputs": [{**GOOD, "data": [1.5, 2, 3, 4, 5, True]}]}, None, "sequence: data must hold only numbers for FP32, got true/false among them"),
+        ({"inputs": [{**GOOD, "data": [[1, 2, 3], [4, 5, False]]}]}, None, "got true/false among them"),
+        ({"inputs": [GOOD, {"name": "lengths", "datatype": "INT64", "shape": [1], "data": [True]}]}, None, "lengths: data must hold only whole numbers for INT64, got true/false"),
+        ({"inputs": [{**GOOD, "data": [[1, 2], [3, 4], [5, 6]]}]}, None,
+         "sequence: data is nested as [3, 2], which does not follow shape [1, 2, 3]: send it flat, or nested as the shape is"),
+        ({"inputs": [{**GOOD, "data": [[[1, 2, 3, 4, 5, 6]]]}]}, None, "data is nested as [1, 1, 6], which does not follow shape [1, 2, 3]"),
         ({"inputs": [{**GOOD, "data": [[1, 2, 3], [4, 5]]}]}, None, "sequence: data is ragged"),
         ({"inputs": [{**GOOD, "data": [1, 2, 3, 4, 5, None]}]}, None, "got mixed values or nulls"),
         ({"inputs": [{**GOOD, "data": [1, 2, 3, 4, 5, 1e39]}]}, None, "sequence[0]: step 1, feature 2 is not a finite 32-bit number"),

@@ -9,6 +9,7 @@ followed by that many bytes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from typing import Any
@@ -61,8 +62,14 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarr
     if array.dtype.kind not in ("iu" if whole else "iuf"):
         wanted = "whole numbers" if whole else "numbers"
         raise TensorError(f"data must hold only {wanted} for {datatype}, got {_kind(array)}")
+    if bool in set(map(type, _leaves(data, array.ndim))):
+        # numpy reads true and false among numbers as 1 and 0; /forecast and /classify refuse them too
+        raise TensorError(f"data must hold only numbers for {datatype}, got true/false among them")
     if array.size != element_count(shape):
         raise TensorError(f"data has {array.size} values but shape {list(shape)} needs {element_count(shape)}")
+    if array.ndim > 1 and not _nested_as(array.shape, shape):
+        raise TensorError(f"data is nested as {list(array.shape)}, which does not follow shape {list(shape)}: send it "
+                          "flat, or nested as the shape is")
     if whole and array.size:
         bounds = np.iinfo(NUMERIC[datatype])
         low, high = array.min(), array.max()
@@ -70,6 +77,21 @@ def from_json_data(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarr
             raise TensorError(f"data holds {short(int(high if high > bounds.max else low))}, outside {datatype}'s range")
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf; the caller refuses it with its position
         return array.astype(NUMERIC[datatype], copy=False).reshape(shape)
+
+
+def _leaves(data: list, depth: int):
+    """The values of ``data``, a list nested ``depth`` deep (regular: numpy read it as an array)."""
+    for _ in range(depth - 1):
+        data = itertools.chain.from_iterable(data)
+    return data
+
+
+def _nested_as(nested: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether data nested as ``nested`` follows ``shape``: its outer levels are the shape's first dimensions and
+    its innermost lists hold the rest, flattened ([[60 values]] for [1, 60, 1], as nested as [1, 60, 1] is)."""
+    outer = len(nested) - 1
+    return (len(shape) > outer and tuple(nested[:outer]) == tuple(shape[:outer])
+            and nested[-1] == element_count(shape[outer:]))
 
 
 def from_bytes(raw: memoryview, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
