@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 
 from service.framework import IORootModel  # what BentoML builds itself for a list return type
 
@@ -101,7 +101,7 @@ class StreamClassifyInstance(BaseModel):
     )
     state: str | None = STATE_FIELD
     model: str | None = MODEL_FIELD
-    every_step: bool = EVERY_STEP_FIELD
+    every_step: StrictBool = EVERY_STEP_FIELD
 
 
 class StreamForecastInstance(BaseModel):
@@ -115,7 +115,7 @@ class StreamForecastInstance(BaseModel):
     )
     state: str | None = STATE_FIELD
     model: str | None = Field(default=None, max_length=256, description=MODEL_FIELD.description, examples=["co2-gru"])
-    every_step: bool = EVERY_STEP_FIELD
+    every_step: StrictBool = EVERY_STEP_FIELD
 
 
 class StreamMessage(BaseModel):
@@ -125,7 +125,7 @@ class StreamMessage(BaseModel):
     steps: list[StrictFloat | Step] = Field(
         fail_fast=True, description="New steps, oldest first: one list of feature values per step (or numbers, one feature)."
     )
-    every_step: bool = EVERY_STEP_FIELD
+    every_step: StrictBool = EVERY_STEP_FIELD
 
 
 STREAM_CLASSIFY_INSTANCES = Field(

@@ -97,8 +97,10 @@ class StreamSessions:
             raise InstanceError(0, "model", "name the model (?model=name) or the task (?task=classify or ?task=forecast)")
         if task is not None and task not in ("classify", "forecast"):
             raise InstanceError(0, "task", f"unknown task {task[:40]!r}; use classify or forecast")
+        named = self.lanes.get(name) if name is not None else None
+        if named is not None and task is not None and named.task != task:
+            raise InstanceError(0, "task", f"{named.tag} is a {named.task} model; use ?task={named.task}, or leave task out")
         if task is None:
-            named = self.lanes.get(name)
             task = named.task if named is not None else "classify"
         lane = self.lanes.lane_for(0, name, task)
         lane.check_streamable(0)

@@ -308,12 +308,25 @@ def test_a_non_finite_value_in_a_step_is_reported_once_at_the_value(client, tags
     assert error_of(response) == "instances[0].steps[1][0]: Input should be a finite number"
 
 
+def test_every_step_takes_true_or_false_only(client, tags):
+    tag = tags["gru-1"]
+    for loose in ("yes", 1, "true"):  # pydantic's lax mode read these as true
+        response = client.post("/stream/classify", json={"instances": [{"steps": steps(2), "model": tag, "every_step": loose}]})
+        assert error_of(response) == "instances[0].every_step: Input should be a valid boolean"
+    with client.websocket_connect(f"/stream?model={tag}") as ws:
+        ws.receive_json()
+        ws.send_json({"steps": steps(1), "every_step": "yes"})
+        assert ws.receive_json() == {"error": "every_step: Input should be a valid boolean"}
+
+
 def test_websocket_forecast_by_task_default_and_unknown_models_close_with_4400(client, tags):
     with client.websocket_connect(f"/stream?model={tags['fc']}") as ws:
         assert ws.receive_json()["task"] == "forecast"
         ws.send_json({"steps": [300.0] * 3})
         assert ws.receive_json()["steps_needed"] == 9
-    for query, reason in [("model=nope", "model: unknown model 'nope'"), (f"model={tags['bidi']}", "model: ")]:
+    wrong_task = f"task: {tags['fc']} is a forecast model; use ?task=forecast, or leave task out"
+    for query, reason in [("model=nope", "model: unknown model 'nope'"), (f"model={tags['bidi']}", "model: "),
+                          (f"model={tags['fc']}&task=classify", wrong_task)]:
         with client.websocket_connect(f"/stream?{query}") as ws:
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_json()
