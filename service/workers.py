@@ -122,23 +122,41 @@ def stop_server(run: Path, reason: str) -> bool:
     return True
 
 
+REPLACED_BY_CIRCUS = "circus will start another"
+STOPPING_FOR_RESTART = ("BentoML starts no replacement inside a container (BENTOML_CONTAINERIZED), so the server stops "
+                        "(its other workers finish what they hold) for the container to be restarted with every worker")
+
+
 def watch_workers(run: Path, every: float = 2.0) -> None:
     """In the main process: warn when a worker's recorded process is gone (killed or crashed, not stopped).
 
-    The replacement says so too when circus starts one (:func:`register_worker`), but inside a container
-    (``BENTOML_CONTAINERIZED``) BentoML tells circus not to restart workers, and a server whose only worker
-    died would otherwise hang in silence. A daemon thread, reading a few small files every ``every`` s.
+    Outside a container circus starts a replacement, which says so too (:func:`register_worker`). Inside one
+    (``BENTOML_CONTAINERIZED``) BentoML tells circus not to restart workers: the server would serve on with a
+    worker fewer for good, its health checks answered by the workers left (a pod of two kept one for as long as
+    it ran). There a dead worker stops the server (:func:`check_workers`), and the container's restart policy
+    (Kubernetes: always) starts it again whole. A daemon thread, reading a few small files every ``every`` s.
     """
-    replaced = "BentoML does not restart workers inside a container (BENTOML_CONTAINERIZED); this server now has one fewer"
-    if "BENTOML_CONTAINERIZED" not in os.environ and "BENTOCLOUD_DEPLOYMENT_URL" not in os.environ:
-        replaced = "circus will start another"
+    inside_container = "BENTOML_CONTAINERIZED" in os.environ or "BENTOCLOUD_DEPLOYMENT_URL" in os.environ
 
     def watch() -> None:
-        while True:
+        while not check_workers(run, inside_container):
             time.sleep(every)
-            report_dead_workers(run, replaced)
 
     threading.Thread(target=watch, name="seqserve-worker-watch", daemon=True).start()
+
+
+def check_workers(run: Path, inside_container: bool) -> bool:
+    """One look at the workers (:func:`report_dead_workers`); inside a container, one that died stops the server:
+    its reason is recorded for the exit line and the main process (``run/main``) is sent SIGTERM. True once stopping."""
+    dead = report_dead_workers(run, STOPPING_FOR_RESTART if inside_container else REPLACED_BY_CIRCUS)
+    if not dead or not inside_container:
+        return False
+    (run / "stopped").write_text(f"seqserve: stopped: a worker (pid {dead[0]}) died, and {STOPPING_FOR_RESTART}")
+    try:
+        os.kill(int((run / "main").read_text()), signal.SIGTERM)  # as stop_server: circus stops the workers
+    except (OSError, ValueError) as err:
+        log.error("cannot stop the server after a worker died: %s", err)
+    return True
 
 
 def report_dead_workers(run: Path, replaced: str) -> list[int]:

@@ -87,3 +87,47 @@ def test_pod_runs_as_the_images_non_root_user(manifests):
     pod = manifests["Deployment"]["spec"]["template"]["spec"]
     user = re.search(r"^USER (\d+)", (ROOT / "container" / "Containerfile").read_text(), re.M).group(1)
     assert pod["securityContext"]["runAsNonRoot"] and str(pod["securityContext"]["runAsUser"]) == user != "0"
+
+
+def every_container() -> list[tuple[dict, dict]]:
+    """(pod spec, container) of the Deployment and of the KServe runtime."""
+    found = []
+    for path in ("k8s/deployment.yaml", "kserve/inferenceservice.yaml"):
+        for doc in yaml.safe_load_all((ROOT / "deploy" / path).read_text()):
+            if doc and doc["kind"] == "Deployment":
+                pod = doc["spec"]["template"]["spec"]
+                found += [(pod, c) for c in pod["containers"]]
+            elif doc and doc["kind"] == "ServingRuntime":
+                found += [({}, c) for c in doc["spec"]["containers"]]
+    assert len(found) == 2
+    return found
+
+
+def test_pods_meet_the_restricted_pod_security_standard():
+    for pod, container in every_container():
+        context = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+        assert context["runAsNonRoot"] and context["seccompProfile"] == {"type": "RuntimeDefault"}, container["name"]
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
+
+
+MIB_PER_WORKER = 400  # a worker's models, torch and parsing at the default body cap (README: ~290 MB idle)
+
+
+def test_hostile_streams_cannot_take_a_pod_past_its_memory_limit():
+    # A WebSocket stream can hold 2 x the body cap of half-sent messages; at the default 1,000 open streams a
+    # worker, two workers could hold ~4 GiB against a 2 GiB limit (one client, 300 streams: +340 MB).
+    from service.config import Settings
+
+    defaults = Settings.from_env()
+    for _, container in every_container():
+        env = {e["name"]: e["value"] for e in container["env"]}
+        workers = int(env["SEQSERVE_WORKERS"])
+        streams = int(env.get("SEQSERVE_STREAM_MAX_OPEN", defaults.stream_max_open))
+        body_mib = float(env.get("SEQSERVE_MAX_BODY_MB", defaults.max_body_bytes / 2**20))
+        limit = container["resources"]["limits"]["memory"]
+        assert limit.endswith("Gi")
+        assert workers * (streams * 2 * body_mib + MIB_PER_WORKER) <= int(limit[:-2]) * 1024, container["name"]
+
+
+def test_the_autoscaler_alone_sets_the_replicas(manifests):
+    assert "replicas" not in manifests["Deployment"]["spec"]  # an apply would reset the autoscaler's count

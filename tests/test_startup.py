@@ -26,7 +26,7 @@ from loadtests.server import ROOT, free_port, running_server
 from models.artifact import CARD_FILE, WEIGHTS_FILE, list_artifacts
 from service.config import Settings
 from service.startup import check_servable
-from service.workers import register_worker, report_dead_workers
+from service.workers import STOPPING_FOR_RESTART, check_workers, register_worker, report_dead_workers
 from tests import tiny_models
 from training.cli import main as train_cli
 
@@ -178,6 +178,66 @@ def test_a_killed_worker_is_reported(server):
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.5)
     assert "WARNING" in next(line for line in log.read_text().splitlines() if expected in line)
+
+
+def test_inside_a_container_a_dead_worker_stops_the_server_for_a_restart(home, tmp_path):
+    # BentoML starts no replacement in a container: a pod of two workers served with one for good, its probes
+    # answered by the one left. Now the server exits 1 with a line saying why, and the container is restarted.
+    store, tags = home
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "BENTOML_HOME": str(store), "SEQSERVE_MODELS": tags["good"], "SEQSERVE_WORKERS": "2",
+           "BENTOML_CONTAINERIZED": "true"}
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "service.app:SeqServe", "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(psutil.Process(process.pid).children()) < 2 or not _ready(port):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        worker = psutil.Process(process.pid).children()[0]
+        worker.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == f"seqserve: stopped: a worker (pid {worker.pid}) died, and {STOPPING_FOR_RESTART}"
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.parametrize("inside_container", [False, True])
+def test_a_dead_worker_stops_the_server_only_where_no_one_replaces_it(tmp_path, inside_container, caplog):
+    (tmp_path / "workers").mkdir()
+    (tmp_path / "prometheus").mkdir()
+    main = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for bentoml serve
+    (tmp_path / "main").write_text(str(main.pid))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "workers" / "1").write_text(str(gone.pid))
+    (tmp_path / "workers" / "2").write_text(str(os.getpid()))
+    try:
+        with caplog.at_level(logging.WARNING, logger="service.workers"):
+            assert check_workers(tmp_path, inside_container) is inside_container
+        if inside_container:
+            assert main.wait(timeout=10) == -signal.SIGTERM
+            assert (tmp_path / "stopped").read_text().startswith(f"seqserve: stopped: a worker (pid {gone.pid}) died")
+        else:
+            assert main.poll() is None and not (tmp_path / "stopped").exists()
+            assert check_workers(tmp_path, inside_container) is False  # told once; circus replaces it
+            assert f"worker 1 (pid {gone.pid}) died; circus will start another" in caplog.text
+    finally:
+        main.kill()
+        main.wait()
 
 
 # --- in-process: unreadable models in listings, and the worker record ---------------------------------------
