@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> str:
     bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     # Only podman mounts a folder into a build; Docker builds take the CPU wheel from the PyTorch index.
     local_wheels = args.variant == "cpu" and args.backend == "podman"
+    if args.torch_wheels and not local_wheels:
+        raise SystemExit(f"--torch-wheels: only a CPU image built with podman mounts a wheel folder (this build: "
+                         f"--variant {args.variant}, --backend {args.backend}, which installs torch from its index)")
     wheels = torch_cpu_wheels(torch_pin(bentofile), args.torch_wheels) if local_wheels else None
     rendered = render_bentofile(bentofile, args, wheels)
     out = ROOT / "build" / f"bentofile.{args.variant}.yaml"

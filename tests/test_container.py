@@ -44,6 +44,13 @@ def bentoml(*args: str, env: dict[str, str] | None = None) -> str:
 # ------------------------------------------------------------------------------------ the bento
 
 
+def test_a_wheel_folder_the_build_cannot_mount_is_refused():
+    # Docker builds install torch from its index: the folder was dropped without a word, then an offline build failed.
+    done = subprocess.run([sys.executable, str(ROOT / "container" / "build.py"), "--backend", "docker",
+                           "--torch-wheels", "/nonexistent", "--dry-run"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "--torch-wheels: only a CPU image built with podman mounts" in done.stderr
+
+
 def test_bentofile_pins_the_same_packages_as_pyproject():
     bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -162,6 +169,12 @@ def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(image, co
     healthcheck = inspected.get("Healthcheck") or inspected["Config"]["Healthcheck"]  # podman puts it at the top
     assert healthcheck["Test"][-1].endswith("seqserve-healthcheck")
     assert podman("healthcheck", "run", container_name, check=False).returncode == 0
+    check = ["python", "/usr/local/bin/seqserve-healthcheck"]  # PORT, where set, is where BentoML's entrypoint serves
+    assert podman("exec", "--env", f"PORT={url.rsplit(':', 1)[1]}", container_name, *check, check=False).returncode == 0
+    assert podman("exec", "--env", "PORT=9", container_name, *check, check=False).returncode == 1
+    assert "BENTOML_DO_NOT_TRACK=true" in inspected["Config"]["Env"]  # no usage data posted from a user's pods
+    site_cas = podman("exec", container_name, "sh", "-c", "ls /usr/local/share/ca-certificates", check=False).stdout
+    assert not site_cas.strip(), f"the build machine's CAs were shipped: {site_cas}"
     assert podman("exec", container_name, "id", "-u").stdout.strip() != "0"
     # The runtime stage keeps the bento image's settings and leaves its compilers behind (issue 19: <= 1.2 GB).
     bento_config = json.loads(podman("image", "inspect", bento_image_name(image[0], "cpu")).stdout)[0]["Config"]
