@@ -223,7 +223,7 @@ def test_seasonal_windows_are_scored_in_their_seasonal_change_and_others_in_thei
     pure = np.tile(np.sin(2 * np.pi * np.arange(12) / 12), 4)[None, :, None]
     np.testing.assert_allclose(starts.scoring_scale(pure, season=12),
                                starts.MIN_CHANGE_SHARE * pure.std(axis=1, keepdims=True))
-    np.testing.assert_allclose(starts.scoring_scale(np.full((1, 48, 1), 7.0), season=12), 1e-6 * (7.0 + 1e-6))
+    np.testing.assert_allclose(starts.scoring_scale(np.full((1, 48, 1), 7.0), season=12), 1e-6 * (7.0 + 1e-6 * 8))  # unit 8
 
 
 def test_the_start_is_chosen_by_its_error_in_the_scoring_unit():

@@ -117,6 +117,16 @@ def test_forecaster_answers_in_the_series_own_scale(name, skip_season):
     torch.testing.assert_close(large, small * 1000.0 + 50_000.0, rtol=1e-4, atol=0.5)
 
 
+@pytest.mark.parametrize("factor", [1e-30, 1e-15, 1e15, 1e30])
+def test_a_forecast_scales_with_its_window_however_small_or_large(factor):
+    # The floor on a window's scale was partly absolute (1e-12) and float32's squares underflow near 1e-20 and
+    # overflow near 1e20: a series of values near 1e-15 was forecast as if flat, one near 1e20 not at all.
+    model = build("gru_forecaster", quantiles=[0.1, 0.9])
+    x = torch.randn(3, 24, FEATURES) + 5
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x * factor) / factor, model(x), rtol=1e-4, atol=1e-4)
+
+
 def test_quantiles_never_cross_and_include_the_median():
     model = build("gru_forecaster", quantiles=[0.9, 0.1])
     assert model.quantiles == [0.1, 0.5, 0.9]

@@ -599,7 +599,8 @@ def train_forecaster(
         lookback=plan.lookback,
         horizon=horizon,
         quantiles=model.quantiles,
-        normalization={"kind": "per_window_standardization", "floor": "1e-6 * (|mean| + 1e-6)"},
+        normalization={"kind": "per_window_standardization", "floor": "1e-6 * (|mean| + 1e-6 * unit)",
+                       "unit": "the power of two at or above the window's largest absolute value"},
         metrics=metrics,
         data={
             "source": collection.source,

@@ -124,10 +124,12 @@ def from_model_space(values: np.ndarray, transform: str) -> np.ndarray:
         return np.exp(values)
 
 
-def _level_floor(loc: np.ndarray) -> np.ndarray:
-    """The smallest scale of windows at level ``loc``, as ``Forecaster.normalize`` floors it: a flat window
-    stays finite, and the floor moves with the level, so scaling a series scales it too."""
-    return 1e-6 * (np.abs(loc) + 1e-6)
+def _level_floor(windows: np.ndarray) -> np.ndarray:
+    """The smallest scale (N, 1, K) of ``windows`` (N, L, K), as ``Forecaster.normalize`` floors it: a flat window
+    stays finite, and the floor moves with the level and the window's unit, so scaling a series scales it too."""
+    _, exponent = np.frexp(np.abs(windows).max(axis=1, keepdims=True))
+    unit = np.ldexp(1.0, exponent)  # as models.recurrent.window_unit
+    return 1e-6 * (np.abs(windows.mean(axis=1, keepdims=True)) + 1e-6 * unit)
 
 
 def _in_model_units(inputs: np.ndarray, targets: np.ndarray,
@@ -136,7 +138,7 @@ def _in_model_units(inputs: np.ndarray, targets: np.ndarray,
     (inputs, targets, loc, scale), loc and scale (N, 1, K) being the inputs' own."""
     z = to_model_space(inputs.astype(np.float64), transform)
     loc = z.mean(axis=1, keepdims=True)
-    scale = np.maximum(z.std(axis=1, keepdims=True), _level_floor(loc))
+    scale = np.maximum(z.std(axis=1, keepdims=True), _level_floor(z))
     return (z - loc) / scale, (to_model_space(targets.astype(np.float64), transform) - loc) / scale, loc, scale
 
 
@@ -166,7 +168,7 @@ def scoring_scale(inputs: np.ndarray, season: int) -> np.ndarray:
     """
     x = inputs.astype(np.float64)
     spread = x.std(axis=1, keepdims=True)
-    floor = _level_floor(x.mean(axis=1, keepdims=True))
+    floor = _level_floor(x)
     if season <= 1 or x.shape[1] <= season:
         return np.maximum(spread, floor)
     change = np.abs(x[:, season:] - x[:, :-season]).mean(axis=1, keepdims=True)
