@@ -190,6 +190,7 @@ class ModelLane(ABC):
             name_default=name_default,
             architecture={"model_name": card.model_name, "cell": card.arch, **card.hparams},
             features=card.features,
+            targets=list(card.targets or []),
             labels=card.labels,
             lookback=card.lookback,
             horizon=card.horizon,

@@ -234,6 +234,10 @@ class ModelInfo(BaseModel):
         examples=[{"model_name": "gru_classifier", "cell": "gru", "hidden_size": 64, "num_layers": 2}],
     )
     features: list[str] = Field(description="Input channels, in order.", examples=[["coef_0", "coef_1"]])
+    targets: list[str] = Field(
+        default_factory=list, description="The features forecast, the first of ``features`` (forecasters; the rest are "
+        "covariates, read but not forecast).", examples=[["co2"]],
+    )
     labels: list[str] = Field(default_factory=list, description="Class names (classifiers).", examples=[["1", "2"]])
     lookback: int | None = Field(default=None, description="History steps read (forecasters).", examples=[52])
     horizon: int | None = Field(default=None, description="Steps forecast (forecasters).", examples=[12])

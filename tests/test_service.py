@@ -47,6 +47,7 @@ def test_models_lists_every_served_model(client, tags):
     assert clf["features"] == ["x", "y", "z"] and clf["architecture"]["cell"] == "gru"
     assert clf["metrics"]["test"]["accuracy"] == 0.5 and clf["created"]
     assert (fc["task"], fc["lookback"], fc["horizon"], fc["quantiles"]) == ("forecast", 12, 5, [0.1, 0.5, 0.9])
+    assert fc["targets"] == fc["features"][:1] and clf["targets"] == []  # what a forecast answers, of the inputs
 
 
 def test_classify_answers_each_instance_in_order_and_matches_the_model(client, tags):
