@@ -125,6 +125,12 @@ def bento_base_image(bento: str) -> str:
     return json.loads(info)["image"]["base_image"]
 
 
+# BentoML's image marks itself BENTOML_CONTAINERIZED, whose one effect (bentoml.serving.create_watcher) is that
+# circus starts no replacement for a worker that dies: a pod of two then served with one for good, its probes
+# answered by the one left. Without it a dead worker is replaced in a few seconds, in the image as outside.
+LEFT_OUT_ENV = ("BENTOML_CONTAINERIZED",)
+
+
 def env_instruction(variables: list[str]) -> str:
     """One ENV instruction setting ``NAME=value`` items exactly, whatever their values hold."""
     def quoted(value: str) -> str:
@@ -138,9 +144,10 @@ def runtime_containerfile(backend: str, bento_image: str) -> str:
     environment on PATH, the service's envs) live in that image's configuration."""
     config = json.loads(subprocess.run([backend, "image", "inspect", "--format", "{{json .Config}}", bento_image],
                                        check=True, capture_output=True, text=True).stdout)
+    env = [v for v in config["Env"] if v.split("=", 1)[0] not in LEFT_OUT_ENV]
     return ((ROOT / "container" / "Containerfile").read_text()
-            + f"\n# The environment and working directory of {bento_image} (added by container/build.py).\n"
-            + env_instruction(config["Env"]) + f"\nWORKDIR {config['WorkingDir']}\n")
+            + f"\n# The environment and working directory of {bento_image} (added by container/build.py; "
+            + f"without {', '.join(LEFT_OUT_ENV)}).\n" + env_instruction(env) + f"\nWORKDIR {config['WorkingDir']}\n")
 
 
 def run(cmd: list[str], dry_run: bool, **kwargs) -> subprocess.CompletedProcess | None:

@@ -130,11 +130,12 @@ STOPPING_FOR_RESTART = ("BentoML starts no replacement inside a container (BENTO
 def watch_workers(run: Path, every: float = 2.0) -> None:
     """In the main process: warn when a worker's recorded process is gone (killed or crashed, not stopped).
 
-    Outside a container circus starts a replacement, which says so too (:func:`register_worker`). Inside one
-    (``BENTOML_CONTAINERIZED``) BentoML tells circus not to restart workers: the server would serve on with a
-    worker fewer for good, its health checks answered by the workers left (a pod of two kept one for as long as
-    it ran). There a dead worker stops the server (:func:`check_workers`), and the container's restart policy
-    (Kubernetes: always) starts it again whole. A daemon thread, reading a few small files every ``every`` s.
+    Circus starts a replacement, which says so too (:func:`register_worker`), except in a container marked
+    ``BENTOML_CONTAINERIZED`` (``bentoml containerize``'s images; seqserve's own leaves it out:
+    ``container/build.py``), where BentoML tells circus not to: the server would serve on with a worker fewer
+    for good, its health checks answered by the workers left. There a dead worker stops the server
+    (:func:`check_workers`), and the container's restart policy (Kubernetes: always) starts it again whole.
+    A daemon thread, reading a few small files every ``every`` s.
     """
     inside_container = "BENTOML_CONTAINERIZED" in os.environ or "BENTOCLOUD_DEPLOYMENT_URL" in os.environ
 

@@ -178,7 +178,8 @@ def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(image, co
     assert podman("exec", container_name, "id", "-u").stdout.strip() != "0"
     # The runtime stage keeps the bento image's settings and leaves its compilers behind (issue 19: <= 1.2 GB).
     bento_config = json.loads(podman("image", "inspect", bento_image_name(image[0], "cpu")).stdout)[0]["Config"]
-    assert set(bento_config["Env"]) <= set(inspected["Config"]["Env"])
+    kept = {v for v in bento_config["Env"] if v.split("=", 1)[0] != "BENTOML_CONTAINERIZED"}  # build.LEFT_OUT_ENV
+    assert kept <= set(inspected["Config"]["Env"]) and not any(v.startswith("BENTOML_CONTAINERIZED=") for v in inspected["Config"]["Env"])
     assert podman("exec", container_name, "sh", "-c", "command -v gcc || command -v cc", check=False).returncode != 0
     assert inspected["Size"] <= 1.2e9, f"image is {inspected['Size'] / 1e9:.2f} GB"
 
@@ -247,6 +248,40 @@ def wait_default(url: str, tag: str, timeout: float) -> float:
             return time.monotonic() - start
         time.sleep(0.1)
     raise AssertionError(f"{tag} does not serve its name {timeout:.0f}s after it was stored: {defaults(url)}")
+
+
+WORKER_PIDS = ("import psutil; (main,) = [p for p in psutil.process_iter(['cmdline']) if 'serve' in (p.info['cmdline'] or [])]; "
+               "print(*sorted(c.pid for c in main.children()))")
+
+
+@needs_podman
+@pytest.mark.timeout(600)
+def test_a_worker_killed_in_the_container_is_replaced_and_the_server_answers_on(image):
+    # BentoML's image starts no replacement (BENTOML_CONTAINERIZED): a pod of two served with one for good.
+    name, tags = image
+    port, container_name = free_port(), f"seqserve-test-{uuid.uuid4().hex[:8]}"
+    podman("run", "--detach", "--name", container_name, "--network", "host",
+           *[arg for limit in ULIMITS for arg in ("--ulimit", limit)], "--env", f"BENTOML_PORT={port}",
+           "--env", "SEQSERVE_WORKERS=2", "--env", f"SEQSERVE_MODELS={tags['clf']}", name)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, container_name)
+        before = podman("exec", container_name, "/app/.venv/bin/python", "-c", WORKER_PIDS).stdout.split()
+        assert len(before) == 2, before
+        podman("exec", container_name, "sh", "-c", f"kill -9 {before[0]}")
+        deadline = time.monotonic() + 60
+        while True:
+            now = podman("exec", container_name, "/app/.venv/bin/python", "-c", WORKER_PIDS, check=False).stdout.split()
+            if len(now) == 2 and before[0] not in now:
+                break
+            assert time.monotonic() < deadline, f"workers {now} (killed {before[0]})"
+            time.sleep(1)
+        body = {"instances": [{"sequence": [[0.1, 0.2, 0.3]] * 5}]}
+        for _ in range(20):  # both workers answer (connections are spread over them by the kernel)
+            assert httpx.post(f"{url}/classify", json=body, headers={"connection": "close"}).status_code == 200
+        assert "died; circus will start another" in podman("logs", container_name).stderr + podman("logs", container_name).stdout
+    finally:
+        podman("rm", "--force", container_name, check=False)
 
 
 @needs_podman
