@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from service import framework
+from service import framework, workers
 from service.admission import CLIENT
 from service.errors import ReadableValidationErrors, RetryLater, refusal
 from service.guard import RequestGuard
@@ -139,8 +139,9 @@ class SeqServe:
         self.watcher.start()
 
     @bentoml.on_shutdown
-    def stop_watching(self) -> None:
+    def stopping(self) -> None:
         self.watcher.stop()
+        workers.forget_this_worker()  # a graceful stop, not a death (service.workers)
 
     # The handlers return the finished JSON (see _json); output_spec says what it holds, for the API page.
     @bentoml.api(route="/classify", output_spec=ClassifyAnswers)

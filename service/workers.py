@@ -6,7 +6,7 @@ one that failed at once) emptied a running server's ``/metrics``. Each run gets 
 
     <run>/prometheus/   PROMETHEUS_MULTIPROC_DIR of this run's workers
     <run>/main          pid of the main process (circus' arbiter, the workers' parent)
-    <run>/workers/<N>   pid of worker N while it runs; removed when it exits normally
+    <run>/workers/<N>   pid of worker N while it runs; removed when it stops on purpose (:func:`forget_this_worker`)
     <run>/workers/<N>.died  pid of the last worker N the main process saw die
     <run>/stopped       why a worker stopped the whole server
 
@@ -16,7 +16,6 @@ The main process makes it (:func:`open_run`) before BentoML starts the workers a
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import shutil
@@ -72,8 +71,8 @@ def _alive(pid: int) -> bool:
 def register_worker(run: Path, index: int) -> None:
     """Record this worker's pid under its index; warn when the previous holder of the index died.
 
-    A worker that exits normally (stop, reload) removes its record, so a record whose process is gone
-    means that worker was killed or crashed and circus started this one in its place.
+    A worker that stops on purpose (a graceful stop, or :func:`stop_server`) removes its record
+    (:func:`forget_this_worker`), so a record whose process is gone means that worker was killed or crashed.
     """
     record = run / "workers" / str(index)
     pid = os.getpid()
@@ -99,10 +98,19 @@ def register_worker(run: Path, index: int) -> None:
 
     global _forget_this_worker
     _forget_this_worker = forget
-    atexit.register(forget)
 
 
 _forget_this_worker = lambda: None  # noqa: E731  (replaced by register_worker)
+
+
+def forget_this_worker() -> None:
+    """This worker stops on purpose: remove its record, so that its end is not taken for a death.
+
+    Called from the service's shutdown hook, not at exit: on a graceful stop uvicorn raises SIGTERM again once it
+    has shut down, so the worker dies by the signal and exit handlers never run (its record outlived it, and a
+    look by the main process in that second warned of deaths, and in a container stopped the server with exit
+    1); and a worker that exits through an exception it did not catch should count as dead."""
+    _forget_this_worker()
 
 
 def stop_server(run: Path, reason: str) -> bool:
