@@ -25,11 +25,14 @@ TRAINING_LOG_CAP = 80.0
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
+MAX_UNIT_EXPONENT = 127  # 2 ** 127: float32's largest power of two
+
+
 def window_unit(x: torch.Tensor) -> torch.Tensor:
-    """The power of two (B, 1, F) at or above each window's (B, T, F) largest absolute value (1 for a window of
-    zeros): the unit ``Forecaster.normalize`` measures the window in."""
+    """The power of two (B, 1, F) above each window's (B, T, F) largest absolute value (1 for a window of zeros;
+    at most 2 ** 127, float32's largest): the unit ``Forecaster.normalize`` measures the window in."""
     _, exponent = torch.frexp(x.abs().amax(dim=1, keepdim=True))
-    return torch.ldexp(torch.ones_like(x[:, :1]), exponent)
+    return torch.ldexp(torch.ones_like(x[:, :1]), exponent.clamp_max(MAX_UNIT_EXPONENT))
 
 class RecurrentEncoder(nn.Module):
     """A stacked RNN/GRU/LSTM that reads padded batches without letting padding change any answer.
@@ -355,14 +358,15 @@ class Forecaster(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # x: (B, T, F) -> x_norm: (B, T, F), loc: (B, 1, F), scale: (B, 1, F)
-        # Measured in units of a power of two at least the window's largest value (``window_unit``): dividing by it
+        # Measured in units of a power of two above the window's largest value (``window_unit``): dividing by it
         # is exact, so loc and scale are the window's own, but float32's squares cannot underflow (values near
         # 1e-20 had a standard deviation of 0) or overflow (near 1e20: inf), and a forecast scales with its window.
         unit = window_unit(x)
-        loc = (x / unit).mean(dim=1, keepdim=True)
+        in_units = x / unit
+        loc = in_units.mean(dim=1, keepdim=True)
         # A floor relative to the level (and to the unit, for a flat window at 0) keeps flat windows finite.
         floor = 1e-6 * (loc.abs() + 1e-6)
-        scale = (x / unit).std(dim=1, keepdim=True, unbiased=False).maximum(floor) * unit
+        scale = in_units.std(dim=1, keepdim=True, unbiased=False).maximum(floor) * unit
         loc = loc * unit
         return (x - loc) / scale, loc, scale
 

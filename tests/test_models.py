@@ -117,7 +117,7 @@ def test_forecaster_answers_in_the_series_own_scale(name, skip_season):
     torch.testing.assert_close(large, small * 1000.0 + 50_000.0, rtol=1e-4, atol=0.5)
 
 
-@pytest.mark.parametrize("factor", [1e-30, 1e-15, 1e15, 1e30])
+@pytest.mark.parametrize("factor", [1e-30, 1e-15, 1e15, 1e30, 3e37])
 def test_a_forecast_scales_with_its_window_however_small_or_large(factor):
     # The floor on a window's scale was partly absolute (1e-12) and float32's squares underflow near 1e-20 and
     # overflow near 1e20: a series of values near 1e-15 was forecast as if flat, one near 1e20 not at all.

@@ -600,7 +600,7 @@ def train_forecaster(
         horizon=horizon,
         quantiles=model.quantiles,
         normalization={"kind": "per_window_standardization", "floor": "1e-6 * (|mean| + 1e-6 * unit)",
-                       "unit": "the power of two at or above the window's largest absolute value"},
+                       "unit": "the power of two above the window's largest absolute value (at most 2 ** 127)"},
         metrics=metrics,
         data={
             "source": collection.source,
