@@ -96,7 +96,7 @@ def test_bodies_as_perf_analyzer_and_kserves_client_send_them_are_read():
 def test_lengths_default_to_every_step_and_nested_json_data_is_read():
     request = decode(*raw({"inputs": [{**GOOD, "data": [[[1, 2, 3], [4, 5, 6]]]}]}))
     assert request.lengths.tolist() == [2] and request.values.tolist() == [[[1, 2, 3], [4, 5, 6]]]
-    for outer_levels_only in ([[1, 2, 3, 4, 5, 6]], [[[1, 2, 3], [4, 5, 6]]]):  # [1, 6]: the last levels flattened
+    for outer_levels_only in ([[1, 2, 3, 4, 5, 6]], [[1, 2, 3], [4, 5, 6]]):  # [1, 6]: the last levels flattened; no batch level
         assert decode(*raw({"inputs": [{**GOOD, "data": outer_levels_only}]})).values.tolist() == [[[1, 2, 3], [4, 5, 6]]]
     assert request.outputs == {"probabilities": False, "label_index": False, "label": False} and request.id is None
 

@@ -88,10 +88,12 @@ def _leaves(data: list, depth: int):
 
 def _nested_as(nested: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     """Whether data nested as ``nested`` follows ``shape``: its outer levels are the shape's first dimensions and
-    its innermost lists hold the rest, flattened ([[60 values]] for [1, 60, 1], as nested as [1, 60, 1] is)."""
+    its innermost lists hold the rest, flattened ([[60 values]] for [1, 60, 1], as nested as [1, 60, 1] is), or
+    it is the shape but for dimensions of 1 ([[1, 2, 3], [4, 5, 6]] for [1, 2, 3])."""
     outer = len(nested) - 1
-    return (len(shape) > outer and tuple(nested[:outer]) == tuple(shape[:outer])
-            and nested[-1] == element_count(shape[outer:]))
+    prefix = (len(shape) > outer and tuple(nested[:outer]) == tuple(shape[:outer])
+              and nested[-1] == element_count(shape[outer:]))
+    return prefix or [d for d in nested if d != 1] == [d for d in shape if d != 1]
 
 
 def from_bytes(raw: memoryview, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
