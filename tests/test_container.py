@@ -6,6 +6,7 @@ with debootstrap when they can (no registry needed), else use BentoML's default 
 A cold run (no base image, no layer cache) takes about 4 minutes on 2 cores; a warm one under a minute.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -44,11 +45,27 @@ def bentoml(*args: str, env: dict[str, str] | None = None) -> str:
 # ------------------------------------------------------------------------------------ the bento
 
 
+def test_the_runtime_stage_keeps_the_bento_images_environment_but_the_flag_that_stops_worker_restarts(monkeypatch):
+    spec = importlib.util.spec_from_file_location("container_build", ROOT / "container" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    config = {"Env": ["PATH=/app/.venv/bin:/usr/bin", "BENTOML_CONTAINERIZED=true", 'BENTO_PATH=/home/bentoml/bento'],
+              "WorkingDir": "/home/bentoml/bento"}
+    monkeypatch.setattr(build.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, json.dumps(config), ""))
+    tail = build.runtime_containerfile("podman", "seqserve-bento:cpu").split("(added by container/build.py")[1]
+    assert 'PATH="/app/.venv/bin:/usr/bin"' in tail and 'BENTO_PATH="/home/bentoml/bento"' in tail
+    assert "BENTOML_CONTAINERIZED=" not in tail and tail.endswith("WORKDIR /home/bentoml/bento\n")
+
+
 def test_a_wheel_folder_the_build_cannot_mount_is_refused():
     # Docker builds install torch from its index: the folder was dropped without a word, then an offline build failed.
     done = subprocess.run([sys.executable, str(ROOT / "container" / "build.py"), "--backend", "docker",
                            "--torch-wheels", "/nonexistent", "--dry-run"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1 and "--torch-wheels: only a CPU image built with podman mounts" in done.stderr
+    # The environment's folder is a standing setting for CPU builds: a GPU build passes it by.
+    done = subprocess.run([sys.executable, str(ROOT / "container" / "build.py"), "--variant", "gpu", "--backend", "podman",
+                           "--dry-run"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "SEQSERVE_TORCH_WHEELS": "/tmp"})
+    assert done.returncode == 0, done.stderr
 
 
 def test_bentofile_pins_the_same_packages_as_pyproject():
@@ -277,7 +294,7 @@ def test_a_worker_killed_in_the_container_is_replaced_and_the_server_answers_on(
             assert time.monotonic() < deadline, f"workers {now} (killed {before[0]})"
             time.sleep(1)
         body = {"instances": [{"sequence": [[0.1, 0.2, 0.3]] * 5}]}
-        for _ in range(20):  # both workers answer (connections are spread over them by the kernel)
+        for _ in range(20):  # the server answers on, with its two workers again
             assert httpx.post(f"{url}/classify", json=body, headers={"connection": "close"}).status_code == 200
         assert "died; circus will start another" in podman("logs", container_name).stderr + podman("logs", container_name).stdout
     finally:
