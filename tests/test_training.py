@@ -5,6 +5,7 @@ config round trip through the card, and the benchmark command."""
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from training.forecast import train_forecaster
 from training.loop import TrainConfig, fit, one_cycle
 from training.metrics import (compare_with_baselines, forecast_metrics, macro_f1, mase_scale,
                               majority_class_baseline, seasonal_naive_forecast, accuracy)
-from training.types import NetworkOptions
+from training.types import NetworkOptions, RunResult
 from training.windows import before_test, choose_lookback, last_horizon_split, long_enough, split_by_time
 
 # ----------------------------------------------------------------------------- metrics, by hand
@@ -437,10 +438,26 @@ def test_the_forecast_summary_counts_bands_within_target_against_what_exact_band
         return ["s", "0", "recipe", f"**{mase}**", "2.0", "1.5", ets, "yes", "yes", coverage, "0.800", "0.020",
                 "0.030", chance, "0"]
 
-    text = _forecast_summary([row(0.7, "0.9", "0.812", "0.90"), row(0.9, "1.0", "0.699", "0.40")])
-    assert "Mean MASE over the 2 rows with ETS: **0.800** against ETS's 0.950" in text
+    no_band = ["p", "0", "recipe", "**1.0**", "2.0", "1.5", "1.1", "yes", "yes", "skipped", "skipped", "skipped",
+               "skipped", "n/a", "0"]  # a point forecaster (--quantiles none)
+    text = _forecast_summary([row(0.7, "0.9", "0.812", "0.90"), row(0.9, "1.0", "0.699", "0.40"), no_band])
+    assert "Mean MASE over the 3 rows with ETS: **0.867** against ETS's 1.000" in text
     assert "80% ± 7 points on 1 of 2 rows" in text and "would on 1.3 on average" in text
     assert "on all 2 with probability 0.36" in text
+
+
+def test_a_forecast_row_reads_the_runs_band_and_test_windows():
+    from training.bench import _row, exact_band_chance
+
+    baselines = {"naive": {"mase": 2.0}, "seasonal_naive": {"mase": 1.5}, "ets": {"mase": 0.9, "coverage_0.1_0.9": 0.8, "mean_wql": 0.03}}
+    recipe = {"evaluation": "windows", "lookback": 24, "season": 12, "transform": "log", "networks": "not used"}
+    banded = RunResult(None, {"mase": 0.7, "coverage_0.1_0.9": 0.81, "mean_wql": 0.02}, baselines, Path("."),
+                       training={"recipe": recipe, "seconds": 3}, data={"series": 2, "n_test_windows": 36})
+    row = _row("forecast", "x", 0, banded, 12)
+    assert row[3] == "**0.700**" and row[7:13] == ["yes", "yes", "0.810", "0.800", "0.020", "0.030"]
+    assert row[13] == f"{exact_band_chance(18, 2, 12):.2f}"  # 36 windows over 2 series
+    point = RunResult(None, {"mase": 0.7}, baselines, Path("."), training={"recipe": recipe}, data=banded.data)
+    assert _row("forecast", "x", 0, point, 12)[13] == "n/a"
 
 
 def test_bench_knows_every_built_in():
