@@ -39,6 +39,15 @@ def error_of(response) -> str:
 # ---------------------------------------------------------------------------------------------- answers
 
 
+def test_the_workers_bound_onednns_cache_of_shapes(client):
+    # With oneDNN's default (1,024 primitives) random request shapes grew a worker past 1 GiB (service.app).
+    import os
+
+    from service.app import ONEDNN_PRIMITIVE_CACHE_CAPACITY
+
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_PRIMITIVE_CACHE_CAPACITY) == "32"
+
+
 def test_models_lists_every_served_model(client, tags):
     models = {m["tag"]: m for m in client.get("/models").json()}
     assert set(models) == set(tags.values())
