@@ -131,7 +131,7 @@ def test_refusals_name_the_input_and_the_problem(client, tags):
     assert answer.json() == {"error": f"history[0]: has 5 steps but {tags['fc']} needs at least 12"}
     answer = client.post(f"/v2/models/{name}/infer", json={"inputs": [short], "parameters": {"sequence_id": 3}})
     assert answer.status_code == 400 and "/stream" in answer.json()["error"]
-    huge = np.stack([np.arange(12, dtype=np.float32), np.full(12, 3.4e38, np.float32)])[:, :, None]  # (2, 12, 1)
+    huge = np.stack([np.arange(12, dtype=np.float32), np.tile(np.float32([3.0e38, 3.4e38]), 6)])[:, :, None]  # (2, 12, 1)
     body, headers = binary_body({"inputs": [{"name": "history", "datatype": "FP32", "shape": [2, 12, 1],
                                              "parameters": {"binary_data_size": huge.nbytes}}]}, [huge])
     answer = client.post(f"/v2/models/{name}/infer", content=body, headers=headers)
