@@ -59,11 +59,16 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-def positive_float(text: str) -> float:
+def _number(text: str) -> float:
+    """``text`` as a float, NaN where it is none (every range check then fails)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
     return value
@@ -71,10 +76,7 @@ def positive_float(text: str) -> float:
 
 def share(text: str) -> float:
     """A share from 0 to 1, as failure-rate thresholds are given: 0.01 is 1%."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a share from 0 to 1 (0.01 is 1%), got {text!r}")
     return value

@@ -34,6 +34,7 @@ def window_unit(x: torch.Tensor) -> torch.Tensor:
     _, exponent = torch.frexp(x.abs().amax(dim=1, keepdim=True))
     return torch.ldexp(torch.ones_like(x[:, :1]), exponent.clamp_max(MAX_UNIT_EXPONENT))
 
+
 class RecurrentEncoder(nn.Module):
     """A stacked RNN/GRU/LSTM that reads padded batches without letting padding change any answer.
 

@@ -370,11 +370,12 @@ class Lanes:
         made its token, where that model still serves this task (else the task's default, whose check of the
         token then says which model made it). VersionGone when that version is no longer served."""
         made_by = self.signer.made_by(token) if token is not None else None
-        if name is None and made_by is not None:
-            maker = self.by_name.get(made_by.split(":")[0])
+        maker_name = made_by.split(":")[0] if made_by is not None else None
+        if name is None and maker_name is not None:
+            maker = self.by_name.get(maker_name)
             name = maker.name if maker is not None and maker.task == task else None
         lane = self.lane_for(index, name, task, stream=True)
-        if made_by is None or made_by == lane.tag or name == lane.tag or made_by.split(":")[0] != lane.name:
+        if made_by is None or made_by == lane.tag or name == lane.tag or maker_name != lane.name:
             return lane  # a new stream, this lane's own token, a version asked for by tag, or another model's token
         if made_by in self.by_tag:
             return self.by_tag[made_by]
