@@ -129,6 +129,11 @@ def bento_base_image(bento: str) -> str:
 # circus starts no replacement for a worker that dies: a pod of two then served with one for good, its probes
 # answered by the one left. Without it a dead worker is replaced in a few seconds, in the image as outside.
 LEFT_OUT_ENV = ("BENTOML_CONTAINERIZED",)
+# BentoML makes its home's folders (bentos, models, envs, tmp) at every start, and the bento image's home,
+# /home/bentoml/, is its user's alone: under the arbitrary UID OpenShift gives a pod (group 0), or a read-only
+# root filesystem, the server died there before loading a model. /tmp is writable for any UID and is where a
+# read-only pod mounts its one writable volume (deploy/). The bento (code and models) stays at BENTO_PATH.
+REPLACED_ENV = {"BENTOML_HOME": "/tmp/bentoml"}
 
 
 def env_instruction(variables: list[str]) -> str:
@@ -141,13 +146,17 @@ def env_instruction(variables: list[str]) -> str:
 def runtime_containerfile(backend: str, bento_image: str) -> str:
     """container/Containerfile with the bento image's environment and working directory at its end: the
     runtime stage starts from the bare base image, and BentoML's settings (BENTO_PATH, the virtual
-    environment on PATH, the service's envs) live in that image's configuration."""
+    environment on PATH, the service's envs) live in that image's configuration, less ``LEFT_OUT_ENV`` and with
+    ``REPLACED_ENV``."""
     config = json.loads(subprocess.run([backend, "image", "inspect", "--format", "{{json .Config}}", bento_image],
                                        check=True, capture_output=True, text=True).stdout)
-    env = [v for v in config["Env"] if v.split("=", 1)[0] not in LEFT_OUT_ENV]
+    env = dict(v.split("=", 1) for v in config["Env"])
+    env = {**{name: value for name, value in env.items() if name not in LEFT_OUT_ENV}, **REPLACED_ENV}
+    replaced = ", ".join(f"{name} {value}" for name, value in REPLACED_ENV.items())
     return ((ROOT / "container" / "Containerfile").read_text()
             + f"\n# The environment and working directory of {bento_image} (added by container/build.py; "
-            + f"without {', '.join(LEFT_OUT_ENV)}).\n" + env_instruction(env) + f"\nWORKDIR {config['WorkingDir']}\n")
+            + f"without {', '.join(LEFT_OUT_ENV)}; {replaced}).\n"
+            + env_instruction([f"{name}={value}" for name, value in env.items()]) + f"\nWORKDIR {config['WorkingDir']}\n")
 
 
 def run(cmd: list[str], dry_run: bool, **kwargs) -> subprocess.CompletedProcess | None:

@@ -45,16 +45,18 @@ def bentoml(*args: str, env: dict[str, str] | None = None) -> str:
 # ------------------------------------------------------------------------------------ the bento
 
 
-def test_the_runtime_stage_keeps_the_bento_images_environment_but_the_flag_that_stops_worker_restarts(monkeypatch):
+def test_the_runtime_stage_keeps_the_bento_images_environment_but_the_flag_that_stops_worker_restarts_and_its_home(monkeypatch):
     spec = importlib.util.spec_from_file_location("container_build", ROOT / "container" / "build.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    config = {"Env": ["PATH=/app/.venv/bin:/usr/bin", "BENTOML_CONTAINERIZED=true", 'BENTO_PATH=/home/bentoml/bento'],
+    config = {"Env": ["PATH=/app/.venv/bin:/usr/bin", "BENTOML_CONTAINERIZED=true", 'BENTO_PATH=/home/bentoml/bento',
+                      "BENTOML_HOME=/home/bentoml/"],
               "WorkingDir": "/home/bentoml/bento"}
     monkeypatch.setattr(build.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, json.dumps(config), ""))
     tail = build.runtime_containerfile("podman", "seqserve-bento:cpu").split("(added by container/build.py")[1]
     assert 'PATH="/app/.venv/bin:/usr/bin"' in tail and 'BENTO_PATH="/home/bentoml/bento"' in tail
     assert "BENTOML_CONTAINERIZED=" not in tail and tail.endswith("WORKDIR /home/bentoml/bento\n")
+    assert 'BENTOML_HOME="/tmp/bentoml"' in tail and "/home/bentoml/\"" not in tail
 
 
 def test_a_wheel_folder_the_build_cannot_mount_is_refused():
@@ -144,12 +146,17 @@ def dangling_images() -> set[str]:
     return set(podman("images", "--quiet", "--filter", "dangling=true", check=False).stdout.split())
 
 
+LOCKED_DOWN = ("--read-only", "--tmpfs", "/tmp", "--user", "1000650000:0")
+
+
 @pytest.fixture()
 def container(image):
     name, tags = image
     port, container_name = free_port(), f"seqserve-test-{uuid.uuid4().hex[:8]}"
+    # As a locked-down pod runs it (deploy/): a read-only root with a writable /tmp, and a UID that is not the
+    # image's, in group 0, as OpenShift assigns. BentoML's home at /home/bentoml/ killed both at start.
     podman("run", "--detach", "--name", container_name, "--network", "host",
-           *[arg for limit in ULIMITS for arg in ("--ulimit", limit)],
+           *[arg for limit in ULIMITS for arg in ("--ulimit", limit)], *LOCKED_DOWN,
            "--env", f"BENTOML_PORT={port}", "--env", f"SEQSERVE_MODELS={tags['clf']},{tags['fc']}", name)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -195,8 +202,11 @@ def test_image_answers_like_the_models_outside_it_and_stops_on_sigterm(image, co
     assert podman("exec", container_name, "id", "-u").stdout.strip() != "0"
     # The runtime stage keeps the bento image's settings and leaves its compilers behind (issue 19: <= 1.2 GB).
     bento_config = json.loads(podman("image", "inspect", bento_image_name(image[0], "cpu")).stdout)[0]["Config"]
-    kept = {v for v in bento_config["Env"] if v.split("=", 1)[0] != "BENTOML_CONTAINERIZED"}  # build.LEFT_OUT_ENV
+    changed = ("BENTOML_CONTAINERIZED", "BENTOML_HOME")  # build.LEFT_OUT_ENV and build.REPLACED_ENV
+    kept = {v for v in bento_config["Env"] if v.split("=", 1)[0] not in changed}
     assert kept <= set(inspected["Config"]["Env"]) and not any(v.startswith("BENTOML_CONTAINERIZED=") for v in inspected["Config"]["Env"])
+    assert "BENTOML_HOME=/tmp/bentoml" in inspected["Config"]["Env"]
+    assert podman("exec", container_name, "id", "-u").stdout.strip() == LOCKED_DOWN[-1].split(":")[0]
     assert podman("exec", container_name, "sh", "-c", "command -v gcc || command -v cc", check=False).returncode != 0
     assert inspected["Size"] <= 1.2e9, f"image is {inspected['Size'] / 1e9:.2f} GB"
 
