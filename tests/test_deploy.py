@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def manifests() -> dict[str, dict]:
     docs = [d for f in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
     kinds = [d["kind"] for d in docs]
-    assert sorted(kinds) == ["Deployment", "HorizontalPodAutoscaler", "Service"], kinds
+    assert sorted(kinds) == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"], kinds
     return {d["kind"]: d for d in docs}
 
 
@@ -82,6 +82,13 @@ def test_service_and_autoscaler_target_the_deployment(manifests, container):
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     # A CPU utilisation target is a share of the request: without one the autoscaler cannot act.
     assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} <= set(container["resources"]["requests"])
+
+
+def test_a_drain_evicts_one_pod_at_a_time_and_never_the_last(manifests):
+    budget, hpa = manifests["PodDisruptionBudget"]["spec"], manifests["HorizontalPodAutoscaler"]["spec"]
+    pod_labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert budget["maxUnavailable"] == 1 < hpa["minReplicas"]
 
 
 def test_pods_run_as_any_non_root_user(manifests):
