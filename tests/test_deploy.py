@@ -149,7 +149,7 @@ def test_hostile_streams_cannot_take_a_pod_past_its_memory_limit():
 
     defaults = Settings.from_env()
     for _, container in every_container():
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         workers = int(env["SEQSERVE_WORKERS"])
         streams = int(env.get("SEQSERVE_STREAM_MAX_OPEN", defaults.stream_max_open))
         body_mib = float(env.get("SEQSERVE_MAX_BODY_MB", defaults.max_body_bytes / 2**20))
@@ -160,3 +160,10 @@ def test_hostile_streams_cannot_take_a_pod_past_its_memory_limit():
 
 def test_the_autoscaler_alone_sets_the_replicas(manifests):
     assert "replicas" not in manifests["Deployment"]["spec"]  # an apply would reset the autoscaler's count
+
+
+def test_secrets_come_from_an_optional_secret_so_the_manifests_apply_without_one():
+    for _, container in every_container():
+        from_secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        assert set(from_secrets) == {"SEQSERVE_API_KEYS", "SEQSERVE_STATE_KEY"}, container["name"]
+        assert all(ref["optional"] is True and ref["name"] == "seqserve" for ref in from_secrets.values())

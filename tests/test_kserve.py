@@ -106,7 +106,7 @@ def test_the_inference_service_asks_the_seqserve_runtime_for_v2(documents):
 
 def test_probes_hit_the_v2_health_routes_on_the_port_the_server_listens_on(documents):
     (container,) = documents["ServingRuntime"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     (port,) = container["ports"]
     assert int(env["BENTOML_PORT"]) == port["containerPort"]
     paths = served_get_paths()
