@@ -6,7 +6,6 @@ with debootstrap when they can (no registry needed), else use BentoML's default 
 A cold run (no base image, no layer cache) takes about 4 minutes on 2 cores; a warm one under a minute.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -46,9 +45,8 @@ def bentoml(*args: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_the_runtime_stage_keeps_the_bento_images_environment_but_the_flag_that_stops_worker_restarts_and_its_home(monkeypatch):
-    spec = importlib.util.spec_from_file_location("container_build", ROOT / "container" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    from container import build
+
     config = {"Env": ["PATH=/app/.venv/bin:/usr/bin", "BENTOML_CONTAINERIZED=true", 'BENTO_PATH=/home/bentoml/bento',
                       "BENTOML_HOME=/home/bentoml/"],
               "WorkingDir": "/home/bentoml/bento"}

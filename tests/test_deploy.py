@@ -1,7 +1,6 @@
 """The Kubernetes manifests in deploy/k8s: probes hit endpoints the service really serves, ports line up,
 the settings are ones the service reads, and the autoscaler targets the Deployment."""
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -102,22 +101,18 @@ def test_pods_run_as_any_non_root_user(manifests):
 
 
 def test_the_root_filesystem_is_read_only_and_bentoml_writes_to_the_volume_at_tmp():
-    spec = importlib.util.spec_from_file_location("container_build", ROOT / "container" / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    assert build.REPLACED_ENV["BENTOML_HOME"].startswith("/tmp/")
-    for path in ("k8s/deployment.yaml", "kserve/inferenceservice.yaml"):
-        (doc, *_) = [d for d in yaml.safe_load_all((ROOT / "deploy" / path).read_text()) if d]
-        pod = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]
-        (container,) = pod["containers"]
-        assert container["securityContext"]["readOnlyRootFilesystem"] is True, path
+    from container.build import REPLACED_ENV
+
+    assert REPLACED_ENV["BENTOML_HOME"].startswith("/tmp/")
+    for pod, container in every_container():
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
         (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-        assert "emptyDir" in volume, path
+        assert "emptyDir" in volume, container["name"]
 
 
 def every_container() -> list[tuple[dict, dict]]:
-    """(pod spec, container) of the Deployment and of the KServe runtime."""
+    """(pod spec, container) of the Deployment and of the KServe runtime (whose spec is its pod's: volumes)."""
     found = []
     for path in ("k8s/deployment.yaml", "kserve/inferenceservice.yaml"):
         for doc in yaml.safe_load_all((ROOT / "deploy" / path).read_text()):
@@ -125,7 +120,7 @@ def every_container() -> list[tuple[dict, dict]]:
                 pod = doc["spec"]["template"]["spec"]
                 found += [(pod, c) for c in pod["containers"]]
             elif doc and doc["kind"] == "ServingRuntime":
-                found += [({}, c) for c in doc["spec"]["containers"]]
+                found += [(doc["spec"], c) for c in doc["spec"]["containers"]]
     assert len(found) == 2
     return found
 

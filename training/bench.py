@@ -56,10 +56,10 @@ def exact_band_chance(windows_per_series: int, series: int, horizon: int, *, per
     steps = np.arange(1, horizon + 1)
     decay = persistence ** steps  # (H,): the mean of step h is persistence ** h times the origin's value
     half_width = z * np.sqrt(np.cumsum(persistence ** (2 * (steps - 1))))  # (H,)
+    stationary = 1 / np.sqrt(1 - persistence**2) if persistence < 1 else 0.0  # the paths' spread at their start
     inside = np.zeros(reps)
     for _ in range(series):
         path = np.empty((reps, windows_per_series + horizon))
-        stationary = 1 / np.sqrt(1 - persistence**2) if persistence < 1 else 0.0
         path[:, 0] = rng.standard_normal(reps) * stationary
         shocks = rng.standard_normal(path.shape)
         for t in range(1, path.shape[1]):

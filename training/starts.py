@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from models.bands import noise_units, residual_matrix
-from models.recurrent import MAX_UNIT_EXPONENT, TRANSFORMS
+from models.recurrent import TRANSFORMS, window_unit
 from models.starts import StartSpec, combination, fit_linear, min_lookback, start_weights
 from training.windows import Windows
 
@@ -127,8 +127,7 @@ def from_model_space(values: np.ndarray, transform: str) -> np.ndarray:
 def _level_floor(windows: np.ndarray) -> np.ndarray:
     """The smallest scale (N, 1, K) of ``windows`` (N, L, K), as ``Forecaster.normalize`` floors it: a flat window
     stays finite, and the floor moves with the level and the window's unit, so scaling a series scales it too."""
-    _, exponent = np.frexp(np.abs(windows).max(axis=1, keepdims=True))
-    unit = np.ldexp(1.0, np.minimum(exponent, MAX_UNIT_EXPONENT))  # as models.recurrent.window_unit
+    unit = window_unit(torch.from_numpy(windows)).numpy()
     return 1e-6 * (np.abs(windows.mean(axis=1, keepdims=True)) + 1e-6 * unit)
 
 
